@@ -1,0 +1,53 @@
+//! cgroup v2: where it is mounted and which group is a pod's.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The cgroup2 mount point, read from /proc/mounts (hybrid layouts mount it
+/// at /sys/fs/cgroup/unified, pure v2 ones at /sys/fs/cgroup).
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    parse_cgroup2_mount(&mounts).context("no cgroup2 file system is mounted (the eBPF dataplane needs cgroup v2)")
+}
+
+fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+/// Resolves a pod's cgroup, given absolute or relative to the cgroup2 mount,
+/// and checks that it is a directory of the cgroup2 hierarchy.
+pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
+    let mount = cgroup2_mount()?;
+    let full = if path.is_absolute() { path.to_owned() } else { mount.join(path) };
+    if !full.starts_with(&mount) {
+        bail!("cgroup {}: not under the cgroup2 mount {}", path.display(), mount.display());
+    }
+    if !full.join("cgroup.procs").is_file() {
+        bail!("cgroup {}: no such cgroup (no {}/cgroup.procs)", path.display(), full.display());
+    }
+    Ok(full)
+}
+
+pub fn open(path: &Path) -> anyhow::Result<File> {
+    File::open(path).with_context(|| format!("cgroup {}: can't open", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_a_hybrid_layout() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(parse_cgroup2_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(parse_cgroup2_mount("sysfs /sys sysfs rw 0 0\n"), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! FSM's MeshConfig, as `kubectl get meshconfig fsm-mesh-config -o yaml`
+//! (or `-o json`) prints it. Only the fields that decide interception are
+//! read; everything else in the document is ignored.
+
+use std::path::Path;
+
+use serde_yaml_ng::Value;
+
+use super::{Cidr, ConfigError, InterfaceName, Port};
+
+/// `spec.sidecar.localProxyMode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum LocalProxyMode {
+    /// The proxy reaches the application over 127.0.0.1 (FSM's default).
+    #[default]
+    Localhost,
+    /// The proxy reaches the application over the pod IP.
+    PodIP,
+}
+
+/// The interception-relevant part of a MeshConfig (`spec.traffic` and
+/// `spec.sidecar.localProxyMode`), validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MeshConfig {
+    pub outbound_ip_range_exclusions: Vec<Cidr>,
+    pub outbound_ip_range_inclusions: Vec<Cidr>,
+    pub outbound_port_exclusions: Vec<Port>,
+    pub inbound_port_exclusions: Vec<Port>,
+    pub network_interface_exclusions: Vec<InterfaceName>,
+    pub local_proxy_mode: LocalProxyMode,
+}
+
+const TRAFFIC: &str = "spec.traffic";
+
+impl MeshConfig {
+    /// FSM's default MeshConfig: every list empty, `localProxyMode: Localhost`.
+    /// Used when the agent is given no file.
+    pub fn fsm_default() -> Self {
+        MeshConfig::default()
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            problem: format!("can't read the MeshConfig: {e}"),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid { field, value, problem } => ConfigError::Invalid {
+                field: format!("{}: {field}", path.display()),
+                value,
+                problem,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses YAML or JSON (JSON is read as YAML, which it is).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            ConfigError::invalid("MeshConfig", first_line(text), format!("is not valid YAML or JSON: {e}"))
+        })?;
+        if !doc.is_mapping() {
+            return Err(ConfigError::invalid("MeshConfig", first_line(text), "is not a YAML/JSON object"));
+        }
+        if let Some(kind) = doc.get("kind") {
+            if kind.as_str() != Some("MeshConfig") {
+                return Err(ConfigError::invalid("kind", render(kind), "is not MeshConfig"));
+            }
+        }
+        let spec = doc.get("spec");
+        let traffic = spec.and_then(|s| s.get("traffic"));
+        let list = |name: &str| -> Result<Vec<(String, Value)>, ConfigError> {
+            let field = format!("{TRAFFIC}.{name}");
+            match traffic.and_then(|t| t.get(name)) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Sequence(items)) => Ok(items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{field}[{i}]"), v.clone()))
+                    .collect()),
+                Some(other) => Err(ConfigError::invalid(field, render(other), "is not a list")),
+            }
+        };
+        let cidrs = |name: &str| -> Result<Vec<Cidr>, ConfigError> {
+            list(name)?
+                .into_iter()
+                .map(|(field, v)| match v.as_str() {
+                    Some(s) => Cidr::parse(&field, s),
+                    None => Err(ConfigError::invalid(&field, render(&v), "is not a CIDR string")),
+                })
+                .collect()
+        };
+        let ports = |name: &str| -> Result<Vec<Port>, ConfigError> {
+            list(name)?
+                .into_iter()
+                .map(|(field, v)| match &v {
+                    Value::Number(n) => match n.as_i64() {
+                        Some(n) => Port::from_i64(&field, n),
+                        None => Err(ConfigError::invalid(&field, render(&v), "is not a port number (1-65535)")),
+                    },
+                    // kubectl prints ints, but a hand-written file may quote them.
+                    Value::String(s) => Port::parse(&field, s),
+                    other => Err(ConfigError::invalid(&field, render(other), "is not a port number (1-65535)")),
+                })
+                .collect()
+        };
+        let interfaces = list("networkInterfaceExclusionList")?
+            .into_iter()
+            .map(|(field, v)| match v.as_str() {
+                Some(s) => InterfaceName::parse(&field, s),
+                None => Err(ConfigError::invalid(&field, render(&v), "is not an interface name")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let local_proxy_mode = match spec.and_then(|s| s.get("sidecar")).and_then(|s| s.get("localProxyMode")) {
+            None | Some(Value::Null) => LocalProxyMode::Localhost,
+            Some(v) => match v.as_str() {
+                Some("Localhost") => LocalProxyMode::Localhost,
+                Some("PodIP") => LocalProxyMode::PodIP,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "spec.sidecar.localProxyMode",
+                        render(v),
+                        "is neither Localhost nor PodIP",
+                    ));
+                }
+            },
+        };
+        Ok(MeshConfig {
+            outbound_ip_range_exclusions: cidrs("outboundIPRangeExclusionList")?,
+            outbound_ip_range_inclusions: cidrs("outboundIPRangeInclusionList")?,
+            outbound_port_exclusions: ports("outboundPortExclusionList")?,
+            inbound_port_exclusions: ports("inboundPortExclusionList")?,
+            network_interface_exclusions: interfaces,
+            local_proxy_mode,
+        })
+    }
+}
+
+fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_owned(),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(60).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBECTL_YAML: &str = r#"
+apiVersion: config.flomesh.io/v1alpha3
+kind: MeshConfig
+metadata:
+  name: fsm-mesh-config
+  namespace: fsm-system
+spec:
+  sidecar:
+    localProxyMode: PodIP
+    logLevel: error
+  traffic:
+    enableEgress: false
+    outboundIPRangeExclusionList:
+    - 1.1.1.1/32
+    - 2.2.2.2/24
+    outboundIPRangeInclusionList: []
+    outboundPortExclusionList:
+    - 6379
+    - 7070
+    inboundPortExclusionList: [9090]
+    networkInterfaceExclusionList: ["net1", "net2"]
+"#;
+
+    #[test]
+    fn reads_the_lists_kubectl_prints() {
+        let mc = MeshConfig::parse(KUBECTL_YAML).unwrap();
+        let texts: Vec<_> = mc.outbound_ip_range_exclusions.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["1.1.1.1/32", "2.2.2.2/24"]);
+        assert!(mc.outbound_ip_range_inclusions.is_empty());
+        let ports: Vec<_> = mc.outbound_port_exclusions.iter().map(|p| p.get()).collect();
+        assert_eq!(ports, [6379, 7070]);
+        assert_eq!(mc.inbound_port_exclusions[0].get(), 9090);
+        let ifs: Vec<_> = mc.network_interface_exclusions.iter().map(|i| i.as_str()).collect();
+        assert_eq!(ifs, ["net1", "net2"]);
+        assert_eq!(mc.local_proxy_mode, LocalProxyMode::PodIP);
+    }
+
+    #[test]
+    fn reads_json_too() {
+        let json = r#"{"apiVersion":"config.flomesh.io/v1alpha3","kind":"MeshConfig",
+          "spec":{"traffic":{"outboundPortExclusionList":[6379],"outboundIPRangeInclusionList":["10.96.0.0/16"]}}}"#;
+        let mc = MeshConfig::parse(json).unwrap();
+        assert_eq!(mc.outbound_port_exclusions[0].get(), 6379);
+        assert_eq!(mc.outbound_ip_range_inclusions[0].text, "10.96.0.0/16");
+        assert_eq!(mc.local_proxy_mode, LocalProxyMode::Localhost);
+    }
+
+    #[test]
+    fn missing_lists_mean_fsm_defaults() {
+        let mc = MeshConfig::parse("kind: MeshConfig\nspec: {}\n").unwrap();
+        assert_eq!(mc, MeshConfig::fsm_default());
+    }
+
+    #[test]
+    fn bad_values_name_the_field_and_the_value() {
+        let cases = [
+            ("spec:\n  traffic:\n    outboundPortExclusionList: [80, 0]\n", "spec.traffic.outboundPortExclusionList[1]", "\"0\""),
+            ("spec:\n  traffic:\n    inboundPortExclusionList: [65536]\n", "spec.traffic.inboundPortExclusionList[0]", "\"65536\""),
+            ("spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.0.0.0/8, 300.1.1.1/32]\n", "spec.traffic.outboundIPRangeExclusionList[1]", "\"300.1.1.1/32\""),
+            ("spec:\n  traffic:\n    outboundIPRangeInclusionList: 10.0.0.0/8\n", "spec.traffic.outboundIPRangeInclusionList", "\"10.0.0.0/8\""),
+            ("spec:\n  sidecar:\n    localProxyMode: Pod\n", "spec.sidecar.localProxyMode", "\"Pod\""),
+            ("kind: Pod\n", "kind", "\"Pod\""),
+        ];
+        for (doc, field, value) in cases {
+            let err = MeshConfig::parse(doc).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{field}: {value}")), "{doc}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_is_refused() {
+        let err = MeshConfig::parse("spec: [unclosed\n").unwrap_err().to_string();
+        assert!(err.contains("not valid YAML or JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = MeshConfig::load(Path::new("/nonexistent/mesh.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/mesh.yaml: can't read"), "{err}");
+    }
+}

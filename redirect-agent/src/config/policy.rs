@@ -1,0 +1,103 @@
+//! The effective lists of one pod: the MeshConfig's global lists merged with
+//! the pod's annotations and de-duplicated as FSM's injector does (global
+//! entries first, then the pod's, each value once, first occurrence kept),
+//! every entry labelled with where it came from.
+
+use super::{
+    Cidr, InterfaceName, LocalProxyMode, MeshConfig, Port, annotations::PodAnnotations,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    /// `fsm-mesh-config`'s `spec.traffic`.
+    MeshConfig,
+    /// One of the pod's `flomesh.io/...` annotations.
+    Annotation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodPolicy {
+    pub outbound_ip_range_exclusions: Vec<Sourced<Cidr>>,
+    pub outbound_ip_range_inclusions: Vec<Sourced<Cidr>>,
+    pub outbound_port_exclusions: Vec<Sourced<Port>>,
+    pub inbound_port_exclusions: Vec<Sourced<Port>>,
+    pub network_interface_exclusions: Vec<Sourced<InterfaceName>>,
+    pub local_proxy_mode: LocalProxyMode,
+}
+
+/// FSM's `mergePortExclusionLists` / IP range merge: global first, then the
+/// pod's, a value that is already there is dropped. CIDRs compare by their
+/// text, as FSM's string set does.
+fn merge<T: Clone + PartialEq, K: PartialEq>(global: &[T], pod: &[T], key: impl Fn(&T) -> K) -> Vec<Sourced<T>> {
+    let mut out: Vec<Sourced<T>> = Vec::new();
+    let tagged = global
+        .iter()
+        .map(|v| (v, Source::MeshConfig))
+        .chain(pod.iter().map(|v| (v, Source::Annotation)));
+    for (value, source) in tagged {
+        if !out.iter().any(|s| key(&s.value) == key(value)) {
+            out.push(Sourced { value: value.clone(), source });
+        }
+    }
+    out
+}
+
+impl PodPolicy {
+    pub fn merge(mesh: &MeshConfig, pod: &PodAnnotations) -> Self {
+        let by_text = |c: &Cidr| c.text.clone();
+        PodPolicy {
+            outbound_ip_range_exclusions: merge(
+                &mesh.outbound_ip_range_exclusions,
+                &pod.outbound_ip_range_exclusions,
+                by_text,
+            ),
+            outbound_ip_range_inclusions: merge(
+                &mesh.outbound_ip_range_inclusions,
+                &pod.outbound_ip_range_inclusions,
+                by_text,
+            ),
+            outbound_port_exclusions: merge(&mesh.outbound_port_exclusions, &pod.outbound_port_exclusions, |p| *p),
+            inbound_port_exclusions: merge(&mesh.inbound_port_exclusions, &pod.inbound_port_exclusions, |p| *p),
+            network_interface_exclusions: merge(&mesh.network_interface_exclusions, &[], Clone::clone),
+            local_proxy_mode: mesh.local_proxy_mode,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::annotations::*;
+
+    #[test]
+    fn merges_global_then_pod_without_duplicates() {
+        let mesh = MeshConfig::parse(
+            "spec:\n  traffic:\n    outboundPortExclusionList: [6379, 7070]\n    outboundIPRangeExclusionList: [1.1.1.1/32, 2.2.2.2/24]\n",
+        )
+        .unwrap();
+        let ann: BTreeMap<String, String> = [
+            (OUTBOUND_PORT_EXCLUSION.to_string(), "8080,6379,8080".to_string()),
+            (OUTBOUND_IP_RANGE_EXCLUSION.to_string(), "2.2.2.2/24,3.3.3.0/24".to_string()),
+        ]
+        .into();
+        let p = PodPolicy::merge(&mesh, &PodAnnotations::from_map(&ann).unwrap());
+        let ports: Vec<_> = p.outbound_port_exclusions.iter().map(|s| (s.value.get(), s.source)).collect();
+        assert_eq!(
+            ports,
+            [(6379, Source::MeshConfig), (7070, Source::MeshConfig), (8080, Source::Annotation)]
+        );
+        let cidrs: Vec<_> = p.outbound_ip_range_exclusions.iter().map(|s| (s.value.text.as_str(), s.source)).collect();
+        assert_eq!(
+            cidrs,
+            [("1.1.1.1/32", Source::MeshConfig), ("2.2.2.2/24", Source::MeshConfig), ("3.3.3.0/24", Source::Annotation)]
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! `redirect-agent run`: the agent's event loop. Serves the control socket,
+//! follows MeshConfig file changes and pod address changes, and prints the
+//! programs' decision logs. Stopping it (Ctrl-C, SIGTERM, SIGKILL) leaves
+//! every pod intercepted: links and maps are pinned.
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn termination() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+use crate::{
+    agent::{Agent, AgentOptions},
+    control::{Request, Response, socket_path},
+};
+
+type Job = (Request, oneshot::Sender<Response>);
+
+/// How often the MeshConfig file and the pods' addresses are looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs until `stop` completes (or an uninstall request).
+pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let sock = socket_path(&opts.state_dir);
+    std::fs::create_dir_all(&opts.state_dir)?;
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        anyhow::bail!("another agent is already running (it answers on {})", sock.display());
+    }
+    let _ = std::fs::remove_file(&sock);
+    let mut agent = Agent::start(opts)?;
+    let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
+
+    let (tx, mut rx) = mpsc::channel::<Job>(16);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, tx.clone()));
+        }
+    });
+    // Only readiness is awaited here; reading goes through the logger.
+    let log_fd = agent.logger.as_fd().try_clone_to_owned()?;
+    // SAFETY: `log_fd` is our own descriptor, owned by the AsyncFd.
+    let logs = unsafe { AsyncFd::register_with_interest(log_fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the decision log: {e}"))?;
+    let mut tick = tokio::time::interval(TICK);
+    tokio::pin!(stop);
+    let mut refresh_count = 0u32;
+    loop {
+        tokio::select! {
+            Some((request, reply)) = rx.recv() => {
+                let uninstall = matches!(request, Request::Uninstall);
+                if uninstall {
+                    let _ = std::fs::remove_file(&sock);
+                    let result = agent.uninstall();
+                    let _ = reply.send(respond(result.map(|()| serde_json::json!("uninstalled"))));
+                    return Ok(());
+                }
+                let _ = reply.send(handle(&mut agent, request));
+            }
+            guard = logs.readable() => {
+                let mut guard = guard?;
+                agent.logger.flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                match agent.reload_if_changed() {
+                    Ok(true) => log::info!("MeshConfig changed: every pod's lists updated"),
+                    Ok(false) => {}
+                    Err(e) => log::error!("MeshConfig change refused, previous lists kept: {e:#}"),
+                }
+                refresh_count += 1;
+                if refresh_count % 5 == 0 {
+                    agent.refresh();
+                }
+            }
+            () = &mut stop => break,
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    log::info!("agent stopped; interception continues from the pinned programs");
+    Ok(())
+}
+
+fn respond(result: anyhow::Result<serde_json::Value>) -> Response {
+    match result {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(format!("{e:#}")),
+    }
+}
+
+fn handle(agent: &mut Agent, request: Request) -> Response {
+    respond(match request {
+        Request::Enroll { pod } => {
+            let name = pod.name.clone();
+            agent.enroll(pod).map(|id| {
+                log::info!("pod {name} enrolled as {id}");
+                serde_json::json!({ "id": id })
+            })
+        }
+        Request::Remove { name } => agent.remove(&name).map(|()| {
+            log::info!("pod {name} removed");
+            serde_json::json!("removed")
+        }),
+        Request::Status => serde_json::to_value(agent.status()).map_err(Into::into),
+        Request::Reload { path } => agent.reload(path).map(|()| serde_json::json!("reloaded")),
+        Request::Uninstall => unreachable!("handled by the loop"),
+    })
+}
+
+async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if jobs.send((request, tx)).await.is_err() {
+                    return;
+                }
+                rx.await.unwrap_or(Response::Error("the agent is stopping".into()))
+            }
+            Err(e) => Response::Error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_string(&response).unwrap_or_default();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! cgroup bpf_links, created and pinned directly with the bpf() syscall.
+//!
+//! aya 0.16 can turn connect4 and sockops links into pinnable `FdLink`s but
+//! not cgroup/sockopt ones; doing all three the same way keeps one path.
+//! A cgroup link is always multi-attach (the kernel ignores no flags here:
+//! it wants 0), so other programs on the pod's cgroup or its parents keep
+//! running beside ours.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `enum bpf_attach_type` values of the hooks we use.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+pub enum AttachType {
+    CgroupSockOps = 3,
+    CgroupInet4Connect = 10,
+    CgroupGetsockopt = 21,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<i32> {
+    // SAFETY: `attr` is a zero-padded bpf_attr of 64 bytes, large enough for
+    // both commands; the kernel checks the unused tail is zero.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as i32) }
+}
+
+/// `BPF_LINK_CREATE` of `prog` on the cgroup `cgroup`.
+pub fn create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach: AttachType) -> std::io::Result<OwnedFd> {
+    let mut attr = [0u64; 8];
+    // { prog_fd: u32, target_fd: u32 }, { attach_type: u32, flags: u32 }
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[1] = attach as u32 as u64;
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_PIN`: the link stays attached as long as the pin exists.
+pub fn pin(link: impl AsFd, path: &Path) -> anyhow::Result<()> {
+    let name = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 8];
+    // { pathname: u64, bpf_fd: u32, file_flags: u32 }
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = u64::from(link.as_fd().as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The agent's record of enrolled pods and of where its MeshConfig comes
+//! from, kept in the state directory so that a restarted agent carries on.
+//! Written atomically (temporary file, then rename).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use redirect_common::maps::PodId;
+
+use crate::{ebpf::maps::ProxySettings, pod::PodSpec};
+
+pub const DEFAULT_DIR: &str = "/run/fsm-redirect";
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Enrolled pods by their id in the kernel maps.
+    pub pods: BTreeMap<PodId, PodSpec>,
+    pub mesh_config: Option<PathBuf>,
+    pub settings: ProxySettings,
+}
+
+impl State {
+    pub fn file(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = Self::file(dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).with_context(|| format!("{}: corrupt state", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = Self::file(dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    pub fn pod_id(&self, name: &str) -> Option<PodId> {
+        self.pods.iter().find(|(_, p)| p.name == name).map(|(id, _)| *id)
+    }
+
+    /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
+    pub fn free_id(&self) -> PodId {
+        (1..).find(|id| !self.pods.contains_key(id)).expect("fewer than 2^32 pods")
+    }
+}

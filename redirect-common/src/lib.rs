@@ -1,0 +1,27 @@
+//! What the kernel side and the user side of the dataplane must agree on:
+//! the layout of every map key and value, the defaults, and the one
+//! interception decision (`decision`) that the eBPF programs, the agent's
+//! `explain` output and the tests all run.
+#![no_std]
+
+pub mod decision;
+pub mod maps;
+
+/// FSM's defaults (MeshConfig `spec.sidecar` / fsm-init arguments).
+pub mod defaults {
+    /// Where the outbound listener of the sidecar (Pipy) listens.
+    pub const OUTBOUND_PORT: u16 = 15001;
+    /// Where the inbound listener of the sidecar listens.
+    pub const INBOUND_PORT: u16 = 15003;
+    /// The UID the sidecar runs as; its own connections are never redirected.
+    pub const PROXY_UID: u32 = 1500;
+    /// The proxy's own admin, health and metrics ports: inbound connections
+    /// to them go straight to the proxy, never through the inbound listener.
+    pub const PROXY_ADMIN_PORTS: [u16; 5] = [15010, 15901, 15902, 15903, 15904];
+}
+
+/// `SOL_IP` / `SO_ORIGINAL_DST` from `<linux/netfilter_ipv4.h>`: the
+/// getsockopt that proxies use to learn where a redirected connection was
+/// going.
+pub const SOL_IP: i32 = 0;
+pub const SO_ORIGINAL_DST: i32 = 80;

@@ -1,0 +1,147 @@
+//! Names, sizes and layouts of the maps the eBPF programs and the agent
+//! share. Every map is pinned under the agent's bpffs directory by its name,
+//! so a restarted or upgraded agent finds the same state.
+//!
+//! Policy maps are keyed by a [`PolicyId`], not by the pod: each pod has two
+//! policy slots (generations). The agent writes a changed policy into the
+//! idle slot, then flips [`PodConfig::policy`] in one map update, then clears
+//! the old slot. A connection therefore sees one whole policy, old or new,
+//! never half of each.
+
+use bytemuck::{Pod, Zeroable};
+
+/// An IPv4 address as it sits in a packet: network byte order.
+pub type Ipv4Be = [u8; 4];
+
+/// Which pod a program instance serves. The agent loads one instance of the
+/// programs per pod with this baked in as the global `POD_ID`.
+pub type PodId = u32;
+
+/// A pod's policy slot: `pod_id * 2 + generation`.
+pub type PolicyId = u32;
+
+pub const fn policy_id(pod: PodId, generation: u32) -> PolicyId {
+    pod.wrapping_mul(2).wrapping_add(generation & 1)
+}
+
+pub mod names {
+    pub const POD_CONFIG: &str = "POD_CONFIG";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    pub const ORIG_DST: &str = "ORIG_DST";
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// Every map that is shared between program instances (all but the
+    /// per-instance `.rodata` that holds `POD_ID`).
+    pub const SHARED: [&str; 8] = [
+        POD_CONFIG,
+        LOCAL_ADDRS,
+        EXCLUDED_CIDRS,
+        INCLUDED_CIDRS,
+        EXCLUDED_PORTS,
+        ORIG_BY_COOKIE,
+        ORIG_DST,
+        AYA_LOGS,
+    ];
+}
+
+/// Capacities. A full policy map makes the agent refuse the change (the
+/// previous policy stays); a full connection map evicts its least recently
+/// used entry, and the proxy then gets the kernel's own `SO_ORIGINAL_DST`
+/// answer (ENOENT) for that one connection instead of a wrong address.
+pub mod capacity {
+    pub const PODS: u32 = 4096;
+    pub const LOCAL_ADDRS: u32 = 16 * 1024;
+    pub const CIDRS: u32 = 64 * 1024;
+    pub const PORTS: u32 = 64 * 1024;
+    /// Connections between `connect()` and the first SYN (normally µs).
+    pub const PENDING_CONNECTS: u32 = 16 * 1024;
+    /// Redirected connections the proxy may still ask about.
+    pub const CONNECTIONS: u32 = 256 * 1024;
+}
+
+/// Per-pod settings, keyed by [`PodId`] in `POD_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PodConfig {
+    /// The active policy slot.
+    pub policy: PolicyId,
+    pub proxy_uid: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    /// [`pod_flags`].
+    pub flags: u32,
+}
+
+pub mod pod_flags {
+    /// The inclusion list of the active policy is non-empty.
+    pub const INCLUSION: u32 = 1 << 0;
+    /// Emit an aya-log record for every decision.
+    pub const LOG_DECISIONS: u32 = 1 << 1;
+}
+
+/// Key of `LOCAL_ADDRS` (exact) and data of the CIDR LPM tries. In the tries
+/// the prefix length is `32 + cidr prefix`: the policy id always matches in
+/// full, then the address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PolicyAddr {
+    pub policy: PolicyId,
+    pub addr: Ipv4Be,
+}
+
+/// Prefix length of an LPM key whose CIDR has `cidr_prefix` bits.
+pub const fn lpm_prefix_len(cidr_prefix: u8) -> u32 {
+    32 + cidr_prefix as u32
+}
+
+/// Key of `EXCLUDED_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PolicyPort {
+    pub policy: PolicyId,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Where a redirected connection was going. Value of `ORIG_BY_COOKIE` and
+/// `ORIG_DST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrigDst {
+    pub addr: Ipv4Be,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `ORIG_DST`: one redirected connection, seen from the application's
+/// side (source = the application's socket, destination = the proxy's
+/// listener), qualified by the pod so that two pods whose applications use
+/// the same source port at the same moment never see each other's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ConnKey {
+    pub pod: PodId,
+    pub src_addr: Ipv4Be,
+    pub dst_addr: Ipv4Be,
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]` plain data without padding holes
+    // (checked by bytemuck's derive).
+    unsafe impl aya::Pod for PodConfig {}
+    unsafe impl aya::Pod for PolicyAddr {}
+    unsafe impl aya::Pod for PolicyPort {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for ConnKey {}
+}

@@ -1,0 +1,46 @@
+//! The kernel half of the dataplane. One instance of these programs is
+//! loaded per enrolled pod, with `POD_ID` set at load time, and attached to
+//! the pod's cgroup; all instances share the pinned maps of `maps.rs`.
+//!
+//! - `connect4` decides each TCP `connect()` (the outbound table) and
+//!   rewrites redirected ones to 127.0.0.1:<proxy port>, remembering the
+//!   original destination under the socket's cookie.
+//! - `sockops` moves that memory to the connection's 4-tuple once the
+//!   kernel has chosen the source port, and forgets it when the connection
+//!   closes.
+//! - `getsockopt` answers the proxy's `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
+//!   from it, and leaves every other call exactly as the kernel answered.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod policy;
+mod sockopt;
+mod sockops;
+
+use aya_ebpf::Global;
+
+/// The pod this program instance serves; set by the agent at load time.
+#[unsafe(no_mangle)]
+static POD_ID: Global<u32> = Global::new(0);
+
+/// The machine's page size, set by the agent: `getsockopt` programs only see
+/// the first page of a larger option value (see `sockopt.rs`).
+#[unsafe(no_mangle)]
+static PAGE_SIZE: Global<u32> = Global::new(4096);
+
+#[inline(always)]
+fn pod_id() -> u32 {
+    POD_ID.load()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

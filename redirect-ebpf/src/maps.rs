@@ -1,0 +1,44 @@
+//! The shared maps. Sizes and layouts come from `redirect_common::maps`,
+//! where each map's behaviour when full is written down.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap},
+};
+use redirect_common::maps::{
+    ConnKey, OrigDst, PodConfig, PolicyAddr, PolicyPort, PodId, capacity,
+};
+
+/// `BPF_F_NO_PREALLOC`: required by LPM tries.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static POD_CONFIG: HashMap<PodId, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
+
+#[map]
+pub static LOCAL_ADDRS: HashMap<PolicyAddr, u8> =
+    HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+
+#[map]
+pub static EXCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
+    LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+
+#[map]
+pub static INCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
+    LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+
+#[map]
+pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> =
+    HashMap::with_max_entries(capacity::PORTS, 0);
+
+/// Socket cookie of a redirected application socket → original destination,
+/// from `connect()` until sockops sees the SYN go out.
+#[map]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(capacity::PENDING_CONNECTS, 0);
+
+/// Redirected connection (application side 4-tuple + pod) → original
+/// destination, for the proxy's `SO_ORIGINAL_DST`.
+#[map]
+pub static ORIG_DST: LruHashMap<ConnKey, OrigDst> =
+    LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);

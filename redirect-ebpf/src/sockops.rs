@@ -1,0 +1,105 @@
+//! `sockops`: ties a redirected connection's original destination (known
+//! by socket cookie since `connect4`) to its 4-tuple, which is what the
+//! proxy's accepted socket can be matched by, and forgets it at close.
+//!
+//! Lifetime of an `ORIG_DST` entry:
+//! - created at `TCP_CONNECT_CB` of the application's socket (the source port
+//!   is chosen by then; the SYN is not yet sent, so the proxy can't ask
+//!   before the entry exists);
+//! - removed when the proxy's accepted socket closes, or when the
+//!   application's socket closes straight from SYN_SENT (the proxy never got
+//!   the connection). An entry the proxy never closes (backlog overflow) is
+//!   aged out by the LRU; a new connection with the same 4-tuple overwrites it
+//!   at its own `TCP_CONNECT_CB`, so it is never handed a stale destination.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    helpers::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use redirect_common::maps::ConnKey;
+
+use crate::maps::{ORIG_BY_COOKIE, ORIG_DST};
+
+const AF_INET: u32 = 2;
+
+#[sock_ops]
+pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.family() == AF_INET {
+        match ctx.op() {
+            BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+            BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
+            _ => {}
+        }
+    }
+    // sockops return values are only read for a few ops we don't handle.
+    0
+}
+
+/// The socket's own view: local is the source.
+#[inline(always)]
+fn key_as_client(ctx: &SockOpsContext) -> ConnKey {
+    ConnKey {
+        pod: crate::pod_id(),
+        src_addr: ctx.local_ip4().to_ne_bytes(),
+        dst_addr: ctx.remote_ip4().to_ne_bytes(),
+        src_port: ctx.local_port() as u16,
+        // remote_port holds the network-order port in its upper half on
+        // little-endian hosts: u32::from_be undoes both.
+        dst_port: u32::from_be(ctx.remote_port()) as u16,
+    }
+}
+
+/// The accepted (proxy) socket's view, turned around to the client's.
+#[inline(always)]
+fn key_as_server(ctx: &SockOpsContext) -> ConnKey {
+    ConnKey {
+        pod: crate::pod_id(),
+        src_addr: ctx.remote_ip4().to_ne_bytes(),
+        dst_addr: ctx.local_ip4().to_ne_bytes(),
+        src_port: u32::from_be(ctx.remote_port()) as u16,
+        dst_port: ctx.local_port() as u16,
+    }
+}
+
+fn on_connect(ctx: &SockOpsContext) {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: copied out at once.
+    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+        return;
+    };
+    let _ = ORIG_BY_COOKIE.remove(&cookie);
+    if ORIG_DST.insert(&key_as_client(ctx), &orig, 0).is_ok() {
+        // Hear about this socket's state changes, to clean up if the
+        // connect fails.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+fn on_passive_established(ctx: &SockOpsContext) {
+    // SAFETY: only tested for presence.
+    if unsafe { ORIG_DST.get(&key_as_server(ctx)) }.is_some() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+fn on_state_change(ctx: &SockOpsContext) {
+    let (old, new) = (ctx.arg(0), ctx.arg(1));
+    if new != BPF_TCP_CLOSE {
+        return;
+    }
+    if old == BPF_TCP_SYN_SENT {
+        // The application's connect failed: nobody will ask.
+        let _ = ORIG_DST.remove(&key_as_client(ctx));
+    } else {
+        // Only sockets we flagged get here: the application's (whose entry
+        // the proxy may still need, so it stays) and the proxy's (done).
+        let _ = ORIG_DST.remove(&key_as_server(ctx));
+    }
+}

@@ -1,0 +1,81 @@
+//! `cgroup/getsockopt`: answers `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on the
+//! proxy's accepted socket of a redirected connection, as iptables REDIRECT
+//! plus conntrack would.
+//!
+//! Every other call must look exactly as if no program were attached. The
+//! kernel only shows this program the first page of a larger option value;
+//! returning with `optlen` above a page would hand the caller a truncated or
+//! EFAULTed answer on some kernels, so for those we set `optlen` to 0, which
+//! tells the kernel to keep its own answer untouched (the pattern of the
+//! kernel's own sockopt selftests; Merbridge once clamped every option on
+//! the node by getting this wrong).
+
+use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
+use redirect_common::{SO_ORIGINAL_DST, SOL_IP, maps::ConnKey};
+
+use crate::maps::ORIG_DST;
+
+/// Let the call return (0 would turn it into EPERM).
+const CONTINUE: i32 = 1;
+const AF_INET: u16 = 2;
+/// `sizeof(struct sockaddr_in)`.
+const SOCKADDR_IN_LEN: usize = 16;
+
+#[cgroup_sockopt(getsockopt)]
+pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: the kernel passes a valid bpf_sockopt for this hook.
+    unsafe {
+        if (*so).level != SOL_IP || (*so).optname != SO_ORIGINAL_DST {
+            if (*so).optlen > crate::PAGE_SIZE.load() as i32 {
+                (*so).optlen = 0;
+            }
+            return CONTINUE;
+        }
+        answer_original_dst(so);
+    }
+    CONTINUE
+}
+
+unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
+    // SAFETY (whole body): `so` is the context; `sk` is checked for null and
+    // the optval window is bounds-checked before every write, as the
+    // verifier demands.
+    unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            return;
+        }
+        // dst_port: network order in the low 16 bits; read as the 32-bit
+        // field that kernels before 5.18 define, which later ones still allow.
+        let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
+        let key = ConnKey {
+            pod: crate::pod_id(),
+            src_addr: (*sk).dst_ip4.to_ne_bytes(),
+            dst_addr: (*sk).src_ip4.to_ne_bytes(),
+            src_port: u16::from_be(*dst_port_field as u16),
+            dst_port: (*sk).src_port as u16,
+        };
+        let Some(orig) = ORIG_DST.get(&key).copied() else {
+            return;
+        };
+        let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
+        let optval_end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
+        if optval.add(SOCKADDR_IN_LEN) > optval_end {
+            // The caller's buffer is too small: the kernel's answer stands.
+            return;
+        }
+        // struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }
+        let family = AF_INET.to_ne_bytes();
+        let port = orig.port.to_be_bytes();
+        let bytes: [u8; SOCKADDR_IN_LEN] = [
+            family[0], family[1], port[0], port[1], orig.addr[0], orig.addr[1], orig.addr[2],
+            orig.addr[3], 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), optval, SOCKADDR_IN_LEN);
+        // Two separate 4-byte stores: the verifier refuses the one 8-byte
+        // store LLVM would merge them into.
+        core::ptr::write_volatile(&raw mut (*so).optlen, SOCKADDR_IN_LEN as i32);
+        core::ptr::write_volatile(&raw mut (*so).retval, 0);
+    }
+}
