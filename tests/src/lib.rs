@@ -1,1 +1,261 @@
+//! Fixtures for the privileged integration tests: a node (private bpffs,
+//! state directory, the agent as a child process, a "node" network
+//! namespace holding the destinations) and pods (netns + cgroup + veth +
+//! processes). Everything is removed by `Drop`, also when a test fails.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use redirect_agent::sandbox::{Bpffs, Cgroup, Netns, enter, veth};
+
+pub const APP_UID: u32 = 1000;
+pub const PROXY_UID: u32 = redirect_common::defaults::PROXY_UID;
+/// Destinations that exist only inside the node namespace of a test.
+pub const SERVICE_ADDRS: [&str; 4] = ["10.96.0.10", "10.96.0.11", "10.97.0.10", "10.98.0.10"];
+/// Ports the node namespace serves on every destination.
+pub const SERVICE_PORTS: [u16; 4] = [80, 6379, 7070, 8080];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface and netns names are short).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A binary of the workspace, built in the same target directory as the
+/// test binary (target/<profile>/deps/..).
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build --bins`)", bin.display());
+    bin
+}
+
+pub fn netprobe() -> PathBuf {
+    workspace_bin("netprobe")
+}
+
+pub fn agent_bin() -> PathBuf {
+    workspace_bin("redirect-agent")
+}
+
+/// Child processes, killed on drop.
+#[derive(Default)]
+pub struct Procs(Vec<Child>);
+
+impl Procs {
+    pub fn push(&mut self, c: Child) {
+        self.0.push(c);
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd` and waits for it to print `listening`.
+fn start_listener(mut cmd: Command) -> anyhow::Result<Child> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("spawning netprobe")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line)?;
+    if line.trim() != "listening" {
+        let _ = child.kill();
+        bail!("listener did not start: {line}");
+    }
+    Ok(child)
+}
+
+pub struct Node {
+    pub agent: Option<Child>,
+    // Unmounted before the state directory that holds its mount point goes.
+    _bpffs: Bpffs,
+    pub state_dir: tempfile::TempDir,
+    pub bpffs_dir: PathBuf,
+    pub mesh_config: PathBuf,
+    pub ns: Netns,
+    /// The destinations' servers, killed on drop.
+    _servers: Procs,
+}
+
+impl Node {
+    /// A node whose agent reads `mesh_yaml` (written to a file it follows).
+    pub fn start(mesh_yaml: &str) -> anyhow::Result<Self> {
+        let state_dir = tempfile::Builder::new().prefix("redirect-test-").tempdir()?;
+        let bpffs = Bpffs::mount(&state_dir.path().join("bpffs"))?;
+        let mesh_config = state_dir.path().join("mesh.yaml");
+        std::fs::write(&mesh_config, mesh_yaml)?;
+        let ns = Netns::create(&unique("n"))?;
+        for addr in SERVICE_ADDRS {
+            ns.exec(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
+        }
+        let mut procs = Procs::default();
+        for port in SERVICE_PORTS {
+            let mut cmd = Command::new(netprobe());
+            cmd.args(["serve", &port.to_string(), "direct"]);
+            enter_netns_only(&mut cmd, &ns.path())?;
+            procs.push(start_listener(cmd)?);
+        }
+        let mut node = Node {
+            agent: None,
+            bpffs_dir: bpffs.path.join("fsm-redirect"),
+            state_dir,
+            mesh_config,
+            ns,
+            _servers: procs,
+            _bpffs: bpffs,
+        };
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    pub fn agent_cmd(&self) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.env("RUST_LOG", "warn").arg("--state-dir").arg(self.state_dir.path()).arg("--bpffs-dir").arg(&self.bpffs_dir);
+        c
+    }
+
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let mut cmd = self.agent_cmd();
+        cmd.arg("run").arg("--mesh-config").arg(&self.mesh_config);
+        let child = cmd.stdout(Stdio::null()).spawn().context("starting the agent")?;
+        self.agent = Some(child);
+        let sock = redirect_agent::control::socket_path(self.state_dir.path());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if let Some(status) = self.agent.as_mut().unwrap().try_wait()? {
+                bail!("the agent exited: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to clean anything up.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Runs a CLI command against this node's agent: (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = self.agent_cmd().args(args).output().expect("running redirect-agent");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Rewrites the MeshConfig file and waits until the agent applied it.
+    pub fn set_mesh_config(&self, yaml: &str) {
+        std::fs::write(&self.mesh_config, yaml).unwrap();
+        let (ok, out) = self.cli(&["reload"]);
+        assert!(ok, "reload: {out}");
+    }
+
+    pub fn enroll(&self, pod: &Pod, annotations: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["enroll".to_string(), pod.name.clone()];
+        args.extend(["--netns".into(), pod.ns.path().display().to_string()]);
+        args.extend(["--cgroup".into(), pod.cgroup.path.display().to_string()]);
+        for a in annotations {
+            args.extend(["--annotation".into(), (*a).to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = self.cli(&args);
+        if !ok {
+            bail!("enroll failed: {out}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Uninstall with the agent (or without it, if a test killed it).
+        let _ = self.cli(&["uninstall"]);
+        self.kill_agent();
+    }
+}
+
+/// setns only: for the node's servers and for "a host process that is not
+/// in the pod's cgroup".
+pub fn enter_netns_only(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
+    let ns = std::fs::File::open(netns)?;
+    // SAFETY: setns is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            use std::os::fd::AsRawFd as _;
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A pod: netns wired to the node namespace, a cgroup, an app server on
+/// 8080 and a proxy on 15001 (outbound) and 15003 (inbound) as UID 1500.
+pub struct Pod {
+    pub name: String,
+    pub ip: String,
+    procs: Procs,
+    pub cgroup: Cgroup,
+    pub ns: Netns,
+}
+
+static SUBNET: AtomicU32 = AtomicU32::new(1);
+
+impl Pod {
+    pub fn create(node: &Node) -> anyhow::Result<Self> {
+        let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let name = unique("p");
+        let ns = Netns::create(&name)?;
+        let cgroup = Cgroup::create(&format!("redirect-test-{name}"))?;
+        let ip = format!("10.244.{n}.2");
+        veth(&ns, "eth0", &format!("{ip}/24"), &node.ns, &format!("v{name}"), &format!("10.244.{n}.1/24"))?;
+        ns.exec(&["route", "add", "default", "via", &format!("10.244.{n}.1")])?;
+        let mut pod = Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns };
+        pod.spawn_listener(&["serve", "8080", "app"], APP_UID)?;
+        pod.spawn_listener(&["proxy", "15001", "out"], PROXY_UID)?;
+        pod.spawn_listener(&["proxy", "15003", "in"], PROXY_UID)?;
+        Ok(pod)
+    }
+
+    fn spawn_listener(&mut self, args: &[&str], uid: u32) -> anyhow::Result<()> {
+        let mut cmd = Command::new(netprobe());
+        cmd.args(args);
+        enter(&mut cmd, &self.ns.path(), &self.cgroup.path, uid)?;
+        self.procs.push(start_listener(cmd)?);
+        Ok(())
+    }
+
+    pub fn dial_cmd(&self, to: &str, uid: u32, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(netprobe());
+        cmd.args(["dial", to]).args(extra);
+        enter(&mut cmd, &self.ns.path(), &self.cgroup.path, uid).unwrap();
+        cmd
+    }
+
+    /// What a process of the pod gets when it connects to `to`: the first
+    /// line the other end wrote (`direct <addr>`, `app <addr>`,
+    /// `out <original dst>`, `in <original dst>`), or `error: ...`.
+    pub fn dial(&self, to: &str, uid: u32) -> String {
+        let out = self.dial_cmd(to, uid, &[]).output().expect("running netprobe");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
