@@ -87,11 +87,17 @@ pub struct Node {
     pub ns: Netns,
     /// The destinations' servers, killed on drop.
     _servers: Procs,
+    run_args: Vec<String>,
 }
 
 impl Node {
     /// A node whose agent reads `mesh_yaml` (written to a file it follows).
     pub fn start(mesh_yaml: &str) -> anyhow::Result<Self> {
+        Self::start_with(mesh_yaml, &[])
+    }
+
+    /// With extra `redirect-agent run` arguments.
+    pub fn start_with(mesh_yaml: &str, run_args: &[&str]) -> anyhow::Result<Self> {
         let state_dir = tempfile::Builder::new().prefix("redirect-test-").tempdir()?;
         let bpffs = Bpffs::mount(&state_dir.path().join("bpffs"))?;
         let mesh_config = state_dir.path().join("mesh.yaml");
@@ -115,6 +121,7 @@ impl Node {
             ns,
             _servers: procs,
             _bpffs: bpffs,
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
         };
         node.start_agent()?;
         Ok(node)
@@ -128,8 +135,10 @@ impl Node {
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let mut cmd = self.agent_cmd();
-        cmd.arg("run").arg("--mesh-config").arg(&self.mesh_config);
-        let child = cmd.stdout(Stdio::null()).spawn().context("starting the agent")?;
+        cmd.arg("run").arg("--mesh-config").arg(&self.mesh_config).args(&self.run_args);
+        cmd.env("RUST_LOG", "info");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the agent")?;
         self.agent = Some(child);
         let sock = redirect_agent::control::socket_path(self.state_dir.path());
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -143,6 +152,22 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state_dir.path().join("agent.log")
+    }
+
+    /// What the agent has logged so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The agent's `status --output json`.
+    pub fn status(&self) -> serde_json::Value {
+        let (ok, out) = self.cli(&["status", "--output", "json"]);
+        assert!(ok, "status: {out}");
+        serde_json::from_str(&out).expect("status JSON")
     }
 
     /// SIGKILL: no chance to clean anything up.
@@ -221,7 +246,13 @@ pub struct Pod {
 static SUBNET: AtomicU32 = AtomicU32::new(1);
 
 impl Pod {
+    /// A pod whose proxy uses FSM's default ports and UID.
     pub fn create(node: &Node) -> anyhow::Result<Self> {
+        use redirect_common::defaults::{INBOUND_PORT, OUTBOUND_PORT};
+        Self::with_proxy(node, OUTBOUND_PORT, INBOUND_PORT, PROXY_UID)
+    }
+
+    pub fn with_proxy(node: &Node, outbound_port: u16, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<Self> {
         let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         let name = unique("p");
         let ns = Netns::create(&name)?;
@@ -231,8 +262,8 @@ impl Pod {
         ns.exec(&["route", "add", "default", "via", &format!("10.244.{n}.1")])?;
         let mut pod = Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns };
         pod.spawn_listener(&["serve", "8080", "app"], APP_UID)?;
-        pod.spawn_listener(&["proxy", "15001", "out"], PROXY_UID)?;
-        pod.spawn_listener(&["proxy", "15003", "in"], PROXY_UID)?;
+        pod.spawn_listener(&["proxy", &outbound_port.to_string(), "out"], proxy_uid)?;
+        pod.spawn_listener(&["proxy", &inbound_port.to_string(), "in"], proxy_uid)?;
         Ok(pod)
     }
 

@@ -210,3 +210,51 @@ fn uninstall_removes_every_trace() {
     assert!(!node.bpffs_dir.exists(), "pins left in {}", node.bpffs_dir.display());
     assert!(!node.state_dir.path().join("state.json").exists());
 }
+
+#[test]
+fn ports_and_proxy_uid_come_from_the_agent_config() {
+    let node = Node::start_with(NO_LISTS, &["--outbound-port", "16001", "--inbound-port", "16003", "--proxy-uid", "1600"]).unwrap();
+    let pod = Pod::with_proxy(&node, 16001, 16003, 1600).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial("10.96.0.10:80", 1600), "direct 10.96.0.10:80");
+    // 1500 is an ordinary UID for this agent.
+    assert_eq!(pod.dial("10.96.0.10:80", PROXY_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial(&format!("{}:8080", pod.ip), 1600), format!("in {}:8080", pod.ip));
+}
+
+#[test]
+fn decision_logs_are_off_by_default_and_on_with_the_flag() {
+    let quiet = Node::start(NO_LISTS).unwrap();
+    let pod = Pod::create(&quiet).unwrap();
+    quiet.enroll(&pod, &[]).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    let loud = Node::start_with(NO_LISTS, &["--log-decisions"]).unwrap();
+    let pod2 = Pod::create(&loud).unwrap();
+    loud.enroll(&pod2, &[]).unwrap();
+    assert_eq!(pod2.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod2.dial("10.97.0.10:80", PROXY_UID), "direct 10.97.0.10:80");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = loud.agent_log();
+    assert!(log.contains("uid 1000 -> 10.96.0.10:80 redirected to 127.0.0.1:15001 (rule 10)"), "{log}");
+    assert!(log.contains("uid 1500 -> 10.97.0.10:80 direct (rule 3)"), "{log}");
+    assert!(!quiet.agent_log().contains("redirected to"), "{}", quiet.agent_log());
+}
+
+#[test]
+fn connection_records_are_forgotten_when_connections_close() {
+    let (node, pod) = both(NO_LISTS);
+    node.enroll(&pod, &[]).unwrap();
+    for i in 0..30 {
+        assert_eq!(pod.dial(&format!("10.96.0.10:{}", [80, 6379, 7070][i % 3]), APP_UID).split(' ').next(), Some("out"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let n = node.status()["tracked_connections"].as_u64().unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} connection records left after every connection closed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
