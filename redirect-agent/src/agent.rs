@@ -1,20 +1,26 @@
-//! The node agent's core: enrolled pods, their policies in the kernel, and
-//! the MeshConfig they derive from. Every operation either completes or
-//! leaves the previous state in place.
+//! The node agent's core: enrolled pods, the dataplane serving each, their
+//! policies in the kernel, and the MeshConfig they derive from. Every
+//! operation either completes or leaves the previous state in place.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use redirect_common::maps::PodId;
 
 use crate::{
     cgroup,
-    config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
+    config::{MeshConfig, PodPolicy},
+    dataplane::{self, Choice, Dataplane},
     ebpf::{
         maps::{ProxySettings, SharedMaps, SlotEntries},
         pins::Pins,
         programs,
     },
+    iptables::{self, Family, PodIp},
     netns,
     pod::PodSpec,
     state::State,
@@ -26,25 +32,38 @@ pub struct AgentOptions {
     /// `None`: keep the file of the previous run, or FSM's defaults.
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
+    pub dataplane: Choice,
 }
 
-pub struct Agent {
+/// The eBPF dataplane's user-space half, when the kernel can run it.
+pub struct Ebpf {
     pins: Pins,
-    state_dir: PathBuf,
-    state: State,
-    mesh: MeshConfig,
-    mesh_mtime: Option<std::time::SystemTime>,
     maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
     pub logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+}
+
+pub struct Agent {
+    state_dir: PathBuf,
+    bpffs_dir: PathBuf,
+    state: State,
+    mesh: MeshConfig,
+    mesh_mtime: Option<std::time::SystemTime>,
+    choice: Choice,
+    /// Why eBPF can't serve pods here, if it can't.
+    ebpf_unavailable: Option<String>,
+    pub ebpf: Option<Ebpf>,
+    /// The rules last applied to each iptables pod.
+    iptables_applied: HashMap<PodId, String>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PodStatus {
     pub id: PodId,
     pub name: String,
+    pub dataplane: Option<Dataplane>,
     pub netns: PathBuf,
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
     pub attached: bool,
     pub local_addrs: Vec<String>,
     pub excluded_cidrs: usize,
@@ -56,6 +75,8 @@ pub struct PodStatus {
 pub struct Status {
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
+    pub dataplane: Choice,
+    pub ebpf_unavailable: Option<String>,
     pub pods: Vec<PodStatus>,
     pub tracked_connections: usize,
 }
@@ -66,8 +87,6 @@ fn mtime(path: &Path) -> Option<std::time::SystemTime> {
 
 impl Agent {
     pub fn start(opts: AgentOptions) -> anyhow::Result<Self> {
-        let pins = Pins::new(&opts.bpffs_dir);
-        pins.prepare()?;
         let mut state = State::load(&opts.state_dir)?.unwrap_or_default();
         if opts.mesh_config.is_some() {
             state.mesh_config = opts.mesh_config.clone();
@@ -77,13 +96,47 @@ impl Agent {
             Some(path) => MeshConfig::load(path)?,
             None => MeshConfig::fsm_default(),
         };
-        let mut ebpf = programs::load(&pins, 0)?;
-        let logger = aya_log::EbpfLogger::init(&mut ebpf).context("opening the decision log")?;
-        let maps = SharedMaps::open(&mut ebpf)?;
+        let (ebpf, ebpf_unavailable) = match opts.dataplane {
+            Choice::Iptables => (None, Some("--dataplane iptables".to_owned())),
+            choice => match dataplane::probe_ebpf() {
+                Ok(what) => {
+                    log::info!("eBPF dataplane available: {what}");
+                    (Some(Self::open_ebpf(Pins::new(&opts.bpffs_dir))?), None)
+                }
+                Err(why) if choice == Choice::Auto => {
+                    log::warn!("eBPF dataplane unavailable ({why}): pods get iptables rules");
+                    (None, Some(why))
+                }
+                Err(why) => bail!("--dataplane ebpf: the eBPF dataplane can't run here: {why}"),
+            },
+        };
         let mesh_mtime = state.mesh_config.as_deref().and_then(mtime);
-        let mut agent = Agent { pins, state_dir: opts.state_dir, state, mesh, mesh_mtime, maps, logger };
+        let mut agent = Agent {
+            state_dir: opts.state_dir,
+            bpffs_dir: opts.bpffs_dir,
+            state,
+            mesh,
+            mesh_mtime,
+            choice: opts.dataplane,
+            ebpf_unavailable,
+            ebpf,
+            iptables_applied: HashMap::new(),
+        };
         agent.reconcile()?;
         Ok(agent)
+    }
+
+    fn open_ebpf(pins: Pins) -> anyhow::Result<Ebpf> {
+        pins.prepare()?;
+        let mut object = programs::load(&pins, 0)?;
+        let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
+        let maps = SharedMaps::open(&mut object)?;
+        Ok(Ebpf { pins, maps, logger })
+    }
+
+    fn ebpf_mut(&mut self) -> anyhow::Result<&mut Ebpf> {
+        let why = self.ebpf_unavailable.clone().unwrap_or_default();
+        self.ebpf.as_mut().ok_or_else(|| anyhow!("the eBPF dataplane is not available here ({why})"))
     }
 
     /// Brings the kernel in line with the recorded state after a start:
@@ -94,63 +147,143 @@ impl Agent {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         for id in ids {
             let spec = self.state.pods[&id].clone();
-            let usable = spec.netns.exists() && cgroup::resolve(&spec.cgroup).is_ok();
-            let result = if usable { self.install(id, &spec) } else { Err(anyhow!("netns or cgroup is gone")) };
+            let result = if spec.netns.exists() { self.install(id, &spec) } else { Err(anyhow!("its netns is gone")) };
             if let Err(e) = result {
                 log::warn!("pod {}: dropped ({e:#})", spec.name);
-                let _ = programs::detach(&self.pins, id);
-                self.maps.remove(id);
+                self.uninstall_pod(id, &spec);
                 self.state.pods.remove(&id);
             }
         }
-        for id in self.pins.pinned_pods()? {
-            if !self.state.pods.contains_key(&id) {
-                programs::detach(&self.pins, id)?;
+        if let Some(ebpf) = &mut self.ebpf {
+            for id in ebpf.pins.pinned_pods()? {
+                if !self.state.pods.contains_key(&id) {
+                    programs::detach(&ebpf.pins, id)?;
+                }
             }
-        }
-        for id in self.maps.pods() {
-            if !self.state.pods.contains_key(&id) {
-                self.maps.remove(id);
+            for id in ebpf.maps.pods() {
+                if !self.state.pods.contains_key(&id) {
+                    ebpf.maps.remove(id);
+                }
             }
         }
         self.state.save(&self.state_dir)
     }
 
-    fn entries(&self, spec: &PodSpec, annotations: &PodAnnotations) -> anyhow::Result<SlotEntries> {
-        let policy = PodPolicy::merge(&self.mesh, annotations);
-        let addrs = netns::local_ipv4_addrs(&spec.netns)?;
-        Ok(SlotEntries::from_policy(&policy, &addrs))
+    /// The dataplane for a new pod.
+    fn choose(&self, spec: &PodSpec) -> anyhow::Result<(Dataplane, String)> {
+        let requested = match spec.dataplane {
+            Some(Dataplane::Ebpf) => Choice::Ebpf,
+            Some(Dataplane::Iptables) => Choice::Iptables,
+            None => self.choice,
+        };
+        if let Some(path) = &spec.cgroup {
+            // A cgroup that isn't there is a mistake, whatever the dataplane.
+            if !cgroup::exists(path) {
+                bail!("cgroup {}: no such cgroup", path.display());
+            }
+        }
+        let cgroup_v2 = spec.cgroup.as_deref().map(cgroup::resolve);
+        Ok(match requested {
+            Choice::Iptables => (Dataplane::Iptables, "iptables requested".into()),
+            Choice::Ebpf => {
+                if let Some(why) = &self.ebpf_unavailable {
+                    bail!("pod {}: eBPF requested but unavailable ({why})", spec.name);
+                }
+                match cgroup_v2 {
+                    Some(Ok(_)) => (Dataplane::Ebpf, "eBPF requested".into()),
+                    Some(Err(e)) => return Err(e),
+                    None => bail!("pod {}: the eBPF dataplane needs --cgroup", spec.name),
+                }
+            }
+            Choice::Auto => match (&self.ebpf_unavailable, cgroup_v2) {
+                (Some(why), _) => (Dataplane::Iptables, format!("eBPF unavailable: {why}")),
+                (None, None) => (Dataplane::Iptables, "no cgroup v2 group given".into()),
+                (None, Some(Err(e))) => (Dataplane::Iptables, format!("{e:#}")),
+                (None, Some(Ok(_))) => (Dataplane::Ebpf, "kernel and pod support eBPF".into()),
+            },
+        })
     }
 
-    /// Writes the pod's policy and makes sure its programs are attached.
+    fn policy(&self, spec: &PodSpec) -> anyhow::Result<PodPolicy> {
+        Ok(PodPolicy::merge(&self.mesh, &spec.validate()?))
+    }
+
+    /// Writes the pod's policy with its dataplane (and, for eBPF, makes sure
+    /// its programs are attached).
     fn install(&mut self, id: PodId, spec: &PodSpec) -> anyhow::Result<()> {
-        let annotations = spec.validate()?;
-        let entries = self.entries(spec, &annotations)?;
-        self.maps.apply(id, entries, &self.state.settings)?;
-        if !programs::is_attached(&self.pins, id) {
-            let cg = cgroup::resolve(&spec.cgroup)?;
-            programs::detach(&self.pins, id)?;
-            programs::attach(&self.pins, id, &cg)?;
+        let policy = self.policy(spec)?;
+        let addrs = netns::local_ipv4_addrs(&spec.netns)?;
+        match spec.dataplane {
+            Some(Dataplane::Iptables) => {
+                let pod_ip = addrs.first().map(|a| PodIp::Addr(IpAddr::V4(*a)));
+                if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
+                    bail!("pod {}: localProxyMode PodIP needs a pod IP, and its netns has none", spec.name);
+                }
+                let input = iptables::rules::restore_input(
+                    &policy,
+                    &self.state.settings,
+                    Family::V4,
+                    pod_ip.unwrap_or(PodIp::ShellVariable),
+                );
+                if self.iptables_applied.get(&id) != Some(&input) {
+                    iptables::apply::apply(&spec.netns, Family::V4, &input)
+                        .with_context(|| format!("pod {}: applying iptables rules", spec.name))?;
+                    self.iptables_applied.insert(id, input);
+                }
+            }
+            _ => {
+                let settings = self.state.settings;
+                let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
+                let ebpf = self.ebpf_mut()?;
+                ebpf.maps.apply(id, SlotEntries::from_policy(&policy, &addrs), &settings)?;
+                if !programs::is_attached(&ebpf.pins, id) {
+                    let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
+                    programs::detach(&ebpf.pins, id)?;
+                    programs::attach(&ebpf.pins, id, &cg)?;
+                }
+            }
         }
         Ok(())
     }
 
-    pub fn enroll(&mut self, spec: PodSpec) -> anyhow::Result<PodId> {
+    /// Takes away whatever the pod's dataplane installed; best effort.
+    fn uninstall_pod(&mut self, id: PodId, spec: &PodSpec) {
+        match spec.dataplane {
+            Some(Dataplane::Iptables) => {
+                self.iptables_applied.remove(&id);
+                if let Err(e) = iptables::apply::remove(&spec.netns, Family::V4) {
+                    log::warn!("pod {}: removing iptables rules: {e:#}", spec.name);
+                }
+            }
+            _ => {
+                if let Some(ebpf) = &mut self.ebpf {
+                    let _ = programs::detach(&ebpf.pins, id);
+                    ebpf.maps.remove(id);
+                }
+            }
+        }
+    }
+
+    pub fn enroll(&mut self, mut spec: PodSpec) -> anyhow::Result<PodId> {
         spec.validate()?;
         if self.state.pod_id(&spec.name).is_some() {
             bail!("pod {}: already enrolled (remove it first)", spec.name);
         }
-        let cg = cgroup::resolve(&spec.cgroup)?;
-        if let Some((_, other)) = self.state.pods.iter().find(|(_, p)| cgroup::resolve(&p.cgroup).ok().as_ref() == Some(&cg)) {
-            bail!("cgroup {}: already enrolled as pod {}", spec.cgroup.display(), other.name);
-        }
         netns::open(&spec.netns)?;
+        if let Some(cg) = spec.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
+            let taken = self.state.pods.values().find(|p| p.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok).as_ref() == Some(&cg));
+            if let Some(other) = taken {
+                bail!("cgroup {}: already enrolled as pod {}", cg.display(), other.name);
+            }
+        }
+        let (dataplane, why) = self.choose(&spec)?;
+        spec.dataplane = Some(dataplane);
         let id = self.state.free_id();
         if let Err(e) = self.install(id, &spec) {
-            let _ = programs::detach(&self.pins, id);
-            self.maps.remove(id);
+            self.uninstall_pod(id, &spec);
             return Err(e.context(format!("pod {}: not enrolled", spec.name)));
         }
+        log::info!("pod {} enrolled as {id}: {dataplane:?} dataplane ({why})", spec.name);
         self.state.pods.insert(id, spec);
         self.state.save(&self.state_dir)?;
         Ok(id)
@@ -158,8 +291,15 @@ impl Agent {
 
     pub fn remove(&mut self, name: &str) -> anyhow::Result<()> {
         let id = self.state.pod_id(name).ok_or_else(|| anyhow!("pod {name}: not enrolled"))?;
-        programs::detach(&self.pins, id)?;
-        self.maps.remove(id);
+        let spec = self.state.pods[&id].clone();
+        if spec.dataplane == Some(Dataplane::Iptables) {
+            iptables::apply::remove(&spec.netns, Family::V4)?;
+            self.iptables_applied.remove(&id);
+        } else {
+            let ebpf = self.ebpf_mut()?;
+            programs::detach(&ebpf.pins, id)?;
+            ebpf.maps.remove(id);
+        }
         self.state.pods.remove(&id);
         self.state.save(&self.state_dir)
     }
@@ -182,13 +322,13 @@ impl Agent {
     }
 
     fn apply_all(&mut self) -> anyhow::Result<()> {
-        let mut planned = Vec::new();
-        for (id, spec) in &self.state.pods {
-            let annotations = spec.validate()?;
-            planned.push((*id, self.entries(spec, &annotations).with_context(|| format!("pod {}", spec.name))?));
+        // Validate everything before touching anything.
+        for spec in self.state.pods.values() {
+            self.policy(spec)?;
         }
-        for (id, entries) in planned {
-            self.maps.apply(id, entries, &self.state.settings)?;
+        let pods: Vec<(PodId, PodSpec)> = self.state.pods.iter().map(|(i, s)| (*i, s.clone())).collect();
+        for (id, spec) in pods {
+            self.install(id, &spec).with_context(|| format!("pod {}", spec.name))?;
         }
         Ok(())
     }
@@ -231,13 +371,18 @@ impl Agent {
             .pods
             .iter()
             .map(|(id, spec)| {
-                let written = self.maps.written(*id).cloned().unwrap_or_default();
+                let ebpf = self.ebpf.as_ref().filter(|_| spec.dataplane == Some(Dataplane::Ebpf));
+                let written = ebpf.and_then(|e| e.maps.written(*id).cloned()).unwrap_or_default();
                 PodStatus {
                     id: *id,
                     name: spec.name.clone(),
+                    dataplane: spec.dataplane,
                     netns: spec.netns.clone(),
                     cgroup: spec.cgroup.clone(),
-                    attached: programs::is_attached(&self.pins, *id),
+                    attached: match ebpf {
+                        Some(e) => programs::is_attached(&e.pins, *id),
+                        None => self.iptables_applied.contains_key(id),
+                    },
                     local_addrs: written.local_addrs.iter().map(|a| std::net::Ipv4Addr::from(*a).to_string()).collect(),
                     excluded_cidrs: written.excluded_cidrs.len(),
                     included_cidrs: written.included_cidrs.len(),
@@ -248,21 +393,35 @@ impl Agent {
         Status {
             mesh_config: self.state.mesh_config.clone(),
             settings: self.state.settings,
+            dataplane: self.choice,
+            ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
-            tracked_connections: self.maps.tracked_connections(),
+            tracked_connections: self.ebpf.as_ref().map_or(0, |e| e.maps.tracked_connections()),
         }
     }
 
-    /// Removes every trace: links, maps, pins, state.
-    pub fn uninstall(self) -> anyhow::Result<()> {
-        let Agent { pins, state_dir, maps, logger, .. } = self;
-        drop((maps, logger));
-        uninstall(&pins, &state_dir)
+    /// Removes every trace: links, maps, pins, iptables rules, state.
+    pub fn uninstall(mut self) -> anyhow::Result<()> {
+        let pods: Vec<(PodId, PodSpec)> = std::mem::take(&mut self.state.pods).into_iter().collect();
+        for (id, spec) in &pods {
+            self.uninstall_pod(*id, spec);
+        }
+        let Agent { state_dir, bpffs_dir, ebpf, .. } = self;
+        drop(ebpf);
+        uninstall(&Pins::new(bpffs_dir), &state_dir)
     }
 }
 
-/// Removes every trace of an agent, running or not.
+/// Removes every trace of an agent, running or not: the pins (which
+/// detaches every eBPF link), the iptables rules of recorded pods, the state.
 pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
+    if let Ok(Some(state)) = State::load(state_dir) {
+        for spec in state.pods.values().filter(|p| p.dataplane == Some(Dataplane::Iptables)) {
+            if spec.netns.exists() {
+                iptables::apply::remove(&spec.netns, Family::V4)?;
+            }
+        }
+    }
     pins.remove_all()?;
     for f in [State::file(state_dir), crate::control::socket_path(state_dir)] {
         match std::fs::remove_file(&f) {

@@ -36,6 +36,15 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(full)
 }
 
+/// Whether `path` names a cgroup directory, absolute or relative to the
+/// cgroup2 mount, in any hierarchy.
+pub fn exists(path: &Path) -> bool {
+    if path.is_absolute() {
+        return path.join("cgroup.procs").is_file();
+    }
+    cgroup2_mount().is_ok_and(|m| m.join(path).join("cgroup.procs").is_file())
+}
+
 pub fn open(path: &Path) -> anyhow::Result<File> {
     File::open(path).with_context(|| format!("cgroup {}: can't open", path.display()))
 }

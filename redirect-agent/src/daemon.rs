@@ -50,10 +50,17 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
         }
     });
     // Only readiness is awaited here; reading goes through the logger.
-    let log_fd = agent.logger.as_fd().try_clone_to_owned()?;
-    // SAFETY: `log_fd` is our own descriptor, owned by the AsyncFd.
-    let logs = unsafe { AsyncFd::register_with_interest(log_fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the decision log: {e}"))?;
+    let logs = match &agent.ebpf {
+        Some(ebpf) => {
+            let fd = ebpf.logger.as_fd().try_clone_to_owned()?;
+            // SAFETY: `fd` is our own descriptor, owned by the AsyncFd.
+            Some(
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| anyhow::anyhow!("watching the decision log: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(stop);
     let mut refresh_count = 0u32;
@@ -69,9 +76,11 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
                 }
                 let _ = reply.send(handle(&mut agent, request));
             }
-            guard = logs.readable() => {
+            guard = readable(&logs) => {
                 let mut guard = guard?;
-                agent.logger.flush();
+                if let Some(ebpf) = &mut agent.ebpf {
+                    ebpf.logger.flush();
+                }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -93,6 +102,16 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
     Ok(())
 }
 
+/// Readiness of the decision log; never, without the eBPF dataplane.
+async fn readable(
+    logs: &Option<AsyncFd<std::os::fd::OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::OwnedFd>> {
+    match logs {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn respond(result: anyhow::Result<serde_json::Value>) -> Response {
     match result {
         Ok(v) => Response::Ok(v),
@@ -105,8 +124,8 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         Request::Enroll { pod } => {
             let name = pod.name.clone();
             agent.enroll(pod).map(|id| {
-                log::info!("pod {name} enrolled as {id}");
-                serde_json::json!({ "id": id })
+                let dataplane = agent.status().pods.into_iter().find(|p| p.name == name).and_then(|p| p.dataplane);
+                serde_json::json!({ "id": id, "dataplane": dataplane })
             })
         }
         Request::Remove { name } => agent.remove(&name).map(|()| {

@@ -57,6 +57,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         bpffs_dir: bpffs_dir.clone(),
         mesh_config: None,
         settings,
+        dataplane: crate::dataplane::Choice::Auto,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(crate::daemon::run(opts, async move {
@@ -89,8 +90,9 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
     let spec = PodSpec {
         name: "demo/app".into(),
         netns: pod_ns.path(),
-        cgroup: cgroup.path.clone(),
+        cgroup: Some(cgroup.path.clone()),
         annotations: Default::default(),
+        dataplane: None,
     };
     let dir = state_dir.to_owned();
     let enrolled = tokio::task::spawn_blocking(move || control::call(&dir, &Request::Enroll { pod: spec })).await??;

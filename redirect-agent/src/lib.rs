@@ -12,6 +12,8 @@ pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
+pub mod iptables;
 pub mod demo;
 pub mod ebpf;
 pub mod lists;

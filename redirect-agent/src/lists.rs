@@ -43,7 +43,7 @@ impl OutboundLists for PolicyLists<'_> {
     }
 
     fn inclusion_enabled(&self) -> bool {
-        self.policy.outbound_ip_range_inclusions.iter().any(|c| c.value.net.addr().is_ipv4())
+        !self.policy.outbound_ip_range_inclusions.is_empty()
     }
 
     fn cidr_included(&self, addr: u32) -> bool {

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use redirect_agent::{
     agent::{self, AgentOptions},
     control::{self, Request},
-    daemon, demo,
+    daemon,
+    dataplane::{Choice, Dataplane},
+    demo,
     ebpf::{maps::ProxySettings, pins::{self, Pins}},
     pod::{self, PodSpec},
     state,
@@ -29,6 +31,89 @@ struct Cli {
     command: Command,
 }
 
+/// The proxy's ports and UID.
+#[derive(clap::Args, Clone, Copy)]
+struct ProxyArgs {
+    /// The proxy's outbound listener port.
+    #[arg(long, default_value_t = defaults::OUTBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    outbound_port: u16,
+    /// The proxy's inbound listener port.
+    #[arg(long, default_value_t = defaults::INBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    inbound_port: u16,
+    /// The UID the proxy runs as; its connections are not redirected.
+    #[arg(long, default_value_t = defaults::PROXY_UID)]
+    proxy_uid: u32,
+}
+
+/// A pod's annotations.
+#[derive(clap::Args)]
+struct AnnotationArgs {
+    /// A pod annotation, KEY=VALUE (repeatable), e.g.
+    /// flomesh.io/outbound-port-exclusion-list=8080,9090.
+    #[arg(long = "annotation", value_parser = pod::parse_annotation)]
+    annotations: Vec<(String, String)>,
+    /// Take the annotations from a pod manifest (`kubectl get pod -o yaml`).
+    #[arg(long)]
+    pod_manifest: Option<PathBuf>,
+}
+
+impl AnnotationArgs {
+    fn collect(self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut all = match &self.pod_manifest {
+            Some(path) => pod::annotations_from_file(path)?,
+            None => Default::default(),
+        };
+        all.extend(self.annotations);
+        Ok(all)
+    }
+}
+
+/// What fsm-init's rules are made from.
+#[derive(clap::Args)]
+struct RuleArgs {
+    /// FSM MeshConfig (default: FSM's defaults).
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    #[command(flatten)]
+    annotations: AnnotationArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// The ip6tables variant (IPv6 pods; FSM has none).
+    #[arg(long)]
+    ipv6: bool,
+    /// The pod IP for localProxyMode PodIP (default: `$POD_IP` for the
+    /// shell, as fsm-init; read from the netns when applying).
+    #[arg(long)]
+    pod_ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Subcommand)]
+enum IptablesCommand {
+    /// Print the script fsm-init runs (`iptables-restore --noflush <<EOF ... EOF`).
+    Print {
+        /// Print only the iptables-restore input.
+        #[arg(long)]
+        restore_input: bool,
+        #[command(flatten)]
+        rules: RuleArgs,
+    },
+    /// Apply the rules inside a network namespace (idempotent).
+    Apply {
+        #[arg(long)]
+        netns: PathBuf,
+        #[command(flatten)]
+        rules: RuleArgs,
+    },
+    /// Remove the rules from a network namespace.
+    Remove {
+        #[arg(long)]
+        netns: PathBuf,
+        /// The ip6tables rules.
+        #[arg(long)]
+        ipv6: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (until Ctrl-C or SIGTERM; interception goes on
@@ -39,18 +124,15 @@ enum Command {
         /// file of the previous run, or FSM's defaults.
         #[arg(long)]
         mesh_config: Option<PathBuf>,
-        /// The proxy's outbound listener port.
-        #[arg(long, default_value_t = defaults::OUTBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
-        outbound_port: u16,
-        /// The proxy's inbound listener port.
-        #[arg(long, default_value_t = defaults::INBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
-        inbound_port: u16,
-        /// The UID the proxy runs as; its connections are not redirected.
-        #[arg(long, default_value_t = defaults::PROXY_UID)]
-        proxy_uid: u32,
+        #[command(flatten)]
+        proxy: ProxyArgs,
         /// Log every interception decision the kernel takes.
         #[arg(long)]
         log_decisions: bool,
+        /// eBPF, fsm-init's iptables rules, or eBPF where the kernel and the
+        /// pod allow it and iptables elsewhere.
+        #[arg(long, value_enum, default_value = "auto")]
+        dataplane: Choice,
     },
     /// Enroll a pod with the running agent.
     Enroll {
@@ -59,16 +141,15 @@ enum Command {
         /// The pod's network namespace (e.g. /var/run/netns/X, /proc/PID/ns/net).
         #[arg(long)]
         netns: PathBuf,
-        /// The pod's cgroup v2 group, absolute or relative to the cgroup2 mount.
+        /// The pod's cgroup v2 group, absolute or relative to the cgroup2 mount
+        /// (needed by the eBPF dataplane).
         #[arg(long)]
-        cgroup: PathBuf,
-        /// A pod annotation, KEY=VALUE (repeatable), e.g.
-        /// flomesh.io/outbound-port-exclusion-list=8080,9090.
-        #[arg(long = "annotation", value_parser = pod::parse_annotation)]
-        annotations: Vec<(String, String)>,
-        /// Take the annotations from a pod manifest (`kubectl get pod -o yaml`).
-        #[arg(long)]
-        pod_manifest: Option<PathBuf>,
+        cgroup: Option<PathBuf>,
+        #[command(flatten)]
+        annotations: AnnotationArgs,
+        /// Override the agent's --dataplane for this pod.
+        #[arg(long, value_enum)]
+        dataplane: Option<Dataplane>,
     },
     /// Stop intercepting a pod.
     Remove { name: String },
@@ -81,6 +162,12 @@ enum Command {
     Reload {
         #[arg(long)]
         mesh_config: Option<PathBuf>,
+    },
+    /// fsm-init's iptables rules for a pod, from the same MeshConfig and
+    /// annotations the eBPF path reads: print, apply or remove them.
+    Iptables {
+        #[command(subcommand)]
+        action: IptablesCommand,
     },
     /// Remove every trace of the agent: programs, links, maps, pins, state.
     Uninstall,
@@ -125,25 +212,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.state_dir;
     match cli.command {
-        Command::Run { mesh_config, outbound_port, inbound_port, proxy_uid, log_decisions } => {
+        Command::Run { mesh_config, proxy: ProxyArgs { outbound_port, inbound_port, proxy_uid }, log_decisions, dataplane } => {
             let opts = AgentOptions {
                 state_dir: cli.state_dir.clone(),
                 bpffs_dir: cli.bpffs_dir.clone(),
                 mesh_config,
                 settings: ProxySettings { outbound_port, inbound_port, proxy_uid, log_decisions },
+                dataplane,
             };
             runtime()?.block_on(daemon::run(opts, daemon::termination()))
         }
-        Command::Enroll { name, netns, cgroup, annotations, pod_manifest } => {
-            let mut all = match &pod_manifest {
-                Some(path) => pod::annotations_from_file(path)?,
-                None => Default::default(),
-            };
-            all.extend(annotations);
-            let spec = PodSpec { name, netns, cgroup, annotations: all };
+        Command::Enroll { name, netns, cgroup, annotations, dataplane } => {
+            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane };
             spec.validate()?;
             let answer = control::call(dir, &Request::Enroll { pod: spec })?;
-            println!("enrolled as pod {}", answer["id"]);
+            println!("enrolled as pod {} ({} dataplane)", answer["id"], answer["dataplane"].as_str().unwrap_or("?"));
             Ok(())
         }
         Command::Remove { name } => {
@@ -164,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("reloaded");
             Ok(())
         }
+        Command::Iptables { action } => iptables_command(action),
         Command::Uninstall => {
             // A running agent removes everything and stops; otherwise do it here.
             match control::call(dir, &Request::Uninstall) {
@@ -179,6 +263,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
+    use redirect_agent::{
+        config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
+        iptables::{Family, PodIp, apply, rules},
+    };
+    let family = |ipv6| if ipv6 { Family::V6 } else { Family::V4 };
+    // The same parsing and validation as `run` and `enroll`.
+    let build = |args: RuleArgs| -> anyhow::Result<_> {
+        let mesh = match &args.mesh_config {
+            Some(path) => MeshConfig::load(path)?,
+            None => MeshConfig::fsm_default(),
+        };
+        let policy = PodPolicy::merge(&mesh, &PodAnnotations::from_map(&args.annotations.collect()?)?);
+        let settings = ProxySettings {
+            outbound_port: args.proxy.outbound_port,
+            inbound_port: args.proxy.inbound_port,
+            proxy_uid: args.proxy.proxy_uid,
+            log_decisions: false,
+        };
+        Ok((policy, settings, family(args.ipv6), args.pod_ip))
+    };
+    match action {
+        IptablesCommand::Print { restore_input, rules: args } => {
+            let (policy, settings, family, pod_ip) = build(args)?;
+            let ip = pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr);
+            if restore_input {
+                print!("{}", rules::restore_input(&policy, &settings, family, ip));
+            } else {
+                print!("{}", rules::fsm_init_script(&policy, &settings, family, ip));
+            }
+        }
+        IptablesCommand::Apply { netns, rules: args } => {
+            let (policy, settings, family, pod_ip) = build(args)?;
+            let ip = match pod_ip {
+                Some(ip) => PodIp::Addr(ip),
+                None if family == Family::V4 => match redirect_agent::netns::local_ipv4_addrs(&netns)?.first() {
+                    Some(a) => PodIp::Addr(std::net::IpAddr::V4(*a)),
+                    None if policy.local_proxy_mode == redirect_agent::config::LocalProxyMode::PodIP => {
+                        anyhow::bail!("localProxyMode PodIP: {} has no IPv4 address; give --pod-ip", netns.display())
+                    }
+                    None => PodIp::ShellVariable,
+                },
+                None if policy.local_proxy_mode == redirect_agent::config::LocalProxyMode::PodIP => {
+                    anyhow::bail!("localProxyMode PodIP with --ipv6: give --pod-ip")
+                }
+                None => PodIp::ShellVariable,
+            };
+            apply::apply(&netns, family, &rules::restore_input(&policy, &settings, family, ip))?;
+            println!("applied fsm-init's rules in {}", netns.display());
+        }
+        IptablesCommand::Remove { netns, ipv6 } => {
+            apply::remove(&netns, family(ipv6))?;
+            println!("removed fsm-init's rules from {}", netns.display());
+        }
+    }
+    Ok(())
+}
+
 fn print_status(s: &agent::Status) {
     println!(
         "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}   tracked connections: {}",
@@ -188,12 +330,21 @@ fn print_status(s: &agent::Status) {
         s.settings.proxy_uid,
         s.tracked_connections
     );
-    println!("{:<4} {:<28} {:<9} {:<22} {:>6} {:>6} {:>6}", "ID", "POD", "ATTACHED", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT");
+    if let Some(why) = &s.ebpf_unavailable {
+        println!("eBPF dataplane unavailable: {why}");
+    }
+    println!("{:<4} {:<28} {:<9} {:<9} {:<22} {:>6} {:>6} {:>6}", "ID", "POD", "DATAPLANE", "ATTACHED", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT");
     for p in &s.pods {
+        let dataplane = match p.dataplane {
+            Some(Dataplane::Ebpf) => "ebpf",
+            Some(Dataplane::Iptables) => "iptables",
+            None => "-",
+        };
         println!(
-            "{:<4} {:<28} {:<9} {:<22} {:>6} {:>6} {:>6}",
+            "{:<4} {:<28} {:<9} {:<9} {:<22} {:>6} {:>6} {:>6}",
             p.id,
             p.name,
+            dataplane,
             if p.attached { "yes" } else { "NO" },
             p.local_addrs.join(","),
             p.excluded_cidrs,

@@ -56,3 +56,20 @@ pub fn local_ipv4_addrs(path: &Path) -> anyhow::Result<Vec<Ipv4Addr>> {
         Ok(out)
     })
 }
+
+/// Makes `cmd` run inside the network namespace at `path` (and nothing
+/// else changes: same cgroup, same user).
+pub fn command_in(cmd: &mut std::process::Command, path: &Path) -> anyhow::Result<()> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let ns = open(path)?;
+    // SAFETY: setns is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}

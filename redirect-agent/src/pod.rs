@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Context as _;
 
-use crate::config::{ConfigError, annotations::PodAnnotations};
+use crate::{
+    config::{ConfigError, annotations::PodAnnotations},
+    dataplane::Dataplane,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodSpec {
@@ -13,11 +16,17 @@ pub struct PodSpec {
     pub name: String,
     /// Path of the pod's network namespace.
     pub netns: PathBuf,
-    /// The pod's cgroup, absolute or relative to the cgroup2 mount. Every
-    /// process in it and in its descendants (the containers) is the pod.
-    pub cgroup: PathBuf,
+    /// The pod's cgroup v2 group, absolute or relative to the cgroup2
+    /// mount. Every process in it and in its descendants (the containers) is
+    /// the pod. The eBPF dataplane needs it; without it the pod gets iptables.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// Which dataplane serves the pod. When enrolling: `None` lets the agent
+    /// choose (its `--dataplane`); once enrolled: the one it chose.
+    #[serde(default)]
+    pub dataplane: Option<Dataplane>,
 }
 
 impl PodSpec {

@@ -41,6 +41,9 @@ pub struct SlotEntries {
     pub excluded_cidrs: Vec<([u8; 4], u8)>,
     pub included_cidrs: Vec<([u8; 4], u8)>,
     pub excluded_ports: Vec<u16>,
+    /// The inclusion list is non-empty (in any family): only its CIDRs are
+    /// redirected, and an IPv6-only list redirects no IPv4 destination.
+    pub inclusion: bool,
 }
 
 impl SlotEntries {
@@ -66,6 +69,7 @@ impl SlotEntries {
             excluded_cidrs: v4(&policy.outbound_ip_range_exclusions),
             included_cidrs: v4(&policy.outbound_ip_range_inclusions),
             excluded_ports: ports,
+            inclusion: !policy.outbound_ip_range_inclusions.is_empty(),
         }
     }
 }
@@ -106,12 +110,8 @@ impl SharedMaps {
     /// Rebuilds `written` from the kernel (after an agent restart), and
     /// clears slots that no pod uses (a change interrupted half-way).
     fn recover(&mut self) -> anyhow::Result<()> {
-        let active: StdHashMap<PodId, PolicyId> = self
-            .pod_config
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(pod, c)| (pod, c.policy))
-            .collect();
+        let configs: StdHashMap<PodId, PodConfig> = self.pod_config.iter().filter_map(Result::ok).collect();
+        let active: StdHashMap<PodId, PolicyId> = configs.iter().map(|(pod, c)| (*pod, c.policy)).collect();
         let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
         for k in self.local_addrs.keys().filter_map(Result::ok) {
             slots.entry(k.policy).or_default().local_addrs.push(k.addr);
@@ -136,7 +136,8 @@ impl SharedMaps {
             }
         }
         for (pod, slot) in active {
-            self.written.entry(pod).or_insert((slot, SlotEntries::default()));
+            let entry = self.written.entry(pod).or_insert((slot, SlotEntries::default()));
+            entry.1.inclusion = configs[&pod].flags & pod_flags::INCLUSION != 0;
         }
         Ok(())
     }
@@ -187,7 +188,7 @@ impl SharedMaps {
 
     fn config_for(&self, slot: PolicyId, entries: &SlotEntries, s: &ProxySettings) -> PodConfig {
         let mut flags = 0;
-        if !entries.included_cidrs.is_empty() {
+        if entries.inclusion {
             flags |= pod_flags::INCLUSION;
         }
         if s.log_decisions {

@@ -9,7 +9,10 @@
 //! keeps every pod's verdicts independent, and costs one verifier pass per
 //! enrolment.
 
-use std::{os::fd::AsFd, path::Path};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -62,31 +65,37 @@ pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path) -> anyhow::Result<()> {
     result
 }
 
+/// Loads (verifies) one program of the object into the kernel.
+pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> anyhow::Result<OwnedFd> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let fd = match attach_type {
+        AttachType::CgroupInet4Connect => {
+            let p: &mut CgroupSockAddr = program.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        AttachType::CgroupSockOps => {
+            let p: &mut SockOps = program.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        AttachType::CgroupGetsockopt => {
+            let p: &mut CgroupSockopt = program.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+    };
+    Ok(fd)
+}
+
 fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path) -> anyhow::Result<()> {
     let mut ebpf = load(pins, pod)?;
     let cg = crate::cgroup::open(cgroup)?;
     for (pin, name, attach_type) in PROGRAMS {
-        let program = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-        let loaded = match attach_type {
-            AttachType::CgroupInet4Connect => {
-                let p: &mut CgroupSockAddr = program.try_into()?;
-                p.load().with_context(|| format!("loading {name}"))?;
-                p.fd()?.as_fd().try_clone_to_owned()?
-            }
-            AttachType::CgroupSockOps => {
-                let p: &mut SockOps = program.try_into()?;
-                p.load().with_context(|| format!("loading {name}"))?;
-                p.fd()?.as_fd().try_clone_to_owned()?
-            }
-            AttachType::CgroupGetsockopt => {
-                let p: &mut CgroupSockopt = program.try_into()?;
-                p.load().with_context(|| format!("loading {name}"))?;
-                p.fd()?.as_fd().try_clone_to_owned()?
-            }
-        };
-        let fd = link::create(loaded.as_fd(), cg.as_fd(), attach_type)
+        let prog = load_program(&mut ebpf, name, attach_type)?;
+        let fd = link::create(prog.as_fd(), cg.as_fd(), attach_type)
             .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
         link::pin(&fd, &pins.link(pod, pin))?;
     }
