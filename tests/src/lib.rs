@@ -193,7 +193,13 @@ impl Node {
     }
 
     pub fn enroll(&self, pod: &Pod, annotations: &[&str]) -> anyhow::Result<()> {
+        self.enroll_with(pod, annotations, &[])
+    }
+
+    /// With extra `enroll` arguments (e.g. `--dataplane iptables`).
+    pub fn enroll_with(&self, pod: &Pod, annotations: &[&str], extra: &[&str]) -> anyhow::Result<()> {
         let mut args = vec!["enroll".to_string(), pod.name.clone()];
+        args.extend(extra.iter().map(|a| a.to_string()));
         args.extend(["--netns".into(), pod.ns.path().display().to_string()]);
         args.extend(["--cgroup".into(), pod.cgroup.path.display().to_string()]);
         for a in annotations {

@@ -165,6 +165,10 @@ fn ensure_tools(root: &Path) -> anyhow::Result<()> {
     if !succeeds(Command::new("ip").arg("-V")) {
         apt_install(&["iproute2"])?;
     }
+    // The iptables dataplane (fallback, and the tests' oracle).
+    if !succeeds(Command::new("iptables-restore").arg("--version")) {
+        apt_install(&["iptables"])?;
+    }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
