@@ -212,10 +212,10 @@ impl Agent {
     /// its programs are attached).
     fn install(&mut self, id: PodId, spec: &PodSpec) -> anyhow::Result<()> {
         let policy = self.policy(spec)?;
-        let addrs = netns::local_ipv4_addrs(&spec.netns)?;
+        let net = netns::pod_net(&spec.netns)?;
         match spec.dataplane {
             Some(Dataplane::Iptables) => {
-                let pod_ip = addrs.first().map(|a| PodIp::Addr(IpAddr::V4(*a)));
+                let pod_ip = net.addrs.first().map(|a| PodIp::Addr(IpAddr::V4(*a)));
                 if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
                     bail!("pod {}: localProxyMode PodIP needs a pod IP, and its netns has none", spec.name);
                 }
@@ -234,12 +234,19 @@ impl Agent {
             _ => {
                 let settings = self.state.settings;
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
+                let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                 let ebpf = self.ebpf_mut()?;
-                ebpf.maps.apply(id, SlotEntries::from_policy(&policy, &addrs), &settings)?;
+                ebpf.maps.apply(id, SlotEntries::from_policy(&policy, &net), &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {
-                    let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                     programs::detach(&ebpf.pins, id)?;
-                    programs::attach(&ebpf.pins, id, &cg)?;
+                    programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
+                }
+                // A proxy that was listening before it was enrolled.
+                if settings.inbound && !ebpf.maps.has_listener(id) {
+                    if let Some(socket) = crate::listener::find(&spec.netns, &cg, settings.inbound_port)? {
+                        use std::os::fd::AsFd as _;
+                        ebpf.maps.set_listener(id, socket.as_fd())?;
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Which dataplane serves a pod, and what the kernel can do.
 //!
 //! `auto` (the default) probes the kernel once at start: cgroup v2 mounted,
-//! a kernel new enough for cgroup bpf_links and ring buffers (5.8), and the
+//! a kernel new enough for cgroup bpf_links, ring buffers and sk_lookup (5.9), and the
 //! three programs actually loading (program types, attach types, helpers,
 //! the verifier: a locked-down or BPF-less kernel fails here). Where that
 //! fails, or where a pod has no cgroup v2 group, the pod gets fsm-init's
@@ -27,9 +27,9 @@ pub enum Choice {
     Auto,
 }
 
-/// The minimum kernel of the eBPF path: cgroup bpf_link (5.7) and the ring
-/// buffer of the decision log (5.8).
-const MIN_KERNEL: (u8, u8) = (5, 8);
+/// The minimum kernel of the eBPF path: cgroup bpf_link (5.7), the ring
+/// buffer of the decision log (5.8), sk_lookup (5.9).
+const MIN_KERNEL: (u8, u8) = (5, 9);
 
 /// Why the eBPF dataplane can't run here, if it can't.
 pub fn probe_ebpf() -> Result<String, String> {

@@ -16,6 +16,7 @@ pub mod dataplane;
 pub mod iptables;
 pub mod demo;
 pub mod ebpf;
+pub mod listener;
 pub mod lists;
 pub mod netns;
 pub mod original_dst;

@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: cli.state_dir.clone(),
                 bpffs_dir: cli.bpffs_dir.clone(),
                 mesh_config,
-                settings: ProxySettings { outbound_port, inbound_port, proxy_uid, log_decisions },
+                settings: ProxySettings { outbound_port, inbound_port, proxy_uid, log_decisions, inbound: true },
                 dataplane,
             };
             runtime()?.block_on(daemon::run(opts, daemon::termination()))
@@ -281,6 +281,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
             inbound_port: args.proxy.inbound_port,
             proxy_uid: args.proxy.proxy_uid,
             log_decisions: false,
+            inbound: true,
         };
         Ok((policy, settings, family(args.ipv6), args.pod_ip))
     };
@@ -298,7 +299,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
             let (policy, settings, family, pod_ip) = build(args)?;
             let ip = match pod_ip {
                 Some(ip) => PodIp::Addr(ip),
-                None if family == Family::V4 => match redirect_agent::netns::local_ipv4_addrs(&netns)?.first() {
+                None if family == Family::V4 => match redirect_agent::netns::pod_net(&netns)?.addrs.first() {
                     Some(a) => PodIp::Addr(std::net::IpAddr::V4(*a)),
                     None if policy.local_proxy_mode == redirect_agent::config::LocalProxyMode::PodIP => {
                         anyhow::bail!("localProxyMode PodIP: {} has no IPv4 address; give --pod-ip", netns.display())

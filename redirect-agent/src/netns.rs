@@ -38,25 +38,6 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
 }
 
-/// The pod's own IPv4 addresses outside 127.0.0.0/8: connections to them
-/// are routed through `lo`.
-pub fn local_ipv4_addrs(path: &Path) -> anyhow::Result<Vec<Ipv4Addr>> {
-    in_netns(path, || {
-        let mut out = Vec::new();
-        for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
-            let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
-                continue;
-            };
-            let ip = addr.ip();
-            if !ip.is_loopback() && !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        out.sort();
-        Ok(out)
-    })
-}
-
 /// Makes `cmd` run inside the network namespace at `path` (and nothing
 /// else changes: same cgroup, same user).
 pub fn command_in(cmd: &mut std::process::Command, path: &Path) -> anyhow::Result<()> {
@@ -72,4 +53,105 @@ pub fn command_in(cmd: &mut std::process::Command, path: &Path) -> anyhow::Resul
         });
     }
     Ok(())
+}
+
+/// A route of the pod's main table (IPv4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub iface: String,
+}
+
+/// What the agent needs to know of a pod's network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodNet {
+    /// Its own IPv4 addresses outside 127.0.0.0/8.
+    pub addrs: Vec<Ipv4Addr>,
+    /// Interfaces by name and index.
+    pub ifaces: Vec<(String, u32)>,
+    pub routes: Vec<Route>,
+}
+
+impl PodNet {
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        self.ifaces.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+    }
+}
+
+/// Parses /proc/net/route: `Iface Destination Gateway Flags RefCnt Use
+/// Metric Mask ...`, addresses as little-endian hex.
+fn parse_routes(text: &str) -> Vec<Route> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            Some(Route {
+                // The kernel prints the address as a native integer.
+                dst: Ipv4Addr::from(dst.to_ne_bytes()),
+                prefix_len: mask.count_ones() as u8,
+                iface: f[0].to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Reads addresses, interfaces and routes of the namespace in one visit.
+pub fn pod_net(path: &Path) -> anyhow::Result<PodNet> {
+    in_netns(path, || {
+        let mut net = PodNet::default();
+        for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+            if let Some(ip) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip()) {
+                if !ip.is_loopback() && !net.addrs.contains(&ip) {
+                    net.addrs.push(ip);
+                }
+            }
+        }
+        net.addrs.sort();
+        for iface in nix::net::if_::if_nameindex().context("if_nameindex")?.iter() {
+            net.ifaces.push((iface.name().to_string_lossy().into_owned(), iface.index()));
+        }
+        // /proc/thread-self/net is this thread's (the pod's) namespace.
+        let routes = std::fs::read_to_string("/proc/thread-self/net/route").context("reading the pod's routes")?;
+        net.routes = parse_routes(&routes);
+        Ok(net)
+    })
+}
+
+/// Inodes of the TCP sockets listening on `port` in the namespace.
+pub fn listening_inodes(path: &Path, port: u16) -> anyhow::Result<Vec<u64>> {
+    in_netns(path, move || {
+        let mut inodes = Vec::new();
+        for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+                let lport = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                if *state == "0A" && lport == Some(port) {
+                    inodes.extend(inode.parse::<u64>().ok());
+                }
+            }
+        }
+        Ok(inodes)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_net_route() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t0101F40A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+net1\t0000A8C0\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let r = parse_routes(text);
+        assert_eq!(r[0], Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, iface: "eth0".into() });
+        assert_eq!(r[1], Route { dst: Ipv4Addr::new(10, 244, 1, 0), prefix_len: 24, iface: "eth0".into() });
+        assert_eq!(r[2], Route { dst: Ipv4Addr::new(192, 168, 0, 0), prefix_len: 16, iface: "net1".into() });
+    }
 }

@@ -168,3 +168,69 @@ pub fn decide_outbound<L: OutboundLists>(conn: &Outbound, lists: &L) -> Outbound
     }
     OutboundRule::Default
 }
+
+/// The row of the inbound table that decided a connection arriving at the
+/// pod from elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InboundRule {
+    /// 1: destination port in the inbound exclusion list.
+    ExcludedPort = 1,
+    /// 2: arrived on an interface in `networkInterfaceExclusionList`.
+    ExcludedInterface = 2,
+    /// 3: one of the proxy's own admin, health and metrics ports.
+    ProxyPort = 3,
+    /// 4: everything else goes to the proxy's inbound listener.
+    Redirect = 4,
+}
+
+impl InboundRule {
+    pub const fn verdict(self) -> Verdict {
+        match self {
+            InboundRule::Redirect => Verdict::RedirectInbound,
+            _ => Verdict::Direct,
+        }
+    }
+
+    pub const fn describe(self) -> &'static str {
+        match self {
+            InboundRule::ExcludedPort => "destination port in the inbound exclusion list",
+            InboundRule::ExcludedInterface => "arrived on an excluded interface",
+            InboundRule::ProxyPort => "the proxy's own admin/health/metrics port",
+            InboundRule::Redirect => "default: inbound TCP goes to the proxy's inbound listener",
+        }
+    }
+}
+
+/// A TCP connection arriving at the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// The interface it arrived on, where the kernel tells.
+    pub ingress_ifindex: Option<u32>,
+}
+
+pub trait InboundLists {
+    fn inbound_port_excluded(&self, port: u16) -> bool;
+    fn interface_excluded(&self, ifindex: u32) -> bool;
+}
+
+/// The inbound table, first match wins.
+#[inline(always)]
+pub fn decide_inbound<L: InboundLists>(conn: &Inbound, lists: &L) -> InboundRule {
+    if lists.inbound_port_excluded(conn.dst_port) {
+        return InboundRule::ExcludedPort;
+    }
+    if let Some(ifindex) = conn.ingress_ifindex {
+        if lists.interface_excluded(ifindex) {
+            return InboundRule::ExcludedInterface;
+        }
+    }
+    let p = conn.dst_port;
+    let admin = crate::defaults::PROXY_ADMIN_PORTS;
+    if p == admin[0] || p == admin[1] || p == admin[2] || p == admin[3] || p == admin[4] {
+        return InboundRule::ProxyPort;
+    }
+    InboundRule::Redirect
+}

@@ -30,19 +30,27 @@ pub mod names {
     pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
     pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const EXCLUDED_IFACES: &str = "EXCLUDED_IFACES";
+    pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
+    pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
+    pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 8] = [
+    pub const SHARED: [&str; 12] = [
         POD_CONFIG,
         LOCAL_ADDRS,
         EXCLUDED_CIDRS,
         INCLUDED_CIDRS,
         EXCLUDED_PORTS,
+        EXCLUDED_IFACES,
+        IFACE_ROUTES,
+        PROXY_LISTENERS,
         ORIG_BY_COOKIE,
         ORIG_DST,
+        INBOUND_ORIG,
         AYA_LOGS,
     ];
 }
@@ -60,6 +68,13 @@ pub mod capacity {
     pub const PENDING_CONNECTS: u32 = 16 * 1024;
     /// Redirected connections the proxy may still ask about.
     pub const CONNECTIONS: u32 = 256 * 1024;
+    /// Inbound connections steered to the proxy, from SYN to close. Kept
+    /// apart from `CONNECTIONS` so a SYN flood can't evict outbound entries.
+    pub const INBOUND_CONNECTIONS: u32 = 64 * 1024;
+    pub const IFACES: u32 = 4 * 1024;
+    /// Routes of the pods' network namespaces (for outbound interface
+    /// exclusions).
+    pub const ROUTES: u32 = 16 * 1024;
 }
 
 /// Per-pod settings, keyed by [`PodId`] in `POD_CONFIG`.
@@ -80,11 +95,16 @@ pub mod pod_flags {
     pub const INCLUSION: u32 = 1 << 0;
     /// Emit an aya-log record for every decision.
     pub const LOG_DECISIONS: u32 = 1 << 1;
+    /// Steer inbound connections to the proxy's inbound listener.
+    pub const INBOUND: u32 = 1 << 2;
 }
 
-/// Key of `LOCAL_ADDRS` (exact) and data of the CIDR LPM tries. In the tries
-/// the prefix length is `32 + cidr prefix`: the policy id always matches in
-/// full, then the address bits.
+/// Key of `LOCAL_ADDRS` (exact) and data of the LPM tries (`EXCLUDED_CIDRS`,
+/// `INCLUDED_CIDRS`, `IFACE_ROUTES`). In the tries the prefix length is
+/// `32 + cidr prefix`: the policy id always matches in full, then the
+/// address bits. `IFACE_ROUTES` holds every route of the pod's main table
+/// with value 1 where its device is excluded and 0 where not, so the longest
+/// matching route decides, as the kernel's routing does.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct PolicyAddr {
@@ -104,7 +124,22 @@ pub struct PolicyPort {
     pub policy: PolicyId,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// [`direction`].
+    pub direction: u16,
+}
+
+pub mod direction {
+    pub const OUTBOUND: u16 = 0;
+    pub const INBOUND: u16 = 1;
+}
+
+/// Key of `EXCLUDED_IFACES`: an interface of the pod's network namespace
+/// (by index) that is in `networkInterfaceExclusionList`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PolicyIface {
+    pub policy: PolicyId,
+    pub ifindex: u32,
 }
 
 /// Where a redirected connection was going. Value of `ORIG_BY_COOKIE` and
@@ -142,6 +177,7 @@ mod user {
     unsafe impl aya::Pod for PodConfig {}
     unsafe impl aya::Pod for PolicyAddr {}
     unsafe impl aya::Pod for PolicyPort {}
+    unsafe impl aya::Pod for PolicyIface {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for ConnKey {}
 }

@@ -16,6 +16,7 @@
 mod connect;
 mod maps;
 mod policy;
+mod sk_lookup;
 mod sockopt;
 mod sockops;
 
@@ -29,6 +30,11 @@ static POD_ID: Global<u32> = Global::new(0);
 /// the first page of a larger option value (see `sockopt.rs`).
 #[unsafe(no_mangle)]
 static PAGE_SIZE: Global<u32> = Global::new(4096);
+
+/// Set by the agent on kernels whose `bpf_sk_lookup` has `ingress_ifindex`
+/// (5.17 and later).
+#[unsafe(no_mangle)]
+static HAS_INGRESS_IFINDEX: Global<u8> = Global::new(0);
 
 #[inline(always)]
 fn pod_id() -> u32 {

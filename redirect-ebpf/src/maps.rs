@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap, SockHash},
 };
 use redirect_common::maps::{
-    ConnKey, OrigDst, PodConfig, PolicyAddr, PolicyPort, PodId, capacity,
+    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity,
 };
 
 /// `BPF_F_NO_PREALLOC`: required by LPM tries.
@@ -42,3 +42,20 @@ pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
 #[map]
 pub static ORIG_DST: LruHashMap<ConnKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);
+
+#[map]
+pub static EXCLUDED_IFACES: HashMap<PolicyIface, u8> = HashMap::with_max_entries(capacity::IFACES, 0);
+
+/// Routes of the pod's main table: value 1 where the device is excluded.
+#[map]
+pub static IFACE_ROUTES: LpmTrie<PolicyAddr, u8> = LpmTrie::with_max_entries(capacity::ROUTES, NO_PREALLOC);
+
+/// Each pod's proxy listening socket on the inbound port.
+#[map]
+pub static PROXY_LISTENERS: SockHash<PodId> = SockHash::with_max_entries(capacity::PODS, 0);
+
+/// Inbound connection steered to the proxy (client's 4-tuple + pod) → the
+/// address the client dialled.
+#[map]
+pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> =
+    LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);

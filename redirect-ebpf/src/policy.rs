@@ -3,11 +3,11 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use redirect_common::{
-    decision::OutboundLists,
-    maps::{PodConfig, PolicyAddr, PolicyPort, lpm_prefix_len, pod_flags},
+    decision::{InboundLists, OutboundLists},
+    maps::{PodConfig, PolicyAddr, PolicyIface, PolicyPort, direction, lpm_prefix_len, pod_flags},
 };
 
-use crate::maps::{EXCLUDED_CIDRS, EXCLUDED_PORTS, INCLUDED_CIDRS, LOCAL_ADDRS};
+use crate::maps::{EXCLUDED_CIDRS, EXCLUDED_IFACES, EXCLUDED_PORTS, IFACE_ROUTES, INCLUDED_CIDRS, LOCAL_ADDRS};
 
 pub struct MapLists<'a> {
     pub config: &'a PodConfig,
@@ -23,6 +23,33 @@ impl MapLists<'_> {
     fn lpm_key(&self, addr: u32) -> Key<PolicyAddr> {
         Key::new(lpm_prefix_len(32), self.addr(addr))
     }
+
+    #[inline(always)]
+    fn port_in(&self, port: u16, direction: u16) -> bool {
+        let key = PolicyPort { policy: self.config.policy, port, direction };
+        // SAFETY: the value is only tested for presence.
+        unsafe { EXCLUDED_PORTS.get(&key).is_some() }
+    }
+
+    #[inline(always)]
+    pub fn is_local_addr(&self, addr: u32) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { LOCAL_ADDRS.get(&self.addr(addr)).is_some() }
+    }
+}
+
+impl InboundLists for MapLists<'_> {
+    #[inline(always)]
+    fn inbound_port_excluded(&self, port: u16) -> bool {
+        self.port_in(port, direction::INBOUND)
+    }
+
+    #[inline(always)]
+    fn interface_excluded(&self, ifindex: u32) -> bool {
+        let key = PolicyIface { policy: self.config.policy, ifindex };
+        // SAFETY: the value is only tested for presence.
+        unsafe { EXCLUDED_IFACES.get(&key).is_some() }
+    }
 }
 
 impl OutboundLists for MapLists<'_> {
@@ -33,17 +60,14 @@ impl OutboundLists for MapLists<'_> {
 
     #[inline(always)]
     fn is_local_addr(&self, addr: u32) -> bool {
-        // SAFETY: the value is only tested for presence.
-        unsafe { LOCAL_ADDRS.get(&self.addr(addr)).is_some() }
+        MapLists::is_local_addr(self, addr)
     }
 
+    /// `connect4` runs before routing, so the agent mirrors the pod's routes
+    /// into `IFACE_ROUTES` and the longest matching route decides.
     #[inline(always)]
-    fn routed_via_excluded_iface(&self, _addr: u32) -> bool {
-        // Interface exclusions for outbound traffic need the route of the
-        // destination, which `connect4` can't see; they arrive with the
-        // inbound/interface work. Until then no destination matches, which
-        // is what a MeshConfig without `networkInterfaceExclusionList` means.
-        false
+    fn routed_via_excluded_iface(&self, addr: u32) -> bool {
+        matches!(IFACE_ROUTES.get(&self.lpm_key(addr)), Some(1))
     }
 
     #[inline(always)]
@@ -53,9 +77,7 @@ impl OutboundLists for MapLists<'_> {
 
     #[inline(always)]
     fn port_excluded(&self, port: u16) -> bool {
-        let key = PolicyPort { policy: self.config.policy, port, _pad: 0 };
-        // SAFETY: the value is only tested for presence.
-        unsafe { EXCLUDED_PORTS.get(&key).is_some() }
+        self.port_in(port, direction::OUTBOUND)
     }
 
     #[inline(always)]

@@ -14,8 +14,9 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -23,7 +24,7 @@ use aya_ebpf::{
 };
 use redirect_common::maps::ConnKey;
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_DST};
+use crate::maps::{INBOUND_ORIG, ORIG_BY_COOKIE, ORIG_DST, POD_CONFIG, PROXY_LISTENERS};
 
 const AF_INET: u32 = 2;
 
@@ -34,6 +35,7 @@ pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
             BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
             BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
             BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
+            BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
             _ => {}
         }
     }
@@ -82,9 +84,24 @@ fn on_connect(ctx: &SockOpsContext) {
     }
 }
 
+/// A process of the pod listens: if it is the proxy's inbound listener,
+/// inbound connections are steered to it (see sk_lookup.rs).
+fn on_listen(ctx: &SockOpsContext) {
+    let mut pod = crate::pod_id();
+    // SAFETY: copied out at once.
+    let Some(inbound_port) = (unsafe { POD_CONFIG.get(&pod) }).map(|c| c.inbound_port) else {
+        return;
+    };
+    if ctx.local_port() as u16 == inbound_port {
+        // SAFETY: `ops` is the context of this program.
+        let _ = PROXY_LISTENERS.update(&mut pod, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+    }
+}
+
 fn on_passive_established(ctx: &SockOpsContext) {
+    let key = key_as_server(ctx);
     // SAFETY: only tested for presence.
-    if unsafe { ORIG_DST.get(&key_as_server(ctx)) }.is_some() {
+    if unsafe { ORIG_DST.get(&key).is_some() || INBOUND_ORIG.get(&key).is_some() } {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
 }
@@ -100,6 +117,8 @@ fn on_state_change(ctx: &SockOpsContext) {
     } else {
         // Only sockets we flagged get here: the application's (whose entry
         // the proxy may still need, so it stays) and the proxy's (done).
-        let _ = ORIG_DST.remove(&key_as_server(ctx));
+        let key = key_as_server(ctx);
+        let _ = ORIG_DST.remove(&key);
+        let _ = INBOUND_ORIG.remove(&key);
     }
 }

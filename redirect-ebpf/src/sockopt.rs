@@ -13,7 +13,7 @@
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use redirect_common::{SO_ORIGINAL_DST, SOL_IP, maps::ConnKey};
 
-use crate::maps::ORIG_DST;
+use crate::maps::{INBOUND_ORIG, ORIG_DST};
 
 /// Let the call return (0 would turn it into EPERM).
 const CONTINUE: i32 = 1;
@@ -56,7 +56,7 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
             src_port: u16::from_be(*dst_port_field as u16),
             dst_port: (*sk).src_port as u16,
         };
-        let Some(orig) = ORIG_DST.get(&key).copied() else {
+        let Some(orig) = ORIG_DST.get(&key).or_else(|| INBOUND_ORIG.get(&key)).copied() else {
             return;
         };
         let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();

@@ -106,6 +106,11 @@ impl Node {
         for addr in SERVICE_ADDRS {
             ns.exec(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
+        // The node routes between its pods, as a node does.
+        let out = Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).output()?;
+        if !out.status.success() {
+            bail!("enabling forwarding: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let mut procs = Procs::default();
         for port in SERVICE_PORTS {
             let mut cmd = Command::new(netprobe());
@@ -244,6 +249,8 @@ pub fn enter_netns_only(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
 pub struct Pod {
     pub name: String,
     pub ip: String,
+    /// N of the pod's subnets 10.244.N.0/24 and 10.245.N.0/24.
+    net: u32,
     procs: Procs,
     pub cgroup: Cgroup,
     pub ns: Netns,
@@ -266,11 +273,49 @@ impl Pod {
         let ip = format!("10.244.{n}.2");
         veth(&ns, "eth0", &format!("{ip}/24"), &node.ns, &format!("v{name}"), &format!("10.244.{n}.1/24"))?;
         ns.exec(&["route", "add", "default", "via", &format!("10.244.{n}.1")])?;
-        let mut pod = Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns };
+        let mut pod = Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns, net: 0 };
         pod.spawn_listener(&["serve", "8080", "app"], APP_UID)?;
         pod.spawn_listener(&["proxy", &outbound_port.to_string(), "out"], proxy_uid)?;
         pod.spawn_listener(&["proxy", &inbound_port.to_string(), "in"], proxy_uid)?;
+        // The proxy's admin port, which inbound interception leaves alone.
+        pod.spawn_listener(&["serve", "15010", "admin"], proxy_uid)?;
+        pod.net = n;
         Ok(pod)
+    }
+
+    /// A second interface, `net1` (as Multus adds), with address
+    /// 10.245.N.2/24 facing the node's 10.245.N.1. Returns the pod's address.
+    pub fn add_net1(&self, node: &Node) -> anyhow::Result<String> {
+        let n = self.net;
+        let ip = format!("10.245.{n}.2");
+        let node_if = format!("w{}", self.ns.name);
+        veth(&self.ns, "net1", &format!("{ip}/24"), &node.ns, &node_if, &format!("10.245.{n}.1/24"))?;
+        Ok(ip)
+    }
+
+    /// The node's address on the pod's net1 link.
+    pub fn net1_peer(&self) -> String {
+        format!("10.245.{}.1", self.net)
+    }
+
+    /// Starts the proxy's inbound listener again (after `stop_listeners`).
+    pub fn start_inbound_proxy(&mut self, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<()> {
+        self.spawn_listener(&["proxy", &inbound_port.to_string(), "in"], proxy_uid)
+    }
+
+    /// Kills every listener of the pod (app, proxy).
+    pub fn stop_listeners(&mut self) {
+        self.procs = Procs::default();
+    }
+
+    /// What a client on another host (the node namespace) gets when it
+    /// connects to `to`.
+    pub fn dial_from(netns: &Netns, to: &str) -> String {
+        let mut cmd = Command::new(netprobe());
+        cmd.args(["dial", to]);
+        enter_netns_only(&mut cmd, &netns.path()).unwrap();
+        let out = cmd.output().expect("running netprobe");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn spawn_listener(&mut self, args: &[&str], uid: u32) -> anyhow::Result<()> {

@@ -24,6 +24,8 @@ pub enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
     CgroupGetsockopt = 21,
+    /// Attached to a network namespace, not a cgroup.
+    SkLookup = 36,
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<i32> {
@@ -33,11 +35,12 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<i32> {
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as i32) }
 }
 
-/// `BPF_LINK_CREATE` of `prog` on the cgroup `cgroup`.
-pub fn create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach: AttachType) -> std::io::Result<OwnedFd> {
+/// `BPF_LINK_CREATE` of `prog` on `target` (a cgroup, or a network
+/// namespace for `SkLookup`).
+pub fn create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach: AttachType) -> std::io::Result<OwnedFd> {
     let mut attr = [0u64; 8];
     // { prog_fd: u32, target_fd: u32 }, { attach_type: u32, flags: u32 }
-    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(target.as_raw_fd() as u32) << 32);
     attr[1] = attach as u32 as u64;
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel just returned this new descriptor to us.

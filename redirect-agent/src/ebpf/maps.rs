@@ -6,17 +6,17 @@
 //! the new policy, never a mix. If the new slot can't be written (a map is
 //! full), it is cleared again and the pod keeps its old policy.
 
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
 use ipnet::IpNet;
 use redirect_common::maps::{
-    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyId, PolicyPort, lpm_prefix_len, names,
-    pod_flags, policy_id,
+    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
+    lpm_prefix_len, names, pod_flags, policy_id,
 };
 
-use crate::config::PodPolicy;
+use crate::{config::PodPolicy, netns::PodNet};
 
 /// Settings that come from the agent's own configuration, not the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,12 +25,25 @@ pub struct ProxySettings {
     pub inbound_port: u16,
     pub proxy_uid: u32,
     pub log_decisions: bool,
+    /// Steer inbound connections to the inbound port.
+    #[serde(default = "yes")]
+    pub inbound: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
         use redirect_common::defaults::*;
-        ProxySettings { outbound_port: OUTBOUND_PORT, inbound_port: INBOUND_PORT, proxy_uid: PROXY_UID, log_decisions: false }
+        ProxySettings {
+            outbound_port: OUTBOUND_PORT,
+            inbound_port: INBOUND_PORT,
+            proxy_uid: PROXY_UID,
+            log_decisions: false,
+            inbound: true,
+        }
     }
 }
 
@@ -41,6 +54,11 @@ pub struct SlotEntries {
     pub excluded_cidrs: Vec<([u8; 4], u8)>,
     pub included_cidrs: Vec<([u8; 4], u8)>,
     pub excluded_ports: Vec<u16>,
+    pub inbound_excluded_ports: Vec<u16>,
+    /// Interfaces of the pod in `networkInterfaceExclusionList`, by index.
+    pub excluded_ifaces: Vec<u32>,
+    /// The pod's routes: (destination, prefix, device excluded).
+    pub routes: Vec<([u8; 4], u8, bool)>,
     /// The inclusion list is non-empty (in any family): only its CIDRs are
     /// redirected, and an IPv6-only list redirects no IPv4 destination.
     pub inclusion: bool,
@@ -48,7 +66,7 @@ pub struct SlotEntries {
 
 impl SlotEntries {
     /// The IPv4 part of a policy: the eBPF hooks are IPv4.
-    pub fn from_policy(policy: &PodPolicy, local_addrs: &[Ipv4Addr]) -> Self {
+    pub fn from_policy(policy: &PodPolicy, net: &PodNet) -> Self {
         let v4 = |cidrs: &[crate::config::Sourced<crate::config::Cidr>]| {
             let mut out: Vec<([u8; 4], u8)> = cidrs
                 .iter()
@@ -61,14 +79,30 @@ impl SlotEntries {
             out.dedup();
             out
         };
-        let mut ports: Vec<u16> = policy.outbound_port_exclusions.iter().map(|p| p.value.get()).collect();
-        ports.sort();
-        ports.dedup();
+        let ports = |list: &[crate::config::Sourced<crate::config::Port>]| {
+            let mut ports: Vec<u16> = list.iter().map(|p| p.value.get()).collect();
+            ports.sort();
+            ports.dedup();
+            ports
+        };
+        let excluded = |name: &str| policy.network_interface_exclusions.iter().any(|i| i.value.as_str() == name);
+        let mut routes: Vec<([u8; 4], u8, bool)> =
+            net.routes.iter().map(|r| (r.dst.octets(), r.prefix_len, excluded(&r.iface))).collect();
+        routes.sort();
+        // Two routes to one prefix (metrics): the kernel uses the first; so do we.
+        routes.dedup_by_key(|r| (r.0, r.1));
+        let mut excluded_ifaces: Vec<u32> =
+            net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
+        excluded_ifaces.sort();
         SlotEntries {
-            local_addrs: local_addrs.iter().map(|a| a.octets()).collect(),
+            local_addrs: net.addrs.iter().map(|a| a.octets()).collect(),
             excluded_cidrs: v4(&policy.outbound_ip_range_exclusions),
             included_cidrs: v4(&policy.outbound_ip_range_inclusions),
-            excluded_ports: ports,
+            excluded_ports: ports(&policy.outbound_port_exclusions),
+            inbound_excluded_ports: ports(&policy.inbound_port_exclusions),
+            excluded_ifaces,
+            // Only routes matter when some device is excluded.
+            routes: if routes.iter().any(|r| r.2) { routes } else { Vec::new() },
             inclusion: !policy.outbound_ip_range_inclusions.is_empty(),
         }
     }
@@ -80,8 +114,12 @@ pub struct SharedMaps {
     excluded_cidrs: LpmTrie<MapData, PolicyAddr, u8>,
     included_cidrs: LpmTrie<MapData, PolicyAddr, u8>,
     excluded_ports: HashMap<MapData, PolicyPort, u8>,
+    excluded_ifaces: HashMap<MapData, PolicyIface, u8>,
+    iface_routes: LpmTrie<MapData, PolicyAddr, u8>,
+    proxy_listeners: aya::maps::SockHash<MapData, PodId>,
     /// An LRU hash in the kernel; aya's `HashMap` reads both kinds.
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
+    inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
     /// What each pod's active slot holds, so a change deletes exactly that.
     written: StdHashMap<PodId, (PolicyId, SlotEntries)>,
 }
@@ -100,7 +138,11 @@ impl SharedMaps {
             excluded_cidrs: take(ebpf, names::EXCLUDED_CIDRS)?.try_into()?,
             included_cidrs: take(ebpf, names::INCLUDED_CIDRS)?.try_into()?,
             excluded_ports: take(ebpf, names::EXCLUDED_PORTS)?.try_into()?,
+            excluded_ifaces: take(ebpf, names::EXCLUDED_IFACES)?.try_into()?,
+            iface_routes: take(ebpf, names::IFACE_ROUTES)?.try_into()?,
+            proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
             orig_dst: take(ebpf, names::ORIG_DST)?.try_into()?,
+            inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
             written: StdHashMap::new(),
         };
         maps.recover()?;
@@ -125,7 +167,18 @@ impl SharedMaps {
             slots.entry(d.policy).or_default().included_cidrs.push((d.addr, (k.prefix_len() - 32) as u8));
         }
         for k in self.excluded_ports.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default().excluded_ports.push(k.port);
+            let e = slots.entry(k.policy).or_default();
+            match k.direction {
+                direction::INBOUND => e.inbound_excluded_ports.push(k.port),
+                _ => e.excluded_ports.push(k.port),
+            }
+        }
+        for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
+            slots.entry(k.policy).or_default().excluded_ifaces.push(k.ifindex);
+        }
+        for (k, v) in self.iface_routes.iter().filter_map(Result::ok) {
+            let d = k.data();
+            slots.entry(d.policy).or_default().routes.push((d.addr, (k.prefix_len() - 32) as u8, v == 1));
         }
         for (slot, entries) in slots {
             match active.iter().find(|(_, p)| **p == slot) {
@@ -154,9 +207,10 @@ impl SharedMaps {
         self.written.get(&pod).map(|(_, e)| e)
     }
 
-    /// Number of redirected connections the proxy may still ask about.
+    /// Number of redirected connections (outbound and inbound) the proxy
+    /// may still ask about.
     pub fn tracked_connections(&self) -> usize {
-        self.orig_dst.keys().filter(Result::is_ok).count()
+        self.orig_dst.keys().filter(Result::is_ok).count() + self.inbound_orig.keys().filter(Result::is_ok).count()
     }
 
     /// Writes `entries` as the pod's policy, switching over atomically.
@@ -194,13 +248,31 @@ impl SharedMaps {
         if s.log_decisions {
             flags |= pod_flags::LOG_DECISIONS;
         }
+        if s.inbound {
+            flags |= pod_flags::INBOUND;
+        }
         PodConfig { policy: slot, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
+    }
+
+    /// Whether the pod's proxy listener is known to the kernel.
+    pub fn has_listener(&self, pod: PodId) -> bool {
+        // (A sockhash's values can't be read back from user space; its keys can.)
+        self.proxy_listeners.keys().filter_map(Result::ok).any(|k| k == pod)
+    }
+
+    /// Registers the pod's proxy listening socket (for sockets that were
+    /// listening before the pod was enrolled; later ones register themselves
+    /// from sockops).
+    pub fn set_listener(&mut self, pod: PodId, socket: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        self.proxy_listeners.insert(&pod, socket.as_raw_fd(), 0).context("PROXY_LISTENERS")
     }
 
     /// Stops interception for the pod (its config goes first, so its
     /// programs see no pod from then on) and removes its entries.
     pub fn remove(&mut self, pod: PodId) {
         let _ = self.pod_config.remove(&pod);
+        let _ = self.proxy_listeners.remove(&pod);
         if let Some((slot, entries)) = self.written.remove(&pod) {
             self.delete(slot, &entries);
         }
@@ -222,10 +294,22 @@ impl SharedMaps {
                 .insert(&lpm_key(slot, *addr, *len), &1, 0)
                 .context("INCLUDED_CIDRS is full")?;
         }
-        for port in &e.excluded_ports {
-            self.excluded_ports
-                .insert(&PolicyPort { policy: slot, port: *port, _pad: 0 }, &1, 0)
-                .context("EXCLUDED_PORTS is full")?;
+        for (ports, direction) in [(&e.excluded_ports, direction::OUTBOUND), (&e.inbound_excluded_ports, direction::INBOUND)] {
+            for port in ports {
+                self.excluded_ports
+                    .insert(&PolicyPort { policy: slot, port: *port, direction }, &1, 0)
+                    .context("EXCLUDED_PORTS is full")?;
+            }
+        }
+        for ifindex in &e.excluded_ifaces {
+            self.excluded_ifaces
+                .insert(&PolicyIface { policy: slot, ifindex: *ifindex }, &1, 0)
+                .context("EXCLUDED_IFACES is full")?;
+        }
+        for (addr, len, excluded) in &e.routes {
+            self.iface_routes
+                .insert(&lpm_key(slot, *addr, *len), &u8::from(*excluded), 0)
+                .context("IFACE_ROUTES is full")?;
         }
         Ok(())
     }
@@ -241,8 +325,16 @@ impl SharedMaps {
         for (addr, len) in &e.included_cidrs {
             let _ = self.included_cidrs.remove(&lpm_key(slot, *addr, *len));
         }
-        for port in &e.excluded_ports {
-            let _ = self.excluded_ports.remove(&PolicyPort { policy: slot, port: *port, _pad: 0 });
+        for (ports, direction) in [(&e.excluded_ports, direction::OUTBOUND), (&e.inbound_excluded_ports, direction::INBOUND)] {
+            for port in ports {
+                let _ = self.excluded_ports.remove(&PolicyPort { policy: slot, port: *port, direction });
+            }
+        }
+        for ifindex in &e.excluded_ifaces {
+            let _ = self.excluded_ifaces.remove(&PolicyIface { policy: slot, ifindex: *ifindex });
+        }
+        for (addr, len, _) in &e.routes {
+            let _ = self.iface_routes.remove(&lpm_key(slot, *addr, *len));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Loading one instance of the programs for a pod and attaching it to the
-//! pod's cgroup, with every link pinned so that it outlives the agent.
+//! pod's cgroup (sk_lookup: to its network namespace), with every link
+//! pinned so that it outlives the agent.
 //!
 //! Why one instance per pod: the programs need to know which pod a socket
 //! belongs to in all three hooks. `bpf_get_netns_cookie` would tell, but
@@ -17,7 +18,8 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSockAddr, CgroupSockopt, SockOps, links::PinnedLink},
+    programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps, links::PinnedLink},
+    util::KernelVersion,
 };
 use redirect_common::maps::{PodId, names};
 
@@ -28,10 +30,11 @@ use super::{
 };
 
 /// The programs of one pod, by the name of their link pin.
-pub const PROGRAMS: [(&str, &str, AttachType); 3] = [
+pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
     ("connect4", "redirect_connect4", AttachType::CgroupInet4Connect),
     ("sockops", "redirect_sockops", AttachType::CgroupSockOps),
     ("getsockopt", "redirect_getsockopt", AttachType::CgroupGetsockopt),
+    ("sk_lookup", "redirect_sk_lookup", AttachType::SkLookup),
 ];
 
 /// Loads the object with every shared map opened from (or created at) its
@@ -46,19 +49,22 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // bpf_sk_lookup.ingress_ifindex exists from 5.17.
+    let has_ifindex = u8::from(KernelVersion::current().is_ok_and(|k| k >= KernelVersion::new(5, 17, 0)));
     loader
         .override_global("POD_ID", &pod, true)
         .override_global("PAGE_SIZE", &page_size, true)
+        .override_global("HAS_INGRESS_IFINDEX", &has_ifindex, true)
         .load(OBJECT)
         .context("loading the eBPF object")
 }
 
-/// Attaches the pod's programs to its cgroup and pins the links. On failure
-/// nothing stays attached.
-pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path) -> anyhow::Result<()> {
+/// Attaches the pod's programs to its cgroup (and sk_lookup to its network
+/// namespace) and pins the links. On failure nothing stays attached.
+pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
     let dir = pins.pod_dir(pod);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = attach_all(pins, pod, cgroup);
+    let result = attach_all(pins, pod, cgroup, netns);
     if result.is_err() {
         let _ = super::pins::remove_dir(&dir);
     }
@@ -86,17 +92,27 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> any
             p.load().with_context(|| format!("loading {name}"))?;
             p.fd()?.as_fd().try_clone_to_owned()?
         }
+        AttachType::SkLookup => {
+            let p: &mut SkLookup = program.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
     };
     Ok(fd)
 }
 
-fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path) -> anyhow::Result<()> {
+fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
     let mut ebpf = load(pins, pod)?;
     let cg = crate::cgroup::open(cgroup)?;
+    let ns = crate::netns::open(netns)?;
     for (pin, name, attach_type) in PROGRAMS {
         let prog = load_program(&mut ebpf, name, attach_type)?;
-        let fd = link::create(prog.as_fd(), cg.as_fd(), attach_type)
-            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+        let (target, what) = match attach_type {
+            AttachType::SkLookup => (ns.as_fd(), netns),
+            _ => (cg.as_fd(), cgroup),
+        };
+        let fd = link::create(prog.as_fd(), target, attach_type)
+            .with_context(|| format!("attaching {name} to {}", what.display()))?;
         link::pin(&fd, &pins.link(pod, pin))?;
     }
     Ok(())

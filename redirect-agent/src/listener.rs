@@ -1,0 +1,68 @@
+//! Finding a pod's proxy listening socket on the inbound port, for proxies
+//! that were already listening when the pod was enrolled (later ones are
+//! registered by the sockops program when they call listen()).
+//!
+//! The socket is found by inode in the pod's /proc/net/tcp, its owner among
+//! the processes of the pod's cgroup, and duplicated into the agent with
+//! pidfd_getfd (Linux 5.6) so that it can be put into the sockhash.
+
+use std::{
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+
+/// Every process of a cgroup and its descendants.
+fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.parse::<i32>().ok()));
+    }
+    if let Ok(dir) = std::fs::read_dir(cgroup) {
+        for entry in dir.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_pids(&entry.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// A duplicate of the socket listening on `port` in the pod, if any.
+pub fn find(netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Option<OwnedFd>> {
+    let inodes = crate::netns::listening_inodes(netns, port)?;
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for pid in cgroup_pids(cgroup) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            if !wanted.iter().any(|w| target.as_os_str() == w.as_str()) {
+                continue;
+            }
+            let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            return dup_from(pid, num).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn dup_from(pid: i32, fd: i32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain syscalls; every returned descriptor is owned at once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("pidfd_open({pid})"));
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        use std::os::fd::AsRawFd as _;
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("pidfd_getfd({pid}, {fd})"));
+        }
+        Ok(OwnedFd::from_raw_fd(dup as i32))
+    }
+}

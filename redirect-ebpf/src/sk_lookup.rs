@@ -1,0 +1,88 @@
+//! `sk_lookup` (attached to the pod's network namespace): the inbound
+//! decision for every TCP connection arriving at the pod from elsewhere.
+//!
+//! A redirected connection is not rewritten at all: its SYN is handed to
+//! the proxy's listening socket on the inbound port (found in
+//! `PROXY_LISTENERS`), so the accepted socket's local address is the one the
+//! client dialled, replies leave from pod-IP:port as they would, and no
+//! per-packet state exists. The dialled address is recorded in
+//! `INBOUND_ORIG` for the proxy's `SO_ORIGINAL_DST`.
+
+use aya_ebpf::{
+    bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
+use redirect_common::{
+    decision::{Inbound, Verdict, decide_inbound},
+    maps::{ConnKey, OrigDst, pod_flags},
+};
+
+use crate::{
+    maps::{INBOUND_ORIG, POD_CONFIG, PROXY_LISTENERS},
+    policy::MapLists,
+};
+
+const IPPROTO_TCP: u32 = 6;
+
+#[sk_lookup]
+pub fn redirect_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid bpf_sk_lookup for this hook.
+    unsafe { try_sk_lookup(&ctx) }
+}
+
+unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    // SAFETY (whole body): `l` is the context; fields read as the kernel
+    // defines them.
+    unsafe {
+        if (*l).protocol != IPPROTO_TCP {
+            return SK_PASS;
+        }
+        let Some(config) = POD_CONFIG.get(&crate::pod_id()).copied() else {
+            return SK_PASS;
+        };
+        if config.flags & pod_flags::INBOUND == 0 {
+            return SK_PASS;
+        }
+        let lists = MapLists { config: &config };
+        let remote = u32::from_be((*l).remote_ip4);
+        // Connections a process of the pod opens to its own addresses come
+        // from a local address: the outbound table has decided them.
+        if (remote >> 24) == 127 || lists.is_local_addr(remote) {
+            return SK_PASS;
+        }
+        let local_port = (*l).local_port as u16;
+        // ingress_ifindex exists from Linux 5.17; the agent sets
+        // HAS_INGRESS_IFINDEX only there, and the verifier drops the read
+        // elsewhere as dead code.
+        let ingress_ifindex = if crate::HAS_INGRESS_IFINDEX.load() != 0 { Some((*l).ingress_ifindex) } else { None };
+        let rule = decide_inbound(&Inbound { dst_port: local_port, ingress_ifindex }, &lists);
+        if rule.verdict() == Verdict::Direct {
+            return SK_PASS;
+        }
+        // remote_port: network order in the low 16 bits (read as the 32-bit
+        // field of kernels before 5.19).
+        let remote_port_field = core::ptr::addr_of!((*l).remote_port).cast::<u32>();
+        let key = ConnKey {
+            pod: crate::pod_id(),
+            src_addr: (*l).remote_ip4.to_ne_bytes(),
+            dst_addr: (*l).local_ip4.to_ne_bytes(),
+            src_port: u16::from_be(*remote_port_field as u16),
+            dst_port: local_port,
+        };
+        let orig = OrigDst { addr: (*l).local_ip4.to_ne_bytes(), port: local_port, _pad: 0 };
+        if INBOUND_ORIG.insert(&key, &orig, 0).is_err() {
+            return SK_DROP;
+        }
+        match PROXY_LISTENERS.redirect_sk_lookup(ctx, &crate::pod_id(), 0) {
+            Ok(()) => SK_PASS,
+            // No proxy listening: refuse rather than let the connection reach
+            // the application around the proxy (fail closed).
+            Err(_) => {
+                let _ = INBOUND_ORIG.remove(&key);
+                SK_DROP
+            }
+        }
+    }
+}
