@@ -199,6 +199,9 @@ impl Agent {
                 (Some(why), _) => (Dataplane::Iptables, format!("eBPF unavailable: {why}")),
                 (None, None) => (Dataplane::Iptables, "no cgroup v2 group given".into()),
                 (None, Some(Err(e))) => (Dataplane::Iptables, format!("{e:#}")),
+                (None, Some(Ok(_))) if !self.policy(spec)?.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() => {
+                    (Dataplane::Iptables, "interface exclusions need Linux 5.17 for eBPF".into())
+                }
                 (None, Some(Ok(_))) => (Dataplane::Ebpf, "kernel and pod support eBPF".into()),
             },
         })
@@ -235,6 +238,9 @@ impl Agent {
                 let settings = self.state.settings;
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
+                if !policy.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
+                    log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
+                }
                 let ebpf = self.ebpf_mut()?;
                 ebpf.maps.apply(id, SlotEntries::from_policy(&policy, &net), &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {

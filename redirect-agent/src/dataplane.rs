@@ -48,3 +48,8 @@ pub fn probe_ebpf() -> Result<String, String> {
     }
     Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/sockops/getsockopt load", mount.display()))
 }
+
+/// Whether sk_lookup programs see the interface of arrival (5.17).
+pub fn sees_ingress_interface() -> bool {
+    KernelVersion::current().is_ok_and(|k| k >= KernelVersion::new(5, 17, 0))
+}

@@ -19,7 +19,6 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps, links::PinnedLink},
-    util::KernelVersion,
 };
 use redirect_common::maps::{PodId, names};
 
@@ -50,7 +49,7 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     // bpf_sk_lookup.ingress_ifindex exists from 5.17.
-    let has_ifindex = u8::from(KernelVersion::current().is_ok_and(|k| k >= KernelVersion::new(5, 17, 0)));
+    let has_ifindex = u8::from(crate::dataplane::sees_ingress_interface());
     loader
         .override_global("POD_ID", &pod, true)
         .override_global("PAGE_SIZE", &page_size, true)
