@@ -37,24 +37,24 @@ pub struct AgentOptions {
 
 /// The eBPF dataplane's user-space half, when the kernel can run it.
 pub struct Ebpf {
-    pins: Pins,
-    maps: SharedMaps,
+    pub(crate) pins: Pins,
+    pub(crate) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
     pub logger: aya_log::EbpfLogger<&'static dyn log::Log>,
 }
 
 pub struct Agent {
-    state_dir: PathBuf,
-    bpffs_dir: PathBuf,
-    state: State,
-    mesh: MeshConfig,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) bpffs_dir: PathBuf,
+    pub(crate) state: State,
+    pub(crate) mesh: MeshConfig,
     mesh_mtime: Option<std::time::SystemTime>,
     choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
-    ebpf_unavailable: Option<String>,
+    pub(crate) ebpf_unavailable: Option<String>,
     pub ebpf: Option<Ebpf>,
     /// The rules last applied to each iptables pod.
-    iptables_applied: HashMap<PodId, String>,
+    pub(crate) iptables_applied: HashMap<PodId, String>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -69,6 +69,8 @@ pub struct PodStatus {
     pub excluded_cidrs: usize,
     pub included_cidrs: usize,
     pub excluded_ports: usize,
+    /// Kernel event counters by name (eBPF pods).
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -79,6 +81,8 @@ pub struct Status {
     pub ebpf_unavailable: Option<String>,
     pub pods: Vec<PodStatus>,
     pub tracked_connections: usize,
+    /// Fill levels of the kernel maps.
+    pub maps: Vec<crate::ebpf::maps::MapFill>,
 }
 
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
@@ -207,7 +211,7 @@ impl Agent {
         })
     }
 
-    fn policy(&self, spec: &PodSpec) -> anyhow::Result<PodPolicy> {
+    pub(crate) fn policy(&self, spec: &PodSpec) -> anyhow::Result<PodPolicy> {
         Ok(PodPolicy::merge(&self.mesh, &spec.validate()?))
     }
 
@@ -292,6 +296,9 @@ impl Agent {
         let (dataplane, why) = self.choose(&spec)?;
         spec.dataplane = Some(dataplane);
         let id = self.state.free_id();
+        if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
+            ebpf.maps.reset_counters(id)?;
+        }
         if let Err(e) = self.install(id, &spec) {
             self.uninstall_pod(id, &spec);
             return Err(e.context(format!("pod {}: not enrolled", spec.name)));
@@ -362,7 +369,16 @@ impl Agent {
         Ok(true)
     }
 
+    /// Re-reads the MeshConfig and rewrites every pod's policy, also where
+    /// nothing changed (repairs kernel state changed behind the agent's back).
     pub fn reload(&mut self, path: Option<PathBuf>) -> anyhow::Result<()> {
+        let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        if let Some(ebpf) = &mut self.ebpf {
+            for id in &ids {
+                ebpf.maps.force_rewrite(*id);
+            }
+        }
+        self.iptables_applied.clear();
         let path = path.or_else(|| self.state.mesh_config.clone());
         let mesh = match &path {
             Some(p) => MeshConfig::load(p)?,
@@ -400,6 +416,7 @@ impl Agent {
                     excluded_cidrs: written.excluded_cidrs.len(),
                     included_cidrs: written.included_cidrs.len(),
                     excluded_ports: written.excluded_ports.len(),
+                    counters: ebpf.map(|e| crate::diagnostics::named_counters(&e.maps.counters(*id))).unwrap_or_default(),
                 }
             })
             .collect();
@@ -410,6 +427,7 @@ impl Agent {
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
             tracked_connections: self.ebpf.as_ref().map_or(0, |e| e.maps.tracked_connections()),
+            maps: self.ebpf.as_ref().map(|e| e.maps.fill()).unwrap_or_default(),
         }
     }
 

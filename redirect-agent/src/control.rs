@@ -21,6 +21,10 @@ pub enum Request {
     Reload { path: Option<PathBuf> },
     /// Remove every trace, then stop.
     Uninstall,
+    Explain { pod: String, query: crate::diagnostics::Query },
+    Diagnose { pod: Option<String> },
+    /// Prometheus text.
+    Metrics,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -28,11 +28,26 @@ use crate::{
 
 type Job = (Request, oneshot::Sender<Response>);
 
-/// How often the MeshConfig file and the pods' addresses are looked at.
+/// How often the MeshConfig file is looked at.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How the daemon runs, beside the agent's own options.
+pub struct DaemonOptions {
+    /// How often pods' addresses, interfaces and routes are re-read (and
+    /// missing programs re-attached).
+    pub refresh: Duration,
+    /// Serve Prometheus text on this address (`/metrics`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions { refresh: Duration::from_secs(5), metrics_listen: None }
+    }
+}
+
 /// Runs until `stop` completes (or an uninstall request).
-pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let sock = socket_path(&opts.state_dir);
     std::fs::create_dir_all(&opts.state_dir)?;
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
@@ -44,6 +59,11 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
     let (tx, mut rx) = mpsc::channel::<Job>(16);
+    if let Some(addr) = daemon.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+        log::info!("Prometheus metrics on http://{addr}/metrics");
+        tokio::spawn(serve_metrics(listener, tx.clone()));
+    }
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(serve(stream, tx.clone()));
@@ -63,7 +83,8 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
     };
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(stop);
-    let mut refresh_count = 0u32;
+    let mut refresh = tokio::time::interval(daemon.refresh);
+    refresh.tick().await;
     loop {
         tokio::select! {
             Some((request, reply)) = rx.recv() => {
@@ -89,11 +110,8 @@ pub async fn run(opts: AgentOptions, stop: impl std::future::Future<Output = ()>
                     Ok(false) => {}
                     Err(e) => log::error!("MeshConfig change refused, previous lists kept: {e:#}"),
                 }
-                refresh_count += 1;
-                if refresh_count % 5 == 0 {
-                    agent.refresh();
-                }
             }
+            _ = refresh.tick() => agent.refresh(),
             () = &mut stop => break,
         }
     }
@@ -134,8 +152,35 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         }),
         Request::Status => serde_json::to_value(agent.status()).map_err(Into::into),
         Request::Reload { path } => agent.reload(path).map(|()| serde_json::json!("reloaded")),
+        Request::Explain { pod, query } => agent.explain(&pod, query).and_then(|e| Ok(serde_json::to_value(e)?)),
+        Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).and_then(|c| Ok(serde_json::to_value(c)?)),
+        Request::Metrics => Ok(serde_json::Value::String(agent.metrics())),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
+}
+
+/// `GET /metrics` over HTTP/1.1, answered from the agent's loop.
+async fn serve_metrics(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let jobs = jobs.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                let text = match jobs.send((Request::Metrics, tx)).await {
+                    Ok(()) => match rx.await {
+                        Ok(Response::Ok(serde_json::Value::String(text))) => text,
+                        _ => String::new(),
+                    },
+                    Err(_) => String::new(),
+                };
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        log::error!("metrics endpoint: {e}");
+    }
 }
 
 async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>) {

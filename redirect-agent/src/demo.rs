@@ -60,7 +60,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         dataplane: crate::dataplane::Choice::Auto,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(crate::daemon::run(opts, async move {
+    let agent = tokio::spawn(crate::daemon::run(opts, crate::daemon::DaemonOptions::default(), async move {
         let _ = stop_rx.await;
     }));
     let result = demo(&pod_ns, &cgroup, &state_dir).await;

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod iptables;
 pub mod demo;
+pub mod diagnostics;
 pub mod ebpf;
 pub mod listener;
 pub mod lists;

@@ -133,6 +133,41 @@ enum Command {
         /// pod allow it and iptables elsewhere.
         #[arg(long, value_enum, default_value = "auto")]
         dataplane: Choice,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9901); off by default.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Seconds between re-reads of pods' addresses, interfaces and
+        /// routes (missing programs are re-attached then too).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        refresh_interval: u64,
+    },
+    /// Why a connection is (or is not) intercepted: the verdict and the rule,
+    /// from the configured lists and from the kernel's state.
+    Explain {
+        pod: String,
+        /// Outbound: the destination a process of the pod dials.
+        #[arg(long, required_unless_present = "inbound")]
+        to: Option<std::net::SocketAddrV4>,
+        /// Outbound: the UID of the dialling process.
+        #[arg(long, default_value_t = 0)]
+        uid: u32,
+        /// Inbound: a connection from elsewhere to the pod's --port.
+        #[arg(long, requires = "port", conflicts_with = "to")]
+        inbound: bool,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Inbound: the interface it arrives on.
+        #[arg(long, requires = "inbound")]
+        iface: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run the troubleshooting checks (all pods, or one): agent, programs,
+    /// lists in the kernel, proxy listeners. Exits non-zero if one fails.
+    Diagnose {
+        pod: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Enroll a pod with the running agent.
     Enroll {
@@ -218,7 +253,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.state_dir;
     match cli.command {
-        Command::Run { mesh_config, proxy: ProxyArgs { outbound_port, inbound_port, proxy_uid }, log_decisions, dataplane } => {
+        Command::Run {
+            mesh_config,
+            proxy: ProxyArgs { outbound_port, inbound_port, proxy_uid },
+            log_decisions,
+            dataplane,
+            metrics_listen,
+            refresh_interval,
+        } => {
             let opts = AgentOptions {
                 state_dir: cli.state_dir.clone(),
                 bpffs_dir: cli.bpffs_dir.clone(),
@@ -226,7 +268,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 settings: ProxySettings { outbound_port, inbound_port, proxy_uid, log_decisions, inbound: true },
                 dataplane,
             };
-            runtime()?.block_on(daemon::run(opts, daemon::termination()))
+            let daemon_opts = daemon::DaemonOptions {
+                refresh: std::time::Duration::from_secs(refresh_interval),
+                metrics_listen,
+            };
+            runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane } => {
             let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane };
@@ -254,6 +300,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Iptables { action } => iptables_command(action),
+        Command::Explain { pod, to, uid, inbound, port, iface, output } => {
+            use redirect_agent::diagnostics::{Explanation, Query};
+            let query = match (to, inbound) {
+                (Some(to), false) => Query::Outbound { to, uid },
+                _ => Query::Inbound { port: port.expect("clap requires --port"), iface },
+            };
+            let answer = control::call(dir, &Request::Explain { pod, query })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                Output::Table => {
+                    let e: Explanation = serde_json::from_value(answer)?;
+                    println!("pod {} ({:?} dataplane): {:?}", e.pod, e.dataplane.unwrap_or(Dataplane::Ebpf), e.query);
+                    println!("verdict: {}  (rule {}: {})", e.config.verdict, e.config.rule, e.config.reason);
+                    if let Some(m) = &e.matched {
+                        println!("matched: {m}");
+                    }
+                    match &e.kernel {
+                        Some(k) if e.agrees => println!("kernel:  agrees (its maps give the same verdict and rule)"),
+                        Some(k) => println!("kernel:  DISAGREES: {} (rule {}: {}); run `redirect-agent diagnose {}`", k.verdict, k.rule, k.reason, e.pod),
+                        None => println!("kernel:  iptables rules; `redirect-agent diagnose` compares them with the lists"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Diagnose { pod, output } => {
+            use redirect_agent::diagnostics::Check;
+            let checks: Vec<Check> = match control::call(dir, &Request::Diagnose { pod }) {
+                Ok(v) => serde_json::from_value(v)?,
+                Err(e) => vec![Check {
+                    pod: "-".into(),
+                    check: "the agent is running".into(),
+                    pass: false,
+                    detail: format!("{e:#}"),
+                    fix: Some("start it: `redirect-agent run --mesh-config FILE`".into()),
+                }],
+            };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+                Output::Table => {
+                    for c in &checks {
+                        println!("{} {:<24} {:<40} {}", if c.pass { "PASS" } else { "FAIL" }, c.pod, c.check, c.detail);
+                        if let Some(fix) = &c.fix {
+                            println!("     fix: {fix}");
+                        }
+                    }
+                }
+            }
+            let failed = checks.iter().filter(|c| !c.pass).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} check(s) failed");
+            }
+            Ok(())
+        }
         Command::Uninstall => {
             // A running agent removes everything and stops; otherwise do it here.
             match control::call(dir, &Request::Uninstall) {
@@ -329,6 +429,18 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
 }
 
 fn print_status(s: &agent::Status) {
+    print_pods(s);
+    for p in s.pods.iter().filter(|p| !p.counters.is_empty()) {
+        let nonzero: Vec<String> = p.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        println!("counters {}: {}", p.name, if nonzero.is_empty() { "none yet".into() } else { nonzero.join(" ") });
+    }
+    if !s.maps.is_empty() {
+        let fill: Vec<String> = s.maps.iter().map(|m| format!("{} {}/{}", m.map, m.entries, m.capacity)).collect();
+        println!("maps: {}", fill.join(", "));
+    }
+}
+
+fn print_pods(s: &agent::Status) {
     println!(
         "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}   tracked connections: {}",
         s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()),

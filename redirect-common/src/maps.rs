@@ -34,12 +34,14 @@ pub mod names {
     pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
     pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
+    pub const COUNTERS: &str = "COUNTERS";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 12] = [
+    pub const SHARED: [&str; 13] = [
+        COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
         EXCLUDED_CIDRS,
@@ -75,6 +77,28 @@ pub mod capacity {
     /// Routes of the pods' network namespaces (for outbound interface
     /// exclusions).
     pub const ROUTES: u32 = 16 * 1024;
+}
+
+/// Per-pod, per-CPU event counters: `COUNTERS[pod * counter::SLOTS + id]`.
+pub mod counter {
+    /// Counter slots per pod.
+    pub const SLOTS: u32 = 16;
+    /// 1..=10: the outbound rule that decided a `connect()` (its row number).
+    pub const fn outbound(rule: crate::decision::OutboundRule) -> u32 {
+        rule as u32
+    }
+    /// 11..=14: the inbound rule that decided an arriving connection.
+    pub const fn inbound(rule: crate::decision::InboundRule) -> u32 {
+        10 + rule as u32
+    }
+    /// An inbound connection refused because no proxy listened.
+    pub const INBOUND_NO_PROXY: u32 = 15;
+    /// `SO_ORIGINAL_DST` answered for the proxy.
+    pub const ORIGINAL_DST_ANSWERED: u32 = 0;
+
+    pub const fn index(pod: super::PodId, id: u32) -> u32 {
+        pod.wrapping_mul(SLOTS).wrapping_add(id)
+    }
 }
 
 /// Per-pod settings, keyed by [`PodId`] in `POD_CONFIG`.

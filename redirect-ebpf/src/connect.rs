@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use redirect_common::{
     decision::{Outbound, Verdict, decide_outbound},
-    maps::{OrigDst, pod_flags},
+    maps::{OrigDst, counter, pod_flags},
 };
 
 use crate::{
@@ -46,6 +46,7 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
         uid: bpf_get_current_uid_gid() as u32,
     };
     let rule = decide_outbound(&conn, &MapLists { config: &config });
+    crate::maps::count(counter::outbound(rule));
     let port = match rule.verdict() {
         Verdict::Direct => {
             if config.flags & pod_flags::LOG_DECISIONS != 0 {

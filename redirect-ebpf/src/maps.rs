@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, SockHash},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use redirect_common::maps::{
-    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity,
+    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity, counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: required by LPM tries.
@@ -59,3 +59,16 @@ pub static PROXY_LISTENERS: SockHash<PodId> = SockHash::with_max_entries(capacit
 #[map]
 pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
+
+/// Event counters per pod (see `redirect_common::maps::counter`), per CPU so
+/// that counting never contends.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::PODS * counter::SLOTS, 0);
+
+#[inline(always)]
+pub fn count(id: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter::index(crate::pod_id(), id)) {
+        // SAFETY: a per-CPU slot: no other CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use redirect_common::{
     decision::{Inbound, Verdict, decide_inbound},
-    maps::{ConnKey, OrigDst, pod_flags},
+    maps::{ConnKey, OrigDst, counter, pod_flags},
 };
 
 use crate::{
@@ -58,6 +58,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         // elsewhere as dead code.
         let ingress_ifindex = if crate::HAS_INGRESS_IFINDEX.load() != 0 { Some((*l).ingress_ifindex) } else { None };
         let rule = decide_inbound(&Inbound { dst_port: local_port, ingress_ifindex }, &lists);
+        crate::maps::count(counter::inbound(rule));
         if rule.verdict() == Verdict::Direct {
             return SK_PASS;
         }
@@ -81,6 +82,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
             // the application around the proxy (fail closed).
             Err(_) => {
                 let _ = INBOUND_ORIG.remove(&key);
+                crate::maps::count(counter::INBOUND_NO_PROXY);
                 SK_DROP
             }
         }

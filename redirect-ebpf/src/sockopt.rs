@@ -77,5 +77,6 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
         // store LLVM would merge them into.
         core::ptr::write_volatile(&raw mut (*so).optlen, SOCKADDR_IN_LEN as i32);
         core::ptr::write_volatile(&raw mut (*so).retval, 0);
+        crate::maps::count(redirect_common::maps::counter::ORIGINAL_DST_ANSWERED);
     }
 }

@@ -175,6 +175,15 @@ impl Node {
         serde_json::from_str(&out).expect("status JSON")
     }
 
+    /// `explain --output json` for a pod.
+    pub fn explain(&self, pod: &Pod, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["explain", pod.name.as_str(), "--output", "json"];
+        all.extend_from_slice(args);
+        let (ok, out) = self.cli(&all);
+        assert!(ok, "explain {args:?}: {out}");
+        serde_json::from_str(&out).expect("explain JSON")
+    }
+
     /// SIGKILL: no chance to clean anything up.
     pub fn kill_agent(&mut self) {
         if let Some(mut a) = self.agent.take() {

@@ -178,6 +178,29 @@ fn both_dataplanes_agree_on_every_scenario() {
             assert!(!want.starts_with("error") || want.contains("Connection refused"), "{}: {who} -> {to}: iptables: {want}", s.name);
             assert_eq!(got, want, "{}: {who} -> {to}: eBPF disagrees with iptables", s.name);
             seen.insert(want.split(' ').next().unwrap().to_owned());
+            // explain runs the same decision: it must name the verdict seen,
+            // and for the eBPF pod the kernel's maps must agree with it.
+            let expected = match want.split(' ').next().unwrap() {
+                "out" => "redirect-outbound",
+                "in" => "redirect-inbound",
+                _ => "direct",
+            };
+            for (pod, net1) in [(&ipt, &ipt_net1), (&bpf, &bpf_net1)] {
+                let mut to_addr = to.replace("POD", &pod.ip);
+                if let Some(ip) = net1 {
+                    to_addr = to_addr.replace("NET1PEER", &pod.net1_peer()).replace("NET1", ip);
+                }
+                let e = match from {
+                    From::Pod(uid) => node.explain(pod, &["--to", &to_addr, "--uid", &uid.to_string()]),
+                    From::Node => {
+                        let port = to_addr.rsplit(':').next().unwrap().to_owned();
+                        let iface = if to.starts_with("NET1") { "net1" } else { "eth0" };
+                        node.explain(pod, &["--inbound", "--port", &port, "--iface", iface])
+                    }
+                };
+                assert_eq!(e["config"]["verdict"], expected, "{}: {who} -> {to}: explain {e:#}", s.name);
+                assert_eq!(e["agrees"], true, "{}: {who} -> {to}: the kernel disagrees: {e:#}", s.name);
+            }
         }
     }
     println!("{table}");

@@ -9,6 +9,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, anyhow};
+use redirect_common::maps::{capacity, counter};
 use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
 use ipnet::IpNet;
 use redirect_common::maps::{
@@ -45,6 +46,13 @@ impl Default for ProxySettings {
             inbound: true,
         }
     }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 /// What is written for one pod, in map terms.
@@ -120,8 +128,12 @@ pub struct SharedMaps {
     /// An LRU hash in the kernel; aya's `HashMap` reads both kinds.
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
+    orig_by_cookie: HashMap<MapData, u64, OrigDst>,
+    counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's active slot holds, so a change deletes exactly that.
     written: StdHashMap<PodId, (PolicyId, SlotEntries)>,
+    /// Pods whose next `apply` rewrites their policy even if unchanged.
+    stale: std::collections::HashSet<PodId>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -143,7 +155,10 @@ impl SharedMaps {
             proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
             orig_dst: take(ebpf, names::ORIG_DST)?.try_into()?,
             inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
+            orig_by_cookie: take(ebpf, names::ORIG_BY_COOKIE)?.try_into()?,
+                    counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
+            stale: Default::default(),
         };
         maps.recover()?;
         Ok(maps)
@@ -217,7 +232,7 @@ impl SharedMaps {
     pub fn apply(&mut self, pod: PodId, entries: SlotEntries, settings: &ProxySettings) -> anyhow::Result<()> {
         let current = self.pod_config(pod);
         if let (Some(cfg), Some((_, written))) = (current, self.written.get(&pod)) {
-            if *written == entries && cfg == self.config_for(cfg.policy, &entries, settings) {
+            if *written == entries && cfg == self.config_for(cfg.policy, &entries, settings) && !self.stale.contains(&pod) {
                 return Ok(());
             }
         }
@@ -237,6 +252,7 @@ impl SharedMaps {
         if let Some((old_slot, old)) = self.written.insert(pod, (next_slot, entries)) {
             self.delete(old_slot, &old);
         }
+        self.stale.remove(&pod);
         Ok(())
     }
 
@@ -252,6 +268,104 @@ impl SharedMaps {
             flags |= pod_flags::INBOUND;
         }
         PodConfig { policy: slot, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
+    }
+
+    /// The pod's event counters, summed over CPUs (`redirect_common::maps::counter`).
+    pub fn counters(&self, pod: PodId) -> [u64; counter::SLOTS as usize] {
+        let mut out = [0u64; counter::SLOTS as usize];
+        for (id, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&counter::index(pod, id as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Zeroes a pod id's counters (a new pod may get the id of an old one).
+    pub fn reset_counters(&mut self, pod: PodId) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?.get() as usize;
+        for id in 0..counter::SLOTS {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+            self.counters.set(counter::index(pod, id), zeros, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Entries in use and capacity of each map that can fill up.
+    pub fn fill(&self) -> Vec<MapFill> {
+        let n = |keys: usize, name: &str, capacity: u32| MapFill { map: name.to_owned(), entries: keys, capacity };
+        vec![
+            n(self.pod_config.keys().count(), names::POD_CONFIG, capacity::PODS),
+            n(self.local_addrs.keys().count(), names::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
+            n(self.excluded_cidrs.keys().count(), names::EXCLUDED_CIDRS, capacity::CIDRS),
+            n(self.included_cidrs.keys().count(), names::INCLUDED_CIDRS, capacity::CIDRS),
+            n(self.excluded_ports.keys().count(), names::EXCLUDED_PORTS, capacity::PORTS),
+            n(self.excluded_ifaces.keys().count(), names::EXCLUDED_IFACES, capacity::IFACES),
+            n(self.iface_routes.keys().count(), names::IFACE_ROUTES, capacity::ROUTES),
+            n(self.orig_by_cookie.keys().count(), names::ORIG_BY_COOKIE, capacity::PENDING_CONNECTS),
+            n(self.orig_dst.keys().count(), names::ORIG_DST, capacity::CONNECTIONS),
+            n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
+        ]
+    }
+
+    /// What the kernel holds in a policy slot right now (not what the agent
+    /// believes it wrote): for diagnostics.
+    pub fn read_slot(&self, slot: PolicyId) -> SlotEntries {
+        let mut e = SlotEntries::default();
+        e.local_addrs = self.local_addrs.keys().filter_map(Result::ok).filter(|k| k.policy == slot).map(|k| k.addr).collect();
+        let lpm = |t: &LpmTrie<MapData, PolicyAddr, u8>| -> Vec<([u8; 4], u8, u8)> {
+            t.iter()
+                .filter_map(Result::ok)
+                .filter(|(k, _)| k.data().policy == slot)
+                .map(|(k, v)| (k.data().addr, (k.prefix_len() - 32) as u8, v))
+                .collect()
+        };
+        e.excluded_cidrs = lpm(&self.excluded_cidrs).into_iter().map(|(a, l, _)| (a, l)).collect();
+        e.included_cidrs = lpm(&self.included_cidrs).into_iter().map(|(a, l, _)| (a, l)).collect();
+        e.routes = lpm(&self.iface_routes).into_iter().map(|(a, l, v)| (a, l, v == 1)).collect();
+        for k in self.excluded_ports.keys().filter_map(Result::ok).filter(|k| k.policy == slot) {
+            match k.direction {
+                direction::INBOUND => e.inbound_excluded_ports.push(k.port),
+                _ => e.excluded_ports.push(k.port),
+            }
+        }
+        e.excluded_ifaces = self.excluded_ifaces.keys().filter_map(Result::ok).filter(|k| k.policy == slot).map(|k| k.ifindex).collect();
+        e.local_addrs.sort();
+        e.excluded_cidrs.sort();
+        e.included_cidrs.sort();
+        e.routes.sort();
+        e.excluded_ports.sort();
+        e.inbound_excluded_ports.sort();
+        e.excluded_ifaces.sort();
+        e
+    }
+
+    /// Kernel-side answers of the decision's questions for one pod.
+    pub fn lookup_local(&self, slot: PolicyId, addr: [u8; 4]) -> bool {
+        self.local_addrs.get(&PolicyAddr { policy: slot, addr }, 0).is_ok()
+    }
+
+    pub fn lookup_cidr(&self, included: bool, slot: PolicyId, addr: [u8; 4]) -> bool {
+        let trie = if included { &self.included_cidrs } else { &self.excluded_cidrs };
+        trie.get(&lpm_key(slot, addr, 32), 0).is_ok()
+    }
+
+    pub fn lookup_route_excluded(&self, slot: PolicyId, addr: [u8; 4]) -> bool {
+        self.iface_routes.get(&lpm_key(slot, addr, 32), 0).is_ok_and(|v| v == 1)
+    }
+
+    pub fn lookup_port(&self, slot: PolicyId, port: u16, direction: u16) -> bool {
+        self.excluded_ports.get(&PolicyPort { policy: slot, port, direction }, 0).is_ok()
+    }
+
+    pub fn lookup_iface(&self, slot: PolicyId, ifindex: u32) -> bool {
+        self.excluded_ifaces.get(&PolicyIface { policy: slot, ifindex }, 0).is_ok()
+    }
+
+    /// Makes the next `apply` rewrite the pod's policy even if unchanged
+    /// (repairs entries removed behind the agent's back).
+    pub fn force_rewrite(&mut self, pod: PodId) {
+        self.stale.insert(pod);
     }
 
     /// Whether the pod's proxy listener is known to the kernel.

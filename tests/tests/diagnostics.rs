@@ -1,0 +1,156 @@
+//! diagnose, explain, status counters and metrics: each diagnose check made
+//! to fail on purpose and seen to fail with the right message.
+
+use std::io::{Read as _, Write as _};
+
+use tests::{APP_UID, Node, PROXY_UID, Pod};
+
+const MESH: &str = "spec:\n  traffic:\n    outboundPortExclusionList: [6379]\n    outboundIPRangeExclusionList: [10.97.0.0/16]\n";
+/// Long enough that the agent doesn't repair what a test breaks on purpose.
+const NO_REFRESH: &[&str] = &["--refresh-interval", "3600"];
+
+fn diagnose(node: &Node, pod: &Pod) -> (bool, Vec<serde_json::Value>) {
+    let out = node.agent_cmd().args(["diagnose", &pod.name, "--output", "json"]).output().unwrap();
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("diagnose JSON");
+    (out.status.success(), checks)
+}
+
+fn failed(checks: &[serde_json::Value]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c["pass"] == false)
+        .map(|c| format!("{}: {}", c["check"].as_str().unwrap(), c["detail"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn diagnose_passes_on_a_healthy_pod_and_names_a_detached_program() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(ok, "{:#?}", failed(&checks));
+    assert!(checks.len() >= 6, "{checks:#?}");
+    // Detach connect4 behind the agent's back: its pin is its last reference.
+    std::fs::remove_file(node.bpffs_dir.join("pods/1/connect4")).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    assert_eq!(failed(&checks), ["programs attached: not attached: connect4"]);
+    let (ok, out) = node.cli(&["reload"]);
+    assert!(ok, "{out}");
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert!(diagnose(&node, &pod).0);
+}
+
+#[test]
+fn diagnose_names_a_map_entry_removed_by_hand_and_reload_repairs_it() {
+    use aya::maps::{HashMap, Map, MapData};
+    use redirect_common::maps::{PodConfig, PolicyPort};
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+    let maps = node.bpffs_dir.join("maps");
+    let config: HashMap<_, u32, PodConfig> = Map::HashMap(MapData::from_pin(maps.join("POD_CONFIG")).unwrap()).try_into().unwrap();
+    let slot = config.get(&1, 0).unwrap().policy;
+    let mut ports: HashMap<_, PolicyPort, u8> = Map::HashMap(MapData::from_pin(maps.join("EXCLUDED_PORTS")).unwrap()).try_into().unwrap();
+    ports.remove(&PolicyPort { policy: slot, port: 6379, direction: 0 }).unwrap();
+    // The kernel now redirects 6379, and explain says the kernel disagrees.
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "out 10.96.0.10:6379");
+    let e = node.explain(&pod, &["--to", "10.96.0.10:6379", "--uid", "1000"]);
+    assert_eq!(e["config"]["verdict"], "direct");
+    assert_eq!(e["config"]["rule"], 7);
+    assert_eq!(e["matched"], "port 6379 (MeshConfig)");
+    assert_eq!(e["kernel"]["verdict"], "redirect-outbound");
+    assert_eq!(e["agrees"], false);
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    assert_eq!(failed(&checks), ["kernel maps hold the effective lists: EXCLUDED_PORTS lacks outbound port 6379 (MeshConfig)"]);
+    let (ok, out) = node.cli(&["reload"]);
+    assert!(ok, "{out}");
+    assert!(diagnose(&node, &pod).0);
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+    assert_eq!(node.explain(&pod, &["--to", "10.96.0.10:6379", "--uid", "1000"])["agrees"], true);
+}
+
+#[test]
+fn diagnose_names_a_proxy_that_does_not_listen() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let mut pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    pod.stop_listeners();
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    let f = failed(&checks);
+    assert!(f.contains(&"proxy listens on 15001: nothing listens on 15001 in the pod: outbound connections fail".to_owned()), "{f:#?}");
+    assert!(f.contains(&"proxy listens on 15003: nothing listens on 15003 in the pod: inbound connections fail".to_owned()), "{f:#?}");
+    assert!(f.iter().any(|c| c.starts_with("inbound listener registered: no socket listening on 15003")), "{f:#?}");
+}
+
+#[test]
+fn diagnose_compares_an_iptables_pods_rules() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll_with(&pod, &[], &["--dataplane", "iptables"]).unwrap();
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(ok, "{:#?}", failed(&checks));
+    let del = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.ns.name, "iptables", "-t", "nat", "-D", "fsm_PROXY_OUTBOUND", "-d", "10.97.0.0/16", "-j", "RETURN"])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    assert_eq!(failed(&checks), ["iptables rules match the effective lists: fsm_PROXY_OUTBOUND: 6 of our rules, expected 7"]);
+}
+
+#[test]
+fn clear_errors_when_the_agent_is_down_or_the_pod_unknown() {
+    let mut node = Node::start(MESH).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    let (ok, out) = node.cli(&["explain", &pod.name, "--to", "10.96.0.10:80"]);
+    assert!(!ok && out.contains(&format!("pod {}: not enrolled", pod.name)), "{out}");
+    node.kill_agent();
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok);
+    assert!(out.contains("FAIL") && out.contains("the agent is not running") && out.contains("fix: start it"), "{out}");
+    let (ok, out) = node.cli(&["status"]);
+    assert!(!ok && out.contains("the agent is not running"), "{out}");
+}
+
+#[test]
+fn status_counts_verdicts_and_metrics_serve_them() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let node = Node::start_with(MESH, &["--metrics-listen", &listen]).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    }
+    assert_eq!(pod.dial("10.97.0.10:80", APP_UID), "direct 10.97.0.10:80");
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+    assert_eq!(pod.dial("10.96.0.10:80", PROXY_UID), "direct 10.96.0.10:80");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
+    let status = node.status();
+    let c = &status["pods"][0]["counters"];
+    assert_eq!(c["outbound_redirected"], 3);
+    assert_eq!(c["outbound_direct_excluded_cidr"], 1);
+    assert_eq!(c["outbound_direct_excluded_port"], 1);
+    assert_eq!(c["outbound_direct_proxy_uid"], 1);
+    assert_eq!(c["inbound_redirected"], 1);
+    assert_eq!(c["original_dst_answered"], 4);
+    assert!(status["maps"].as_array().unwrap().iter().any(|m| m["map"] == "EXCLUDED_CIDRS" && m["entries"] == 1), "{status:#}");
+    let mut s = std::net::TcpStream::connect(&listen).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let line = format!("fsm_redirect_events_total{{pod=\"{}\",event=\"outbound_redirected\"}} 3", pod.name);
+    assert!(body.contains(&line), "{body}");
+    assert!(body.contains("fsm_redirect_map_capacity{map=\"ORIG_DST\"} 262144"), "{body}");
+}
