@@ -123,18 +123,25 @@ impl Drop for Cgroup {
 
 /// Makes `cmd` start inside `netns` and `cgroup`, as `uid` (gid the same).
 pub fn enter(cmd: &mut Command, netns: &Path, cgroup: &Path, uid: u32) -> anyhow::Result<()> {
+    enter_maybe_cgroup(cmd, netns, Some(cgroup), uid)
+}
+
+/// As `enter`, where the cgroup is optional (machines without cgroup v2).
+pub fn enter_maybe_cgroup(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>, uid: u32) -> anyhow::Result<()> {
     let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes())?;
+    let procs = cgroup.map(|c| CString::new(c.join("cgroup.procs").as_os_str().as_encoded_bytes())).transpose()?;
     // SAFETY: only async-signal-safe calls (open, write, close, setns,
     // setgroups, setgid, setuid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             use std::os::fd::AsRawFd as _;
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
-                return Err(std::io::Error::last_os_error());
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
             }
-            libc::close(fd);
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use redirect_agent::sandbox::{Bpffs, Cgroup, Netns, enter, veth};
+use redirect_agent::sandbox::{Bpffs, Cgroup, Netns, enter_maybe_cgroup, veth};
 
 pub const APP_UID: u32 = 1000;
 pub const PROXY_UID: u32 = redirect_common::defaults::PROXY_UID;
@@ -22,6 +22,53 @@ pub const SERVICE_ADDRS: [&str; 4] = ["10.96.0.10", "10.96.0.11", "10.97.0.10", 
 pub const SERVICE_PORTS: [u16; 4] = [80, 6379, 7070, 8080];
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Deadlines stretch by `REDIRECT_TEST_TIME_SCALE` (the VM matrix runs
+/// under software emulation, ten times slower).
+pub fn scaled(d: Duration) -> Duration {
+    let scale: u32 = std::env::var("REDIRECT_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    d * scale.max(1)
+}
+
+/// A kernel feature some tests need.
+#[derive(Clone, Copy, Debug)]
+pub enum Feature {
+    /// `bpf_sk_lookup.ingress_ifindex` (Linux 5.17): eBPF sees the
+    /// interface a connection arrives on.
+    SkLookupIngressIfindex,
+}
+
+impl Feature {
+    pub fn available(self) -> bool {
+        match self {
+            Feature::SkLookupIngressIfindex => redirect_agent::dataplane::sees_ingress_interface(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::SkLookupIngressIfindex => "sk_lookup-ingress_ifindex(5.17)",
+        }
+    }
+}
+
+/// `true` if the kernel has `feature`; otherwise records that the calling
+/// test is skipped for it (the VM matrix reads `REDIRECT_SKIP_LOG`) and
+/// returns `false`.
+pub fn requires(feature: Feature) -> bool {
+    if feature.available() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    eprintln!("skipped {test}: the kernel lacks {}", feature.name());
+    if let Ok(log) = std::env::var("REDIRECT_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
+            let _ = writeln!(f, "{test} {}", feature.name());
+        }
+    }
+    false
+}
 
 /// A short name unique to this process and call (interface and netns names are short).
 pub fn unique(prefix: &str) -> String {
@@ -146,7 +193,7 @@ impl Node {
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the agent")?;
         self.agent = Some(child);
         let sock = redirect_agent::control::socket_path(self.state_dir.path());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if let Some(status) = self.agent.as_mut().unwrap().try_wait()? {
                 bail!("the agent exited: {status}");
@@ -215,7 +262,9 @@ impl Node {
         let mut args = vec!["enroll".to_string(), pod.name.clone()];
         args.extend(extra.iter().map(|a| a.to_string()));
         args.extend(["--netns".into(), pod.ns.path().display().to_string()]);
-        args.extend(["--cgroup".into(), pod.cgroup.path.display().to_string()]);
+        if let Some(cg) = &pod.cgroup {
+            args.extend(["--cgroup".into(), cg.path.display().to_string()]);
+        }
         for a in annotations {
             args.extend(["--annotation".into(), (*a).to_owned()]);
         }
@@ -261,7 +310,8 @@ pub struct Pod {
     /// N of the pod's subnets 10.244.N.0/24 and 10.245.N.0/24.
     net: u32,
     procs: Procs,
-    pub cgroup: Cgroup,
+    /// None where the machine has no cgroup v2.
+    pub cgroup: Option<Cgroup>,
     pub ns: Netns,
 }
 
@@ -278,7 +328,10 @@ impl Pod {
         let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         let name = unique("p");
         let ns = Netns::create(&name)?;
-        let cgroup = Cgroup::create(&format!("redirect-test-{name}"))?;
+        let cgroup = match redirect_agent::cgroup::cgroup2_mount() {
+            Ok(_) => Some(Cgroup::create(&format!("redirect-test-{name}"))?),
+            Err(_) => None,
+        };
         let ip = format!("10.244.{n}.2");
         veth(&ns, "eth0", &format!("{ip}/24"), &node.ns, &format!("v{name}"), &format!("10.244.{n}.1/24"))?;
         ns.exec(&["route", "add", "default", "via", &format!("10.244.{n}.1")])?;
@@ -290,6 +343,10 @@ impl Pod {
         pod.spawn_listener(&["serve", "15010", "admin"], proxy_uid)?;
         pod.net = n;
         Ok(pod)
+    }
+
+    pub fn cgroup_path(&self) -> Option<&Path> {
+        self.cgroup.as_ref().map(|c| c.path.as_path())
     }
 
     /// A second interface, `net1` (as Multus adds), with address
@@ -330,7 +387,7 @@ impl Pod {
     fn spawn_listener(&mut self, args: &[&str], uid: u32) -> anyhow::Result<()> {
         let mut cmd = Command::new(netprobe());
         cmd.args(args);
-        enter(&mut cmd, &self.ns.path(), &self.cgroup.path, uid)?;
+        enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid)?;
         self.procs.push(start_listener(cmd)?);
         Ok(())
     }
@@ -338,7 +395,7 @@ impl Pod {
     pub fn dial_cmd(&self, to: &str, uid: u32, extra: &[&str]) -> Command {
         let mut cmd = Command::new(netprobe());
         cmd.args(["dial", to]).args(extra);
-        enter(&mut cmd, &self.ns.path(), &self.cgroup.path, uid).unwrap();
+        enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid).unwrap();
         cmd
     }
 

@@ -39,6 +39,9 @@ fn inbound_port_exclusions_from_mesh_and_annotation_go_to_the_app() {
 
 #[test]
 fn excluded_interfaces_are_not_intercepted_in_either_direction() {
+    if !tests::requires(tests::Feature::SkLookupIngressIfindex) {
+        return;
+    }
     let node = Node::start("spec:\n  traffic:\n    networkInterfaceExclusionList: [net1]\n").unwrap();
     let pod = Pod::create(&node).unwrap();
     let net1_ip = pod.add_net1(&node).unwrap();
@@ -53,7 +56,7 @@ fn excluded_interfaces_are_not_intercepted_in_either_direction() {
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
     // Routes are followed: send 10.96.0.11 out of net1 too.
     pod.ns.exec(&["route", "add", "10.96.0.11/32", "via", &peer]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(10));
     while pod.dial("10.96.0.11:80", APP_UID) != "direct 10.96.0.11:80" {
         assert!(std::time::Instant::now() < deadline, "the new route via net1 was not followed");
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -101,7 +104,7 @@ fn a_proxy_that_starts_listening_after_enrolment_is_found_and_many_connections_s
         assert_eq!(out.trim(), format!("in {to}"));
     }
     // Every steered connection's record is gone once it closed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(3));
     while node.status()["tracked_connections"].as_u64().unwrap() != 0 {
         assert!(std::time::Instant::now() < deadline, "records left: {}", node.status()["tracked_connections"]);
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -118,7 +118,7 @@ fn getsockopt_answers_are_unchanged_inside_an_enrolled_pod() {
         String::from_utf8(out.stdout).unwrap()
     };
     let outside = redirect_agent::sandbox::Cgroup::create(&tests::unique("redirect-test-out")).unwrap();
-    let (inside, plain) = (run(&pod.cgroup.path), run(&outside.path));
+    let (inside, plain) = (run(pod.cgroup_path().unwrap()), run(&outside.path));
     assert!(plain.contains("SO_PEERGROUPS (8000 B, more than a page): rc=0 len=8000"), "{plain}");
     assert_eq!(inside, plain);
 }
@@ -156,7 +156,7 @@ fn bad_input_is_refused_by_name_and_nothing_changes() {
     let mesh = "kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [6379]\n";
     let (node, pod) = both(mesh);
     let ns = pod.ns.path().display().to_string();
-    let cg = pod.cgroup.path.display().to_string();
+    let cg = pod.cgroup_path().unwrap().display().to_string();
     let refused = |args: &[&str], needle: &str| {
         let (ok, out) = node.cli(args);
         assert!(!ok, "{args:?} should fail");
@@ -248,7 +248,7 @@ fn connection_records_are_forgotten_when_connections_close() {
     for i in 0..30 {
         assert_eq!(pod.dial(&format!("10.96.0.10:{}", [80, 6379, 7070][i % 3]), APP_UID).split(' ').next(), Some("out"));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(3));
     loop {
         let n = node.status()["tracked_connections"].as_u64().unwrap();
         if n == 0 {

@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +33,13 @@ enum Cmd {
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name).
         args: Vec<String>,
+    },
+    /// The privileged integration tests inside Debian's cloud kernels under
+    /// qemu; prints (and writes to target/vm-matrix.md) kernel × test.
+    VmTest {
+        /// Comma-separated: 5.10, 6.1, 6.12.
+        #[arg(long, value_delimiter = ',', default_values_t = ["5.10".to_string(), "6.1".to_string(), "6.12".to_string()])]
+        kernels: Vec<String>,
     },
 }
 
@@ -56,6 +65,33 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
+        Cmd::VmTest { kernels } => {
+            require_root("vm-test")?;
+            for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio")] {
+                if !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {tool}"))) {
+                    apt_install(&[package])?;
+                }
+            }
+            if !Path::new("/bin/busybox").exists() || !succeeds(Command::new("sh").arg("-c").arg("ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'")) {
+                apt_install(&["busybox-static"])?;
+            }
+            let bins = build_test_bins(&root)?;
+            let runs = vm::vm_test(&kernels, &bins)?;
+            let table = vm::table(&runs);
+            println!("{table}");
+            let path = root.join("target/vm-matrix.md");
+            std::fs::write(&path, &table)?;
+            eprintln!("vm-test: table written to {}", path.display());
+            let failed: usize = runs.iter().map(|r| r.results.values().filter(|o| **o == vm::Outcome::Fail).count()).sum();
+            let passed: usize = runs.iter().map(|r| r.results.values().filter(|o| **o == vm::Outcome::Pass).count()).sum();
+            let skipped: usize = runs.iter().map(|r| r.results.values().filter(|o| matches!(o, vm::Outcome::Skipped(_))).count()).sum();
+            let broken = runs.iter().filter(|r| r.broken.is_some()).count();
+            println!("vm: {passed} passed, {failed} failed, {skipped} skipped");
+            if failed > 0 || broken > 0 {
+                bail!("vm-test: {failed} test(s) failed, {broken} kernel(s) broken");
+            }
+            Ok(())
+        }
         Cmd::Test { args } => {
             require_root("test")?;
             // The integration tests start these binaries.
@@ -67,6 +103,33 @@ fn main() -> anyhow::Result<()> {
             test_with_summary(&all)
         }
     }
+}
+
+/// The integration test binaries (tests crate), netprobe and the agent.
+fn build_test_bins(root: &Path) -> anyhow::Result<vm::TestBins> {
+    cargo(&["build", "--bins"])?;
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "-p", "tests", "--tests", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let kinds = &msg["target"]["kind"];
+        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true && kinds.as_array().is_some_and(|k| k.iter().any(|k| k == "test")) {
+            if let Some(exe) = msg["executable"].as_str() {
+                tests.push(PathBuf::from(exe));
+            }
+        }
+    }
+    if tests.is_empty() {
+        bail!("no integration test binaries were built");
+    }
+    let target = root.join("target/debug");
+    Ok(vm::TestBins { tests, netprobe: target.join("netprobe"), agent: target.join("redirect-agent") })
 }
 
 fn workspace_root() -> PathBuf {

@@ -60,9 +60,15 @@ fn serve(port: u16, tag: &str, proxy: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Timeouts stretch under `REDIRECT_TEST_TIME_SCALE` (emulated VMs).
+fn secs(n: u64) -> Duration {
+    let scale: u64 = std::env::var("REDIRECT_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    Duration::from_secs(n * scale.max(1))
+}
+
 fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
     let Some(port) = bind else {
-        return TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect: {e}"));
+        return TcpStream::connect_timeout(&addr, secs(3)).map_err(|e| format!("connect: {e}"));
     };
     // SAFETY: plain socket calls on a descriptor we own.
     unsafe {
@@ -98,7 +104,7 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
         }
     }
     let s = connect(addr, bind)?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(secs(3))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut first = String::new();
     r.read_line(&mut first).map_err(|e| format!("read: {e}"))?;

@@ -1,0 +1,467 @@
+//! `cargo xtask vm-test`: the privileged integration tests inside Debian's
+//! cloud kernels under qemu, and a table kernel × test → pass, fail, or
+//! skipped because the kernel lacks a named feature.
+//!
+//! Per kernel: the `linux-image-*-cloud-amd64` package is fetched with
+//! `apt-get download` from a private sources list (the system's apt
+//! configuration is not touched) into a cache; its vmlinuz and the modules
+//! the tests need (veth, netfilter) go into an initramfs with busybox, the
+//! host's iproute2 and iptables (with their libraries), and the test
+//! binaries; a busybox `init` mounts what a node has (proc, sys, cgroup2,
+//! bpffs, tmpfs), runs every test binary and prints one verdict line per
+//! test on the serial console. A guest that panics, hangs or goes quiet
+//! fails that kernel with its console log, and the run goes on.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+const CACHE: &str = "/var/cache/fsm-redirect-vm";
+
+/// Kernel short name → (Debian suite, metapackage version pattern).
+pub const KERNELS: [(&str, &str); 3] = [("5.10", "bullseye"), ("6.1", "bookworm"), ("6.12", "trixie")];
+
+/// Modules the tests load in the guest (dependencies come with modprobe).
+const MODULES: &[&str] = &[
+    "veth",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_redir",
+    "nft_nat",
+    "nft_ct",
+    "nf_nat",
+    "nf_conntrack",
+    "xt_owner",
+    "xt_multiport",
+    "xt_REDIRECT",
+    "xt_nat",
+    "xt_tcpudp",
+    "xt_comment",
+];
+
+/// How long the guest may stay silent, and may run at all.
+const QUIET_LIMIT: Duration = Duration::from_secs(240);
+const RUN_LIMIT: Duration = Duration::from_secs(1500);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Skipped(String),
+}
+
+pub struct KernelRun {
+    pub kernel: String,
+    pub release: String,
+    pub results: BTreeMap<String, Outcome>,
+    /// Why the whole kernel failed (panic, stall, no verdict), with the log path.
+    pub broken: Option<String>,
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt(args: &[&str]) -> anyhow::Result<String> {
+    let apt_dir = Path::new(CACHE).join("apt");
+    let opts = [
+        format!("Dir::Etc::sourcelist={}", apt_dir.join("sources.list").display()),
+        "Dir::Etc::sourceparts=/dev/null".into(),
+        format!("Dir::State::Lists={}", apt_dir.join("lists").display()),
+        format!("Dir::Cache={}", apt_dir.join("cache").display()),
+        "Acquire::Languages=none".into(),
+        "APT::Sandbox::User=root".into(),
+    ];
+    let mut cmd = Command::new(args[0]);
+    for o in &opts {
+        cmd.args(["-o", o]);
+    }
+    cmd.args(&args[1..]);
+    run(&mut cmd)
+}
+
+/// The kernel package of `suite`, downloaded once into the cache; returns
+/// the directory it is unpacked in.
+fn fetch_kernel(name: &str, suite: &str) -> anyhow::Result<PathBuf> {
+    let dir = Path::new(CACHE).join(format!("kernel-{name}"));
+    if dir.join("ok").exists() {
+        return Ok(dir);
+    }
+    let apt_dir = Path::new(CACHE).join("apt");
+    for d in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(apt_dir.join(d))?;
+    }
+    let lists: String = KERNELS
+        .iter()
+        .map(|(_, s)| format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {s} main\n"))
+        .collect();
+    let sources = apt_dir.join("sources.list");
+    if std::fs::read_to_string(&sources).ok().as_deref() != Some(lists.as_str()) || !apt_dir.join("lists").read_dir()?.any(|e| e.is_ok_and(|e| e.path().is_file())) {
+        std::fs::write(&sources, &lists)?;
+        eprintln!("vm-test: refreshing the private package lists ({CACHE}/apt)");
+        apt(&["apt-get", "update", "-qq"])?;
+    }
+    // linux-image-cloud-amd64 of the suite depends on the versioned image.
+    let version_line = apt(&["apt-cache", "madison", "linux-image-cloud-amd64"])?;
+    let version = version_line
+        .lines()
+        .find(|l| l.contains(&format!(" {suite}/")))
+        .and_then(|l| l.split('|').nth(1))
+        .map(str::trim)
+        .with_context(|| format!("no linux-image-cloud-amd64 in {suite}"))?
+        .to_owned();
+    let depends = apt(&["apt-cache", "depends", &format!("linux-image-cloud-amd64={version}")])?;
+    let image = depends
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .with_context(|| format!("linux-image-cloud-amd64={version}: no image dependency"))?
+        .to_owned();
+    let debs = Path::new(CACHE).join("debs");
+    std::fs::create_dir_all(&debs)?;
+    eprintln!("vm-test: downloading {image} ({suite})");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && apt-get -o Dir::Etc::sourcelist={}/sources.list -o Dir::Etc::sourceparts=/dev/null -o Dir::State::Lists={}/lists -o Dir::Cache={}/cache -o APT::Sandbox::User=root download {image}",
+        debs.display(),
+        apt_dir.display(),
+        apt_dir.display(),
+        apt_dir.display()
+    )))?;
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{image}_"))))
+        .context("downloaded package not found")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::write(dir.join("ok"), image)?;
+    Ok(dir)
+}
+
+fn release_of(kernel_dir: &Path) -> anyhow::Result<String> {
+    let modules = kernel_dir.join("lib/modules");
+    let entry = std::fs::read_dir(&modules)?.filter_map(Result::ok).next().context("no lib/modules/<release>")?;
+    Ok(entry.file_name().to_string_lossy().into_owned())
+}
+
+/// Shared libraries a host binary needs (ldd), and the dynamic loader.
+fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = run(Command::new("ldd").arg(bin)).unwrap_or_default();
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn copy_into(root: &Path, src: &Path, dst: &str) -> anyhow::Result<()> {
+    let target = root.join(dst.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap())?;
+    std::fs::copy(src, &target).with_context(|| format!("copying {}", src.display()))?;
+    Ok(())
+}
+
+/// The guest's init: mounts, modules, the tests, verdict lines, power off.
+fn init_script(test_bins: &[String], release: &str) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/bin:/sbin:/usr/sbin:/usr/bin\n\
+         mkdir -p /proc /sys /dev /tmp /run /var /etc\n\
+         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
+         mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; ln -s /run /var/run\n\
+         mkdir -p /sys/fs/cgroup /sys/fs/bpf; mount -t cgroup2 cgroup2 /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf\n\
+         mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null\n\
+         echo 'root:x:0:0::/:/bin/sh' > /etc/passwd; echo 'root:x:0:' > /etc/group\n\
+         ip link set lo up\n",
+    );
+    s.push_str(&format!("echo redirect-vm: kernel $(uname -r) expected {release}\n"));
+    for m in MODULES {
+        s.push_str(&format!("modprobe {m} 2>/dev/null\n"));
+    }
+    s.push_str("export REDIRECT_TEST_TIME_SCALE=10 REDIRECT_SKIP_LOG=/tmp/skips RUST_BACKTRACE=0\n: > /tmp/skips\ncd /t/deps\n");
+    for bin in test_bins {
+        // One test at a time: verdict lines stay whole on the console.
+        s.push_str(&format!(
+            "./{bin} --test-threads 1 2>&1 | while read -r line; do case \"$line\" in 'test '*' ... '*|'thread '*|*'panicked'*|'redirect-'*) echo \"redirect-out {bin} $line\";; esac; done\n"
+        ));
+    }
+    // Second pass: a node without cgroup v2, where the agent must fall back.
+    s.push_str("umount /sys/fs/cgroup\n");
+    for bin in test_bins.iter().filter(|b| b.starts_with("iptables-")) {
+        s.push_str(&format!(
+            "./{bin} --test-threads 1 --ignored --exact without_cgroup_v2_the_agent_falls_back_to_iptables 2>&1 | while read -r line; do case \"$line\" in 'test '*' ... '*|'thread '*|*'panicked'*) echo \"redirect-out {bin} $line\";; esac; done\n"
+        ));
+    }
+    s.push_str("while read -r line; do echo \"redirect-skip $line\"; done < /tmp/skips\necho redirect-vm: done\npoweroff -f\n");
+    s
+}
+
+/// Builds the initramfs for one kernel.
+fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> anyhow::Result<PathBuf> {
+    let root = work.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin"))?;
+    copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
+    // iproute2 and iptables (nft backend) from the host, with their libraries.
+    let xtables = std::fs::canonicalize("/usr/sbin/iptables").context("iptables is not installed")?;
+    let mut host_bins = vec![(PathBuf::from("/usr/sbin/ip"), "/usr/sbin/ip".to_owned())];
+    host_bins.push((xtables.clone(), format!("/usr/sbin/{}", xtables.file_name().unwrap().to_string_lossy())));
+    for (src, dst) in &host_bins {
+        copy_into(&root, src, dst)?;
+        for lib in libraries(src)? {
+            copy_into(&root, &lib, &lib.display().to_string())?;
+        }
+    }
+    for name in ["iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save"] {
+        std::os::unix::fs::symlink(xtables.file_name().unwrap(), root.join("usr/sbin").join(name))?;
+    }
+    let xt_dir = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
+    for entry in std::fs::read_dir(xt_dir)?.filter_map(Result::ok) {
+        copy_into(&root, &entry.path(), &entry.path().display().to_string())?;
+    }
+    // Modules: netfilter, veth; decompressed, with a fresh modules.dep.
+    let mods_src = kernel_dir.join("lib/modules").join(release);
+    let mods_dst = root.join("lib/modules").join(release);
+    for sub in ["kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/drivers/net/veth.ko", "kernel/lib"] {
+        let src = mods_src.join(sub);
+        if src.exists() {
+            std::fs::create_dir_all(mods_dst.join(sub).parent().unwrap())?;
+            run(Command::new("cp").arg("-r").arg(&src).arg(mods_dst.join(sub)))?;
+        }
+    }
+    for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+        if mods_src.join(f).exists() {
+            std::fs::copy(mods_src.join(f), mods_dst.join(f))?;
+        }
+    }
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . -name '*.ko.xz' -exec xz -d {{}} + ; find . -name '*.ko.zst' -exec zstd -q --rm -d {{}} + ; true",
+        mods_dst.display()
+    )))?;
+    run(Command::new("depmod").arg("-b").arg(&root).arg(release))?;
+    // The project's binaries.
+    for bin in &bins.tests {
+        copy_into(&root, bin, &format!("/t/deps/{}", bin.file_name().unwrap().to_string_lossy()))?;
+    }
+    for bin in [&bins.netprobe, &bins.agent] {
+        copy_into(&root, bin, &format!("/t/{}", bin.file_name().unwrap().to_string_lossy()))?;
+        for lib in libraries(bin)? {
+            copy_into(&root, &lib, &lib.display().to_string())?;
+        }
+    }
+    for bin in &bins.tests {
+        for lib in libraries(bin)? {
+            copy_into(&root, &lib, &lib.display().to_string())?;
+        }
+    }
+    let names: Vec<String> = bins.tests.iter().map(|b| b.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    std::fs::write(root.join("init"), init_script(&names, release))?;
+    run(Command::new("chmod").arg("+x").arg(root.join("init")))?;
+    let image = work.join("initramfs.gz");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        root.display(),
+        image.display()
+    )))?;
+    Ok(image)
+}
+
+pub struct TestBins {
+    pub tests: Vec<PathBuf>,
+    pub netprobe: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Whether KVM works here (on some machines /dev/kvm exists and fails).
+fn kvm_works(kernel: &Path, work: &Path) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let root = work.join("kvm-probe");
+    let _ = std::fs::remove_dir_all(&root);
+    if std::fs::create_dir_all(root.join("bin")).is_err() || copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox").is_err() {
+        return false;
+    }
+    let _ = std::fs::write(root.join("init"), "#!/bin/busybox sh\n/bin/busybox echo redirect-kvm-ok\n/bin/busybox poweroff -f\n");
+    let _ = run(Command::new("chmod").arg("+x").arg(root.join("init")));
+    let image = work.join("kvm-probe.gz");
+    if run(Command::new("sh").arg("-c").arg(format!("cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}", root.display(), image.display()))).is_err() {
+        return false;
+    }
+    let out = Command::new("timeout")
+        .args(["60", "qemu-system-x86_64", "-accel", "kvm", "-m", "512", "-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(&image)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("redirect-kvm-ok"))
+}
+
+/// Boots one kernel and collects verdicts from its console.
+fn boot(name: &str, kernel_dir: &Path, bins: &TestBins, accel: &str, work: &Path) -> anyhow::Result<KernelRun> {
+    let release = release_of(kernel_dir)?;
+    let image = initramfs(kernel_dir, &release, bins, work)?;
+    let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{release}"));
+    let log_path = work.join("console.log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", accel, "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&image)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu")?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let mut results = BTreeMap::new();
+    let mut broken = None;
+    let start = Instant::now();
+    let mut done = false;
+    loop {
+        match rx.recv_timeout(QUIET_LIMIT) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("Kernel panic") {
+                    broken = Some("kernel panic".to_owned());
+                    break;
+                }
+                if let Some(rest) = line.trim().strip_prefix("redirect-out ") {
+                    // "<bin> test <name> ... ok"
+                    if let Some((_, t)) = rest.split_once(" test ") {
+                        if let Some((test, verdict)) = t.rsplit_once(" ... ") {
+                            let outcome = match verdict.trim() {
+                                "ok" => Outcome::Pass,
+                                "ignored" => continue,
+                                _ => Outcome::Fail,
+                            };
+                            results.insert(test.trim().to_owned(), outcome);
+                        }
+                    }
+                }
+                if let Some(rest) = line.trim().strip_prefix("redirect-skip ") {
+                    if let Some((test, feature)) = rest.split_once(' ') {
+                        results.insert(test.to_owned(), Outcome::Skipped(feature.to_owned()));
+                    }
+                }
+                if line.contains("redirect-vm: done") {
+                    done = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                broken = Some(format!("no console output for {}s", QUIET_LIMIT.as_secs()));
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if start.elapsed() > RUN_LIMIT {
+            broken = Some(format!("still running after {}s", RUN_LIMIT.as_secs()));
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if broken.is_none() && !done {
+        broken = Some("the guest stopped before the tests finished".to_owned());
+    }
+    std::fs::write(&log_path, &log)?;
+    let broken = broken.map(|b| format!("{b} (console log: {})", log_path.display()));
+    Ok(KernelRun { kernel: name.to_owned(), release, results, broken })
+}
+
+pub fn vm_test(kernels: &[String], bins: &TestBins) -> anyhow::Result<Vec<KernelRun>> {
+    let mut runs = Vec::new();
+    let mut accel: Option<&str> = None;
+    for name in kernels {
+        let Some((_, suite)) = KERNELS.iter().find(|(k, _)| k == name) else {
+            bail!("--kernels: unknown kernel {name:?} (known: {})", KERNELS.map(|k| k.0).join(", "));
+        };
+        let work = Path::new(CACHE).join(format!("run-{name}"));
+        std::fs::create_dir_all(&work)?;
+        let kernel_dir = fetch_kernel(name, suite)?;
+        let release = release_of(&kernel_dir)?;
+        let accel = *accel.get_or_insert_with(|| {
+            let vmlinuz = kernel_dir.join("boot").join(format!("vmlinuz-{release}"));
+            if kvm_works(&vmlinuz, &work) {
+                "kvm"
+            } else {
+                eprintln!("vm-test: KVM does not work here; using TCG (slower)");
+                "tcg"
+            }
+        });
+        eprintln!("vm-test: booting {release} ({accel})");
+        let started = Instant::now();
+        let run = boot(name, &kernel_dir, bins, accel, &work).unwrap_or_else(|e| KernelRun {
+            kernel: name.clone(),
+            release: release.clone(),
+            results: BTreeMap::new(),
+            broken: Some(format!("{e:#}")),
+        });
+        eprintln!("vm-test: {release}: {} verdicts in {:.0}s", run.results.len(), started.elapsed().as_secs_f64());
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// The table, as Markdown: kernel columns, test rows.
+pub fn table(runs: &[KernelRun]) -> String {
+    let mut tests: Vec<&String> = runs.iter().flat_map(|r| r.results.keys()).collect();
+    tests.sort();
+    tests.dedup();
+    let mut o = String::from("| test |");
+    for r in runs {
+        o.push_str(&format!(" {} ({}) |", r.kernel, r.release));
+    }
+    o.push_str("\n|---|");
+    o.push_str(&"---|".repeat(runs.len()));
+    o.push('\n');
+    for t in tests {
+        o.push_str(&format!("| {t} |"));
+        for r in runs {
+            let cell = match r.results.get(t) {
+                Some(Outcome::Pass) => "pass".to_owned(),
+                Some(Outcome::Fail) => "**FAIL**".to_owned(),
+                Some(Outcome::Skipped(f)) => format!("skipped: needs {f}"),
+                None if r.broken.is_some() => "not run".to_owned(),
+                None => "missing".to_owned(),
+            };
+            o.push_str(&format!(" {cell} |"));
+        }
+        o.push('\n');
+    }
+    for r in runs.iter().filter(|r| r.broken.is_some()) {
+        o.push_str(&format!("\n{} failed: {}\n", r.kernel, r.broken.as_deref().unwrap()));
+    }
+    o
+}
