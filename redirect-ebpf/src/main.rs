@@ -26,11 +26,6 @@ use aya_ebpf::Global;
 #[unsafe(no_mangle)]
 static POD_ID: Global<u32> = Global::new(0);
 
-/// The machine's page size, set by the agent: `getsockopt` programs only see
-/// the first page of a larger option value (see `sockopt.rs`).
-#[unsafe(no_mangle)]
-static PAGE_SIZE: Global<u32> = Global::new(4096);
-
 /// Set by the agent on kernels whose `bpf_sk_lookup` has `ingress_ifindex`
 /// (5.17 and later).
 #[unsafe(no_mangle)]

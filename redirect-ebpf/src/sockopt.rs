@@ -2,13 +2,16 @@
 //! proxy's accepted socket of a redirected connection, as iptables REDIRECT
 //! plus conntrack would.
 //!
-//! Every other call must look exactly as if no program were attached. The
-//! kernel only shows this program the first page of a larger option value;
-//! returning with `optlen` above a page would hand the caller a truncated or
-//! EFAULTed answer on some kernels, so for those we set `optlen` to 0, which
-//! tells the kernel to keep its own answer untouched (the pattern of the
-//! kernel's own sockopt selftests; Merbridge once clamped every option on
-//! the node by getting this wrong).
+//! Every other call must look exactly as if no program were attached. For
+//! those we set `optlen` to 0, which tells the kernel to keep its own answer
+//! untouched: nothing is copied back to the caller. Returning with `optlen`
+//! as it came would copy the program's view back, and that view is wrong in
+//! two cases: a value longer than a page (the program only sees the first
+//! page; some kernels then truncate or EFAULT) and, before Linux 6.x, a call
+//! the kernel failed (ERANGE for a too small buffer: the caller would get its
+//! own buffer size back instead of the size it needs; seen on 5.10 by the
+//! VM matrix). Merbridge once clamped every option on the node by getting
+//! this wrong.
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use redirect_common::{SO_ORIGINAL_DST, SOL_IP, maps::ConnKey};
@@ -26,25 +29,24 @@ pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: the kernel passes a valid bpf_sockopt for this hook.
     unsafe {
-        if (*so).level != SOL_IP || (*so).optname != SO_ORIGINAL_DST {
-            if (*so).optlen > crate::PAGE_SIZE.load() as i32 {
-                (*so).optlen = 0;
-            }
+        if (*so).level == SOL_IP && (*so).optname == SO_ORIGINAL_DST && answer_original_dst(so) {
             return CONTINUE;
         }
-        answer_original_dst(so);
+        // Not ours: the kernel's answer stands, untouched.
+        core::ptr::write_volatile(&raw mut (*so).optlen, 0);
     }
     CONTINUE
 }
 
-unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
+/// Whether the call was answered.
+unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
     // SAFETY (whole body): `so` is the context; `sk` is checked for null and
     // the optval window is bounds-checked before every write, as the
     // verifier demands.
     unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
         if sk.is_null() {
-            return;
+            return false;
         }
         // dst_port: network order in the low 16 bits; read as the 32-bit
         // field that kernels before 5.18 define, which later ones still allow.
@@ -57,13 +59,13 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
             dst_port: (*sk).src_port as u16,
         };
         let Some(orig) = ORIG_DST.get(&key).or_else(|| INBOUND_ORIG.get(&key)).copied() else {
-            return;
+            return false;
         };
         let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
         let optval_end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
         if optval.add(SOCKADDR_IN_LEN) > optval_end {
             // The caller's buffer is too small: the kernel's answer stands.
-            return;
+            return false;
         }
         // struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }
         let family = AF_INET.to_ne_bytes();
@@ -78,5 +80,6 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) {
         core::ptr::write_volatile(&raw mut (*so).optlen, SOCKADDR_IN_LEN as i32);
         core::ptr::write_volatile(&raw mut (*so).retval, 0);
         crate::maps::count(redirect_common::maps::counter::ORIGINAL_DST_ANSWERED);
+        true
     }
 }

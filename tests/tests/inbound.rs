@@ -106,7 +106,7 @@ fn a_proxy_that_starts_listening_after_enrolment_is_found_and_many_connections_s
     // Every steered connection's record is gone once it closed.
     let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(3));
     while node.status()["tracked_connections"].as_u64().unwrap() != 0 {
-        assert!(std::time::Instant::now() < deadline, "records left: {}", node.status()["tracked_connections"]);
+        assert!(std::time::Instant::now() < deadline, "records left: {:#}", node.status()["maps"]);
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

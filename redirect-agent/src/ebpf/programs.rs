@@ -39,10 +39,6 @@ pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
 /// Loads the object with every shared map opened from (or created at) its
 /// pin. `pod` is baked into the instance's `POD_ID`.
 pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u32;
     let map_paths: Vec<_> = names::SHARED.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
@@ -52,7 +48,6 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
     let has_ifindex = u8::from(crate::dataplane::sees_ingress_interface());
     loader
         .override_global("POD_ID", &pod, true)
-        .override_global("PAGE_SIZE", &page_size, true)
         .override_global("HAS_INGRESS_IFINDEX", &has_ifindex, true)
         .load(OBJECT)
         .context("loading the eBPF object")
