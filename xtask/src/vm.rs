@@ -151,9 +151,20 @@ fn fetch_kernel(name: &str, suite: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// `lib/modules` of an unpacked kernel package (`usr/lib/modules` where
+/// /usr is merged, as from trixie on).
+fn modules_dir(kernel_dir: &Path) -> PathBuf {
+    let merged = kernel_dir.join("usr/lib/modules");
+    if merged.exists() { merged } else { kernel_dir.join("lib/modules") }
+}
+
 fn release_of(kernel_dir: &Path) -> anyhow::Result<String> {
-    let modules = kernel_dir.join("lib/modules");
-    let entry = std::fs::read_dir(&modules)?.filter_map(Result::ok).next().context("no lib/modules/<release>")?;
+    let modules = modules_dir(kernel_dir);
+    let entry = std::fs::read_dir(&modules)
+        .with_context(|| format!("reading {}", modules.display()))?
+        .filter_map(Result::ok)
+        .next()
+        .with_context(|| format!("nothing in {}", modules.display()))?;
     Ok(entry.file_name().to_string_lossy().into_owned())
 }
 
@@ -243,13 +254,17 @@ fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> 
         copy_into(&root, &entry.path(), &entry.path().display().to_string())?;
     }
     // Modules: netfilter, veth; decompressed, with a fresh modules.dep.
-    let mods_src = kernel_dir.join("lib/modules").join(release);
+    let mods_src = modules_dir(kernel_dir).join(release);
     let mods_dst = root.join("lib/modules").join(release);
     for sub in ["kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/drivers/net/veth.ko", "kernel/lib"] {
-        let src = mods_src.join(sub);
-        if src.exists() {
-            std::fs::create_dir_all(mods_dst.join(sub).parent().unwrap())?;
-            run(Command::new("cp").arg("-r").arg(&src).arg(mods_dst.join(sub)))?;
+        // Modules may be compressed (veth.ko.xz from 6.x).
+        for suffix in ["", ".xz", ".zst"] {
+            let sub = format!("{sub}{suffix}");
+            let src = mods_src.join(&sub);
+            if src.exists() {
+                std::fs::create_dir_all(mods_dst.join(&sub).parent().unwrap())?;
+                run(Command::new("cp").arg("-r").arg(&src).arg(mods_dst.join(&sub)))?;
+            }
         }
     }
     for f in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
