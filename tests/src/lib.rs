@@ -76,10 +76,14 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A binary of the workspace, built in the same target directory as the
-/// test binary (target/<profile>/deps/..).
+/// running binary.
 fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test binaries live in target/<profile>/deps, other binaries one up.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it first (`cargo build --bins`)", bin.display());
     bin
@@ -239,6 +243,11 @@ impl Node {
         }
     }
 
+    /// The agent's process id (for its resident memory).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// Runs a CLI command against this node's agent: (success, stdout+stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = self.agent_cmd().args(args).output().expect("running redirect-agent");
@@ -318,6 +327,18 @@ pub struct Pod {
 static SUBNET: AtomicU32 = AtomicU32::new(1);
 
 impl Pod {
+    /// A pod with no processes (for scale: many enrolled pods).
+    pub fn bare(node: &Node) -> anyhow::Result<Self> {
+        let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let name = unique("b");
+        let ns = Netns::create(&name)?;
+        let cgroup = Some(Cgroup::create(&format!("redirect-test-{name}"))?);
+        let ip = format!("10.246.{}.{}", n, 2);
+        ns.exec(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+        let _ = node;
+        Ok(Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns, net: n })
+    }
+
     /// A pod whose proxy uses FSM's default ports and UID.
     pub fn create(node: &Node) -> anyhow::Result<Self> {
         use redirect_common::defaults::{INBOUND_PORT, OUTBOUND_PORT};

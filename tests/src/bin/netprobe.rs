@@ -16,6 +16,74 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// p50 and p99 of microsecond samples.
+fn percentiles(mut v: Vec<u64>) -> (u64, u64) {
+    v.sort_unstable();
+    let at = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+    (at(0.50), at(0.99))
+}
+
+/// Connects to `addr` again and again for `millis`, reading the first line
+/// each time; prints `connections=N seconds=S p50_us=.. p99_us=..
+/// errors=E wrong=W` (connect-to-first-byte latency; `wrong`: first lines
+/// other than `expect`).
+fn connrate(addr: SocketAddr, millis: u64, expect: Option<&str>) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_millis(millis);
+    let start = Instant::now();
+    let (mut lat, mut errors, mut wrong) = (Vec::new(), 0u64, 0u64);
+    let mut buf = [0u8; 256];
+    while Instant::now() < end {
+        let t = Instant::now();
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                use std::io::Read as _;
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        lat.push(t.elapsed().as_micros() as u64);
+                        let got = String::from_utf8_lossy(&buf[..n]);
+                        if expect.is_some_and(|e| got.trim() != e) {
+                            wrong += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = lat.len();
+    let (p50, p99) = percentiles(lat);
+    println!("connections={n} seconds={secs:.3} p50_us={p50} p99_us={p99} errors={errors} wrong={wrong}");
+    Ok(())
+}
+
+/// One connection, `n` request/response round trips of 1 KiB lines through
+/// whatever answers (the proxy echoes); prints rtt percentiles and rate.
+fn pingpong(addr: SocketAddr, n: usize) -> Result<(), String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_nodelay(true).ok();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut first = String::new();
+    r.read_line(&mut first).map_err(|e| e.to_string())?;
+    let msg = format!("{}\n", "x".repeat(1023));
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    let mut line = String::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        w.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(lat);
+    println!("round_trips={n} seconds={secs:.3} p50_us={p50} p99_us={p99} mib_per_s={:.1}", (n as f64 * 2048.0) / secs / 1048576.0);
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -24,6 +92,9 @@ fn main() {
         ["proxy", port, tag] => serve(port.parse().unwrap(), tag, true),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
         ["sockopts"] => sockopts(),
+        ["connrate", addr, millis] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), None),
+        ["connrate", addr, millis, expect] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), Some(expect)),
+        ["pingpong", addr, n] => pingpong(addr.parse().unwrap(), n.parse().unwrap()),
         _ => Err(format!("usage: netprobe serve|proxy|dial|sockopts ... (got {a:?})")),
     };
     if let Err(e) = result {

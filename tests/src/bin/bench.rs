@@ -1,0 +1,215 @@
+//! `cargo xtask bench [--smoke]`: eBPF against iptables against no
+//! interception, measured side by side in one run on this machine.
+//!
+//! - connection rate and connect-to-first-byte latency (p50, p99) for a
+//!   client in a pod: direct to the proxy port (the floor), through the
+//!   iptables dataplane, through the eBPF dataplane; with 0/100/1,000/10,000
+//!   excluded CIDRs and 0/1,000 excluded ports;
+//! - the time to apply a changed exclusion list to 100 running pods, with a
+//!   client dialling through the change and counting failed or mis-steered
+//!   connections;
+//! - request/response latency of a long-lived connection through the local
+//!   proxy hop against plain loopback;
+//! - kernel map memory (memlock) per map, per pod and per connection, and
+//!   the agent's resident memory with 100 pods.
+//!
+//! Writes `bench.md` and `bench.json` to the output directory. Benchmarks
+//! are not tests: `--smoke` only checks that every part runs.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+use tests::{APP_UID, Node, Pod};
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs netprobe inside the pod (its netns and cgroup) as the app's UID.
+fn probe(pod: &Pod, args: &[&str]) -> anyhow::Result<String> {
+    let mut c = Command::new(tests::netprobe());
+    c.args(args);
+    redirect_agent::sandbox::enter_maybe_cgroup(&mut c, &pod.ns.path(), pod.cgroup_path(), APP_UID)?;
+    let out = c.output()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || text.starts_with("error") {
+        bail!("netprobe {args:?}: {text}");
+    }
+    Ok(text)
+}
+
+#[derive(serde::Serialize, Clone, Copy)]
+struct Rate {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: f64,
+}
+
+fn connrate(pod: &Pod, to: &str, millis: u64) -> anyhow::Result<Rate> {
+    let line = probe(pod, &["connrate", to, &millis.to_string()])?;
+    Ok(Rate {
+        per_sec: field(&line, "connections") / field(&line, "seconds"),
+        p50_us: field(&line, "p50_us"),
+        p99_us: field(&line, "p99_us"),
+        errors: field(&line, "errors"),
+    })
+}
+
+fn mesh(cidrs: usize, ports: usize) -> String {
+    // Exclusions that never match the benchmark's destination (10.96.0.10:80).
+    let c: Vec<String> = (0..cidrs).map(|i| format!("10.{}.{}.{}/32", 200 + i / 65536, (i / 256) % 256, i % 256)).collect();
+    let p: Vec<String> = (0..ports).map(|i| (20000 + i).to_string()).collect();
+    format!(
+        "kind: MeshConfig\nspec:\n  traffic:\n    outboundIPRangeExclusionList: [{}]\n    outboundPortExclusionList: [{}]\n",
+        c.join(", "),
+        p.join(", ")
+    )
+}
+
+/// memlock of a pinned map, as the kernel accounts it (fdinfo).
+fn memlock(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map = aya::maps::MapData::from_pin(path).with_context(|| path.display().to_string())?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock in fdinfo")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let out_dir = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench"));
+    std::fs::create_dir_all(&out_dir)?;
+    let millis = if smoke { 200 } else { 2000 };
+    let sizes: &[(usize, usize)] =
+        if smoke { &[(0, 0), (100, 0)] } else { &[(0, 0), (100, 0), (1000, 0), (10000, 0), (0, 1000), (10000, 1000)] };
+    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim().to_owned();
+    let mut md = format!("# Benchmarks ({} mode), kernel {kernel}, {} CPUs\n\n", if smoke { "smoke" } else { "full" }, std::thread::available_parallelism()?.get());
+    let mut json = BTreeMap::new();
+
+    // 1. Connection rate and latency.
+    let node = Node::start(&mesh(0, 0))?;
+    let plain = Pod::create(&node)?;
+    let ipt = Pod::create(&node)?;
+    let bpf = Pod::create(&node)?;
+    node.enroll_with(&ipt, &[], &["--dataplane", "iptables"])?;
+    node.enroll_with(&bpf, &[], &["--dataplane", "ebpf"])?;
+    md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes, for ");
+    let _ = writeln!(md, "{:.1} s per cell. *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
+    md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | p50 µs direct / iptables / eBPF | p99 µs direct / iptables / eBPF |\n|---:|---:|---:|---:|---:|---|---|\n");
+    let mut rows = Vec::new();
+    for &(cidrs, ports) in sizes {
+        node.set_mesh_config(&mesh(cidrs, ports));
+        let d = connrate(&plain, "127.0.0.1:15001", millis)?;
+        let i = connrate(&ipt, "10.96.0.10:80", millis)?;
+        let e = connrate(&bpf, "10.96.0.10:80", millis)?;
+        let _ = writeln!(
+            md,
+            "| {cidrs} | {ports} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            d.per_sec, i.per_sec, i.per_sec / d.per_sec, e.per_sec, e.per_sec / d.per_sec, d.p50_us, i.p50_us, e.p50_us, d.p99_us, i.p99_us, e.p99_us
+        );
+        rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e,
+            "iptables_ratio": i.per_sec / d.per_sec, "ebpf_ratio": e.per_sec / d.per_sec}));
+        eprintln!("bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
+    }
+    json.insert("connection_rate", serde_json::Value::Array(rows));
+
+    // 2. Long-lived connection through the local proxy hop.
+    let n = if smoke { "200" } else { "5000" };
+    md.push_str("\n## Request/response over one long-lived connection (1 KiB each way)\n\n| path | p50 µs | p99 µs | MiB/s |\n|---|---:|---:|---:|\n");
+    let mut ll = BTreeMap::new();
+    for (name, pod, to) in [("plain loopback to the proxy", &plain, "127.0.0.1:15001"), ("iptables redirect", &ipt, "10.96.0.10:80"), ("eBPF redirect", &bpf, "10.96.0.10:80")] {
+        let line = probe(pod, &["pingpong", to, n])?;
+        let _ = writeln!(md, "| {name} | {:.0} | {:.0} | {:.1} |", field(&line, "p50_us"), field(&line, "p99_us"), field(&line, "mib_per_s"));
+        ll.insert(name, serde_json::json!({"p50_us": field(&line, "p50_us"), "p99_us": field(&line, "p99_us"), "mib_per_s": field(&line, "mib_per_s")}));
+    }
+    md.push_str("\n(No sockmap fast path yet: an eBPF-redirected connection is an ordinary loopback connection once established.)\n");
+    json.insert("long_lived", serde_json::to_value(ll)?);
+    drop((plain, ipt, bpf));
+    drop(node);
+
+    // 3. A changed list applied to 100 running pods.
+    let pods_n = if smoke { 10 } else { 100 };
+    let node = Node::start(&mesh(0, 0))?;
+    let watched = Pod::create(&node)?;
+    node.enroll_with(&watched, &[], &["--dataplane", "ebpf"])?;
+    let mut pods = Vec::new();
+    for _ in 1..pods_n {
+        let p = Pod::bare(&node)?;
+        node.enroll_with(&p, &[], &["--dataplane", "ebpf"])?;
+        pods.push(p);
+    }
+    let rss = node.agent_pid().map(rss_kib).unwrap_or(0);
+    // A client dials through the change and checks every destination.
+    let mut client = Command::new(tests::netprobe());
+    client.args(["connrate", "10.96.0.10:80", "3000", "out 10.96.0.10:80"]);
+    redirect_agent::sandbox::enter_maybe_cgroup(&mut client, &watched.ns.path(), watched.cgroup_path(), APP_UID)?;
+    let client = client.stdout(std::process::Stdio::piped()).spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut apply = BTreeMap::new();
+    for (cidrs, ports) in [(1000, 1000), (10000, 0), (0, 0)] {
+        std::fs::write(&node.mesh_config, mesh(cidrs, ports))?;
+        let t = Instant::now();
+        let (ok, out) = node.cli(&["reload"]);
+        let secs = t.elapsed().as_secs_f64();
+        if !ok {
+            bail!("reload: {out}");
+        }
+        apply.insert(format!("{cidrs} CIDRs + {ports} ports"), secs);
+    }
+    let line = String::from_utf8_lossy(&client.wait_with_output()?.stdout).trim().to_owned();
+    md.push_str(&format!("\n## Applying a changed list to {pods_n} running pods (eBPF)\n\n| new list | time to apply to every pod |\n|---|---:|\n"));
+    for (what, secs) in &apply {
+        let _ = writeln!(md, "| {what} | {:.0} ms |", secs * 1000.0);
+    }
+    let _ = writeln!(
+        md,
+        "\nA client in one pod dialled throughout: {} connections, {} failed, {} given a wrong destination. (iptables: fsm-init applies lists once, at pod start; a changed list means restarting every pod.)",
+        field(&line, "connections"),
+        field(&line, "errors"),
+        field(&line, "wrong")
+    );
+    json.insert("apply_to_pods", serde_json::json!({"pods": pods_n, "seconds": apply, "client": {"connections": field(&line, "connections"), "errors": field(&line, "errors"), "wrong": field(&line, "wrong")}}));
+
+    // 4. Memory.
+    md.push_str("\n## Memory\n\n| kernel map | capacity | memlock KiB | bytes per entry |\n|---|---:|---:|---:|\n");
+    let status = node.status();
+    let mut mem = BTreeMap::new();
+    for m in status["maps"].as_array().cloned().unwrap_or_default() {
+        let name = m["map"].as_str().unwrap_or("").to_owned();
+        let cap = m["capacity"].as_u64().unwrap_or(1).max(1);
+        let bytes = memlock(&node.bpffs_dir.join("maps").join(&name)).unwrap_or(0);
+        let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
+        mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+    }
+    let _ = writeln!(md, "\nAgent resident memory with {pods_n} enrolled pods: {} KiB.", rss);
+    json.insert("memory", serde_json::json!({"maps": mem, "agent_rss_kib_with_pods": rss, "pods": pods_n}));
+    drop(pods);
+    drop(watched);
+    drop(node);
+
+    std::fs::write(out_dir.join("bench.md"), &md)?;
+    std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("{md}");
+    eprintln!("bench: wrote {}/bench.md and bench.json", out_dir.display());
+    Ok(())
+}
