@@ -16,7 +16,7 @@ use crate::{
     config::{MeshConfig, PodPolicy},
     dataplane::{self, Choice, Dataplane},
     ebpf::{
-        maps::{ProxySettings, SharedMaps, SlotEntries},
+        maps::{PodEntries, ProxySettings, SharedMaps},
         pins::Pins,
         programs,
     },
@@ -152,6 +152,9 @@ impl Agent {
         for id in ids {
             let spec = self.state.pods[&id].clone();
             let result = if spec.netns.exists() { self.install(id, &spec) } else { Err(anyhow!("its netns is gone")) };
+            if let Some(ebpf) = &mut self.ebpf {
+                ebpf.maps.finish_mesh();
+            }
             if let Err(e) = result {
                 log::warn!("pod {}: dropped ({e:#})", spec.name);
                 self.uninstall_pod(id, &spec);
@@ -246,7 +249,9 @@ impl Agent {
                     log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
                 }
                 let ebpf = self.ebpf_mut()?;
-                ebpf.maps.apply(id, SlotEntries::from_policy(&policy, &net), &settings)?;
+                let entries = PodEntries::from_policy(&policy, &net);
+                ebpf.maps.begin_mesh(&entries.mesh)?;
+                ebpf.maps.apply(id, entries.own, &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {
                     programs::detach(&ebpf.pins, id)?;
                     programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
@@ -350,6 +355,10 @@ impl Agent {
         for (id, spec) in pods {
             self.install(id, &spec).with_context(|| format!("pod {}", spec.name))?;
         }
+        // Every pod points to the MeshConfig's new slot now: clear the old.
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.maps.finish_mesh();
+        }
         Ok(())
     }
 
@@ -402,6 +411,7 @@ impl Agent {
             .map(|(id, spec)| {
                 let ebpf = self.ebpf.as_ref().filter(|_| spec.dataplane == Some(Dataplane::Ebpf));
                 let written = ebpf.and_then(|e| e.maps.written(*id).cloned()).unwrap_or_default();
+                let mesh = ebpf.and_then(|e| e.maps.mesh_entries().cloned()).unwrap_or_default();
                 PodStatus {
                     id: *id,
                     name: spec.name.clone(),
@@ -413,9 +423,9 @@ impl Agent {
                         None => self.iptables_applied.contains_key(id),
                     },
                     local_addrs: written.local_addrs.iter().map(|a| std::net::Ipv4Addr::from(*a).to_string()).collect(),
-                    excluded_cidrs: written.excluded_cidrs.len(),
-                    included_cidrs: written.included_cidrs.len(),
-                    excluded_ports: written.excluded_ports.len(),
+                    excluded_cidrs: written.excluded_cidrs.len() + mesh.excluded_cidrs.len(),
+                    included_cidrs: written.included_cidrs.len() + mesh.included_cidrs.len(),
+                    excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
                     counters: ebpf.map(|e| crate::diagnostics::named_counters(&e.maps.counters(*id))).unwrap_or_default(),
                 }
             })

@@ -21,7 +21,7 @@ use crate::{
     agent::Agent,
     config::{PodPolicy, Source},
     dataplane::Dataplane,
-    ebpf::maps::{SharedMaps, SlotEntries},
+    ebpf::maps::{PodEntries, SharedMaps, SlotEntries},
     iptables::{self, Family, PodIp},
     lists::PolicyLists,
     netns::{self, PodNet},
@@ -130,22 +130,29 @@ impl OutboundLists for KernelLists<'_> {
         self.maps.lookup_route_excluded(self.config.policy, addr.to_be_bytes())
     }
     fn cidr_excluded(&self, addr: u32) -> bool {
-        self.maps.lookup_cidr(false, self.config.policy, addr.to_be_bytes())
+        self.slots().iter().any(|s| self.maps.lookup_cidr(false, *s, addr.to_be_bytes()))
     }
     fn port_excluded(&self, port: u16) -> bool {
-        self.maps.lookup_port(self.config.policy, port, direction::OUTBOUND)
+        self.slots().iter().any(|s| self.maps.lookup_port(*s, port, direction::OUTBOUND))
     }
     fn inclusion_enabled(&self) -> bool {
         self.config.flags & pod_flags::INCLUSION != 0
     }
     fn cidr_included(&self, addr: u32) -> bool {
-        self.maps.lookup_cidr(true, self.config.policy, addr.to_be_bytes())
+        self.slots().iter().any(|s| self.maps.lookup_cidr(true, *s, addr.to_be_bytes()))
+    }
+}
+
+impl KernelLists<'_> {
+    /// The MeshConfig's slot and the pod's own, as the programs read them.
+    fn slots(&self) -> [u32; 2] {
+        [self.config.mesh_policy, self.config.policy]
     }
 }
 
 impl InboundLists for KernelLists<'_> {
     fn inbound_port_excluded(&self, port: u16) -> bool {
-        self.maps.lookup_port(self.config.policy, port, direction::INBOUND)
+        self.slots().iter().any(|s| self.maps.lookup_port(*s, port, direction::INBOUND))
     }
     fn interface_excluded(&self, ifindex: u32) -> bool {
         self.maps.lookup_iface(self.config.policy, ifindex)
@@ -393,8 +400,40 @@ fn check_maps(
     let Some(config) = maps.pod_config(id) else {
         return Check::fail(pod, WHAT, "no POD_CONFIG entry: the programs treat the pod as not enrolled".into(), FIX);
     };
-    let want = SlotEntries::from_policy(policy, net);
-    let have = maps.read_slot(config.policy);
+    let want = PodEntries::from_policy(policy, net);
+    let (have_mesh, have_own) = (maps.read_slot(config.mesh_policy), maps.read_slot(config.policy));
+    let mut diffs = slot_diff(&want.mesh, &have_mesh, policy);
+    diffs.extend(slot_diff(&want.own, &have_own, policy));
+    if (config.flags & pod_flags::INCLUSION != 0) != want.own.inclusion {
+        diffs.push("POD_CONFIG's inclusion flag is wrong".into());
+    }
+    if config.outbound_port != settings.outbound_port || config.inbound_port != settings.inbound_port || config.proxy_uid != settings.proxy_uid {
+        diffs.push(format!(
+            "POD_CONFIG has ports {}/{} and UID {}, the agent {}/{} and {}",
+            config.outbound_port, config.inbound_port, config.proxy_uid, settings.outbound_port, settings.inbound_port, settings.proxy_uid
+        ));
+    }
+    if diffs.is_empty() {
+        let n = |f: fn(&SlotEntries) -> usize, what: &str| format!("{} {what}", f(&want.mesh) + f(&want.own));
+        Check::pass(
+            pod,
+            WHAT,
+            [
+                n(|e| e.excluded_cidrs.len(), "excluded CIDRs"),
+                n(|e| e.included_cidrs.len(), "included CIDRs"),
+                n(|e| e.excluded_ports.len(), "excluded outbound ports"),
+                n(|e| e.inbound_excluded_ports.len(), "excluded inbound ports"),
+                n(|e| e.excluded_ifaces.len(), "excluded interfaces"),
+            ]
+            .join(", "),
+        )
+    } else {
+        Check::fail(pod, WHAT, diffs.join("; "), FIX)
+    }
+}
+
+/// What one slot lacks or has too much of, entry by entry.
+fn slot_diff(want: &SlotEntries, have: &SlotEntries, policy: &PodPolicy) -> Vec<String> {
     let mut diffs = Vec::new();
     let label_port = |p: u16, list: &[crate::config::Sourced<crate::config::Port>]| {
         list.iter().find(|e| e.value.get() == p).map_or(String::new(), |e| format!(" ({})", source(e.source)))
@@ -421,39 +460,13 @@ fn check_maps(
     for r in want.routes.iter().filter(|r| !have.routes.contains(r)) {
         diffs.push(format!("IFACE_ROUTES lacks {}/{}", std::net::Ipv4Addr::from(r.0), r.1));
     }
-    let extra = have.excluded_ports.len() + have.inbound_excluded_ports.len() + have.excluded_cidrs.len() + have.included_cidrs.len()
-        + have.excluded_ifaces.len()
-        > want.excluded_ports.len() + want.inbound_excluded_ports.len() + want.excluded_cidrs.len() + want.included_cidrs.len()
-            + want.excluded_ifaces.len();
-    if extra {
+    let count = |e: &SlotEntries| {
+        e.excluded_ports.len() + e.inbound_excluded_ports.len() + e.excluded_cidrs.len() + e.included_cidrs.len() + e.excluded_ifaces.len()
+    };
+    if count(have) > count(want) {
         diffs.push("the kernel holds entries the lists don't have".into());
     }
-    if (config.flags & pod_flags::INCLUSION != 0) != want.inclusion {
-        diffs.push("POD_CONFIG's inclusion flag is wrong".into());
-    }
-    if config.outbound_port != settings.outbound_port || config.inbound_port != settings.inbound_port || config.proxy_uid != settings.proxy_uid {
-        diffs.push(format!(
-            "POD_CONFIG has ports {}/{} and UID {}, the agent {}/{} and {}",
-            config.outbound_port, config.inbound_port, config.proxy_uid, settings.outbound_port, settings.inbound_port, settings.proxy_uid
-        ));
-    }
-    if diffs.is_empty() {
-        let n = |v: usize, what: &str| format!("{v} {what}");
-        Check::pass(
-            pod,
-            WHAT,
-            [
-                n(want.excluded_cidrs.len(), "excluded CIDRs"),
-                n(want.included_cidrs.len(), "included CIDRs"),
-                n(want.excluded_ports.len(), "excluded outbound ports"),
-                n(want.inbound_excluded_ports.len(), "excluded inbound ports"),
-                n(want.excluded_ifaces.len(), "excluded interfaces"),
-            ]
-            .join(", "),
-        )
-    } else {
-        Check::fail(pod, WHAT, diffs.join("; "), FIX)
-    }
+    diffs
 }
 
 /// The pod's nat table against the rules the lists give: per chain, the

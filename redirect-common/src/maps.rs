@@ -2,11 +2,15 @@
 //! share. Every map is pinned under the agent's bpffs directory by its name,
 //! so a restarted or upgraded agent finds the same state.
 //!
-//! Policy maps are keyed by a [`PolicyId`], not by the pod: each pod has two
-//! policy slots (generations). The agent writes a changed policy into the
-//! idle slot, then flips [`PodConfig::policy`] in one map update, then clears
-//! the old slot. A connection therefore sees one whole policy, old or new,
-//! never half of each.
+//! Policy maps are keyed by a [`PolicyId`], not by the pod. The MeshConfig's
+//! lists are stored once, in a slot of their own that every pod points to
+//! ([`PodConfig::mesh_policy`]): 10,000 CIDRs cost 10,000 entries however many
+//! pods run. A pod's own slot ([`PodConfig::policy`]) holds what is the pod's
+//! alone: its annotations' entries, its addresses, interfaces and routes.
+//! Each owner has two slots (generations): the agent writes a change into the
+//! idle one, then switches [`PodConfig`] in one map update, then clears the
+//! old one. A connection sees one whole policy, old or new, never half of
+//! each.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -23,6 +27,9 @@ pub type PolicyId = u32;
 pub const fn policy_id(pod: PodId, generation: u32) -> PolicyId {
     pod.wrapping_mul(2).wrapping_add(generation & 1)
 }
+
+/// The owner of the MeshConfig's slots (never a pod id).
+pub const MESH_OWNER: PodId = 0x7fff_ffff;
 
 pub mod names {
     pub const POD_CONFIG: &str = "POD_CONFIG";
@@ -105,8 +112,10 @@ pub mod counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PodConfig {
-    /// The active policy slot.
+    /// The pod's own active slot.
     pub policy: PolicyId,
+    /// The MeshConfig's active slot.
+    pub mesh_policy: PolicyId,
     pub proxy_uid: u32,
     pub outbound_port: u16,
     pub inbound_port: u16,

@@ -20,15 +20,23 @@ impl MapLists<'_> {
     }
 
     #[inline(always)]
-    fn lpm_key(&self, addr: u32) -> Key<PolicyAddr> {
-        Key::new(lpm_prefix_len(32), self.addr(addr))
+    fn lpm_key(&self, policy: u32, addr: u32) -> Key<PolicyAddr> {
+        Key::new(lpm_prefix_len(32), PolicyAddr { policy, addr: addr.to_be_bytes() })
+    }
+
+    /// In the MeshConfig's list or the pod's own.
+    #[inline(always)]
+    fn in_lpm(&self, trie: &aya_ebpf::maps::LpmTrie<PolicyAddr, u8>, addr: u32) -> bool {
+        trie.get(&self.lpm_key(self.config.mesh_policy, addr)).is_some()
+            || trie.get(&self.lpm_key(self.config.policy, addr)).is_some()
     }
 
     #[inline(always)]
     fn port_in(&self, port: u16, direction: u16) -> bool {
-        let key = PolicyPort { policy: self.config.policy, port, direction };
-        // SAFETY: the value is only tested for presence.
-        unsafe { EXCLUDED_PORTS.get(&key).is_some() }
+        let mesh = PolicyPort { policy: self.config.mesh_policy, port, direction };
+        let own = PolicyPort { policy: self.config.policy, port, direction };
+        // SAFETY: the values are only tested for presence.
+        unsafe { EXCLUDED_PORTS.get(&mesh).is_some() || EXCLUDED_PORTS.get(&own).is_some() }
     }
 
     #[inline(always)]
@@ -67,12 +75,12 @@ impl OutboundLists for MapLists<'_> {
     /// into `IFACE_ROUTES` and the longest matching route decides.
     #[inline(always)]
     fn routed_via_excluded_iface(&self, addr: u32) -> bool {
-        matches!(IFACE_ROUTES.get(&self.lpm_key(addr)), Some(1))
+        matches!(IFACE_ROUTES.get(&self.lpm_key(self.config.policy, addr)), Some(1))
     }
 
     #[inline(always)]
     fn cidr_excluded(&self, addr: u32) -> bool {
-        EXCLUDED_CIDRS.get(&self.lpm_key(addr)).is_some()
+        self.in_lpm(&EXCLUDED_CIDRS, addr)
     }
 
     #[inline(always)]
@@ -87,6 +95,6 @@ impl OutboundLists for MapLists<'_> {
 
     #[inline(always)]
     fn cidr_included(&self, addr: u32) -> bool {
-        INCLUDED_CIDRS.get(&self.lpm_key(addr)).is_some()
+        self.in_lpm(&INCLUDED_CIDRS, addr)
     }
 }

@@ -53,7 +53,8 @@ fn diagnose_names_a_map_entry_removed_by_hand_and_reload_repairs_it() {
     assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
     let maps = node.bpffs_dir.join("maps");
     let config: HashMap<_, u32, PodConfig> = Map::HashMap(MapData::from_pin(maps.join("POD_CONFIG")).unwrap()).try_into().unwrap();
-    let slot = config.get(&1, 0).unwrap().policy;
+    // 6379 comes from the MeshConfig: it lives in the MeshConfig's slot.
+    let slot = config.get(&1, 0).unwrap().mesh_policy;
     let mut ports: HashMap<_, PolicyPort, u8> = Map::HashMap(MapData::from_pin(maps.join("EXCLUDED_PORTS")).unwrap()).try_into().unwrap();
     ports.remove(&PolicyPort { policy: slot, port: 6379, direction: 0 }).unwrap();
     // The kernel now redirects 6379, and explain says the kernel disagrees.

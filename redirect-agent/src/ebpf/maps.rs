@@ -13,7 +13,7 @@ use redirect_common::maps::{capacity, counter};
 use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
 use ipnet::IpNet;
 use redirect_common::maps::{
-    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
+    ConnKey, MESH_OWNER, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
     lpm_prefix_len, names, pod_flags, policy_id,
 };
 
@@ -72,9 +72,38 @@ pub struct SlotEntries {
     pub inclusion: bool,
 }
 
-impl SlotEntries {
-    /// The IPv4 part of a policy: the eBPF hooks are IPv4.
+/// A pod's policy in map terms: the MeshConfig's part (shared by every pod)
+/// and the pod's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodEntries {
+    pub mesh: SlotEntries,
+    pub own: SlotEntries,
+}
+
+impl PodEntries {
+    /// The IPv4 part of a policy (the eBPF hooks are IPv4), split by source.
     pub fn from_policy(policy: &PodPolicy, net: &PodNet) -> Self {
+        use crate::config::Source;
+        let only = |source: Source| PodPolicy {
+            outbound_ip_range_exclusions: policy.outbound_ip_range_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
+            outbound_ip_range_inclusions: policy.outbound_ip_range_inclusions.iter().filter(|e| e.source == source).cloned().collect(),
+            outbound_port_exclusions: policy.outbound_port_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
+            inbound_port_exclusions: policy.inbound_port_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
+            network_interface_exclusions: policy.network_interface_exclusions.clone(),
+            local_proxy_mode: policy.local_proxy_mode,
+        };
+        let mut mesh = SlotEntries::lists(&only(Source::MeshConfig));
+        mesh.inclusion = false;
+        let mut own = SlotEntries::lists(&only(Source::Annotation));
+        own.pod_net(policy, net);
+        own.inclusion = !policy.outbound_ip_range_inclusions.is_empty();
+        PodEntries { mesh, own }
+    }
+}
+
+impl SlotEntries {
+    /// The lists (CIDRs and ports) of a policy.
+    fn lists(policy: &PodPolicy) -> Self {
         let v4 = |cidrs: &[crate::config::Sourced<crate::config::Cidr>]| {
             let mut out: Vec<([u8; 4], u8)> = cidrs
                 .iter()
@@ -93,6 +122,18 @@ impl SlotEntries {
             ports.dedup();
             ports
         };
+        SlotEntries {
+            excluded_cidrs: v4(&policy.outbound_ip_range_exclusions),
+            included_cidrs: v4(&policy.outbound_ip_range_inclusions),
+            excluded_ports: ports(&policy.outbound_port_exclusions),
+            inbound_excluded_ports: ports(&policy.inbound_port_exclusions),
+            ..SlotEntries::default()
+        }
+    }
+
+    /// What belongs to the pod's network namespace: addresses, excluded
+    /// interfaces by index, routes.
+    fn pod_net(&mut self, policy: &PodPolicy, net: &PodNet) {
         let excluded = |name: &str| policy.network_interface_exclusions.iter().any(|i| i.value.as_str() == name);
         let mut routes: Vec<([u8; 4], u8, bool)> =
             net.routes.iter().map(|r| (r.dst.octets(), r.prefix_len, excluded(&r.iface))).collect();
@@ -102,17 +143,10 @@ impl SlotEntries {
         let mut excluded_ifaces: Vec<u32> =
             net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
         excluded_ifaces.sort();
-        SlotEntries {
-            local_addrs: net.addrs.iter().map(|a| a.octets()).collect(),
-            excluded_cidrs: v4(&policy.outbound_ip_range_exclusions),
-            included_cidrs: v4(&policy.outbound_ip_range_inclusions),
-            excluded_ports: ports(&policy.outbound_port_exclusions),
-            inbound_excluded_ports: ports(&policy.inbound_port_exclusions),
-            excluded_ifaces,
-            // Only routes matter when some device is excluded.
-            routes: if routes.iter().any(|r| r.2) { routes } else { Vec::new() },
-            inclusion: !policy.outbound_ip_range_inclusions.is_empty(),
-        }
+        self.local_addrs = net.addrs.iter().map(|a| a.octets()).collect();
+        self.excluded_ifaces = excluded_ifaces;
+        // Only routes matter when some device is excluded.
+        self.routes = if routes.iter().any(|r| r.2) { routes } else { Vec::new() };
     }
 }
 
@@ -130,10 +164,16 @@ pub struct SharedMaps {
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
-    /// What each pod's active slot holds, so a change deletes exactly that.
+    /// What each pod's own active slot holds, so a change deletes exactly that.
     written: StdHashMap<PodId, (PolicyId, SlotEntries)>,
+    /// The MeshConfig's active slot and what it holds.
+    mesh: Option<(PolicyId, SlotEntries)>,
+    /// The MeshConfig's previous slot, until every pod has left it.
+    retired_mesh: Option<(PolicyId, SlotEntries)>,
     /// Pods whose next `apply` rewrites their policy even if unchanged.
     stale: std::collections::HashSet<PodId>,
+    /// The next `begin_mesh` rewrites the MeshConfig's slot even if unchanged.
+    mesh_stale: bool,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -158,56 +198,111 @@ impl SharedMaps {
             orig_by_cookie: take(ebpf, names::ORIG_BY_COOKIE)?.try_into()?,
                     counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
+            mesh: None,
+            retired_mesh: None,
             stale: Default::default(),
+            mesh_stale: false,
         };
         maps.recover()?;
         Ok(maps)
     }
 
-    /// Rebuilds `written` from the kernel (after an agent restart), and
-    /// clears slots that no pod uses (a change interrupted half-way).
+    /// Rebuilds `written` and the MeshConfig slot from the kernel (after an
+    /// agent restart), and clears slots nothing uses (a change interrupted
+    /// half-way).
     fn recover(&mut self) -> anyhow::Result<()> {
         let configs: StdHashMap<PodId, PodConfig> = self.pod_config.iter().filter_map(Result::ok).collect();
-        let active: StdHashMap<PodId, PolicyId> = configs.iter().map(|(pod, c)| (*pod, c.policy)).collect();
         let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
         for k in self.local_addrs.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default().local_addrs.push(k.addr);
+            slots.entry(k.policy).or_default();
         }
         for k in self.excluded_cidrs.keys().filter_map(Result::ok) {
-            let d = k.data();
-            slots.entry(d.policy).or_default().excluded_cidrs.push((d.addr, (k.prefix_len() - 32) as u8));
+            slots.entry(k.data().policy).or_default();
         }
         for k in self.included_cidrs.keys().filter_map(Result::ok) {
-            let d = k.data();
-            slots.entry(d.policy).or_default().included_cidrs.push((d.addr, (k.prefix_len() - 32) as u8));
+            slots.entry(k.data().policy).or_default();
         }
         for k in self.excluded_ports.keys().filter_map(Result::ok) {
-            let e = slots.entry(k.policy).or_default();
-            match k.direction {
-                direction::INBOUND => e.inbound_excluded_ports.push(k.port),
-                _ => e.excluded_ports.push(k.port),
-            }
+            slots.entry(k.policy).or_default();
         }
         for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default().excluded_ifaces.push(k.ifindex);
+            slots.entry(k.policy).or_default();
         }
-        for (k, v) in self.iface_routes.iter().filter_map(Result::ok) {
-            let d = k.data();
-            slots.entry(d.policy).or_default().routes.push((d.addr, (k.prefix_len() - 32) as u8, v == 1));
+        for k in self.iface_routes.keys().filter_map(Result::ok) {
+            slots.entry(k.data().policy).or_default();
+        }
+        let ids: Vec<PolicyId> = slots.keys().copied().collect();
+        for id in ids {
+            slots.insert(id, self.read_slot(id));
+        }
+        // The MeshConfig slot most pods point to is the active one.
+        let mut mesh_refs: StdHashMap<PolicyId, usize> = StdHashMap::new();
+        for c in configs.values() {
+            *mesh_refs.entry(c.mesh_policy).or_default() += 1;
+        }
+        let mut by_refs: Vec<(PolicyId, usize)> = mesh_refs.into_iter().collect();
+        by_refs.sort_by_key(|(slot, n)| (std::cmp::Reverse(*n), *slot));
+        let take = |slots: &mut StdHashMap<PolicyId, SlotEntries>, id: PolicyId| (id, slots.remove(&id).unwrap_or_default());
+        self.mesh = by_refs.first().map(|(id, _)| take(&mut slots, *id));
+        self.retired_mesh = by_refs.get(1).map(|(id, _)| take(&mut slots, *id));
+        for (pod, c) in &configs {
+            let mut entries = slots.remove(&c.policy).unwrap_or_default();
+            entries.inclusion = c.flags & pod_flags::INCLUSION != 0;
+            self.written.insert(*pod, (c.policy, entries));
         }
         for (slot, entries) in slots {
-            match active.iter().find(|(_, p)| **p == slot) {
-                Some((pod, _)) => {
-                    self.written.insert(*pod, (slot, entries));
-                }
-                None => self.delete(slot, &entries),
-            }
-        }
-        for (pod, slot) in active {
-            let entry = self.written.entry(pod).or_insert((slot, SlotEntries::default()));
-            entry.1.inclusion = configs[&pod].flags & pod_flags::INCLUSION != 0;
+            self.delete(slot, &entries);
         }
         Ok(())
+    }
+
+    /// Makes `entries` the MeshConfig's lists: written into the idle slot;
+    /// pods move to it as `apply` rewrites their config; `finish_mesh`
+    /// clears the old one once every pod has moved.
+    pub fn begin_mesh(&mut self, entries: &SlotEntries) -> anyhow::Result<()> {
+        if self.mesh.as_ref().is_some_and(|(_, e)| e == entries) && !self.mesh_stale {
+            return Ok(());
+        }
+        self.mesh_stale = false;
+        // Going back to the slot being retired (a change that failed half-way).
+        if let Some((slot, e)) = self.retired_mesh.take() {
+            if e == *entries && self.mesh.as_ref().is_some_and(|(_, cur)| cur != entries) {
+                self.retired_mesh = self.mesh.take();
+                self.mesh = Some((slot, e));
+                return Ok(());
+            }
+            self.delete(slot, &e);
+        }
+        let next = match &self.mesh {
+            Some((slot, _)) => policy_id(MESH_OWNER, (slot & 1) ^ 1),
+            None => policy_id(MESH_OWNER, 0),
+        };
+        if let Err(e) = self.write(next, entries) {
+            self.delete(next, entries);
+            return Err(e);
+        }
+        self.retired_mesh = self.mesh.replace((next, entries.clone()));
+        Ok(())
+    }
+
+    /// Clears the previous MeshConfig slot once no pod points to it.
+    pub fn finish_mesh(&mut self) {
+        let Some((slot, entries)) = self.retired_mesh.take() else { return };
+        if self.pod_config.iter().filter_map(Result::ok).any(|(_, c)| c.mesh_policy == slot) {
+            self.retired_mesh = Some((slot, entries));
+            return;
+        }
+        self.delete(slot, &entries);
+    }
+
+    /// What the MeshConfig's active slot holds.
+    pub fn mesh_entries(&self) -> Option<&SlotEntries> {
+        self.mesh.as_ref().map(|(_, e)| e)
+    }
+
+    /// The MeshConfig's active slot.
+    pub fn mesh_slot(&self) -> Option<PolicyId> {
+        self.mesh.as_ref().map(|(slot, _)| *slot)
     }
 
     pub fn pods(&self) -> Vec<PodId> {
@@ -228,12 +323,19 @@ impl SharedMaps {
         self.orig_dst.keys().filter(Result::is_ok).count() + self.inbound_orig.keys().filter(Result::is_ok).count()
     }
 
-    /// Writes `entries` as the pod's policy, switching over atomically.
+    /// Writes `entries` as the pod's own policy and points it at the
+    /// MeshConfig's active slot (`begin_mesh` first), switching over in one
+    /// update of its config.
     pub fn apply(&mut self, pod: PodId, entries: SlotEntries, settings: &ProxySettings) -> anyhow::Result<()> {
         let current = self.pod_config(pod);
         if let (Some(cfg), Some((_, written))) = (current, self.written.get(&pod)) {
             if *written == entries && cfg == self.config_for(cfg.policy, &entries, settings) && !self.stale.contains(&pod) {
                 return Ok(());
+            }
+            if *written == entries && !self.stale.contains(&pod) {
+                // Only the config changed (the MeshConfig's slot, settings).
+                let config = self.config_for(cfg.policy, &entries, settings);
+                return self.pod_config.insert(&pod, &config, 0).context("POD_CONFIG");
             }
         }
         let next_slot = match current {
@@ -257,6 +359,7 @@ impl SharedMaps {
     }
 
     fn config_for(&self, slot: PolicyId, entries: &SlotEntries, s: &ProxySettings) -> PodConfig {
+        let mesh_policy = self.mesh_slot().unwrap_or(policy_id(MESH_OWNER, 0));
         let mut flags = 0;
         if entries.inclusion {
             flags |= pod_flags::INCLUSION;
@@ -267,7 +370,7 @@ impl SharedMaps {
         if s.inbound {
             flags |= pod_flags::INBOUND;
         }
-        PodConfig { policy: slot, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
+        PodConfig { policy: slot, mesh_policy, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
     }
 
     /// The pod's event counters, summed over CPUs (`redirect_common::maps::counter`).
@@ -366,6 +469,7 @@ impl SharedMaps {
     /// (repairs entries removed behind the agent's back).
     pub fn force_rewrite(&mut self, pod: PodId) {
         self.stale.insert(pod);
+        self.mesh_stale = true;
     }
 
     /// Whether the pod's proxy listener is known to the kernel.
