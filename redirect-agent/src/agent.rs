@@ -151,7 +151,7 @@ impl Agent {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         for id in ids {
             let spec = self.state.pods[&id].clone();
-            let result = if spec.netns.exists() { self.install(id, &spec) } else { Err(anyhow!("its netns is gone")) };
+            let result = if spec.netns.exists() { self.install(id, &spec, true) } else { Err(anyhow!("its netns is gone")) };
             if let Some(ebpf) = &mut self.ebpf {
                 ebpf.maps.finish_mesh();
             }
@@ -219,12 +219,16 @@ impl Agent {
     }
 
     /// Writes the pod's policy with its dataplane (and, for eBPF, makes sure
-    /// its programs are attached).
-    fn install(&mut self, id: PodId, spec: &PodSpec) -> anyhow::Result<()> {
-        let policy = self.policy(spec)?;
+    /// its programs are attached). `find_listener`: also look for a proxy
+    /// that listened before it was enrolled (reads the pod's /proc/net/tcp,
+    /// which walks the host's whole TCP table: at enrolment and refresh, not
+    /// on every list change).
+    fn install(&mut self, id: PodId, spec: &PodSpec, find_listener: bool) -> anyhow::Result<()> {
+        let annotations = spec.validate()?;
         let net = netns::pod_net(&spec.netns)?;
         match spec.dataplane {
             Some(Dataplane::Iptables) => {
+                let policy = PodPolicy::merge(&self.mesh, &annotations);
                 let pod_ip = net.addrs.first().map(|a| PodIp::Addr(IpAddr::V4(*a)));
                 if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
                     bail!("pod {}: localProxyMode PodIP needs a pod IP, and its netns has none", spec.name);
@@ -245,19 +249,20 @@ impl Agent {
                 let settings = self.state.settings;
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
-                if !policy.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
+                if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
                     log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
                 }
+                let own = PodEntries::own(&self.mesh, &annotations, &net);
+                let mesh_entries = PodEntries::mesh(&self.mesh);
                 let ebpf = self.ebpf_mut()?;
-                let entries = PodEntries::from_policy(&policy, &net);
-                ebpf.maps.begin_mesh(&entries.mesh)?;
-                ebpf.maps.apply(id, entries.own, &settings)?;
+                ebpf.maps.begin_mesh(&mesh_entries)?;
+                ebpf.maps.apply(id, own, &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {
                     programs::detach(&ebpf.pins, id)?;
                     programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
                 }
                 // A proxy that was listening before it was enrolled.
-                if settings.inbound && !ebpf.maps.has_listener(id) {
+                if find_listener && settings.inbound && !ebpf.maps.has_listener(id) {
                     if let Some(socket) = crate::listener::find(&spec.netns, &cg, settings.inbound_port)? {
                         use std::os::fd::AsFd as _;
                         ebpf.maps.set_listener(id, socket.as_fd())?;
@@ -304,7 +309,7 @@ impl Agent {
         if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
             ebpf.maps.reset_counters(id)?;
         }
-        if let Err(e) = self.install(id, &spec) {
+        if let Err(e) = self.install(id, &spec, true) {
             self.uninstall_pod(id, &spec);
             return Err(e.context(format!("pod {}: not enrolled", spec.name)));
         }
@@ -333,10 +338,10 @@ impl Agent {
     /// first; if one can't be written, the pods already switched go back.
     pub fn set_mesh_config(&mut self, mesh: MeshConfig, source: Option<PathBuf>) -> anyhow::Result<()> {
         let old = std::mem::replace(&mut self.mesh, mesh);
-        let result = self.apply_all();
+        let result = self.apply_all(false);
         if result.is_err() {
             self.mesh = old;
-            if let Err(e) = self.apply_all() {
+            if let Err(e) = self.apply_all(false) {
                 log::error!("restoring the previous MeshConfig failed: {e:#}");
             }
             return result;
@@ -346,14 +351,14 @@ impl Agent {
         self.state.save(&self.state_dir)
     }
 
-    fn apply_all(&mut self) -> anyhow::Result<()> {
+    fn apply_all(&mut self, find_listeners: bool) -> anyhow::Result<()> {
         // Validate everything before touching anything.
         for spec in self.state.pods.values() {
-            self.policy(spec)?;
+            spec.validate()?;
         }
         let pods: Vec<(PodId, PodSpec)> = self.state.pods.iter().map(|(i, s)| (*i, s.clone())).collect();
         for (id, spec) in pods {
-            self.install(id, &spec).with_context(|| format!("pod {}", spec.name))?;
+            self.install(id, &spec, find_listeners).with_context(|| format!("pod {}", spec.name))?;
         }
         // Every pod points to the MeshConfig's new slot now: clear the old.
         if let Some(ebpf) = &mut self.ebpf {
@@ -398,7 +403,7 @@ impl Agent {
 
     /// Follows pod address changes (a pod IP added later, say).
     pub fn refresh(&mut self) {
-        if let Err(e) = self.apply_all() {
+        if let Err(e) = self.apply_all(true) {
             log::warn!("refreshing pod addresses: {e:#}");
         }
     }

@@ -300,7 +300,8 @@ impl Agent {
                         "the agent re-attaches missing programs within its refresh interval; or `redirect-agent reload`",
                     )
                 });
-                out.push(check_maps(pod, id, &ebpf.maps, &policy, &net, settings));
+                let annotations = spec.validate().unwrap_or_default();
+                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, settings));
                 if settings.inbound {
                     out.push(if ebpf.maps.has_listener(id) {
                         Check::pass(pod, "inbound listener registered", format!("the proxy's socket on {} is in PROXY_LISTENERS", settings.inbound_port))
@@ -387,11 +388,14 @@ impl Check {
 
 /// The effective lists (labelled with their source) against the kernel's
 /// maps, entry by entry.
+#[allow(clippy::too_many_arguments)]
 fn check_maps(
     pod: &str,
     id: PodId,
     maps: &SharedMaps,
     policy: &PodPolicy,
+    mesh: &crate::config::MeshConfig,
+    annotations: &crate::config::annotations::PodAnnotations,
     net: &PodNet,
     settings: &crate::ebpf::maps::ProxySettings,
 ) -> Check {
@@ -400,7 +404,7 @@ fn check_maps(
     let Some(config) = maps.pod_config(id) else {
         return Check::fail(pod, WHAT, "no POD_CONFIG entry: the programs treat the pod as not enrolled".into(), FIX);
     };
-    let want = PodEntries::from_policy(policy, net);
+    let want = PodEntries::new(mesh, annotations, net);
     let (have_mesh, have_own) = (maps.read_slot(config.mesh_policy), maps.read_slot(config.policy));
     let mut diffs = slot_diff(&want.mesh, &have_mesh, policy);
     diffs.extend(slot_diff(&want.own, &have_own, policy));

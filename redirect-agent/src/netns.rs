@@ -29,9 +29,10 @@ pub fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let ns = open(path)?;
+    let ns = File::open(path).with_context(|| format!("netns {}: can't open", path.display()))?;
+    let shown = path.display().to_string();
     std::thread::spawn(move || {
-        setns(&ns, CloneFlags::CLONE_NEWNET).context("setns")?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("netns {shown}: not a network namespace"))?;
         f()
     })
     .join()

@@ -34,6 +34,13 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name).
         args: Vec<String>,
     },
+    /// Benchmarks: eBPF vs iptables vs no interception, side by side
+    /// (writes target/bench/bench.md and bench.json). Root.
+    Bench {
+        /// Only check that every part runs (short, as in CI).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// The privileged integration tests inside Debian's cloud kernels under
     /// qemu; prints (and writes to target/vm-matrix.md) kernel × test.
     VmTest {
@@ -62,6 +69,16 @@ fn main() -> anyhow::Result<()> {
             cmd.arg("demo");
             if log_decisions {
                 cmd.arg("--log-decisions");
+            }
+            run(&mut cmd)
+        }
+        Cmd::Bench { smoke } => {
+            require_root("bench")?;
+            cargo(&["build", "--release", "--bins"])?;
+            let mut cmd = Command::new(root.join("target/release/bench"));
+            cmd.args(["--out", "target/bench"]);
+            if smoke {
+                cmd.arg("--smoke");
             }
             run(&mut cmd)
         }

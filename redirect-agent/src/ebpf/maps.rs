@@ -17,7 +17,10 @@ use redirect_common::maps::{
     lpm_prefix_len, names, pod_flags, policy_id,
 };
 
-use crate::{config::PodPolicy, netns::PodNet};
+use crate::{
+    config::{Cidr, MeshConfig, Port, annotations::PodAnnotations},
+    netns::PodNet,
+};
 
 /// Settings that come from the agent's own configuration, not the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,33 +84,45 @@ pub struct PodEntries {
 }
 
 impl PodEntries {
-    /// The IPv4 part of a policy (the eBPF hooks are IPv4), split by source.
-    pub fn from_policy(policy: &PodPolicy, net: &PodNet) -> Self {
-        use crate::config::Source;
-        let only = |source: Source| PodPolicy {
-            outbound_ip_range_exclusions: policy.outbound_ip_range_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
-            outbound_ip_range_inclusions: policy.outbound_ip_range_inclusions.iter().filter(|e| e.source == source).cloned().collect(),
-            outbound_port_exclusions: policy.outbound_port_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
-            inbound_port_exclusions: policy.inbound_port_exclusions.iter().filter(|e| e.source == source).cloned().collect(),
-            network_interface_exclusions: policy.network_interface_exclusions.clone(),
-            local_proxy_mode: policy.local_proxy_mode,
-        };
-        let mut mesh = SlotEntries::lists(&only(Source::MeshConfig));
-        mesh.inclusion = false;
-        let mut own = SlotEntries::lists(&only(Source::Annotation));
-        own.pod_net(policy, net);
-        own.inclusion = !policy.outbound_ip_range_inclusions.is_empty();
-        PodEntries { mesh, own }
+    /// The MeshConfig's part, once for every pod.
+    pub fn mesh(mesh: &MeshConfig) -> SlotEntries {
+        SlotEntries::lists(
+            &mesh.outbound_ip_range_exclusions,
+            &mesh.outbound_ip_range_inclusions,
+            &mesh.outbound_port_exclusions,
+            &mesh.inbound_port_exclusions,
+        )
+    }
+
+    /// The pod's own part: its annotations' entries (an entry the MeshConfig
+    /// has too is harmless: the programs look in both slots), its addresses,
+    /// excluded interfaces and routes. Linear in the pod's own lists, so a
+    /// MeshConfig change costs little per pod however long its lists are.
+    pub fn own(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet) -> SlotEntries {
+        let mut own = SlotEntries::lists(
+            &pod.outbound_ip_range_exclusions,
+            &pod.outbound_ip_range_inclusions,
+            &pod.outbound_port_exclusions,
+            &pod.inbound_port_exclusions,
+        );
+        let ifaces: Vec<&str> = mesh.network_interface_exclusions.iter().map(|i| i.as_str()).collect();
+        own.pod_net(&ifaces, net);
+        own.inclusion = !mesh.outbound_ip_range_inclusions.is_empty() || !pod.outbound_ip_range_inclusions.is_empty();
+        own
+    }
+
+    pub fn new(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet) -> Self {
+        PodEntries { mesh: Self::mesh(mesh), own: Self::own(mesh, pod, net) }
     }
 }
 
 impl SlotEntries {
-    /// The lists (CIDRs and ports) of a policy.
-    fn lists(policy: &PodPolicy) -> Self {
-        let v4 = |cidrs: &[crate::config::Sourced<crate::config::Cidr>]| {
+    /// The IPv4 part of the lists (the eBPF hooks are IPv4).
+    fn lists(excluded: &[Cidr], included: &[Cidr], out_ports: &[Port], in_ports: &[Port]) -> Self {
+        let v4 = |cidrs: &[Cidr]| {
             let mut out: Vec<([u8; 4], u8)> = cidrs
                 .iter()
-                .filter_map(|c| match c.value.net.trunc() {
+                .filter_map(|c| match c.net.trunc() {
                     IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
                     IpNet::V6(_) => None,
                 })
@@ -116,25 +131,25 @@ impl SlotEntries {
             out.dedup();
             out
         };
-        let ports = |list: &[crate::config::Sourced<crate::config::Port>]| {
-            let mut ports: Vec<u16> = list.iter().map(|p| p.value.get()).collect();
+        let ports = |list: &[Port]| {
+            let mut ports: Vec<u16> = list.iter().map(|p| p.get()).collect();
             ports.sort();
             ports.dedup();
             ports
         };
         SlotEntries {
-            excluded_cidrs: v4(&policy.outbound_ip_range_exclusions),
-            included_cidrs: v4(&policy.outbound_ip_range_inclusions),
-            excluded_ports: ports(&policy.outbound_port_exclusions),
-            inbound_excluded_ports: ports(&policy.inbound_port_exclusions),
+            excluded_cidrs: v4(excluded),
+            included_cidrs: v4(included),
+            excluded_ports: ports(out_ports),
+            inbound_excluded_ports: ports(in_ports),
             ..SlotEntries::default()
         }
     }
 
     /// What belongs to the pod's network namespace: addresses, excluded
     /// interfaces by index, routes.
-    fn pod_net(&mut self, policy: &PodPolicy, net: &PodNet) {
-        let excluded = |name: &str| policy.network_interface_exclusions.iter().any(|i| i.value.as_str() == name);
+    fn pod_net(&mut self, excluded_ifaces: &[&str], net: &PodNet) {
+        let excluded = |name: &str| excluded_ifaces.contains(&name);
         let mut routes: Vec<([u8; 4], u8, bool)> =
             net.routes.iter().map(|r| (r.dst.octets(), r.prefix_len, excluded(&r.iface))).collect();
         routes.sort();
