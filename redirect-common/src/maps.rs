@@ -41,14 +41,16 @@ pub mod names {
     pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
     pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
+    pub const INBOUND_PENDING: &str = "INBOUND_PENDING";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 13] = [
+    pub const SHARED: [&str; 14] = [
         COUNTERS,
+        INBOUND_PENDING,
         POD_CONFIG,
         LOCAL_ADDRS,
         EXCLUDED_CIDRS,

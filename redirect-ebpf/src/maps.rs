@@ -72,3 +72,11 @@ pub fn count(id: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Inbound lookups steered to the proxy, from the SYN until the handshake
+/// completes (then moved to `INBOUND_ORIG`). sk_lookup also runs for stray
+/// segments of connections already gone (a late FIN or ACK); their entries
+/// never become connections and age out of this LRU.
+#[map]
+pub static INBOUND_PENDING: LruHashMap<ConnKey, OrigDst> =
+    LruHashMap::with_max_entries(capacity::PENDING_CONNECTS, 0);

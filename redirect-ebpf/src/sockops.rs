@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use redirect_common::maps::ConnKey;
 
-use crate::maps::{INBOUND_ORIG, ORIG_BY_COOKIE, ORIG_DST, POD_CONFIG, PROXY_LISTENERS};
+use crate::maps::{INBOUND_ORIG, INBOUND_PENDING, ORIG_BY_COOKIE, ORIG_DST, POD_CONFIG, PROXY_LISTENERS};
 
 const AF_INET: u32 = 2;
 
@@ -100,6 +100,14 @@ fn on_listen(ctx: &SockOpsContext) {
 
 fn on_passive_established(ctx: &SockOpsContext) {
     let key = key_as_server(ctx);
+    // An inbound connection steered by sk_lookup is a connection now.
+    // SAFETY: copied out at once.
+    if let Some(orig) = unsafe { INBOUND_PENDING.get(&key) }.copied() {
+        let _ = INBOUND_PENDING.remove(&key);
+        if INBOUND_ORIG.insert(&key, &orig, 0).is_err() {
+            return;
+        }
+    }
     // SAFETY: only tested for presence.
     if unsafe { ORIG_DST.get(&key).is_some() || INBOUND_ORIG.get(&key).is_some() } {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);

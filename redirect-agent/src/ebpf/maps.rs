@@ -177,6 +177,7 @@ pub struct SharedMaps {
     /// An LRU hash in the kernel; aya's `HashMap` reads both kinds.
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
+    inbound_pending: HashMap<MapData, ConnKey, OrigDst>,
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's own active slot holds, so a change deletes exactly that.
@@ -210,6 +211,7 @@ impl SharedMaps {
             proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
             orig_dst: take(ebpf, names::ORIG_DST)?.try_into()?,
             inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
+            inbound_pending: take(ebpf, names::INBOUND_PENDING)?.try_into()?,
             orig_by_cookie: take(ebpf, names::ORIG_BY_COOKIE)?.try_into()?,
                     counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
@@ -423,6 +425,7 @@ impl SharedMaps {
             n(self.orig_by_cookie.keys().count(), names::ORIG_BY_COOKIE, capacity::PENDING_CONNECTS),
             n(self.orig_dst.keys().count(), names::ORIG_DST, capacity::CONNECTIONS),
             n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
+            n(self.inbound_pending.keys().count(), names::INBOUND_PENDING, capacity::PENDING_CONNECTS),
         ]
     }
 
