@@ -246,7 +246,7 @@ impl Agent {
                 }
             }
             _ => {
-                let settings = self.state.settings;
+                let settings = ProxySettings { fast_path: spec.fast_path.unwrap_or(self.state.settings.fast_path), ..self.state.settings };
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                 if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {

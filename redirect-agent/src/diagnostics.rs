@@ -46,6 +46,9 @@ pub fn counter_name(id: u32) -> Option<&'static str> {
         13 => "inbound_direct_proxy_port",
         14 => "inbound_redirected",
         counter::INBOUND_NO_PROXY => "inbound_refused_no_proxy",
+        counter::FAST_PATH_SOCKETS => "fast_path_sockets",
+        counter::FAST_PATH_MESSAGES => "fast_path_messages",
+        counter::FAST_PATH_LEFT => "fast_path_sockets_left",
         _ => return None,
     })
 }

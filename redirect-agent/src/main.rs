@@ -129,6 +129,12 @@ enum Command {
         /// Log every interception decision the kernel takes.
         #[arg(long)]
         log_decisions: bool,
+        /// Splice local hops (app <-> its proxy over loopback) with
+        /// sockmap/sk_msg, skipping TCP/IP for their data (eBPF dataplane).
+        /// Changing it and restarting the agent applies it to running pods:
+        /// open connections move to TCP, never the other way.
+        #[arg(long, value_enum, default_value = "off")]
+        fast_path: Switch,
         /// eBPF, fsm-init's iptables rules, or eBPF where the kernel and the
         /// pod allow it and iptables elsewhere.
         #[arg(long, value_enum, default_value = "auto")]
@@ -185,6 +191,9 @@ enum Command {
         /// Override the agent's --dataplane for this pod.
         #[arg(long, value_enum)]
         dataplane: Option<Dataplane>,
+        /// Override the agent's --fast-path for this pod.
+        #[arg(long, value_enum)]
+        fast_path: Option<Switch>,
     },
     /// Stop intercepting a pod.
     Remove { name: String },
@@ -223,6 +232,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Output {
     Table,
@@ -257,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mesh_config,
             proxy: ProxyArgs { outbound_port, inbound_port, proxy_uid },
             log_decisions,
+            fast_path,
             dataplane,
             metrics_listen,
             refresh_interval,
@@ -265,7 +281,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: cli.state_dir.clone(),
                 bpffs_dir: cli.bpffs_dir.clone(),
                 mesh_config,
-                settings: ProxySettings { outbound_port, inbound_port, proxy_uid, log_decisions, inbound: true },
+                settings: ProxySettings {
+                    outbound_port,
+                    inbound_port,
+                    proxy_uid,
+                    log_decisions,
+                    inbound: true,
+                    fast_path: fast_path == Switch::On,
+                },
                 dataplane,
             };
             let daemon_opts = daemon::DaemonOptions {
@@ -274,8 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
-        Command::Enroll { name, netns, cgroup, annotations, dataplane } => {
-            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane };
+        Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path } => {
+            let fast_path = fast_path.map(|s| s == Switch::On);
+            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path };
             spec.validate()?;
             let answer = control::call(dir, &Request::Enroll { pod: spec })?;
             println!("enrolled as pod {} ({} dataplane)", answer["id"], answer["dataplane"].as_str().unwrap_or("?"));
@@ -388,6 +412,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
             proxy_uid: args.proxy.proxy_uid,
             log_decisions: false,
             inbound: true,
+            fast_path: false,
         };
         Ok((policy, settings, family(args.ipv6), args.pod_ip))
     };

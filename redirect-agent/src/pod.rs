@@ -27,6 +27,10 @@ pub struct PodSpec {
     /// choose (its `--dataplane`); once enrolled: the one it chose.
     #[serde(default)]
     pub dataplane: Option<Dataplane>,
+    /// The fast path for this pod's local hops; `None`: the agent's
+    /// `--fast-path`.
+    #[serde(default)]
+    pub fast_path: Option<bool>,
 }
 
 impl PodSpec {

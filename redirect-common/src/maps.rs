@@ -46,9 +46,13 @@ pub mod names {
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
+    /// Per pod, not shared: a pod's local sockets for the fast path (see
+    /// [`super::fast_path`]). Pinned in the pod's own directory.
+    pub const FAST_PATH: &str = "FAST_PATH";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 14] = [
+    pub const SHARED: [&str; 15] = [
         COUNTERS,
         INBOUND_PENDING,
         POD_CONFIG,
@@ -63,6 +67,7 @@ pub mod names {
         ORIG_DST,
         INBOUND_ORIG,
         AYA_LOGS,
+        FAST_PATH_STATE,
     ];
 }
 
@@ -86,12 +91,18 @@ pub mod capacity {
     /// Routes of the pods' network namespaces (for outbound interface
     /// exclusions).
     pub const ROUTES: u32 = 16 * 1024;
+    /// Local sockets on the fast path, per pod (each local connection is two
+    /// sockets). A full map leaves new local connections on the TCP path.
+    pub const FAST_PATH_SOCKETS: u32 = 8 * 1024;
+    /// Fast-path decisions of local sockets, node-wide. An evicted entry
+    /// sends that socket's later messages the TCP way (always safe).
+    pub const FAST_PATH_DECISIONS: u32 = 64 * 1024;
 }
 
 /// Per-pod, per-CPU event counters: `COUNTERS[pod * counter::SLOTS + id]`.
 pub mod counter {
     /// Counter slots per pod.
-    pub const SLOTS: u32 = 16;
+    pub const SLOTS: u32 = 20;
     /// 1..=10: the outbound rule that decided a `connect()` (its row number).
     pub const fn outbound(rule: crate::decision::OutboundRule) -> u32 {
         rule as u32
@@ -104,6 +115,14 @@ pub mod counter {
     pub const INBOUND_NO_PROXY: u32 = 15;
     /// `SO_ORIGINAL_DST` answered for the proxy.
     pub const ORIGINAL_DST_ANSWERED: u32 = 0;
+    /// A local socket joined the fast path.
+    pub const FAST_PATH_SOCKETS: u32 = 16;
+    /// A message went straight to the peer socket (fast path).
+    pub const FAST_PATH_MESSAGES: u32 = 17;
+    /// A local connection's socket left (or never took) the fast path: the
+    /// peer was not there at its first message, or was gone, or the switch
+    /// was off.
+    pub const FAST_PATH_LEFT: u32 = 18;
 
     pub const fn index(pod: super::PodId, id: u32) -> u32 {
         pod.wrapping_mul(SLOTS).wrapping_add(id)
@@ -132,6 +151,29 @@ pub mod pod_flags {
     pub const LOG_DECISIONS: u32 = 1 << 1;
     /// Steer inbound connections to the proxy's inbound listener.
     pub const INBOUND: u32 = 1 << 2;
+    /// Splice local connections (see [`super::fast_path`]).
+    pub const FAST_PATH: u32 = 1 << 3;
+}
+
+/// The fast path for local hops (app ↔ its proxy over loopback): both
+/// sockets of a connection inside one pod sit in the pod's `FAST_PATH`
+/// sockhash, and an sk_msg program hands each message straight to the peer
+/// socket's receive queue, skipping TCP/IP.
+///
+/// Byte order is the one thing that must hold. A receiver reads what was
+/// handed over directly before what came through TCP, so a connection may
+/// go from the fast path to TCP (its earlier messages are read first) but
+/// never from TCP to the fast path (a later message would overtake earlier
+/// ones still queued). `FAST_PATH_STATE` holds each socket's decision,
+/// taken at its first message and kept: a socket with no entry (never
+/// joined, or evicted) always goes the TCP way.
+pub mod fast_path {
+    /// Joined at connection establishment; no message sent yet.
+    pub const UNDECIDED: u8 = 0;
+    /// The first message went to the peer directly: keep doing so.
+    pub const SPLICED: u8 = 1;
+    /// A message went through TCP: every later one must too.
+    pub const TCP: u8 = 2;
 }
 
 /// Key of `LOCAL_ADDRS` (exact) and data of the LPM tries (`EXCLUDED_CIDRS`,

@@ -8,12 +8,15 @@
 //! - `sockops` moves that memory to the connection's 4-tuple once the
 //!   kernel has chosen the source port, and forgets it when the connection
 //!   closes.
+//! - `sk_msg` (with sockops) is the fast path of local hops: see
+//!   fast_path.rs.
 //! - `getsockopt` answers the proxy's `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
 //!   from it, and leaves every other call exactly as the kernel answered.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod fast_path;
 mod maps;
 mod policy;
 mod sk_lookup;

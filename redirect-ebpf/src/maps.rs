@@ -80,3 +80,14 @@ pub fn count(id: u32) {
 #[map]
 pub static INBOUND_PENDING: LruHashMap<ConnKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::PENDING_CONNECTS, 0);
+
+/// This instance's pod's local sockets on the fast path, by their own
+/// 4-tuple. Not shared: each pod's instance has its own, pinned in the
+/// pod's directory, with this instance's sk_msg program attached.
+#[map]
+pub static FAST_PATH: SockHash<ConnKey> = SockHash::with_max_entries(capacity::FAST_PATH_SOCKETS, 0);
+
+/// Fast-path decision of each local socket (`redirect_common::maps::fast_path`).
+#[map]
+pub static FAST_PATH_STATE: LruHashMap<ConnKey, u8> =
+    LruHashMap::with_max_entries(capacity::FAST_PATH_DECISIONS, 0);

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
         BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
@@ -33,7 +33,11 @@ pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.family() == AF_INET {
         match ctx.op() {
             BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
-            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => crate::fast_path::join(&ctx, key_as_client(&ctx)),
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+                crate::fast_path::join(&ctx, key_as_client(&ctx));
+                on_passive_established(&ctx);
+            }
             BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
             BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
             _ => {}
@@ -43,7 +47,8 @@ pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
     0
 }
 
-/// The socket's own view: local is the source.
+/// The socket's own view: local is the source. For the application's
+/// socket that is the client's view.
 #[inline(always)]
 fn key_as_client(ctx: &SockOpsContext) -> ConnKey {
     ConnKey {
@@ -119,6 +124,7 @@ fn on_state_change(ctx: &SockOpsContext) {
     if new != BPF_TCP_CLOSE {
         return;
     }
+    crate::fast_path::leave(&key_as_client(ctx));
     if old == BPF_TCP_SYN_SENT {
         // The application's connect failed: nobody will ask.
         let _ = ORIG_DST.remove(&key_as_client(ctx));

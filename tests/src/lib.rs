@@ -220,6 +220,13 @@ impl Node {
     }
 
     /// The agent's `status --output json`.
+    /// A pod's kernel event counters (`status`), by name.
+    pub fn counters(&self, pod: &Pod) -> std::collections::BTreeMap<String, u64> {
+        let status = self.status();
+        let entry = status["pods"].as_array().into_iter().flatten().find(|p| p["name"] == pod.name.as_str());
+        entry.map(|p| serde_json::from_value(p["counters"].clone()).unwrap_or_default()).unwrap_or_default()
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let (ok, out) = self.cli(&["status", "--output", "json"]);
         assert!(ok, "status: {out}");
@@ -241,6 +248,14 @@ impl Node {
             let _ = a.kill();
             let _ = a.wait();
         }
+    }
+
+    /// Stops the agent and starts it again with other `run` arguments
+    /// (interception goes on meanwhile).
+    pub fn restart_agent_with(&mut self, run_args: &[&str]) -> anyhow::Result<()> {
+        self.kill_agent();
+        self.run_args = run_args.iter().map(|a| a.to_string()).collect();
+        self.start_agent()
     }
 
     /// The agent's process id (for its resident memory).
@@ -411,6 +426,31 @@ impl Pod {
         enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid)?;
         self.procs.push(start_listener(cmd)?);
         Ok(())
+    }
+
+    /// A netprobe listener in the pod's network namespace but outside its
+    /// cgroup (not a process of the pod), killed with the pod.
+    pub fn spawn_outside_cgroup(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(netprobe());
+        cmd.args(args);
+        enter_netns_only(&mut cmd, &self.ns.path())?;
+        self.procs.push(start_listener(cmd)?);
+        Ok(())
+    }
+
+    /// netprobe with `args`, as a process of the pod (its netns and cgroup)
+    /// running as `uid`.
+    pub fn netprobe_cmd(&self, args: &[&str], uid: u32) -> Command {
+        let mut cmd = Command::new(netprobe());
+        cmd.args(args);
+        enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid).unwrap();
+        cmd
+    }
+
+    /// Runs netprobe in the pod and returns its last line of output.
+    pub fn netprobe(&self, args: &[&str], uid: u32) -> String {
+        let out = self.netprobe_cmd(args, uid).output().expect("running netprobe");
+        String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or("").to_owned()
     }
 
     pub fn dial_cmd(&self, to: &str, uid: u32, extra: &[&str]) -> Command {

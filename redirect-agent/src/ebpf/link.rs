@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context as _;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `enum bpf_attach_type` values of the hooks we use.
@@ -24,6 +25,8 @@ pub enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
     CgroupGetsockopt = 21,
+    /// Attached to a sockhash, with `BPF_PROG_ATTACH`.
+    SkMsgVerdict = 7,
     /// Attached to a network namespace, not a cgroup.
     SkLookup = 36,
 }
@@ -47,7 +50,19 @@ pub fn create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach: AttachType) 
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `BPF_OBJ_PIN`: the link stays attached as long as the pin exists.
+/// `BPF_PROG_ATTACH` of `prog` to `target` (a sockhash for sk_msg): the
+/// target holds the program from then on. Sockmap links only exist from
+/// Linux 6.10; this works on every kernel we support.
+pub fn prog_attach(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach: AttachType) -> std::io::Result<()> {
+    let mut attr = [0u64; 8];
+    // { target_fd: u32, attach_bpf_fd: u32 }, { attach_type: u32, attach_flags: u32 }
+    attr[0] = u64::from(target.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32);
+    attr[1] = attach as u32 as u64;
+    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+/// `BPF_OBJ_PIN`: a link stays attached (a map stays) as long as the pin
+/// exists.
 pub fn pin(link: impl AsFd, path: &Path) -> anyhow::Result<()> {
     let name = CString::new(path.as_os_str().as_encoded_bytes())?;
     let mut attr = [0u64; 8];

@@ -32,6 +32,9 @@ pub struct ProxySettings {
     /// Steer inbound connections to the inbound port.
     #[serde(default = "yes")]
     pub inbound: bool,
+    /// Splice local hops (app ↔ proxy) with sk_msg instead of TCP/IP.
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 fn yes() -> bool {
@@ -47,6 +50,7 @@ impl Default for ProxySettings {
             proxy_uid: PROXY_UID,
             log_decisions: false,
             inbound: true,
+            fast_path: false,
         }
     }
 }
@@ -179,6 +183,7 @@ pub struct SharedMaps {
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
     inbound_pending: HashMap<MapData, ConnKey, OrigDst>,
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
+    fast_path_state: HashMap<MapData, ConnKey, u8>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's own active slot holds, so a change deletes exactly that.
     written: StdHashMap<PodId, (PolicyId, SlotEntries)>,
@@ -213,6 +218,7 @@ impl SharedMaps {
             inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
             inbound_pending: take(ebpf, names::INBOUND_PENDING)?.try_into()?,
             orig_by_cookie: take(ebpf, names::ORIG_BY_COOKIE)?.try_into()?,
+            fast_path_state: take(ebpf, names::FAST_PATH_STATE)?.try_into()?,
                     counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
             mesh: None,
@@ -387,6 +393,9 @@ impl SharedMaps {
         if s.inbound {
             flags |= pod_flags::INBOUND;
         }
+        if s.fast_path {
+            flags |= pod_flags::FAST_PATH;
+        }
         PodConfig { policy: slot, mesh_policy, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
     }
 
@@ -426,6 +435,7 @@ impl SharedMaps {
             n(self.orig_dst.keys().count(), names::ORIG_DST, capacity::CONNECTIONS),
             n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
             n(self.inbound_pending.keys().count(), names::INBOUND_PENDING, capacity::PENDING_CONNECTS),
+            n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
         ]
     }
 

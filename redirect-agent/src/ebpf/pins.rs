@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <root>/maps/<MAP_NAME>            every shared map
-//! <root>/pods/<pod id>/<program>    the pod's links (connect4, sockops, getsockopt)
+//! <root>/pods/<pod id>/<program>    the pod's links (connect4, sockops, getsockopt,
+//!                                   sk_lookup) and its fast-path sockhash
 //! ```
 
 use std::path::{Path, PathBuf};

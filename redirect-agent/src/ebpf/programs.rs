@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps, links::PinnedLink},
+    programs::{CgroupSockAddr, CgroupSockopt, Program, ProgramError, SkLookup, SkMsg, SockOps, links::PinnedLink},
 };
 use redirect_common::maps::{PodId, names};
 
@@ -35,6 +35,11 @@ pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
     ("getsockopt", "redirect_getsockopt", AttachType::CgroupGetsockopt),
     ("sk_lookup", "redirect_sk_lookup", AttachType::SkLookup),
 ];
+
+/// The sk_msg program of the fast path, and the pin of the pod's sockhash
+/// it is attached to.
+const FAST_PATH_PROGRAM: &str = "redirect_sk_msg";
+pub const FAST_PATH_PIN: &str = "fast_path";
 
 /// Loads the object with every shared map opened from (or created at) its
 /// pin. `pod` is baked into the instance's `POD_ID`.
@@ -70,33 +75,30 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> any
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-    let fd = match attach_type {
-        AttachType::CgroupInet4Connect => {
-            let p: &mut CgroupSockAddr = program.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }
-        AttachType::CgroupSockOps => {
-            let p: &mut SockOps = program.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }
-        AttachType::CgroupGetsockopt => {
-            let p: &mut CgroupSockopt = program.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }
-        AttachType::SkLookup => {
-            let p: &mut SkLookup = program.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }
-    };
-    Ok(fd)
+    match attach_type {
+        AttachType::CgroupInet4Connect => load_as(program, CgroupSockAddr::load),
+        AttachType::CgroupSockOps => load_as(program, SockOps::load),
+        AttachType::CgroupGetsockopt => load_as(program, CgroupSockopt::load),
+        AttachType::SkLookup => load_as(program, SkLookup::load),
+        AttachType::SkMsgVerdict => load_as(program, SkMsg::load),
+    }
+    .with_context(|| format!("loading {name}"))?;
+    Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+}
+
+/// Each of aya's program types has its own `load`; the rest is the same.
+fn load_as<P>(program: &mut Program, load: fn(&mut P) -> Result<(), ProgramError>) -> Result<(), ProgramError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    load(program.try_into()?)
 }
 
 fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
     let mut ebpf = load(pins, pod)?;
+    // Before sockops: a socket takes the sockhash's sk_msg program when it
+    // joins, not later.
+    attach_fast_path(&mut ebpf, pins, pod)?;
     let cg = crate::cgroup::open(cgroup)?;
     let ns = crate::netns::open(netns)?;
     for (pin, name, attach_type) in PROGRAMS {
@@ -112,13 +114,35 @@ fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::R
     Ok(())
 }
 
-/// Whether every link of the pod is pinned.
+/// The pod's fast-path sockhash, with the instance's sk_msg program
+/// attached to it, pinned in the pod's directory. The pin is what keeps the
+/// program attached: the kernel detaches a sockhash's programs when the
+/// last file descriptor or pin of the map goes, even while sockops still
+/// uses the map.
+fn attach_fast_path(ebpf: &mut Ebpf, pins: &Pins, pod: PodId) -> anyhow::Result<()> {
+    let prog = load_program(ebpf, FAST_PATH_PROGRAM, AttachType::SkMsgVerdict)?;
+    let map = ebpf.map(names::FAST_PATH).ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::FAST_PATH))?;
+    let aya::maps::Map::SockHash(data) = map else {
+        return Err(anyhow!("map {} is not a sockhash", names::FAST_PATH));
+    };
+    link::prog_attach(prog.as_fd(), data.fd().as_fd(), AttachType::SkMsgVerdict)
+        .context("attaching the fast path's sk_msg program to its sockhash")?;
+    link::pin(data.fd().as_fd(), &pins.link(pod, FAST_PATH_PIN))
+}
+
+/// Whether every link of the pod is pinned (and its fast-path sockhash).
 pub fn is_attached(pins: &Pins, pod: PodId) -> bool {
     PROGRAMS.iter().all(|(pin, _, _)| PinnedLink::from_pin(pins.link(pod, pin)).is_ok())
+        && pins.link(pod, FAST_PATH_PIN).exists()
 }
 
 /// Detaches the pod's programs: removing the last reference to a link (its
-/// pin) detaches it.
+/// pin) detaches it. Open connections of the pod lose nothing: each socket
+/// on the fast path holds the sk_msg program, which holds the sockhash, so
+/// both live on until the pod's last such socket closes, while new messages
+/// go the TCP way (the pod's config is gone: the switch reads off).
 pub fn detach(pins: &Pins, pod: PodId) -> anyhow::Result<()> {
     super::pins::remove_dir(&pins.pod_dir(pod))
 }
+
+

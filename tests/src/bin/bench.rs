@@ -8,8 +8,9 @@
 //! - the time to apply a changed exclusion list to 100 running pods, with a
 //!   client dialling through the change and counting failed or mis-steered
 //!   connections;
-//! - request/response latency of a long-lived connection through the local
-//!   proxy hop against plain loopback;
+//! - request/response latency (64 B, 1 KiB, 16 KiB) and bulk throughput of
+//!   a long-lived connection through the local proxy hop: plain loopback,
+//!   iptables, eBPF, eBPF with the sockmap fast path;
 //! - kernel map memory (memlock) per map, per pod and per connection, and
 //!   the agent's resident memory with 100 pods.
 //!
@@ -39,6 +40,13 @@ fn probe(pod: &Pod, args: &[&str]) -> anyhow::Result<String> {
         bail!("netprobe {args:?}: {text}");
     }
     Ok(text)
+}
+
+/// Median of one `key=value` field over several netprobe result lines.
+fn median(lines: &[String], key: &str) -> f64 {
+    let mut v: Vec<f64> = lines.iter().map(|l| field(l, key)).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[derive(serde::Serialize, Clone, Copy)]
@@ -131,39 +139,76 @@ fn main() -> anyhow::Result<()> {
     let plain = Pod::create(&node)?;
     let ipt = Pod::create(&node)?;
     let bpf = Pod::create(&node)?;
+    let fast = Pod::create(&node)?;
     node.enroll_with(&ipt, &[], &["--dataplane", "iptables"])?;
-    node.enroll_with(&bpf, &[], &["--dataplane", "ebpf"])?;
+    node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
+    node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
     md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes, for ");
-    let _ = writeln!(md, "{:.1} s per cell, in five rounds interleaved between the three paths. *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
-    md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | p50 µs direct / iptables / eBPF | p99 µs direct / iptables / eBPF |\n|---:|---:|---:|---:|---:|---|---|\n");
+    let _ = writeln!(md, "{:.1} s per cell, in five rounds interleaved between the paths. *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
+    md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
     let mut rows = Vec::new();
     for &(cidrs, ports) in sizes {
         node.set_mesh_config(&mesh(cidrs, ports));
-        let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80")], millis)?;
-        let (d, i, e) = (r[0], r[1], r[2]);
+        let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], millis)?;
+        let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
         let _ = writeln!(
             md,
-            "| {cidrs} | {ports} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
-            d.per_sec, i.per_sec, i.per_sec / d.per_sec, e.per_sec, e.per_sec / d.per_sec, d.p50_us, i.p50_us, e.p50_us, d.p99_us, i.p99_us, e.p99_us
+            "| {cidrs} | {ports} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
+            d.per_sec, i.per_sec, i.per_sec / d.per_sec, e.per_sec, e.per_sec / d.per_sec, f.per_sec, f.per_sec / d.per_sec,
+            d.p50_us, i.p50_us, e.p50_us, f.p50_us, d.p99_us, i.p99_us, e.p99_us, f.p99_us
         );
-        rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e,
-            "iptables_ratio": i.per_sec / d.per_sec, "ebpf_ratio": e.per_sec / d.per_sec}));
-        eprintln!("bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
+        rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
+            "iptables_ratio": i.per_sec / d.per_sec, "ebpf_ratio": e.per_sec / d.per_sec, "ebpf_fast_path_ratio": f.per_sec / d.per_sec}));
+        eprintln!("bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s", d.per_sec, i.per_sec, e.per_sec, f.per_sec);
     }
     json.insert("connection_rate", serde_json::Value::Array(rows));
 
-    // 2. Long-lived connection through the local proxy hop.
+    // 2. Long-lived connections through the local proxy hop, with and
+    // without the fast path, against plain loopback.
+    let paths = [
+        ("plain loopback to the proxy", &plain, "127.0.0.1:15001"),
+        ("iptables redirect", &ipt, "10.96.0.10:80"),
+        ("eBPF redirect", &bpf, "10.96.0.10:80"),
+        ("eBPF redirect + fast path", &fast, "10.96.0.10:80"),
+    ];
+    const ROUNDS: usize = 3;
     let n = if smoke { "200" } else { "5000" };
-    md.push_str("\n## Request/response over one long-lived connection (1 KiB each way)\n\n| path | p50 µs | p99 µs | MiB/s |\n|---|---:|---:|---:|\n");
-    let mut ll = BTreeMap::new();
-    for (name, pod, to) in [("plain loopback to the proxy", &plain, "127.0.0.1:15001"), ("iptables redirect", &ipt, "10.96.0.10:80"), ("eBPF redirect", &bpf, "10.96.0.10:80")] {
-        let line = probe(pod, &["pingpong", to, n])?;
-        let _ = writeln!(md, "| {name} | {:.0} | {:.0} | {:.1} |", field(&line, "p50_us"), field(&line, "p99_us"), field(&line, "mib_per_s"));
-        ll.insert(name, serde_json::json!({"p50_us": field(&line, "p50_us"), "p99_us": field(&line, "p99_us"), "mib_per_s": field(&line, "mib_per_s")}));
+    md.push_str("\n## Request/response over one long-lived connection\n\nEach round trip writes one message and reads its echo from the proxy. Median of three interleaved rounds.\n\n| message | path | p50 µs | p99 µs | MiB/s |\n|---:|---|---:|---:|---:|\n");
+    let mut rr = Vec::new();
+    for size in [64usize, 1024, 16384] {
+        let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, pod, to)) in paths.iter().enumerate() {
+                samples[i].push(probe(pod, &["pingpong", to, n, &size.to_string()])?);
+            }
+        }
+        for ((name, _, _), lines) in paths.iter().zip(&samples) {
+            let (p50, p99, rate) = (median(lines, "p50_us"), median(lines, "p99_us"), median(lines, "mib_per_s"));
+            let _ = writeln!(md, "| {size} B | {name} | {p50:.0} | {p99:.0} | {rate:.1} |");
+            rr.push(serde_json::json!({"message_bytes": size, "path": name, "p50_us": p50, "p99_us": p99, "mib_per_s": rate}));
+        }
     }
-    md.push_str("\n(No sockmap fast path yet: an eBPF-redirected connection is an ordinary loopback connection once established.)\n");
-    json.insert("long_lived", serde_json::to_value(ll)?);
-    drop((plain, ipt, bpf));
+    json.insert("request_response", serde_json::Value::Array(rr));
+    let mib = if smoke { "4" } else { "256" };
+    let _ = writeln!(md, "\n## Bulk transfer over one connection ({mib} MiB each way, 64 KiB writes, echoed and checked)\n\n| path | MiB/s (median of three) |\n|---|---:|");
+    let mut bulk = BTreeMap::new();
+    let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, pod, to)) in paths.iter().enumerate() {
+            let line = probe(pod, &["stream", to, mib])?;
+            if !line.contains("intact=true") {
+                bail!("stream through {to}: data corrupted: {line}");
+            }
+            samples[i].push(line);
+        }
+    }
+    for ((name, _, _), lines) in paths.iter().zip(&samples) {
+        let rate = median(lines, "mib_per_s");
+        let _ = writeln!(md, "| {name} | {rate:.0} |");
+        bulk.insert(*name, rate);
+    }
+    json.insert("bulk_mib_per_s", serde_json::to_value(bulk)?);
+    drop((plain, ipt, bpf, fast));
     drop(node);
 
     // 3. A changed list applied to 100 running pods.
@@ -219,6 +264,15 @@ fn main() -> anyhow::Result<()> {
         let bytes = memlock(&node.bpffs_dir.join("maps").join(&name)).unwrap_or(0);
         let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
         mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+    }
+    // Each pod's own fast-path sockhash (buckets preallocated, sockets
+    // allocated as they join).
+    let pod_dirs = std::fs::read_dir(node.bpffs_dir.join("pods"))?.filter_map(Result::ok);
+    if let Some(pin) = pod_dirs.map(|d| d.path().join("fast_path")).find(|p| p.exists()) {
+        let bytes = memlock(&pin).unwrap_or(0);
+        let cap = redirect_common::maps::capacity::FAST_PATH_SOCKETS;
+        let _ = writeln!(md, "| FAST_PATH (per pod) | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
+        mem.insert("FAST_PATH (per pod)".into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
     }
     let _ = writeln!(md, "\nAgent resident memory with {pods_n} enrolled pods: {} KiB.", rss);
     json.insert("memory", serde_json::json!({"maps": mem, "agent_rss_kib_with_pods": rss, "pods": pods_n}));

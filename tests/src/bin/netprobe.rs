@@ -3,9 +3,11 @@
 //! - `serve PORT TAG`: answers every connection with `TAG <local addr>`.
 //! - `proxy PORT TAG`: an unmodified proxy: answers `TAG <SO_ORIGINAL_DST>`
 //!   (or `TAG none:<errno>`), then echoes lines until EOF.
-//! - `dial ADDR [--bind PORT] [--hold SECS]`: connects, prints the first
-//!   line it gets; with --hold, keeps pinging for SECS and prints
+//! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS]`: connects,
+//!   (waits MS), prints the first line it gets; with --hold, keeps pinging for SECS and prints
 //!   `held ok N` or `held broken: ...`.
+//! - `connrate`, `pingpong`, `burst`, `stream`: load generators for the
+//!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
 //!   run inside an enrolled pod with one outside.
 
@@ -58,16 +60,17 @@ fn connrate(addr: SocketAddr, millis: u64, expect: Option<&str>) -> Result<(), S
     Ok(())
 }
 
-/// One connection, `n` request/response round trips of 1 KiB lines through
-/// whatever answers (the proxy echoes); prints rtt percentiles and rate.
-fn pingpong(addr: SocketAddr, n: usize) -> Result<(), String> {
+/// One connection, `n` request/response round trips of `size`-byte lines
+/// through whatever answers (the proxy echoes); prints rtt percentiles and
+/// rate.
+fn pingpong(addr: SocketAddr, n: usize, size: usize) -> Result<(), String> {
     let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).ok();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     let mut first = String::new();
     r.read_line(&mut first).map_err(|e| e.to_string())?;
-    let msg = format!("{}\n", "x".repeat(1023));
+    let msg = format!("{}\n", "x".repeat(size.max(1) - 1));
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     let mut line = String::new();
@@ -80,7 +83,92 @@ fn pingpong(addr: SocketAddr, n: usize) -> Result<(), String> {
     }
     let secs = start.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(lat);
-    println!("round_trips={n} seconds={secs:.3} p50_us={p50} p99_us={p99} mib_per_s={:.1}", (n as f64 * 2048.0) / secs / 1048576.0);
+    println!("round_trips={n} seconds={secs:.3} p50_us={p50} p99_us={p99} mib_per_s={:.1}", (n * 2 * msg.len()) as f64 / secs / 1048576.0);
+    Ok(())
+}
+
+/// `conns` connections on each of `threads` threads, each writing `lines`
+/// numbered lines at once (one write each, before reading anything: the
+/// first ones race the peer's accept), then reading the greeting and the
+/// echo of every line. Prints `connections=N ok=M misordered=K errors=E`;
+/// a connection is misordered when its echo differs from what was sent.
+fn burst(addr: SocketAddr, threads: usize, conns: usize, lines: usize) -> Result<(), String> {
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let (mut ok, mut misordered, mut errors) = (0u64, 0u64, 0u64);
+                for c in 0..conns {
+                    let sent: Vec<String> = (0..lines).map(|i| format!("{t}.{c}.{i} {}\n", "y".repeat(i % 97))).collect();
+                    let result = (|| -> std::io::Result<bool> {
+                        let mut s = TcpStream::connect_timeout(&addr, secs(3))?;
+                        s.set_nodelay(true)?;
+                        s.set_read_timeout(Some(secs(5)))?;
+                        for line in &sent {
+                            s.write_all(line.as_bytes())?;
+                        }
+                        let mut r = BufReader::new(s);
+                        let mut got = String::new();
+                        r.read_line(&mut got)?;
+                        let mut same = true;
+                        for line in &sent {
+                            got.clear();
+                            r.read_line(&mut got)?;
+                            same &= got == *line;
+                        }
+                        Ok(same)
+                    })();
+                    match result {
+                        Ok(true) => ok += 1,
+                        Ok(false) => misordered += 1,
+                        Err(_) => errors += 1,
+                    }
+                }
+                (ok, misordered, errors)
+            })
+        })
+        .collect();
+    let (mut ok, mut misordered, mut errors) = (0, 0, 0);
+    for w in workers {
+        let (o, m, e) = w.join().map_err(|_| "worker panicked")?;
+        (ok, misordered, errors) = (ok + o, misordered + m, errors + e);
+    }
+    println!("connections={} ok={ok} misordered={misordered} errors={errors}", threads * conns);
+    Ok(())
+}
+
+/// One connection, `mib` MiB each way: a writer thread streams a pattern
+/// while this one reads the echo back and checks every byte. Prints
+/// `bytes=N seconds=S mib_per_s=R intact=true|false`.
+fn stream(addr: SocketAddr, mib: usize) -> Result<(), String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let mut r = BufReader::with_capacity(1 << 16, s.try_clone().unwrap());
+    let mut first = String::new();
+    r.read_line(&mut first).map_err(|e| e.to_string())?;
+    // 64 KiB lines of a pattern that shifts with the line number.
+    let line = |n: usize| -> Vec<u8> {
+        let mut v: Vec<u8> = (0..65535).map(|i| b'a' + ((i + n) % 26) as u8).collect();
+        v.push(b'\n');
+        v
+    };
+    let total = mib * 16;
+    let mut w = s;
+    let start = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for n in 0..total {
+            w.write_all(&line(n))?;
+        }
+        Ok(())
+    });
+    let mut intact = true;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for n in 0..total {
+        buf.clear();
+        r.read_until(b'\n', &mut buf).map_err(|e| e.to_string())?;
+        intact &= buf == line(n);
+    }
+    writer.join().map_err(|_| "writer panicked")?.map_err(|e| e.to_string())?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("bytes={} seconds={secs:.3} mib_per_s={:.1} intact={intact}", total << 16, mib as f64 / secs);
     Ok(())
 }
 
@@ -94,7 +182,12 @@ fn main() {
         ["sockopts"] => sockopts(),
         ["connrate", addr, millis] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), None),
         ["connrate", addr, millis, expect] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), Some(expect)),
-        ["pingpong", addr, n] => pingpong(addr.parse().unwrap(), n.parse().unwrap()),
+        ["pingpong", addr, n] => pingpong(addr.parse().unwrap(), n.parse().unwrap(), 1024),
+        ["pingpong", addr, n, size] => pingpong(addr.parse().unwrap(), n.parse().unwrap(), size.parse().unwrap()),
+        ["burst", addr, threads, conns, lines] => {
+            burst(addr.parse().unwrap(), threads.parse().unwrap(), conns.parse().unwrap(), lines.parse().unwrap())
+        }
+        ["stream", addr, mib] => stream(addr.parse().unwrap(), mib.parse().unwrap()),
         _ => Err(format!("usage: netprobe serve|proxy|dial|sockopts ... (got {a:?})")),
     };
     if let Err(e) = result {
@@ -165,16 +258,19 @@ fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
 fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
     let mut bind = None;
     let mut hold = None;
+    let mut delay = 0;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or("flag without value")?;
         match *flag {
             "--bind" => bind = Some(v.parse().map_err(|_| "bad --bind")?),
             "--hold" => hold = Some(v.parse::<u64>().map_err(|_| "bad --hold")?),
+            "--delay-ms" => delay = v.parse::<u64>().map_err(|_| "bad --delay-ms")?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     let s = connect(addr, bind)?;
+    std::thread::sleep(Duration::from_millis(delay));
     s.set_read_timeout(Some(secs(3))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut first = String::new();
