@@ -2,16 +2,16 @@
 //! agent can embed it: the agent binary is all a node needs.
 use anyhow::{Context as _, anyhow};
 
+#[path = "../xtask/src/toolchain_file.rs"]
+mod toolchain_file;
+
 fn main() -> anyhow::Result<()> {
-    let toolchain_file = "../redirect-ebpf/rust-toolchain.toml";
-    println!("cargo::rerun-if-changed={toolchain_file}");
-    let text = std::fs::read_to_string(toolchain_file).context(toolchain_file)?;
+    let path = "../redirect-ebpf/rust-toolchain.toml";
+    println!("cargo::rerun-if-changed={path}");
+    let text = std::fs::read_to_string(path).context(path)?;
     // The one place the eBPF toolchain is named: `channel = "..."` there.
-    let channel = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("channel"))
-        .and_then(|rest| rest.split('"').nth(1))
-        .ok_or_else(|| anyhow!("{toolchain_file}: no `channel = \"...\"` line"))?
+    let channel = toolchain_file::channel(&text)
+        .ok_or_else(|| anyhow!("{path}: no `channel = \"...\"` line"))?
         .to_owned();
     let package = aya_build::Package {
         name: "redirect-ebpf",

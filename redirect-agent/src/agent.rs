@@ -149,12 +149,10 @@ impl Agent {
     /// already there are left alone: interception never pauses.
     fn reconcile(&mut self) -> anyhow::Result<()> {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        self.sync_mesh()?;
         for id in ids {
             let spec = self.state.pods[&id].clone();
             let result = if spec.netns.exists() { self.install(id, &spec, true) } else { Err(anyhow!("its netns is gone")) };
-            if let Some(ebpf) = &mut self.ebpf {
-                ebpf.maps.finish_mesh();
-            }
             if let Err(e) = result {
                 log::warn!("pod {}: dropped ({e:#})", spec.name);
                 self.uninstall_pod(id, &spec);
@@ -162,6 +160,7 @@ impl Agent {
             }
         }
         if let Some(ebpf) = &mut self.ebpf {
+            ebpf.maps.finish_mesh();
             for id in ebpf.pins.pinned_pods()? {
                 if !self.state.pods.contains_key(&id) {
                     programs::detach(&ebpf.pins, id)?;
@@ -218,9 +217,19 @@ impl Agent {
         Ok(PodPolicy::merge(&self.mesh, &spec.validate()?))
     }
 
+    /// Writes the MeshConfig's lists into their shared slot if they changed:
+    /// once per change, before the pods are pointed at it by `install`.
+    fn sync_mesh(&mut self) -> anyhow::Result<()> {
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.maps.begin_mesh(&PodEntries::mesh(&self.mesh))?;
+        }
+        Ok(())
+    }
+
     /// Writes the pod's policy with its dataplane (and, for eBPF, makes sure
-    /// its programs are attached). `find_listener`: also look for a proxy
-    /// that listened before it was enrolled (reads the pod's /proc/net/tcp,
+    /// its programs are attached); the MeshConfig's slot is `sync_mesh`'s.
+    /// `find_listener`: also look for a proxy that listened before it was
+    /// enrolled (reads the pod's /proc/net/tcp,
     /// which walks the host's whole TCP table: at enrolment and refresh, not
     /// on every list change).
     fn install(&mut self, id: PodId, spec: &PodSpec, find_listener: bool) -> anyhow::Result<()> {
@@ -253,9 +262,7 @@ impl Agent {
                     log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
                 }
                 let own = PodEntries::own(&self.mesh, &annotations, &net);
-                let mesh_entries = PodEntries::mesh(&self.mesh);
                 let ebpf = self.ebpf_mut()?;
-                ebpf.maps.begin_mesh(&mesh_entries)?;
                 ebpf.maps.apply(id, own, &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {
                     programs::detach(&ebpf.pins, id)?;
@@ -309,7 +316,7 @@ impl Agent {
         if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
             ebpf.maps.reset_counters(id)?;
         }
-        if let Err(e) = self.install(id, &spec, true) {
+        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, &spec, true)) {
             self.uninstall_pod(id, &spec);
             return Err(e.context(format!("pod {}: not enrolled", spec.name)));
         }
@@ -357,6 +364,7 @@ impl Agent {
             spec.validate()?;
         }
         let pods: Vec<(PodId, PodSpec)> = self.state.pods.iter().map(|(i, s)| (*i, s.clone())).collect();
+        self.sync_mesh()?;
         for (id, spec) in pods {
             self.install(id, &spec, find_listeners).with_context(|| format!("pod {}", spec.name))?;
         }

@@ -235,29 +235,7 @@ impl SharedMaps {
     /// half-way).
     fn recover(&mut self) -> anyhow::Result<()> {
         let configs: StdHashMap<PodId, PodConfig> = self.pod_config.iter().filter_map(Result::ok).collect();
-        let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
-        for k in self.local_addrs.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default();
-        }
-        for k in self.excluded_cidrs.keys().filter_map(Result::ok) {
-            slots.entry(k.data().policy).or_default();
-        }
-        for k in self.included_cidrs.keys().filter_map(Result::ok) {
-            slots.entry(k.data().policy).or_default();
-        }
-        for k in self.excluded_ports.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default();
-        }
-        for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
-            slots.entry(k.policy).or_default();
-        }
-        for k in self.iface_routes.keys().filter_map(Result::ok) {
-            slots.entry(k.data().policy).or_default();
-        }
-        let ids: Vec<PolicyId> = slots.keys().copied().collect();
-        for id in ids {
-            slots.insert(id, self.read_slot(id));
-        }
+        let mut slots = self.read_slots(|_| true);
         // The MeshConfig slot most pods point to is the active one.
         let mut mesh_refs: StdHashMap<PolicyId, usize> = StdHashMap::new();
         for c in configs.values() {
@@ -442,33 +420,53 @@ impl SharedMaps {
     /// What the kernel holds in a policy slot right now (not what the agent
     /// believes it wrote): for diagnostics.
     pub fn read_slot(&self, slot: PolicyId) -> SlotEntries {
-        let mut e = SlotEntries::default();
-        e.local_addrs = self.local_addrs.keys().filter_map(Result::ok).filter(|k| k.policy == slot).map(|k| k.addr).collect();
-        let lpm = |t: &LpmTrie<MapData, PolicyAddr, u8>| -> Vec<([u8; 4], u8, u8)> {
-            t.iter()
-                .filter_map(Result::ok)
-                .filter(|(k, _)| k.data().policy == slot)
-                .map(|(k, v)| (k.data().addr, (k.prefix_len() - 32) as u8, v))
-                .collect()
-        };
-        e.excluded_cidrs = lpm(&self.excluded_cidrs).into_iter().map(|(a, l, _)| (a, l)).collect();
-        e.included_cidrs = lpm(&self.included_cidrs).into_iter().map(|(a, l, _)| (a, l)).collect();
-        e.routes = lpm(&self.iface_routes).into_iter().map(|(a, l, v)| (a, l, v == 1)).collect();
-        for k in self.excluded_ports.keys().filter_map(Result::ok).filter(|k| k.policy == slot) {
-            match k.direction {
-                direction::INBOUND => e.inbound_excluded_ports.push(k.port),
-                _ => e.excluded_ports.push(k.port),
+        self.read_slots(|p| p == slot).remove(&slot).unwrap_or_default()
+    }
+
+    /// The kernel's entries of every slot `wanted` accepts, grouped by slot
+    /// in one pass over each map.
+    fn read_slots(&self, wanted: impl Fn(PolicyId) -> bool) -> StdHashMap<PolicyId, SlotEntries> {
+        let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
+        let slot = |p: PolicyId| wanted(p).then_some(p);
+        for k in self.local_addrs.keys().filter_map(Result::ok) {
+            if let Some(p) = slot(k.policy) {
+                slots.entry(p).or_default().local_addrs.push(k.addr);
             }
         }
-        e.excluded_ifaces = self.excluded_ifaces.keys().filter_map(Result::ok).filter(|k| k.policy == slot).map(|k| k.ifindex).collect();
-        e.local_addrs.sort();
-        e.excluded_cidrs.sort();
-        e.included_cidrs.sort();
-        e.routes.sort();
-        e.excluded_ports.sort();
-        e.inbound_excluded_ports.sort();
-        e.excluded_ifaces.sort();
-        e
+        let lpm = |t: &LpmTrie<MapData, PolicyAddr, u8>, slots: &mut StdHashMap<PolicyId, SlotEntries>, put: fn(&mut SlotEntries, [u8; 4], u8, u8)| {
+            for (k, v) in t.iter().filter_map(Result::ok) {
+                if wanted(k.data().policy) {
+                    put(slots.entry(k.data().policy).or_default(), k.data().addr, (k.prefix_len() - 32) as u8, v);
+                }
+            }
+        };
+        lpm(&self.excluded_cidrs, &mut slots, |e, a, l, _| e.excluded_cidrs.push((a, l)));
+        lpm(&self.included_cidrs, &mut slots, |e, a, l, _| e.included_cidrs.push((a, l)));
+        lpm(&self.iface_routes, &mut slots, |e, a, l, v| e.routes.push((a, l, v == 1)));
+        for k in self.excluded_ports.keys().filter_map(Result::ok) {
+            if let Some(p) = slot(k.policy) {
+                let e = slots.entry(p).or_default();
+                match k.direction {
+                    direction::INBOUND => e.inbound_excluded_ports.push(k.port),
+                    _ => e.excluded_ports.push(k.port),
+                }
+            }
+        }
+        for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
+            if let Some(p) = slot(k.policy) {
+                slots.entry(p).or_default().excluded_ifaces.push(k.ifindex);
+            }
+        }
+        for e in slots.values_mut() {
+            e.local_addrs.sort();
+            e.excluded_cidrs.sort();
+            e.included_cidrs.sort();
+            e.routes.sort();
+            e.excluded_ports.sort();
+            e.inbound_excluded_ports.sort();
+            e.excluded_ifaces.sort();
+        }
+        slots
     }
 
     /// Kernel-side answers of the decision's questions for one pod.
