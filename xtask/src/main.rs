@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod toolchain_file;
 mod vm;
 
 #[derive(Parser)]
@@ -40,6 +41,9 @@ enum Cmd {
         /// Only check that every part runs (short, as in CI).
         #[arg(long)]
         smoke: bool,
+        /// Also draw the scaling curves (target/bench/bench.png).
+        #[arg(long)]
+        png: bool,
     },
     /// The privileged integration tests inside Debian's cloud kernels under
     /// qemu; prints (and writes to target/vm-matrix.md) kernel × test.
@@ -72,13 +76,20 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Bench { smoke } => {
+        Cmd::Bench { smoke, png } => {
             require_root("bench")?;
             cargo(&["build", "--release", "--bins"])?;
             let mut cmd = Command::new(root.join("target/release/bench"));
             cmd.args(["--out", "target/bench"]);
             if smoke {
                 cmd.arg("--smoke");
+            }
+            if png {
+                // The labels need a TrueType font; plotters brings none.
+                if !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+                    apt_install(&["fonts-dejavu-core"])?;
+                }
+                cmd.arg("--png");
             }
             run(&mut cmd)
         }
@@ -219,11 +230,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 fn ebpf_channel(root: &Path) -> anyhow::Result<String> {
     let file = root.join("redirect-ebpf/rust-toolchain.toml");
     let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("channel"))
-        .and_then(|r| r.split('"').nth(1))
-        .map(str::to_owned)
-        .with_context(|| format!("{}: no channel", file.display()))
+    toolchain_file::channel(&text).map(str::to_owned).with_context(|| format!("{}: no channel", file.display()))
 }
 
 fn ensure_tools(root: &Path) -> anyhow::Result<()> {

@@ -14,13 +14,16 @@
 //! - kernel map memory (memlock) per map, per pod and per connection, and
 //!   the agent's resident memory with 100 pods.
 //!
-//! Writes `bench.md` and `bench.json` to the output directory. Benchmarks
+//! Writes `bench.md` and `bench.json` to the output directory, and with
+//! `--png` the scaling curves as `bench.png`. Benchmarks
 //! are not tests: `--smoke` only checks that every part runs.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 use tests::{APP_UID, Node, Pod};
+
+mod plot;
 
 fn field(line: &str, key: &str) -> f64 {
     line.split_whitespace()
@@ -52,20 +55,26 @@ fn median(lines: &[String], key: &str) -> f64 {
 #[derive(serde::Serialize, Clone, Copy)]
 struct Rate {
     per_sec: f64,
+    /// Median over rounds of this rate / the floor's rate in the same round.
+    ratio: f64,
     p50_us: f64,
     p99_us: f64,
     errors: f64,
 }
 
 /// Connection rates of several targets, measured in interleaved rounds so
-/// that drift on a shared machine hits every target alike. Per target: the
-/// total rate, and the median over rounds of p50 and p99.
+/// that drift on a shared machine hits every target alike (the order turns
+/// each round, so none always runs first). Per target: the total rate, its
+/// ratio to the first target (the floor) as the median of the per-round
+/// ratios, and the median over rounds of p50 and p99.
 fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>> {
-    const ROUNDS: usize = 5;
-    let slice = (millis / ROUNDS as u64).max(50).to_string();
+    const ROUNDS: usize = 10;
+    let slice = (millis / ROUNDS as u64).max(20).to_string();
     let mut lines: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
-    for _ in 0..ROUNDS {
-        for (i, (pod, to)) in targets.iter().enumerate() {
+    for round in 0..ROUNDS {
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let (pod, to) = targets[i];
             lines[i].push(probe(pod, &["connrate", to, &slice])?);
         }
     }
@@ -73,18 +82,54 @@ fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>>
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let rate = |l: &String| field(l, "connections") / field(l, "seconds");
     Ok(lines
         .iter()
         .map(|ls| {
             let sum = |k: &str| ls.iter().map(|l| field(l, k)).sum::<f64>();
             Rate {
                 per_sec: sum("connections") / sum("seconds"),
+                ratio: median(ls.iter().zip(&lines[0]).map(|(l, floor)| rate(l) / rate(floor)).collect()),
                 p50_us: median(ls.iter().map(|l| field(l, "p50_us")).collect()),
                 p99_us: median(ls.iter().map(|l| field(l, "p99_us")).collect()),
                 errors: sum("errors"),
             }
         })
         .collect())
+}
+
+/// Run count and total run time of our programs (every pod's instance),
+/// by kernel program name.
+fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let mut by_name = BTreeMap::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        let name = info.name_as_str().unwrap_or("").to_owned();
+        if name.starts_with("redirect_") {
+            let e: &mut (u64, u64) = by_name.entry(name).or_default();
+            e.0 += info.run_count();
+            e.1 += info.run_time().as_nanos() as u64;
+        }
+    }
+    Ok(by_name)
+}
+
+/// Connections made through `pod` (eBPF) in `millis`, and the runs and
+/// nanoseconds each program spent meanwhile.
+fn program_cost(pod: &Pod, millis: u64) -> anyhow::Result<(f64, BTreeMap<String, (u64, u64)>)> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+    let before = program_stats()?;
+    let line = probe(pod, &["connrate", "10.96.0.10:80", &millis.to_string()])?;
+    let after = program_stats()?;
+    let delta = after
+        .into_iter()
+        .map(|(name, (runs, ns))| {
+            let (r0, n0) = before.get(&name).copied().unwrap_or_default();
+            (name, (runs - r0, ns - n0))
+        })
+        .filter(|(_, (runs, _))| *runs > 0)
+        .collect();
+    Ok((field(&line, "connections"), delta))
 }
 
 fn mesh(cidrs: usize, ports: usize) -> String {
@@ -120,6 +165,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    let png = args.iter().any(|a| a == "--png");
     let out_dir = args
         .iter()
         .position(|a| a == "--out")
@@ -144,9 +190,13 @@ fn main() -> anyhow::Result<()> {
     node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
     node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
     md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes, for ");
-    let _ = writeln!(md, "{:.1} s per cell, in five rounds interleaved between the paths. *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
+    let _ = writeln!(md, "{:.1} s per cell, in ten rounds interleaved between the paths (× direct: the median of the ten per-round ratios). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
     md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
     let mut rows = Vec::new();
+    let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
+        .into_iter()
+        .map(|name| plot::Curve { name, ratio: Vec::new(), p50_us: Vec::new() })
+        .collect();
     for &(cidrs, ports) in sizes {
         node.set_mesh_config(&mesh(cidrs, ports));
         let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], millis)?;
@@ -154,14 +204,39 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(
             md,
             "| {cidrs} | {ports} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
-            d.per_sec, i.per_sec, i.per_sec / d.per_sec, e.per_sec, e.per_sec / d.per_sec, f.per_sec, f.per_sec / d.per_sec,
+            d.per_sec, i.per_sec, i.ratio, e.per_sec, e.ratio, f.per_sec, f.ratio,
             d.p50_us, i.p50_us, e.p50_us, f.p50_us, d.p99_us, i.p99_us, e.p99_us, f.p99_us
         );
         rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
-            "iptables_ratio": i.per_sec / d.per_sec, "ebpf_ratio": e.per_sec / d.per_sec, "ebpf_fast_path_ratio": f.per_sec / d.per_sec}));
+            "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio, "ebpf_fast_path_ratio": f.ratio}));
+        if ports == 0 {
+            for (curve, r) in curves.iter_mut().zip([i, e, f]) {
+                curve.ratio.push((cidrs, r.ratio));
+                curve.p50_us.push((cidrs, r.p50_us));
+            }
+        }
         eprintln!("bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s", d.per_sec, i.per_sec, e.per_sec, f.per_sec);
     }
     json.insert("connection_rate", serde_json::Value::Array(rows));
+    if png {
+        let title = format!("Connection rate and latency against list size (0 excluded ports), kernel {kernel}");
+        plot::draw(&out_dir.join("bench.png"), &title, &curves)?;
+        md.push_str("\n![scaling curves](bench.png)\n");
+    }
+
+    // What the eBPF path adds per connection, program by program (the
+    // kernel's own run-time statistics, on only for this measurement).
+    let (conns, cost) = program_cost(&bpf, if smoke { 200 } else { 2000 })?;
+    md.push_str("\n### Cost per connection of each program (eBPF, kernel run-time statistics)\n\n| program | runs per connection | ns per run | ns per connection |\n|---|---:|---:|---:|\n");
+    let mut total = 0.0;
+    for (name, (runs, ns)) in &cost {
+        let (per_conn_runs, per_run, per_conn) = (*runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64, *ns as f64 / conns);
+        total += per_conn;
+        let _ = writeln!(md, "| {name} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |");
+    }
+    let _ = writeln!(md, "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)");
+    json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
+        "programs": cost.iter().map(|(n, (runs, ns))| (n.clone(), serde_json::json!({"runs": runs, "ns": ns}))).collect::<BTreeMap<_, _>>()}));
 
     // 2. Long-lived connections through the local proxy hop, with and
     // without the fast path, against plain loopback.
