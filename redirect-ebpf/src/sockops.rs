@@ -8,7 +8,8 @@
 //!   before the entry exists);
 //! - removed when the proxy's accepted socket closes, or when the
 //!   application's socket closes straight from SYN_SENT (the proxy never got
-//!   the connection). An entry the proxy never closes (backlog overflow) is
+//!   the connection; the application's state callbacks are on only until
+//!   its connect succeeds). An entry the proxy never closes (backlog overflow) is
 //!   aged out by the LRU; a new connection with the same 4-tuple overwrites it
 //!   at its own `TCP_CONNECT_CB`, so it is never handed a stale destination.
 
@@ -33,7 +34,7 @@ pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.family() == AF_INET {
         match ctx.op() {
             BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => crate::fast_path::join(&ctx, key_as_client(&ctx)),
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(&ctx),
             BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
                 crate::fast_path::join(&ctx, key_as_client(&ctx));
                 on_passive_established(&ctx);
@@ -86,6 +87,16 @@ fn on_connect(ctx: &SockOpsContext) {
         // Hear about this socket's state changes, to clean up if the
         // connect fails.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+/// The application's connect succeeded: its record is now the proxy's to
+/// remove (at the close of its accepted socket), so the state callbacks
+/// asked for at `TCP_CONNECT_CB` are turned off again unless the fast path
+/// needs them: each is a run of this program (the bench measures them).
+fn on_active_established(ctx: &SockOpsContext) {
+    if !crate::fast_path::join(ctx, key_as_client(ctx)) && ctx.cb_flags() & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
 }
 
