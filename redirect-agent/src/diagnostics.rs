@@ -14,7 +14,7 @@ use redirect_common::{
         Inbound, InboundLists, InboundRule, Outbound, OutboundLists, OutboundRule, Verdict, decide_inbound,
         decide_outbound,
     },
-    maps::{PodConfig, PodId, counter, direction, pod_flags},
+    maps::{List, PodConfig, PodId, counter, direction, pod_flags},
 };
 
 use crate::{
@@ -130,35 +130,35 @@ impl OutboundLists for KernelLists<'_> {
         self.maps.lookup_local(self.config.policy, addr.to_be_bytes())
     }
     fn routed_via_excluded_iface(&self, addr: u32) -> bool {
-        self.maps.lookup_route_excluded(self.config.policy, addr.to_be_bytes())
+        self.slots(List::ExcludedRoutes).any(|s| self.maps.lookup_route_excluded(s, addr.to_be_bytes()))
     }
     fn cidr_excluded(&self, addr: u32) -> bool {
-        self.slots().iter().any(|s| self.maps.lookup_cidr(false, *s, addr.to_be_bytes()))
+        self.slots(List::ExcludedCidrs).any(|s| self.maps.lookup_cidr(false, s, addr.to_be_bytes()))
     }
     fn port_excluded(&self, port: u16) -> bool {
-        self.slots().iter().any(|s| self.maps.lookup_port(*s, port, direction::OUTBOUND))
+        self.slots(List::OutboundPorts).any(|s| self.maps.lookup_port(s, port, direction::OUTBOUND))
     }
     fn inclusion_enabled(&self) -> bool {
         self.config.flags & pod_flags::INCLUSION != 0
     }
     fn cidr_included(&self, addr: u32) -> bool {
-        self.slots().iter().any(|s| self.maps.lookup_cidr(true, *s, addr.to_be_bytes()))
+        self.slots(List::IncludedCidrs).any(|s| self.maps.lookup_cidr(true, s, addr.to_be_bytes()))
     }
 }
 
 impl KernelLists<'_> {
-    /// The MeshConfig's slot and the pod's own, as the programs read them.
-    fn slots(&self) -> [u32; 2] {
-        [self.config.mesh_policy, self.config.policy]
+    /// The slots the programs consult for `list`, as they read them.
+    fn slots(&self, list: List) -> impl Iterator<Item = u32> {
+        self.config.slots_with(list).into_iter().flatten()
     }
 }
 
 impl InboundLists for KernelLists<'_> {
     fn inbound_port_excluded(&self, port: u16) -> bool {
-        self.slots().iter().any(|s| self.maps.lookup_port(*s, port, direction::INBOUND))
+        self.slots(List::InboundPorts).any(|s| self.maps.lookup_port(s, port, direction::INBOUND))
     }
     fn interface_excluded(&self, ifindex: u32) -> bool {
-        self.maps.lookup_iface(self.config.policy, ifindex)
+        self.slots(List::ExcludedIfaces).any(|s| self.maps.lookup_iface(s, ifindex))
     }
 }
 

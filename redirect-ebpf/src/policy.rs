@@ -4,7 +4,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use redirect_common::{
     decision::{InboundLists, OutboundLists},
-    maps::{PodConfig, PolicyAddr, PolicyIface, PolicyPort, direction, lpm_prefix_len, pod_flags},
+    maps::{List, PodConfig, PolicyAddr, PolicyIface, PolicyPort, direction, lpm_prefix_len, pod_flags},
 };
 
 use crate::maps::{EXCLUDED_CIDRS, EXCLUDED_IFACES, EXCLUDED_PORTS, IFACE_ROUTES, INCLUDED_CIDRS, LOCAL_ADDRS};
@@ -26,17 +26,18 @@ impl MapLists<'_> {
 
     /// In the MeshConfig's list or the pod's own.
     #[inline(always)]
-    fn in_lpm(&self, trie: &aya_ebpf::maps::LpmTrie<PolicyAddr, u8>, addr: u32) -> bool {
-        trie.get(&self.lpm_key(self.config.mesh_policy, addr)).is_some()
-            || trie.get(&self.lpm_key(self.config.policy, addr)).is_some()
+    fn in_lpm(&self, trie: &aya_ebpf::maps::LpmTrie<PolicyAddr, u8>, list: List, addr: u32) -> bool {
+        let [mesh, own] = self.config.slots_with(list);
+        mesh.is_some_and(|p| trie.get(&self.lpm_key(p, addr)).is_some())
+            || own.is_some_and(|p| trie.get(&self.lpm_key(p, addr)).is_some())
     }
 
     #[inline(always)]
-    fn port_in(&self, port: u16, direction: u16) -> bool {
-        let mesh = PolicyPort { policy: self.config.mesh_policy, port, direction };
-        let own = PolicyPort { policy: self.config.policy, port, direction };
+    fn port_in(&self, port: u16, list: List, direction: u16) -> bool {
+        let [mesh, own] = self.config.slots_with(list);
         // SAFETY: the values are only tested for presence.
-        unsafe { EXCLUDED_PORTS.get(&mesh).is_some() || EXCLUDED_PORTS.get(&own).is_some() }
+        let found = |policy| unsafe { EXCLUDED_PORTS.get(&PolicyPort { policy, port, direction }).is_some() };
+        mesh.is_some_and(found) || own.is_some_and(found)
     }
 
     #[inline(always)]
@@ -49,14 +50,14 @@ impl MapLists<'_> {
 impl InboundLists for MapLists<'_> {
     #[inline(always)]
     fn inbound_port_excluded(&self, port: u16) -> bool {
-        self.port_in(port, direction::INBOUND)
+        self.port_in(port, List::InboundPorts, direction::INBOUND)
     }
 
     #[inline(always)]
     fn interface_excluded(&self, ifindex: u32) -> bool {
-        let key = PolicyIface { policy: self.config.policy, ifindex };
+        let [_, own] = self.config.slots_with(List::ExcludedIfaces);
         // SAFETY: the value is only tested for presence.
-        unsafe { EXCLUDED_IFACES.get(&key).is_some() }
+        own.is_some_and(|policy| unsafe { EXCLUDED_IFACES.get(&PolicyIface { policy, ifindex }).is_some() })
     }
 }
 
@@ -75,17 +76,18 @@ impl OutboundLists for MapLists<'_> {
     /// into `IFACE_ROUTES` and the longest matching route decides.
     #[inline(always)]
     fn routed_via_excluded_iface(&self, addr: u32) -> bool {
-        matches!(IFACE_ROUTES.get(&self.lpm_key(self.config.policy, addr)), Some(1))
+        let [_, own] = self.config.slots_with(List::ExcludedRoutes);
+        own.is_some_and(|p| matches!(IFACE_ROUTES.get(&self.lpm_key(p, addr)), Some(1)))
     }
 
     #[inline(always)]
     fn cidr_excluded(&self, addr: u32) -> bool {
-        self.in_lpm(&EXCLUDED_CIDRS, addr)
+        self.in_lpm(&EXCLUDED_CIDRS, List::ExcludedCidrs, addr)
     }
 
     #[inline(always)]
     fn port_excluded(&self, port: u16) -> bool {
-        self.port_in(port, direction::OUTBOUND)
+        self.port_in(port, List::OutboundPorts, direction::OUTBOUND)
     }
 
     #[inline(always)]
@@ -95,6 +97,6 @@ impl OutboundLists for MapLists<'_> {
 
     #[inline(always)]
     fn cidr_included(&self, addr: u32) -> bool {
-        self.in_lpm(&INCLUDED_CIDRS, addr)
+        self.in_lpm(&INCLUDED_CIDRS, List::IncludedCidrs, addr)
     }
 }

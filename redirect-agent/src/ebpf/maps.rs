@@ -13,7 +13,7 @@ use redirect_common::maps::{capacity, counter};
 use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
 use ipnet::IpNet;
 use redirect_common::maps::{
-    ConnKey, MESH_OWNER, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
+    ConnKey, List, MESH_OWNER, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
     lpm_prefix_len, names, pod_flags, policy_id,
 };
 
@@ -77,6 +77,21 @@ pub struct SlotEntries {
     /// The inclusion list is non-empty (in any family): only its CIDRs are
     /// redirected, and an IPv6-only list redirects no IPv4 destination.
     pub inclusion: bool,
+}
+
+impl SlotEntries {
+    /// Whether `list` has an entry a lookup could match (see
+    /// `redirect_common::maps::List`).
+    pub fn holds(&self, list: List) -> bool {
+        match list {
+            List::ExcludedCidrs => !self.excluded_cidrs.is_empty(),
+            List::IncludedCidrs => !self.included_cidrs.is_empty(),
+            List::OutboundPorts => !self.excluded_ports.is_empty(),
+            List::InboundPorts => !self.inbound_excluded_ports.is_empty(),
+            List::ExcludedRoutes => self.routes.iter().any(|(_, _, excluded)| *excluded),
+            List::ExcludedIfaces => !self.excluded_ifaces.is_empty(),
+        }
+    }
 }
 
 /// A pod's policy in map terms: the MeshConfig's part (shared by every pod)
@@ -373,6 +388,15 @@ impl SharedMaps {
         }
         if s.fast_path {
             flags |= pod_flags::FAST_PATH;
+        }
+        let mesh = self.mesh_entries();
+        for list in List::ALL {
+            if mesh.is_some_and(|m| m.holds(list)) {
+                flags |= list.flag(true);
+            }
+            if entries.holds(list) {
+                flags |= list.flag(false);
+            }
         }
         PodConfig { policy: slot, mesh_policy, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
     }
