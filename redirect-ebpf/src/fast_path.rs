@@ -61,7 +61,9 @@ pub fn join(ctx: &SockOpsContext, mut own: ConnKey) -> bool {
 /// sockops, at close.
 #[inline(always)]
 pub fn leave(own: &ConnKey) {
-    let _ = FAST_PATH_STATE.remove(own);
+    if is_local_hop(own.src_addr, own.dst_addr) {
+        let _ = FAST_PATH_STATE.remove(own);
+    }
 }
 
 #[sk_msg]

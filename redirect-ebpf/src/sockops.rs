@@ -86,7 +86,7 @@ fn on_connect(ctx: &SockOpsContext) {
     if ORIG_DST.insert(&key_as_client(ctx), &orig, 0).is_ok() {
         // Hear about this socket's state changes, to clean up if the
         // connect fails.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        watch_close(ctx);
     }
 }
 
@@ -116,18 +116,36 @@ fn on_listen(ctx: &SockOpsContext) {
 
 fn on_passive_established(ctx: &SockOpsContext) {
     let key = key_as_server(ctx);
+    // connect4 redirects to 127.0.0.1: only such a connection can have an
+    // outbound record, and only one from elsewhere an inbound one. Each
+    // lookup saved is a few hundred ns of every connection.
+    if is_redirect_target(&key) {
+        // SAFETY: only tested for presence.
+        if unsafe { ORIG_DST.get(&key).is_some() } {
+            watch_close(ctx);
+        }
+        return;
+    }
     // An inbound connection steered by sk_lookup is a connection now.
     // SAFETY: copied out at once.
     if let Some(orig) = unsafe { INBOUND_PENDING.get(&key) }.copied() {
         let _ = INBOUND_PENDING.remove(&key);
-        if INBOUND_ORIG.insert(&key, &orig, 0).is_err() {
-            return;
+        if INBOUND_ORIG.insert(&key, &orig, 0).is_ok() {
+            watch_close(ctx);
         }
     }
-    // SAFETY: only tested for presence.
-    if unsafe { ORIG_DST.get(&key).is_some() || INBOUND_ORIG.get(&key).is_some() } {
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    }
+}
+
+/// The accepted side of a redirected connection: its local end is where
+/// connect4 sent it.
+#[inline(always)]
+fn is_redirect_target(key: &ConnKey) -> bool {
+    key.dst_addr == [127, 0, 0, 1]
+}
+
+#[inline(always)]
+fn watch_close(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 fn on_state_change(ctx: &SockOpsContext) {
@@ -140,10 +158,9 @@ fn on_state_change(ctx: &SockOpsContext) {
         // The application's connect failed: nobody will ask.
         let _ = ORIG_DST.remove(&key_as_client(ctx));
     } else {
-        // Only sockets we flagged get here: the application's (whose entry
-        // the proxy may still need, so it stays) and the proxy's (done).
+        // Only sockets we flagged get here: the proxy's (done with its
+        // record) and sockets on the fast path.
         let key = key_as_server(ctx);
-        let _ = ORIG_DST.remove(&key);
-        let _ = INBOUND_ORIG.remove(&key);
+        let _ = if is_redirect_target(&key) { ORIG_DST.remove(&key) } else { INBOUND_ORIG.remove(&key) };
     }
 }
