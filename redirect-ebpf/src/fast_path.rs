@@ -11,7 +11,7 @@
 //! one must not overtake it, so a socket that sent through TCP stays there.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG, sk_action::SK_PASS},
+    bindings::{BPF_ANY, BPF_EXIST, BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG, sk_action::SK_PASS},
     macros::sk_msg,
     programs::{SkMsgContext, SockOpsContext},
 };
@@ -81,12 +81,11 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
         src_port: local_port,
         dst_port: remote_port,
     };
-    let Some(state) = FAST_PATH_STATE.get_ptr_mut(&own) else {
+    // SAFETY: copied out at once.
+    let Some(state) = (unsafe { FAST_PATH_STATE.get(&own) }).copied() else {
         return SK_PASS;
     };
-    // SAFETY: sendmsg holds the socket's lock: only this run touches the
-    // entry of this socket.
-    if unsafe { *state } == fast_path::TCP {
+    if state == fast_path::TCP {
         return SK_PASS;
     }
     let mut peer = ConnKey {
@@ -99,8 +98,15 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
     // SK_PASS with a redirect set hands the message to the peer; without
     // (the helper failed: no peer) it goes through TCP.
     let spliced = enabled() && FAST_PATH.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;
-    // SAFETY: as above.
-    unsafe { *state = if spliced { fast_path::SPLICED } else { fast_path::TCP } };
+    let next = if spliced { fast_path::SPLICED } else { fast_path::TCP };
+    if next != state {
+        // By key, and only if the entry is still there: an LRU entry can be
+        // evicted and reused for another socket meanwhile, whose decision a
+        // write through the looked-up pointer would overwrite. (sendmsg
+        // holds the socket's lock: nothing else changes this socket's entry.)
+        let _ = FAST_PATH_STATE.insert(&own, &next, BPF_EXIST as u64);
+    }
+    // A socket leaves once: after that its state is TCP and it returns above.
     count(if spliced { counter::FAST_PATH_MESSAGES } else { counter::FAST_PATH_LEFT });
     SK_PASS
 }
