@@ -16,7 +16,7 @@ use crate::{
     config::{MeshConfig, PodPolicy},
     dataplane::{self, Choice, Dataplane},
     ebpf::{
-        maps::{PodEntries, ProxySettings, SharedMaps},
+        maps::{PodEntries, ProxySettings, SharedMaps, SlotEntries},
         pins::Pins,
         programs,
     },
@@ -423,8 +423,9 @@ impl Agent {
             .iter()
             .map(|(id, spec)| {
                 let ebpf = self.ebpf.as_ref().filter(|_| spec.dataplane == Some(Dataplane::Ebpf));
-                let written = ebpf.and_then(|e| e.maps.written(*id).cloned()).unwrap_or_default();
-                let mesh = ebpf.and_then(|e| e.maps.mesh_entries().cloned()).unwrap_or_default();
+                let none = SlotEntries::default();
+                let written = ebpf.and_then(|e| e.maps.written(*id)).unwrap_or(&none);
+                let mesh = ebpf.and_then(|e| e.maps.mesh_entries()).unwrap_or(&none);
                 PodStatus {
                     id: *id,
                     name: spec.name.clone(),

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use redirect_common::{
     decision::{Outbound, Verdict, decide_outbound},
-    maps::{OrigDst, counter, pod_flags},
+    maps::{OrigDst, REDIRECT_ADDR, counter, pod_flags},
 };
 
 use crate::{
@@ -75,7 +75,7 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
     }
     // SAFETY: user_ip4/user_port are writable in connect4.
     unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        (*sa).user_ip4 = u32::from_ne_bytes(REDIRECT_ADDR);
         (*sa).user_port = u32::from(port.to_be());
     }
     if config.flags & pod_flags::LOG_DECISIONS != 0 {

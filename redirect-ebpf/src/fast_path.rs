@@ -73,13 +73,13 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
     if md.family != AF_INET {
         return SK_PASS;
     }
-    let (local_port, remote_port) = (md.local_port as u16, u32::from_be(md.remote_port) as u16);
     let own = ConnKey {
         pod: crate::pod_id(),
         src_addr: md.local_ip4.to_ne_bytes(),
         dst_addr: md.remote_ip4.to_ne_bytes(),
-        src_port: local_port,
-        dst_port: remote_port,
+        src_port: md.local_port as u16,
+        // remote_port holds the network-order port in its upper half.
+        dst_port: u32::from_be(md.remote_port) as u16,
     };
     // SAFETY: copied out at once.
     let Some(state) = (unsafe { FAST_PATH_STATE.get(&own) }).copied() else {
@@ -88,13 +88,7 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
     if state == fast_path::TCP {
         return SK_PASS;
     }
-    let mut peer = ConnKey {
-        pod: own.pod,
-        src_addr: own.dst_addr,
-        dst_addr: own.src_addr,
-        src_port: remote_port,
-        dst_port: local_port,
-    };
+    let mut peer = own.reversed();
     // SK_PASS with a redirect set hands the message to the peer; without
     // (the helper failed: no peer) it goes through TCP.
     let spliced = enabled() && FAST_PATH.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;

@@ -345,12 +345,12 @@ impl SharedMaps {
     pub fn apply(&mut self, pod: PodId, entries: SlotEntries, settings: &ProxySettings) -> anyhow::Result<()> {
         let current = self.pod_config(pod);
         if let (Some(cfg), Some((_, written))) = (current, self.written.get(&pod)) {
-            if *written == entries && cfg == self.config_for(cfg.policy, &entries, settings) && !self.stale.contains(&pod) {
-                return Ok(());
-            }
             if *written == entries && !self.stale.contains(&pod) {
-                // Only the config changed (the MeshConfig's slot, settings).
                 let config = self.config_for(cfg.policy, &entries, settings);
+                if config == cfg {
+                    return Ok(());
+                }
+                // Only the config changed (the MeshConfig's slot, settings).
                 return self.pod_config.insert(&pod, &config, 0).context("POD_CONFIG");
             }
         }
@@ -451,10 +451,9 @@ impl SharedMaps {
     /// in one pass over each map.
     fn read_slots(&self, wanted: impl Fn(PolicyId) -> bool) -> StdHashMap<PolicyId, SlotEntries> {
         let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
-        let slot = |p: PolicyId| wanted(p).then_some(p);
         for k in self.local_addrs.keys().filter_map(Result::ok) {
-            if let Some(p) = slot(k.policy) {
-                slots.entry(p).or_default().local_addrs.push(k.addr);
+            if wanted(k.policy) {
+                slots.entry(k.policy).or_default().local_addrs.push(k.addr);
             }
         }
         let lpm = |t: &LpmTrie<MapData, PolicyAddr, u8>, slots: &mut StdHashMap<PolicyId, SlotEntries>, put: fn(&mut SlotEntries, [u8; 4], u8, u8)| {
@@ -468,8 +467,8 @@ impl SharedMaps {
         lpm(&self.included_cidrs, &mut slots, |e, a, l, _| e.included_cidrs.push((a, l)));
         lpm(&self.iface_routes, &mut slots, |e, a, l, v| e.routes.push((a, l, v == 1)));
         for k in self.excluded_ports.keys().filter_map(Result::ok) {
-            if let Some(p) = slot(k.policy) {
-                let e = slots.entry(p).or_default();
+            if wanted(k.policy) {
+                let e = slots.entry(k.policy).or_default();
                 match k.direction {
                     direction::INBOUND => e.inbound_excluded_ports.push(k.port),
                     _ => e.excluded_ports.push(k.port),
@@ -477,8 +476,8 @@ impl SharedMaps {
             }
         }
         for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
-            if let Some(p) = slot(k.policy) {
-                slots.entry(p).or_default().excluded_ifaces.push(k.ifindex);
+            if wanted(k.policy) {
+                slots.entry(k.policy).or_default().excluded_ifaces.push(k.ifindex);
             }
         }
         for e in slots.values_mut() {

@@ -144,5 +144,3 @@ pub fn is_attached(pins: &Pins, pod: PodId) -> bool {
 pub fn detach(pins: &Pins, pod: PodId) -> anyhow::Result<()> {
     super::pins::remove_dir(&pins.pod_dir(pod))
 }
-
-
