@@ -57,16 +57,27 @@ struct Rate {
     per_sec: f64,
     /// Median over rounds of this rate / the floor's rate in the same round.
     ratio: f64,
+    /// First and third quartile of those per-round ratios: how far one
+    /// round can be trusted on this machine.
+    ratio_q1: f64,
+    ratio_q3: f64,
     p50_us: f64,
     p99_us: f64,
     errors: f64,
 }
 
+impl Rate {
+    /// `0.97 [0.93–1.01]`: median and quartiles of the per-round ratios.
+    fn ratios(&self) -> String {
+        format!("{:.2} [{:.2}–{:.2}]", self.ratio, self.ratio_q1, self.ratio_q3)
+    }
+}
+
 /// Connection rates of several targets, measured in interleaved rounds so
 /// that drift on a shared machine hits every target alike (the order turns
 /// each round, so none always runs first). Per target: the total rate, its
-/// ratio to the first target (the floor) as the median of the per-round
-/// ratios, and the median over rounds of p50 and p99.
+/// ratio to the first target (the floor) as the median (and quartiles) of
+/// the per-round ratios, and the median over rounds of p50 and p99.
 fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>> {
     const ROUNDS: usize = 10;
     let slice = (millis / ROUNDS as u64).max(20).to_string();
@@ -78,18 +89,22 @@ fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>>
             lines[i].push(probe(pod, &["connrate", to, &slice])?);
         }
     }
-    let median = |mut v: Vec<f64>| {
+    let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v
     };
+    let median = |v: Vec<f64>| sorted(v)[ROUNDS / 2];
     let rate = |l: &String| field(l, "connections") / field(l, "seconds");
     Ok(lines
         .iter()
         .map(|ls| {
             let sum = |k: &str| ls.iter().map(|l| field(l, k)).sum::<f64>();
+            let ratios = sorted(ls.iter().zip(&lines[0]).map(|(l, floor)| rate(l) / rate(floor)).collect());
             Rate {
                 per_sec: sum("connections") / sum("seconds"),
-                ratio: median(ls.iter().zip(&lines[0]).map(|(l, floor)| rate(l) / rate(floor)).collect()),
+                ratio: ratios[ROUNDS / 2],
+                ratio_q1: ratios[ROUNDS / 4],
+                ratio_q3: ratios[ROUNDS * 3 / 4],
                 p50_us: median(ls.iter().map(|l| field(l, "p50_us")).collect()),
                 p99_us: median(ls.iter().map(|l| field(l, "p99_us")).collect()),
                 errors: sum("errors"),
@@ -189,8 +204,8 @@ fn main() -> anyhow::Result<()> {
     node.enroll_with(&ipt, &[], &["--dataplane", "iptables"])?;
     node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
     node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
-    md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes, for ");
-    let _ = writeln!(md, "{:.1} s per cell, in ten rounds interleaved between the paths (× direct: the median of the ten per-round ratios). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
+    md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes (abortively, SO_LINGER 0, on every path: TIME_WAIT sockets of the iptables path, whose sockets see the service IP, are not reused by default and exhaust the client's ports within seconds), for ");
+    let _ = writeln!(md, "{:.1} s per cell, in ten rounds interleaved between the paths (× direct: the median of the ten per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
     md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
     let mut rows = Vec::new();
     let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
@@ -203,8 +218,8 @@ fn main() -> anyhow::Result<()> {
         let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
         let _ = writeln!(
             md,
-            "| {cidrs} | {ports} | {:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
-            d.per_sec, i.per_sec, i.ratio, e.per_sec, e.ratio, f.per_sec, f.ratio,
+            "| {cidrs} | {ports} | {:.0} | {:.0} {} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
+            d.per_sec, i.per_sec, i.ratios(), e.per_sec, e.ratios(), f.per_sec, f.ratios(),
             d.p50_us, i.p50_us, e.p50_us, f.p50_us, d.p99_us, i.p99_us, e.p99_us, f.p99_us
         );
         rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
