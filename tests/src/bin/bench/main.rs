@@ -23,6 +23,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::Comman
 use anyhow::{Context as _, bail};
 use tests::{APP_UID, Node, Pod};
 
+mod interrupt;
 mod plot;
 
 fn field(line: &str, key: &str) -> f64 {
@@ -34,10 +35,13 @@ fn field(line: &str, key: &str) -> f64 {
 
 /// Runs netprobe inside the pod (its netns and cgroup) as the app's UID.
 fn probe(pod: &Pod, args: &[&str]) -> anyhow::Result<String> {
+    interrupt::check()?;
     let mut c = Command::new(tests::netprobe());
     c.args(args);
     redirect_agent::sandbox::enter_maybe_cgroup(&mut c, &pod.ns.path(), pod.cgroup_path(), APP_UID)?;
     let out = c.output()?;
+    // A netprobe ended by the same Ctrl-C reports as interrupted, not as failed.
+    interrupt::check()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || text.starts_with("error") {
         bail!("netprobe {args:?}: {text}");
@@ -178,6 +182,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    interrupt::install()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
     let png = args.iter().any(|a| a == "--png");
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
         .map(|name| plot::Curve { name, ratio: Vec::new(), p50_us: Vec::new() })
         .collect();
     for &(cidrs, ports) in sizes {
+        interrupt::check()?;
         node.set_mesh_config(&mesh(cidrs, ports));
         let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], millis)?;
         let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
@@ -308,6 +314,7 @@ fn main() -> anyhow::Result<()> {
     node.enroll_with(&watched, &[], &["--dataplane", "ebpf"])?;
     let mut pods = Vec::new();
     for _ in 1..pods_n {
+        interrupt::check()?;
         let p = Pod::bare(&node)?;
         node.enroll_with(&p, &[], &["--dataplane", "ebpf"])?;
         pods.push(p);
