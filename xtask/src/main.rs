@@ -44,6 +44,10 @@ enum Cmd {
         /// Also draw the scaling curves (target/bench/bench.png).
         #[arg(long)]
         png: bool,
+        /// Connection-rate rounds per cell (200 ms per path each); more
+        /// rounds narrow the spread of the ratios.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..))]
+        rounds: u32,
     },
     /// The privileged integration tests inside Debian's cloud kernels under
     /// qemu; prints (and writes to target/vm-matrix.md) kernel × test.
@@ -76,11 +80,11 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Bench { smoke, png } => {
+        Cmd::Bench { smoke, png, rounds } => {
             require_root("bench")?;
             cargo(&["build", "--release", "--bins"])?;
             let mut cmd = Command::new(root.join("target/release/bench"));
-            cmd.args(["--out", "target/bench"]);
+            cmd.args(["--out", "target/bench", "--rounds", &rounds.to_string()]);
             if smoke {
                 cmd.arg("--smoke");
             }

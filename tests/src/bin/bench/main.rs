@@ -82,11 +82,10 @@ impl Rate {
 /// each round, so none always runs first). Per target: the total rate, its
 /// ratio to the first target (the floor) as the median (and quartiles) of
 /// the per-round ratios, and the median over rounds of p50 and p99.
-fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>> {
-    const ROUNDS: usize = 10;
-    let slice = (millis / ROUNDS as u64).max(20).to_string();
+fn connrates(targets: &[(&Pod, &str)], rounds: usize, slice_ms: u64) -> anyhow::Result<Vec<Rate>> {
+    let slice = slice_ms.to_string();
     let mut lines: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for k in 0..targets.len() {
             let i = (k + round) % targets.len();
             let (pod, to) = targets[i];
@@ -97,7 +96,7 @@ fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>>
         v.sort_by(f64::total_cmp);
         v
     };
-    let median = |v: Vec<f64>| sorted(v)[ROUNDS / 2];
+    let median = |v: Vec<f64>| sorted(v)[rounds / 2];
     let rate = |l: &String| field(l, "connections") / field(l, "seconds");
     Ok(lines
         .iter()
@@ -106,9 +105,9 @@ fn connrates(targets: &[(&Pod, &str)], millis: u64) -> anyhow::Result<Vec<Rate>>
             let ratios = sorted(ls.iter().zip(&lines[0]).map(|(l, floor)| rate(l) / rate(floor)).collect());
             Rate {
                 per_sec: sum("connections") / sum("seconds"),
-                ratio: ratios[ROUNDS / 2],
-                ratio_q1: ratios[ROUNDS / 4],
-                ratio_q3: ratios[ROUNDS * 3 / 4],
+                ratio: ratios[rounds / 2],
+                ratio_q1: ratios[rounds / 4],
+                ratio_q3: ratios[rounds * 3 / 4],
                 p50_us: median(ls.iter().map(|l| field(l, "p50_us")).collect()),
                 p99_us: median(ls.iter().map(|l| field(l, "p99_us")).collect()),
                 errors: sum("errors"),
@@ -193,7 +192,16 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench"));
     std::fs::create_dir_all(&out_dir)?;
-    let millis = if smoke { 200 } else { 2000 };
+    // Each round gives every path one slice; more rounds narrow the
+    // quartiles of the per-round ratios (`--rounds N`, default 10).
+    let rounds: usize = match args.iter().position(|a| a == "--rounds") {
+        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
+            Some(n) if n >= 4 => n,
+            _ => bail!("--rounds: expected a number of rounds ≥ 4, got {:?}", args.get(i + 1)),
+        },
+        None => 10,
+    };
+    let slice_ms: u64 = if smoke { 20 } else { 200 };
     let sizes: &[(usize, usize)] =
         if smoke { &[(0, 0), (100, 0)] } else { &[(0, 0), (100, 0), (1000, 0), (10000, 0), (0, 1000), (10000, 1000)] };
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim().to_owned();
@@ -210,7 +218,7 @@ fn main() -> anyhow::Result<()> {
     node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
     node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
     md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes (abortively, SO_LINGER 0, on every path: TIME_WAIT sockets of the iptables path, whose sockets see the service IP, are not reused by default and exhaust the client's ports within seconds), for ");
-    let _ = writeln!(md, "{:.1} s per cell, in ten rounds interleaved between the paths (× direct: the median of the ten per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", millis as f64 / 1000.0);
+    let _ = writeln!(md, "{:.1} s per cell, in {rounds} rounds interleaved between the paths (× direct: the median of the {rounds} per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", (rounds as u64 * slice_ms) as f64 / 1000.0);
     md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
     let mut rows = Vec::new();
     let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
@@ -220,7 +228,7 @@ fn main() -> anyhow::Result<()> {
     for &(cidrs, ports) in sizes {
         interrupt::check()?;
         node.set_mesh_config(&mesh(cidrs, ports));
-        let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], millis)?;
+        let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], rounds, slice_ms)?;
         let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
         let _ = writeln!(
             md,
