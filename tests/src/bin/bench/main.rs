@@ -197,7 +197,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = match args.iter().position(|a| a == "--rounds") {
         Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
             Some(n) if n >= 4 => n,
-            _ => bail!("--rounds: expected a number of rounds ≥ 4, got {:?}", args.get(i + 1)),
+            _ => bail!("--rounds: expected a number of rounds ≥ 4, got {}", args.get(i + 1).map_or("nothing", String::as_str)),
         },
         None => 10,
     };
