@@ -65,6 +65,9 @@ pub struct PodStatus {
     pub netns: PathBuf,
     pub cgroup: Option<PathBuf>,
     pub attached: bool,
+    /// Whether the pod's sockops program is attached right now (only while
+    /// it needs it: see `programs::sockops_needed`).
+    pub sockops: bool,
     pub local_addrs: Vec<String>,
     pub excluded_cidrs: usize,
     pub included_cidrs: usize,
@@ -80,7 +83,6 @@ pub struct Status {
     pub dataplane: Choice,
     pub ebpf_unavailable: Option<String>,
     pub pods: Vec<PodStatus>,
-    pub tracked_connections: usize,
     /// Fill levels of the kernel maps.
     pub maps: Vec<crate::ebpf::maps::MapFill>,
 }
@@ -275,6 +277,8 @@ impl Agent {
                         ebpf.maps.set_listener(id, socket.as_fd())?;
                     }
                 }
+                let needed = programs::sockops_needed(settings.fast_path, settings.inbound, ebpf.maps.has_listener(id));
+                programs::set_sockops(&ebpf.pins, id, &cg, needed)?;
             }
         }
         Ok(())
@@ -410,6 +414,38 @@ impl Agent {
     }
 
     /// Follows pod address changes (a pod IP added later, say).
+    /// Keeps each eBPF pod's sockops program attached exactly while the pod
+    /// needs it (`programs::sockops_needed`): detached once its proxy's
+    /// inbound listener is registered, attached again when that listener
+    /// closes (a restarting proxy), so that the next `listen()` registers
+    /// at once. Runs every tick; a proxy that listens before then is found
+    /// by the next refresh.
+    pub fn watch_listeners(&mut self) {
+        let Some(ebpf) = &self.ebpf else { return };
+        let registered = ebpf.maps.listener_pods();
+        for (id, spec) in &self.state.pods {
+            if spec.dataplane == Some(Dataplane::Iptables) {
+                continue;
+            }
+            let fast_path = spec.fast_path.unwrap_or(self.state.settings.fast_path);
+            let needed = programs::sockops_needed(fast_path, self.state.settings.inbound, registered.contains(id));
+            if needed == programs::has_sockops(&ebpf.pins, *id) {
+                continue;
+            }
+            let result = spec
+                .cgroup
+                .as_deref()
+                .map(cgroup::resolve)
+                .transpose()
+                .and_then(|cg| cg.ok_or_else(|| anyhow!("no cgroup")))
+                .and_then(|cg| programs::set_sockops(&ebpf.pins, *id, &cg, needed));
+            match result {
+                Ok(_) => log::debug!("pod {}: sockops {}", spec.name, if needed { "attached" } else { "detached" }),
+                Err(e) => log::warn!("pod {}: {} sockops: {e:#}", spec.name, if needed { "attaching" } else { "detaching" }),
+            }
+        }
+    }
+
     pub fn refresh(&mut self) {
         if let Err(e) = self.apply_all(true) {
             log::warn!("refreshing pod addresses: {e:#}");
@@ -436,6 +472,7 @@ impl Agent {
                         Some(e) => programs::is_attached(&e.pins, *id),
                         None => self.iptables_applied.contains_key(id),
                     },
+                    sockops: ebpf.is_some_and(|e| programs::has_sockops(&e.pins, *id)),
                     local_addrs: written.local_addrs.iter().map(|a| std::net::Ipv4Addr::from(*a).to_string()).collect(),
                     excluded_cidrs: written.excluded_cidrs.len() + mesh.excluded_cidrs.len(),
                     included_cidrs: written.included_cidrs.len() + mesh.included_cidrs.len(),
@@ -450,7 +487,6 @@ impl Agent {
             dataplane: self.choice,
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
-            tracked_connections: self.ebpf.as_ref().map_or(0, |e| e.maps.tracked_connections()),
             maps: self.ebpf.as_ref().map(|e| e.maps.fill()).unwrap_or_default(),
         }
     }

@@ -105,6 +105,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                agent.watch_listeners();
                 match agent.reload_if_changed() {
                     Ok(true) => log::info!("MeshConfig changed: every pod's lists updated"),
                     Ok(false) => {}

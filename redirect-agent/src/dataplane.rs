@@ -40,13 +40,13 @@ pub fn probe_ebpf() -> Result<String, String> {
     }
     // Load (not attach) every program, with throwaway maps.
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| format!("loading the eBPF object: {e}"))?;
-    for (_, name, attach_type) in crate::ebpf::programs::PROGRAMS {
+    for (name, attach_type) in crate::ebpf::programs::every_program() {
         crate::ebpf::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
             let first = format!("{e:#}");
             format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
         })?;
     }
-    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/sockops/getsockopt load", mount.display()))
+    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/getsockopt/sk_lookup/sockops load", mount.display()))
 }
 
 /// Whether sk_lookup programs see the interface of arrival (5.17).

@@ -294,7 +294,7 @@ impl Agent {
                     .map(|(pin, _, _)| *pin)
                     .collect();
                 out.push(if missing.is_empty() {
-                    Check::pass(pod, "programs attached", "connect4, sockops, getsockopt on its cgroup; sk_lookup on its netns".into())
+                    Check::pass(pod, "programs attached", "connect4, getsockopt on its cgroup; sk_lookup on its netns".into())
                 } else {
                     Check::fail(
                         pod,
@@ -305,6 +305,25 @@ impl Agent {
                 });
                 let annotations = spec.validate().unwrap_or_default();
                 out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, settings));
+                let fast_path = spec.fast_path.unwrap_or(settings.fast_path);
+                let needed = crate::ebpf::programs::sockops_needed(fast_path, settings.inbound, ebpf.maps.has_listener(id));
+                let attached = crate::ebpf::programs::has_sockops(&ebpf.pins, id);
+                let why = match (fast_path, needed) {
+                    (true, _) => "needed by the fast path",
+                    (false, true) => "needed until the proxy's inbound listener registers",
+                    (false, false) => "not needed: the redirect works without it",
+                };
+                // Attached without need only costs time (the agent detaches it
+                // at its next tick); missing when needed loses a listener.
+                out.push(match (needed, attached) {
+                    (true, false) => Check::fail(
+                        pod,
+                        "sockops attached when needed",
+                        format!("not attached, but {why}"),
+                        "the agent attaches it within a second; if this persists, see the agent's log",
+                    ),
+                    _ => Check::pass(pod, "sockops attached when needed", format!("{} ({why})", if attached { "attached" } else { "not attached" })),
+                });
                 if settings.inbound {
                     out.push(if ebpf.maps.has_listener(id) {
                         Check::pass(pod, "inbound listener registered", format!("the proxy's socket on {} is in PROXY_LISTENERS", settings.inbound_port))

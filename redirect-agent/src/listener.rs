@@ -1,6 +1,7 @@
 //! Finding a pod's proxy listening socket on the inbound port, for proxies
-//! that were already listening when the pod was enrolled (later ones are
-//! registered by the sockops program when they call listen()).
+//! that were already listening when the pod was enrolled or when sockops
+//! was attached again (later ones are registered by the sockops program
+//! when they call listen()).
 //!
 //! The socket is found by inode in the pod's /proc/net/tcp, its owner among
 //! the processes of the pod's cgroup, and duplicated into the agent with

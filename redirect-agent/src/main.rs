@@ -467,17 +467,19 @@ fn print_status(s: &agent::Status) {
 
 fn print_pods(s: &agent::Status) {
     println!(
-        "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}   tracked connections: {}",
+        "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}",
         s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()),
         s.settings.outbound_port,
         s.settings.inbound_port,
         s.settings.proxy_uid,
-        s.tracked_connections
     );
     if let Some(why) = &s.ebpf_unavailable {
         println!("eBPF dataplane unavailable: {why}");
     }
-    println!("{:<4} {:<28} {:<9} {:<9} {:<22} {:>6} {:>6} {:>6}", "ID", "POD", "DATAPLANE", "ATTACHED", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT");
+    println!(
+        "{:<4} {:<28} {:<9} {:<9} {:<8} {:<22} {:>6} {:>6} {:>6}",
+        "ID", "POD", "DATAPLANE", "ATTACHED", "SOCKOPS", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT"
+    );
     for p in &s.pods {
         let dataplane = match p.dataplane {
             Some(Dataplane::Ebpf) => "ebpf",
@@ -485,11 +487,16 @@ fn print_pods(s: &agent::Status) {
             None => "-",
         };
         println!(
-            "{:<4} {:<28} {:<9} {:<9} {:<22} {:>6} {:>6} {:>6}",
+            "{:<4} {:<28} {:<9} {:<9} {:<8} {:<22} {:>6} {:>6} {:>6}",
             p.id,
             p.name,
             dataplane,
             if p.attached { "yes" } else { "NO" },
+            match p.dataplane {
+                Some(Dataplane::Iptables) => "-",
+                _ if p.sockops => "yes",
+                _ => "no",
+            },
             p.local_addrs.join(","),
             p.excluded_cidrs,
             p.included_cidrs,

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod decision;
+pub mod handover;
 pub mod maps;
 
 /// FSM's defaults (MeshConfig `spec.sidecar` / fsm-init arguments).

@@ -41,10 +41,8 @@ pub mod names {
     pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
     pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
-    pub const INBOUND_PENDING: &str = "INBOUND_PENDING";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
-    pub const ORIG_DST: &str = "ORIG_DST";
+    pub const HANDOVER: &str = "HANDOVER";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
     /// Per pod, not shared: a pod's local sockets for the fast path (see
@@ -52,9 +50,8 @@ pub mod names {
     pub const FAST_PATH: &str = "FAST_PATH";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 15] = [
+    pub const SHARED: [&str; 13] = [
         COUNTERS,
-        INBOUND_PENDING,
         POD_CONFIG,
         LOCAL_ADDRS,
         EXCLUDED_CIDRS,
@@ -63,8 +60,7 @@ pub mod names {
         EXCLUDED_IFACES,
         IFACE_ROUTES,
         PROXY_LISTENERS,
-        ORIG_BY_COOKIE,
-        ORIG_DST,
+        HANDOVER,
         INBOUND_ORIG,
         AYA_LOGS,
         FAST_PATH_STATE,
@@ -74,18 +70,20 @@ pub mod names {
 /// Capacities. A full policy map makes the agent refuse the change (the
 /// previous policy stays); a full connection map evicts its least recently
 /// used entry, and the proxy then gets the kernel's own `SO_ORIGINAL_DST`
-/// answer (ENOENT) for that one connection instead of a wrong address.
+/// answer (ENOENT) for that one connection instead of a wrong address (so
+/// does an overwritten `HANDOVER` slot: see [`crate::handover`]).
 pub mod capacity {
     pub const PODS: u32 = 4096;
     pub const LOCAL_ADDRS: u32 = 16 * 1024;
     pub const CIDRS: u32 = 64 * 1024;
     pub const PORTS: u32 = 64 * 1024;
-    /// Connections between `connect()` and the first SYN (normally µs).
-    pub const PENDING_CONNECTS: u32 = 16 * 1024;
-    /// Redirected connections the proxy may still ask about.
-    pub const CONNECTIONS: u32 = 256 * 1024;
-    /// Inbound connections steered to the proxy, from SYN to close. Kept
-    /// apart from `CONNECTIONS` so a SYN flood can't evict outbound entries.
+    /// Slots of the outbound hand-over, node-wide (a power of two; see
+    /// [`crate::handover`]). A slot is reused by the connection whose
+    /// cookie names it next, about every 256Ki redirected connects.
+    pub const HANDOVER_SLOTS: u32 = 256 * 1024;
+    /// Inbound connections steered to the proxy, from the SYN until the
+    /// least recently used one is evicted. Apart from the outbound
+    /// hand-over, so a SYN flood can't touch outbound connections.
     pub const INBOUND_CONNECTIONS: u32 = 64 * 1024;
     pub const IFACES: u32 = 4 * 1024;
     /// Routes of the pods' network namespaces (for outbound interface
@@ -263,8 +261,8 @@ pub struct PolicyIface {
     pub ifindex: u32,
 }
 
-/// Where a redirected connection was going. Value of `ORIG_BY_COOKIE` and
-/// `ORIG_DST`.
+/// Where a connection steered to the proxy was going. Value of
+/// `INBOUND_ORIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct OrigDst {
@@ -274,14 +272,10 @@ pub struct OrigDst {
     pub _pad: u16,
 }
 
-/// Where connect4 sends a redirected connection (the proxy's listeners are
-/// reached on loopback); sockops recognises the proxy's side by it.
-pub const REDIRECT_ADDR: Ipv4Be = [127, 0, 0, 1];
-
-/// Key of `ORIG_DST`: one redirected connection, seen from the application's
-/// side (source = the application's socket, destination = the proxy's
-/// listener), qualified by the pod so that two pods whose applications use
-/// the same source port at the same moment never see each other's entry.
+/// Key of `INBOUND_ORIG` and of the fast path's maps: one connection, seen
+/// from its client's side (source = the connecting socket), qualified by the
+/// pod so that two pods' connections with the same 4-tuple at the same
+/// moment never see each other's entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ConnKey {

@@ -9,11 +9,12 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use redirect_common::{
     decision::{Outbound, Verdict, decide_outbound},
-    maps::{OrigDst, REDIRECT_ADDR, counter, pod_flags},
+    handover::{self, Handover},
+    maps::{counter, pod_flags},
 };
 
 use crate::{
-    maps::{ORIG_BY_COOKIE, POD_CONFIG},
+    maps::{HANDOVER, POD_CONFIG},
     policy::MapLists,
 };
 
@@ -65,27 +66,32 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
         Verdict::RedirectOutbound => config.outbound_port,
         Verdict::RedirectInbound => config.inbound_port,
     };
-    // SAFETY: `as_ptr` is the bpf_sock_addr context, valid for the helper.
+    // SAFETY: `sock_addr` is the bpf_sock_addr context, valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = OrigDst { addr: conn.dst.to_be_bytes(), port: conn.dst_port, _pad: 0 };
-    if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
-        // Without a record the proxy could not learn the destination; leave
-        // the connection direct rather than hand the proxy a blind one.
+    // The slot index is masked to the array's size: always there.
+    let Some(slot) = HANDOVER.get_ptr_mut(handover::slot(cookie)) else {
         return;
+    };
+    // SAFETY: a valid array slot; a plain store (see handover.rs for why a
+    // concurrent writer of the same slot can't mislead the proxy).
+    unsafe {
+        *slot = Handover { cookie, orig_addr: conn.dst.to_be_bytes(), orig_port: conn.dst_port, proxy_port: port };
     }
+    let to = handover::address(cookie);
     // SAFETY: user_ip4/user_port are writable in connect4.
     unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes(REDIRECT_ADDR);
+        (*sa).user_ip4 = to.to_be();
         (*sa).user_port = u32::from(port.to_be());
     }
     if config.flags & pod_flags::LOG_DECISIONS != 0 {
         info!(
             ctx,
-            "pod {} uid {} -> {:i}:{} redirected to 127.0.0.1:{} (rule {})",
+            "pod {} uid {} -> {:i}:{} redirected to {:i}:{} (rule {})",
             crate::pod_id(),
             conn.uid,
             conn.dst,
             conn.dst_port,
+            to,
             port,
             rule as u8
         );

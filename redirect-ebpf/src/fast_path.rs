@@ -35,27 +35,26 @@ fn enabled() -> bool {
 }
 
 /// sockops, at ACTIVE_ or PASSIVE_ESTABLISHED: a local socket joins.
-/// `own` is the socket's own view (source = local end). Returns whether it
-/// joined (and asked for state callbacks, to forget its decision at close).
+/// `own` is the socket's own view (source = local end). A socket that
+/// joins asks for state callbacks, to forget its decision at close.
 #[inline(always)]
-pub fn join(ctx: &SockOpsContext, mut own: ConnKey) -> bool {
+pub fn join(ctx: &SockOpsContext, mut own: ConnKey) {
     if !is_local_hop(own.src_addr, own.dst_addr) || !enabled() {
-        return false;
+        return;
     }
     // The decision first: a socket in the sockhash without one only ever
     // goes the TCP way, never the reverse.
     if FAST_PATH_STATE.insert(&own, &fast_path::UNDECIDED, 0).is_err() {
-        return false;
+        return;
     }
     // SAFETY: `ops` is the context of the running program.
     if FAST_PATH.update(&mut own, unsafe { &mut *ctx.ops }, BPF_ANY as u64).is_err() {
         let _ = FAST_PATH_STATE.remove(&own);
-        return false;
+        return;
     }
     // The kernel drops the socket from the sockhash itself at close.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     count(counter::FAST_PATH_SOCKETS);
-    true
 }
 
 /// sockops, at close.

@@ -3,15 +3,18 @@
 //! the pod's cgroup; all instances share the pinned maps of `maps.rs`.
 //!
 //! - `connect4` decides each TCP `connect()` (the outbound table) and
-//!   rewrites redirected ones to 127.0.0.1:<proxy port>, remembering the
-//!   original destination under the socket's cookie.
-//! - `sockops` moves that memory to the connection's 4-tuple once the
-//!   kernel has chosen the source port, and forgets it when the connection
-//!   closes.
-//! - `sk_msg` (with sockops) is the fast path of local hops: see
-//!   fast_path.rs.
+//!   rewrites redirected ones to <a loopback address of its own>:<proxy
+//!   port>, the address naming where it left the original destination
+//!   (`redirect_common::handover`).
+//! - `sk_lookup` (on the pod's network namespace) decides each arriving
+//!   connection (the inbound table) and hands redirected ones to the
+//!   proxy's inbound listener.
 //! - `getsockopt` answers the proxy's `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
-//!   from it, and leaves every other call exactly as the kernel answered.
+//!   from those two, and leaves every other call exactly as the kernel
+//!   answered.
+//! - `sockops` registers the proxy's inbound listener and, with `sk_msg`,
+//!   is the fast path of local hops (fast_path.rs); attached only while a
+//!   pod needs it.
 #![no_std]
 #![no_main]
 

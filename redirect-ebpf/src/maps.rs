@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use redirect_common::maps::{
-    ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity, counter,
+use redirect_common::{
+    handover::Handover,
+    maps::{ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity, counter},
 };
 
 /// `BPF_F_NO_PREALLOC`: required by LPM tries.
@@ -31,17 +32,10 @@ pub static INCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
 pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> =
     HashMap::with_max_entries(capacity::PORTS, 0);
 
-/// Socket cookie of a redirected application socket → original destination,
-/// from `connect()` until sockops sees the SYN go out.
+/// Original destinations of redirected connections, by the slot their
+/// redirect address names (`redirect_common::handover`).
 #[map]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
-    LruHashMap::with_max_entries(capacity::PENDING_CONNECTS, 0);
-
-/// Redirected connection (application side 4-tuple + pod) → original
-/// destination, for the proxy's `SO_ORIGINAL_DST`.
-#[map]
-pub static ORIG_DST: LruHashMap<ConnKey, OrigDst> =
-    LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);
+pub static HANDOVER: Array<Handover> = Array::with_max_entries(capacity::HANDOVER_SLOTS, 0);
 
 #[map]
 pub static EXCLUDED_IFACES: HashMap<PolicyIface, u8> = HashMap::with_max_entries(capacity::IFACES, 0);
@@ -55,7 +49,11 @@ pub static IFACE_ROUTES: LpmTrie<PolicyAddr, u8> = LpmTrie::with_max_entries(cap
 pub static PROXY_LISTENERS: SockHash<PodId> = SockHash::with_max_entries(capacity::PODS, 0);
 
 /// Inbound connection steered to the proxy (client's 4-tuple + pod) → the
-/// address the client dialled.
+/// address the client dialled, from its SYN on. sk_lookup also runs for
+/// stray segments of connections already gone (a late FIN or ACK); their
+/// entries, like those of closed connections, age out of this LRU. No
+/// entry is ever wrong: the value is the key's own destination, which a
+/// later connection with the same 4-tuple shares.
 #[map]
 pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
@@ -72,14 +70,6 @@ pub fn count(id: u32) {
         unsafe { *slot += 1 };
     }
 }
-
-/// Inbound lookups steered to the proxy, from the SYN until the handshake
-/// completes (then moved to `INBOUND_ORIG`). sk_lookup also runs for stray
-/// segments of connections already gone (a late FIN or ACK); their entries
-/// never become connections and age out of this LRU.
-#[map]
-pub static INBOUND_PENDING: LruHashMap<ConnKey, OrigDst> =
-    LruHashMap::with_max_entries(capacity::PENDING_CONNECTS, 0);
 
 /// This instance's pod's local sockets on the fast path, by their own
 /// 4-tuple. Not shared: each pod's instance has its own, pinned in the

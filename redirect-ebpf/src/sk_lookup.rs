@@ -6,8 +6,9 @@
 //! `PROXY_LISTENERS`), so the accepted socket's local address is the one the
 //! client dialled, replies leave from pod-IP:port as they would, and no
 //! per-packet state exists. The dialled address is recorded in
-//! `INBOUND_PENDING`; sockops moves it to `INBOUND_ORIG` (for the proxy's
-//! `SO_ORIGINAL_DST`) when the handshake completes.
+//! `INBOUND_ORIG` for the proxy's `SO_ORIGINAL_DST` (where the accepted
+//! socket's own local address would say the same: the record says that
+//! this connection was steered, as iptables' conntrack entry does).
 
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
@@ -20,7 +21,7 @@ use redirect_common::{
 };
 
 use crate::{
-    maps::{INBOUND_PENDING, POD_CONFIG, PROXY_LISTENERS},
+    maps::{INBOUND_ORIG, POD_CONFIG, PROXY_LISTENERS},
     policy::MapLists,
 };
 
@@ -74,7 +75,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
             dst_port: local_port,
         };
         let orig = OrigDst { addr: (*l).local_ip4.to_ne_bytes(), port: local_port, _pad: 0 };
-        if INBOUND_PENDING.insert(&key, &orig, 0).is_err() {
+        if INBOUND_ORIG.insert(&key, &orig, 0).is_err() {
             return SK_DROP;
         }
         match PROXY_LISTENERS.redirect_sk_lookup(ctx, &crate::pod_id(), 0) {
@@ -82,7 +83,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
             // No proxy listening: refuse rather than let the connection reach
             // the application around the proxy (fail closed).
             Err(_) => {
-                let _ = INBOUND_PENDING.remove(&key);
+                let _ = INBOUND_ORIG.remove(&key);
                 crate::maps::count(counter::INBOUND_NO_PROXY);
                 SK_DROP
             }

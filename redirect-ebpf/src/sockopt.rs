@@ -14,9 +14,12 @@
 //! this wrong.
 
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use redirect_common::{SO_ORIGINAL_DST, SOL_IP, maps::ConnKey};
+use redirect_common::{
+    SO_ORIGINAL_DST, SOL_IP, handover,
+    maps::{ConnKey, OrigDst},
+};
 
-use crate::maps::{INBOUND_ORIG, ORIG_DST};
+use crate::maps::{HANDOVER, INBOUND_ORIG};
 
 /// Let the call return (0 would turn it into EPERM).
 const CONTINUE: i32 = 1;
@@ -48,18 +51,33 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool 
         if sk.is_null() {
             return false;
         }
-        // dst_port: network order in the low 16 bits; read as the 32-bit
-        // field that kernels before 5.18 define, which later ones still allow.
-        let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
-        let key = ConnKey {
-            pod: crate::pod_id(),
-            src_addr: (*sk).dst_ip4.to_ne_bytes(),
-            dst_addr: (*sk).src_ip4.to_ne_bytes(),
-            src_port: u16::from_be(*dst_port_field as u16),
-            dst_port: (*sk).src_port as u16,
-        };
-        let Some(orig) = ORIG_DST.get(&key).or_else(|| INBOUND_ORIG.get(&key)).copied() else {
-            return false;
+        let local_addr = u32::from_be((*sk).src_ip4);
+        let local_port = (*sk).src_port as u16;
+        let orig = match handover::slot_of(local_addr) {
+            // Sent here by connect4: the slot its address names, if it still
+            // holds this connection.
+            Some(slot) => match HANDOVER.get(slot) {
+                Some(h) if h.is_for(local_addr, local_port) => OrigDst { addr: h.orig_addr, port: h.orig_port, _pad: 0 },
+                _ => return false,
+            },
+            // Steered here by sk_lookup, if at all.
+            None => {
+                // dst_port: network order in the low 16 bits; read as the
+                // 32-bit field that kernels before 5.18 define, which later
+                // ones still allow.
+                let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
+                let key = ConnKey {
+                    pod: crate::pod_id(),
+                    src_addr: (*sk).dst_ip4.to_ne_bytes(),
+                    dst_addr: (*sk).src_ip4.to_ne_bytes(),
+                    src_port: u16::from_be(*dst_port_field as u16),
+                    dst_port: local_port,
+                };
+                match INBOUND_ORIG.get(&key) {
+                    Some(orig) => *orig,
+                    None => return false,
+                }
+            }
         };
         let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
         let optval_end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();

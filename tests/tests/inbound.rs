@@ -78,8 +78,10 @@ fn pods_on_one_node_go_through_the_receivers_inbound_listener() {
 }
 
 #[test]
-fn a_proxy_that_starts_listening_after_enrolment_is_found_and_many_connections_stay_apart() {
-    let node = Node::start("kind: MeshConfig\nspec: {}\n").unwrap();
+fn a_proxy_that_starts_listening_after_enrolment_is_found_at_once_and_again_after_a_restart() {
+    // No periodic refresh during the test (it would find a listener too):
+    // what follows is the agent's per-second watch and sockops alone.
+    let node = Node::start_with("kind: MeshConfig\nspec: {}\n", &["--refresh-interval", "3600"]).unwrap();
     let mut pod = Pod::create(&node).unwrap();
     pod.stop_listeners();
     node.enroll(&pod, &[]).unwrap();
@@ -103,10 +105,23 @@ fn a_proxy_that_starts_listening_after_enrolment_is_found_and_many_connections_s
         let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         assert_eq!(out.trim(), format!("in {to}"));
     }
-    // Every steered connection's record is gone once it closed.
-    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(3));
-    while node.status()["tracked_connections"].as_u64().unwrap() != 0 {
-        assert!(std::time::Instant::now() < deadline, "records left: {:#}", node.status()["maps"]);
+    // Registered: the pod needs sockops no more (it runs on every TCP event
+    // of the pod), and the agent takes it off.
+    let sockops = || node.status()["pods"][0]["sockops"].as_bool().unwrap();
+    wait_for(|| !sockops(), "sockops detached once the listener registered");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"));
+    // The proxy restarts: its listener goes, sockops comes back, and the new
+    // listener is registered the moment it listens.
+    pod.stop_listeners();
+    wait_for(sockops, "sockops attached again once the listener closed");
+    pod.start_inbound_proxy(15003, PROXY_UID).unwrap();
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8081")), format!("in {ip}:8081"));
+}
+
+fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(5));
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context as _;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -71,4 +72,15 @@ pub fn pin(link: impl AsFd, path: &Path) -> anyhow::Result<()> {
     attr[1] = u64::from(link.as_fd().as_raw_fd() as u32);
     bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()))?;
     Ok(())
+}
+
+/// `BPF_OBJ_GET`: a descriptor of a pinned object (here: a program).
+pub fn get(path: &Path) -> anyhow::Result<OwnedFd> {
+    let name = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 8];
+    // { pathname: u64, bpf_fd: u32, file_flags: u32 }
+    attr[0] = name.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

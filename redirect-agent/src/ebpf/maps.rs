@@ -194,10 +194,7 @@ pub struct SharedMaps {
     iface_routes: LpmTrie<MapData, PolicyAddr, u8>,
     proxy_listeners: aya::maps::SockHash<MapData, PodId>,
     /// An LRU hash in the kernel; aya's `HashMap` reads both kinds.
-    orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
-    inbound_pending: HashMap<MapData, ConnKey, OrigDst>,
-    orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     fast_path_state: HashMap<MapData, ConnKey, u8>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's own active slot holds, so a change deletes exactly that.
@@ -229,10 +226,7 @@ impl SharedMaps {
             excluded_ifaces: take(ebpf, names::EXCLUDED_IFACES)?.try_into()?,
             iface_routes: take(ebpf, names::IFACE_ROUTES)?.try_into()?,
             proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
-            orig_dst: take(ebpf, names::ORIG_DST)?.try_into()?,
             inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
-            inbound_pending: take(ebpf, names::INBOUND_PENDING)?.try_into()?,
-            orig_by_cookie: take(ebpf, names::ORIG_BY_COOKIE)?.try_into()?,
             fast_path_state: take(ebpf, names::FAST_PATH_STATE)?.try_into()?,
                     counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
@@ -333,12 +327,6 @@ impl SharedMaps {
         self.written.get(&pod).map(|(_, e)| e)
     }
 
-    /// Number of redirected connections (outbound and inbound) the proxy
-    /// may still ask about.
-    pub fn tracked_connections(&self) -> usize {
-        self.orig_dst.keys().filter(Result::is_ok).count() + self.inbound_orig.keys().filter(Result::is_ok).count()
-    }
-
     /// Writes `entries` as the pod's own policy and points it at the
     /// MeshConfig's active slot (`begin_mesh` first), switching over in one
     /// update of its config.
@@ -433,10 +421,7 @@ impl SharedMaps {
             n(self.excluded_ports.keys().count(), names::EXCLUDED_PORTS, capacity::PORTS),
             n(self.excluded_ifaces.keys().count(), names::EXCLUDED_IFACES, capacity::IFACES),
             n(self.iface_routes.keys().count(), names::IFACE_ROUTES, capacity::ROUTES),
-            n(self.orig_by_cookie.keys().count(), names::ORIG_BY_COOKIE, capacity::PENDING_CONNECTS),
-            n(self.orig_dst.keys().count(), names::ORIG_DST, capacity::CONNECTIONS),
             n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
-            n(self.inbound_pending.keys().count(), names::INBOUND_PENDING, capacity::PENDING_CONNECTS),
             n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
         ]
     }
@@ -525,6 +510,12 @@ impl SharedMaps {
     pub fn has_listener(&self, pod: PodId) -> bool {
         // (A sockhash's values can't be read back from user space; its keys can.)
         self.proxy_listeners.keys().filter_map(Result::ok).any(|k| k == pod)
+    }
+
+    /// Pods whose proxy listener is known to the kernel (one pass over the
+    /// sockhash's keys).
+    pub fn listener_pods(&self) -> std::collections::HashSet<PodId> {
+        self.proxy_listeners.keys().filter_map(Result::ok).collect()
     }
 
     /// Registers the pod's proxy listening socket (for sockets that were

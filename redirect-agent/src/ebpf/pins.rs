@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! <root>/maps/<MAP_NAME>            every shared map
-//! <root>/pods/<pod id>/<program>    the pod's links (connect4, sockops, getsockopt,
-//!                                   sk_lookup) and its fast-path sockhash
+//! <root>/pods/<pod id>/<program>    the pod's links (connect4, getsockopt, sk_lookup;
+//!                                   sockops while needed), its sockops program
+//!                                   (sockops_program) and its fast-path sockhash
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -28,13 +28,35 @@ use super::{
     pins::Pins,
 };
 
-/// The programs of one pod, by the name of their link pin.
-pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
+/// The programs of one pod that are always attached, by the name of their
+/// link pin.
+pub const PROGRAMS: [(&str, &str, AttachType); 3] = [
     ("connect4", "redirect_connect4", AttachType::CgroupInet4Connect),
-    ("sockops", "redirect_sockops", AttachType::CgroupSockOps),
     ("getsockopt", "redirect_getsockopt", AttachType::CgroupGetsockopt),
     ("sk_lookup", "redirect_sk_lookup", AttachType::SkLookup),
 ];
+
+/// sockops is loaded with the others but attached only while the pod needs
+/// it ([`sockops_needed`]): the kernel runs it on every TCP event of every
+/// socket in the pod, about a dozen times per connection, which is most of
+/// what interception would otherwise cost a connection. Its program is
+/// pinned so that it can be attached again later without reloading.
+const SOCKOPS: (&str, &str) = ("sockops", "redirect_sockops");
+// (bpffs refuses names with a dot.)
+const SOCKOPS_PROGRAM_PIN: &str = "sockops_program";
+
+/// Every program of a pod (not the fast path's sk_msg), by function name.
+pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
+    PROGRAMS.iter().map(|(_, name, t)| (*name, *t)).chain([(SOCKOPS.1, AttachType::CgroupSockOps)])
+}
+
+/// Whether a pod needs sockops: to put local connections on the fast path,
+/// or to register its proxy's inbound listener the moment it calls
+/// `listen()` (once registered, the listener stays in `PROXY_LISTENERS`
+/// until it closes).
+pub fn sockops_needed(fast_path: bool, inbound: bool, listener_registered: bool) -> bool {
+    fast_path || (inbound && !listener_registered)
+}
 
 /// The sk_msg program of the fast path, and the pin of the pod's sockhash
 /// it is attached to.
@@ -101,6 +123,8 @@ fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::R
     attach_fast_path(&mut ebpf, pins, pod)?;
     let cg = crate::cgroup::open(cgroup)?;
     let ns = crate::netns::open(netns)?;
+    let sockops = load_program(&mut ebpf, SOCKOPS.1, AttachType::CgroupSockOps)?;
+    link::pin(&sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
     for (pin, name, attach_type) in PROGRAMS {
         let prog = load_program(&mut ebpf, name, attach_type)?;
         let (target, what) = match attach_type {
@@ -130,10 +154,37 @@ fn attach_fast_path(ebpf: &mut Ebpf, pins: &Pins, pod: PodId) -> anyhow::Result<
     link::pin(data.fd().as_fd(), &pins.link(pod, FAST_PATH_PIN))
 }
 
-/// Whether every link of the pod is pinned (and its fast-path sockhash).
+/// Attaches or detaches the pod's sockops program (see [`SOCKOPS`]).
+/// Returns whether anything changed.
+pub fn set_sockops(pins: &Pins, pod: PodId, cgroup: &Path, attached: bool) -> anyhow::Result<bool> {
+    let link_pin = pins.link(pod, SOCKOPS.0);
+    if attached == link_pin.exists() {
+        return Ok(false);
+    }
+    if attached {
+        let prog = link::get(&pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
+        let cg = crate::cgroup::open(cgroup)?;
+        let fd = link::create(prog.as_fd(), cg.as_fd(), AttachType::CgroupSockOps)
+            .with_context(|| format!("attaching {} to {}", SOCKOPS.1, cgroup.display()))?;
+        link::pin(&fd, &link_pin)?;
+    } else {
+        // The pin is the link's last reference: removing it detaches.
+        std::fs::remove_file(&link_pin).with_context(|| format!("unpinning {}", link_pin.display()))?;
+    }
+    Ok(true)
+}
+
+/// Whether the pod's sockops program is attached now.
+pub fn has_sockops(pins: &Pins, pod: PodId) -> bool {
+    pins.link(pod, SOCKOPS.0).exists()
+}
+
+/// Whether every link of the pod is pinned (and its fast-path sockhash and
+/// sockops program).
 pub fn is_attached(pins: &Pins, pod: PodId) -> bool {
     PROGRAMS.iter().all(|(pin, _, _)| PinnedLink::from_pin(pins.link(pod, pin)).is_ok())
         && pins.link(pod, FAST_PATH_PIN).exists()
+        && pins.link(pod, SOCKOPS_PROGRAM_PIN).exists()
 }
 
 /// Detaches the pod's programs: removing the last reference to a link (its

@@ -370,6 +370,15 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
         mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
     }
+    // The outbound hand-over: a fixed array, node-wide, however many pods
+    // and connections (redirect_common::handover).
+    {
+        let name = redirect_common::maps::names::HANDOVER;
+        let cap = redirect_common::maps::capacity::HANDOVER_SLOTS;
+        let bytes = memlock(&node.bpffs_dir.join("maps").join(name)).unwrap_or(0);
+        let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
+        mem.insert(name.into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+    }
     // Each pod's own fast-path sockhash (buckets preallocated, sockets
     // allocated as they join).
     let pod_dirs = std::fs::read_dir(node.bpffs_dir.join("pods"))?.filter_map(Result::ok);
