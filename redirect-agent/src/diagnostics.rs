@@ -334,11 +334,21 @@ impl Agent {
             }
             (_, None) => out.push(Check::fail(pod, "dataplane", "an eBPF pod, but eBPF is not available".into(), "restart the agent")),
         }
+        let ebpf_pod = spec.dataplane != Some(Dataplane::Iptables);
         for (port, what) in [(settings.outbound_port, "outbound"), (settings.inbound_port, "inbound")] {
-            let listening = netns::listening_inodes(&spec.netns, port).map(|v| !v.is_empty());
+            let listening = netns::listening(&spec.netns, port);
             out.push(match listening {
-                Ok(true) => Check::pass(pod, &format!("proxy listens on {port}"), format!("the {what} listener is up")),
-                Ok(false) => Check::fail(
+                // connect4 sends each redirected connection to an address of
+                // its own in 127.128.0.0/9 (redirect_common::handover): a
+                // listener bound to 127.0.0.1 alone never sees them.
+                Ok(l) if what == "outbound" && ebpf_pod && !l.is_empty() && !l.iter().any(|l| l.wildcard) => Check::fail(
+                    pod,
+                    &format!("proxy listens on {port}"),
+                    format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/9 and are refused"),
+                    "bind the proxy's outbound listener to 0.0.0.0",
+                ),
+                Ok(l) if !l.is_empty() => Check::pass(pod, &format!("proxy listens on {port}"), format!("the {what} listener is up")),
+                Ok(_) => Check::fail(
                     pod,
                     &format!("proxy listens on {port}"),
                     format!("nothing listens on {port} in the pod: {what} connections fail"),

@@ -402,7 +402,13 @@ impl Pod {
 
     /// Starts the proxy's inbound listener again (after `stop_listeners`).
     pub fn start_inbound_proxy(&mut self, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<()> {
-        self.spawn_listener(&["proxy", &inbound_port.to_string(), "in"], proxy_uid)
+        self.start_proxy(&inbound_port.to_string(), "in", proxy_uid)
+    }
+
+    /// Starts a proxy listener on `bind` (`PORT` on 0.0.0.0, or
+    /// `ADDR:PORT`) that answers `TAG <SO_ORIGINAL_DST>`.
+    pub fn start_proxy(&mut self, bind: &str, tag: &str, proxy_uid: u32) -> anyhow::Result<()> {
+        self.spawn_listener(&["proxy", bind, tag], proxy_uid)
     }
 
     /// Kills every listener of the pod (app, proxy).

@@ -1,6 +1,7 @@
 //! The test's stand-ins for a pod's processes:
 //!
-//! - `serve PORT TAG`: answers every connection with `TAG <local addr>`.
+//! - `serve PORT TAG`: answers every connection with `TAG <local addr>`
+//!   (PORT on 0.0.0.0, or ADDR:PORT).
 //! - `proxy PORT TAG`: an unmodified proxy: answers `TAG <SO_ORIGINAL_DST>`
 //!   (or `TAG none:<errno>`), then echoes lines until EOF.
 //! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS]`: connects,
@@ -190,8 +191,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match a.as_slice() {
-        ["serve", port, tag] => serve(port.parse().unwrap(), tag, false),
-        ["proxy", port, tag] => serve(port.parse().unwrap(), tag, true),
+        ["serve", port, tag] => serve(bind_addr(port), tag, false),
+        ["proxy", port, tag] => serve(bind_addr(port), tag, true),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
         ["sockopts"] => sockopts(),
         ["connrate", addr, millis] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), None),
@@ -210,8 +211,13 @@ fn main() {
     }
 }
 
-fn serve(port: u16, tag: &str, proxy: bool) -> Result<(), String> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind {port}: {e}"))?;
+/// `PORT` (on 0.0.0.0) or `ADDR:PORT`.
+fn bind_addr(arg: &str) -> SocketAddr {
+    arg.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], arg.parse::<u16>().unwrap())))
+}
+
+fn serve(addr: SocketAddr, tag: &str, proxy: bool) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     println!("listening");
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
