@@ -55,6 +55,8 @@ pub struct Agent {
     pub ebpf: Option<Ebpf>,
     /// The rules last applied to each iptables pod.
     pub(crate) iptables_applied: HashMap<PodId, String>,
+    /// Pods whose sockops could not be attached or detached (logged once).
+    sockops_failing: std::collections::HashSet<PodId>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -127,6 +129,7 @@ impl Agent {
             ebpf_unavailable,
             ebpf,
             iptables_applied: HashMap::new(),
+            sockops_failing: Default::default(),
         };
         agent.reconcile()?;
         Ok(agent)
@@ -134,6 +137,7 @@ impl Agent {
 
     fn open_ebpf(pins: Pins) -> anyhow::Result<Ebpf> {
         pins.prepare()?;
+        pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
         let mut object = programs::load(&pins, 0)?;
         let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
         let maps = SharedMaps::open(&mut object)?;
@@ -267,7 +271,6 @@ impl Agent {
                 let ebpf = self.ebpf_mut()?;
                 ebpf.maps.apply(id, own, &settings)?;
                 if !programs::is_attached(&ebpf.pins, id) {
-                    programs::detach(&ebpf.pins, id)?;
                     programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
                 }
                 // A proxy that was listening before it was enrolled.
@@ -413,39 +416,51 @@ impl Agent {
         self.set_mesh_config(mesh, path)
     }
 
-    /// Follows pod address changes (a pod IP added later, say).
     /// Keeps each eBPF pod's sockops program attached exactly while the pod
     /// needs it (`programs::sockops_needed`): detached once its proxy's
     /// inbound listener is registered, attached again when that listener
     /// closes (a restarting proxy), so that the next `listen()` registers
-    /// at once. Runs every tick; a proxy that listens before then is found
-    /// by the next refresh.
+    /// at once; a proxy that listened again before this tick is looked for
+    /// right after attaching. Runs every tick (1 s).
     pub fn watch_listeners(&mut self) {
-        let Some(ebpf) = &self.ebpf else { return };
+        let Some(ebpf) = self.ebpf.as_mut() else { return };
         let registered = ebpf.maps.listener_pods();
         for (id, spec) in &self.state.pods {
             if spec.dataplane == Some(Dataplane::Iptables) {
                 continue;
             }
             let fast_path = spec.fast_path.unwrap_or(self.state.settings.fast_path);
-            let needed = programs::sockops_needed(fast_path, self.state.settings.inbound, registered.contains(id));
+            let inbound = self.state.settings.inbound;
+            let needed = programs::sockops_needed(fast_path, inbound, registered.contains(id));
             if needed == programs::has_sockops(&ebpf.pins, *id) {
+                self.sockops_failing.remove(id);
                 continue;
             }
-            let result = spec
-                .cgroup
-                .as_deref()
-                .map(cgroup::resolve)
-                .transpose()
-                .and_then(|cg| cg.ok_or_else(|| anyhow!("no cgroup")))
-                .and_then(|cg| programs::set_sockops(&ebpf.pins, *id, &cg, needed));
+            let result = (|| {
+                let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?.ok_or_else(|| anyhow!("no cgroup"))?;
+                programs::set_sockops(&ebpf.pins, *id, &cg, needed)?;
+                if needed
+                    && inbound
+                    && !registered.contains(id)
+                    && let Some(socket) = crate::listener::find(&spec.netns, &cg, self.state.settings.inbound_port)?
+                {
+                    use std::os::fd::AsFd as _;
+                    ebpf.maps.set_listener(*id, socket.as_fd())?;
+                }
+                anyhow::Ok(())
+            })();
             match result {
-                Ok(_) => log::debug!("pod {}: sockops {}", spec.name, if needed { "attached" } else { "detached" }),
-                Err(e) => log::warn!("pod {}: {} sockops: {e:#}", spec.name, if needed { "attaching" } else { "detaching" }),
+                Ok(()) => log::debug!("pod {}: sockops {}", spec.name, if needed { "attached" } else { "detached" }),
+                // Once per pod until it works again, not every second.
+                Err(e) if self.sockops_failing.insert(*id) => {
+                    log::warn!("pod {}: {} sockops: {e:#}", spec.name, if needed { "attaching" } else { "detaching" })
+                }
+                Err(_) => {}
             }
         }
     }
 
+    /// Follows pod address changes (a pod IP added later, say).
     pub fn refresh(&mut self) {
         if let Err(e) = self.apply_all(true) {
             log::warn!("refreshing pod addresses: {e:#}");

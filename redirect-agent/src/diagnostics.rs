@@ -288,11 +288,7 @@ impl Agent {
         match (spec.dataplane, &self.ebpf) {
             (Some(Dataplane::Iptables), _) => out.push(check_iptables(pod, spec, &policy, &net, settings)),
             (_, Some(ebpf)) => {
-                let missing: Vec<&str> = crate::ebpf::programs::PROGRAMS
-                    .iter()
-                    .filter(|(pin, _, _)| aya::programs::links::PinnedLink::from_pin(ebpf.pins.link(id, pin)).is_err())
-                    .map(|(pin, _, _)| *pin)
-                    .collect();
+                let missing = crate::ebpf::programs::missing(&ebpf.pins, id);
                 out.push(if missing.is_empty() {
                     Check::pass(pod, "programs attached", "connect4, getsockopt on its cgroup; sk_lookup on its netns".into())
                 } else {
@@ -338,14 +334,15 @@ impl Agent {
         for (port, what) in [(settings.outbound_port, "outbound"), (settings.inbound_port, "inbound")] {
             let listening = netns::listening(&spec.netns, port);
             out.push(match listening {
-                // connect4 sends each redirected connection to an address of
-                // its own in 127.128.0.0/9 (redirect_common::handover): a
+                // connect4 sends each redirected connection (to the inbound
+                // port too: the proxy dialling its own pod IP) to an address
+                // of its own in 127.128.0.0/10 (redirect_common::handover): a
                 // listener bound to 127.0.0.1 alone never sees them.
-                Ok(l) if what == "outbound" && ebpf_pod && !l.is_empty() && !l.iter().any(|l| l.wildcard) => Check::fail(
+                Ok(l) if ebpf_pod && !l.is_empty() && !l.iter().any(|l| l.wildcard) => Check::fail(
                     pod,
                     &format!("proxy listens on {port}"),
-                    format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/9 and are refused"),
-                    "bind the proxy's outbound listener to 0.0.0.0",
+                    format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"),
+                    &format!("bind the proxy's {what} listener to 0.0.0.0"),
                 ),
                 Ok(l) if !l.is_empty() => Check::pass(pod, &format!("proxy listens on {port}"), format!("the {what} listener is up")),
                 Ok(_) => Check::fail(

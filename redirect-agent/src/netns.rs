@@ -154,10 +154,11 @@ fn parse_listening(text: &str, port: u16) -> Vec<Listening> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
         let Some((addr, lport)) = local.rsplit_once(':') else { continue };
-        if *state == "0A" && u16::from_str_radix(lport, 16).ok() == Some(port) {
-            if let Ok(inode) = inode.parse::<u64>() {
-                found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0') });
-            }
+        if *state == "0A"
+            && u16::from_str_radix(lport, 16).ok() == Some(port)
+            && let Ok(inode) = inode.parse::<u64>()
+        {
+            found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0') });
         }
     }
     found

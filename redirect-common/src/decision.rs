@@ -14,9 +14,11 @@
 pub enum Verdict {
     /// The connection goes where the application asked.
     Direct = 0,
-    /// Rewritten to 127.0.0.1:<outbound port> (the proxy's outbound listener).
+    /// Rewritten to a loopback address:<outbound port> (the proxy's
+    /// outbound listener; the address: see `crate::handover`).
     RedirectOutbound = 1,
-    /// Rewritten to 127.0.0.1:<inbound port> (the proxy's inbound listener).
+    /// Rewritten to a loopback address:<inbound port> (the proxy's inbound
+    /// listener).
     RedirectInbound = 2,
 }
 

@@ -5,19 +5,20 @@
 //! connect4 knows the destination but not the source port (the kernel picks
 //! it later); the proxy's accepted socket knows its 4-tuple but nothing of
 //! the application's socket. What both ends see is the address the
-//! connection was sent to, and connect4 chooses it: 127.128.0.0/9 plus the
-//! low 23 bits of the application socket's cookie (unique per socket while
+//! connection was sent to, and connect4 chooses it: 127.128.0.0/10 plus the
+//! low 22 bits of the application socket's cookie (unique per socket while
 //! the machine runs). connect4 writes the destination into the slot of
-//! `HANDOVER` named by the cookie's low bits; getsockopt reads the slot
+//! `HANDOVER` named by the cookie's low 18 bits; getsockopt reads the slot
 //! named by its socket's local address.
 //!
-//! A slot holds the whole cookie. A later connection whose cookie shares
-//! the slot but not the address (another tag in the upper bits) overwrites
-//! it; if that happens before the proxy asked, the proxy gets the kernel's
-//! own answer (ENOENT), never that other connection's destination. A wrong
-//! answer needs two cookies equal in all 23 bits, i.e. 8M redirected
-//! connects on the node between one connection's `connect()` and its
-//! proxy's `accept()`.
+//! A slot is one `u64`, written and read in one access, so a reader never
+//! sees half of one connection and half of another. Besides the
+//! destination it holds the address bits above the slot (the tag) and the
+//! pod. A connection whose cookie shares the slot but not the tag, or a
+//! connection of another pod, gives the proxy the kernel's own answer
+//! (ENOENT), never its destination. A wrong answer needs two cookies of one
+//! pod equal in all 22 bits, i.e. about 4M socket cookies handed out on the
+//! node between one connection's `connect()` and its proxy's `accept()`.
 //!
 //! Also: every redirected connection has a destination address of its own,
 //! so a pod's concurrent redirected connections are not limited to one
@@ -25,21 +26,25 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::maps::{Ipv4Be, capacity};
+use crate::maps::{Ipv4Be, PodId, capacity};
 
-/// 127.128.0.0/9 (host byte order): within loopback's 127.0.0.0/8, and
-/// clear of the addresses in common use (127.0.0.1, 127.0.0.53, 127.0.1.1).
+/// 127.128.0.0/10 (host byte order): within loopback's 127.0.0.0/8, clear
+/// of the addresses in common use (127.0.0.1, 127.0.0.53, 127.0.1.1) and of
+/// its broadcast address 127.255.255.255, which TCP can't connect to.
 pub const NET: u32 = 0x7F80_0000;
 /// The cookie bits an address carries.
-const TAG_MASK: u32 = 0x007F_FFFF;
+const ADDR_MASK: u32 = 0x003F_FFFF;
+const SLOT_BITS: u32 = capacity::HANDOVER_SLOTS.trailing_zeros();
 const SLOT_MASK: u32 = capacity::HANDOVER_SLOTS - 1;
-const _: () = assert!(capacity::HANDOVER_SLOTS.is_power_of_two() && SLOT_MASK <= TAG_MASK);
+/// The address bits above the slot's.
+const TAG_MASK: u32 = ADDR_MASK >> SLOT_BITS;
+const _: () = assert!(capacity::HANDOVER_SLOTS.is_power_of_two() && SLOT_BITS <= 22 && TAG_MASK <= 0xF);
 
 /// Where connect4 sends the connection of the socket with `cookie` (host
 /// byte order).
 #[inline(always)]
 pub const fn address(cookie: u64) -> u32 {
-    NET | (cookie as u32 & TAG_MASK)
+    NET | (cookie as u32 & ADDR_MASK)
 }
 
 /// The `HANDOVER` slot of the socket with `cookie`.
@@ -52,33 +57,54 @@ pub const fn slot(cookie: u64) -> u32 {
 /// if connect4 chose that address.
 #[inline(always)]
 pub const fn slot_of(local_addr: u32) -> Option<u32> {
-    if local_addr & !TAG_MASK == NET { Some(local_addr & SLOT_MASK) } else { None }
+    if local_addr & !ADDR_MASK == NET { Some(local_addr & SLOT_MASK) } else { None }
 }
 
-/// A slot of `HANDOVER`: the last redirected connection whose cookie named it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Handover {
-    /// 0 in a slot never written (the kernel's cookies start at 1).
-    pub cookie: u64,
-    pub orig_addr: Ipv4Be,
-    /// Host byte order.
-    pub orig_port: u16,
-    /// The proxy port connect4 sent the connection to (host byte order).
-    pub proxy_port: u16,
+#[inline(always)]
+const fn tag(addr: u32) -> u64 {
+    ((addr & ADDR_MASK) >> SLOT_BITS) as u64
 }
+
+/// 12 bits of the pod id, never 0 (so that an empty slot matches no pod).
+/// Two pods share it only if their ids differ by a multiple of 4095.
+#[inline(always)]
+const fn pod_tag(pod: PodId) -> u64 {
+    (pod % 0xFFF + 1) as u64
+}
+
+/// A slot of `HANDOVER`: the last redirected connection whose cookie named
+/// it. Bits 0–31: the original address (as it sits in a packet), 32–47:
+/// the original port (host order), 48–51: the tag, 52–63: the pod. All
+/// zero: never written.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Handover(pub u64);
 
 impl Handover {
-    /// Whether this slot still holds the connection that arrived at
-    /// `local_addr`:`local_port` (host byte order).
     #[inline(always)]
-    pub const fn is_for(&self, local_addr: u32, local_port: u16) -> bool {
-        self.cookie != 0 && address(self.cookie) == local_addr && self.proxy_port == local_port
+    pub const fn new(pod: PodId, cookie: u64, orig_addr: Ipv4Be, orig_port: u16) -> Self {
+        Handover(
+            u32::from_ne_bytes(orig_addr) as u64
+                | (orig_port as u64) << 32
+                | tag(address(cookie)) << 48
+                | pod_tag(pod) << 52,
+        )
+    }
+
+    /// The original destination, if this slot holds `pod`'s connection that
+    /// arrived at `local_addr` (host byte order).
+    #[inline(always)]
+    pub const fn orig_for(self, pod: PodId, local_addr: u32) -> Option<(Ipv4Be, u16)> {
+        let v = self.0;
+        if v >> 52 != pod_tag(pod) || (v >> 48) & 0xF != tag(local_addr) {
+            return None;
+        }
+        Some(((v as u32).to_ne_bytes(), (v >> 32) as u16))
     }
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `#[repr(C)]` plain data without padding holes (bytemuck checks).
+// SAFETY: `#[repr(transparent)]` over a u64.
 unsafe impl aya::Pod for Handover {}
 
 #[cfg(test)]
@@ -86,17 +112,15 @@ mod tests {
     use super::*;
 
     const LOOPBACK: u32 = 0x7F00_0001;
-
-    fn entry(cookie: u64) -> Handover {
-        Handover { cookie, orig_addr: [10, 96, 0, 10], orig_port: 80, proxy_port: 15001 }
-    }
+    const SVC: Ipv4Be = [10, 96, 0, 10];
 
     #[test]
-    fn every_address_is_loopback_outside_127_0_and_names_the_cookies_slot() {
-        for cookie in [1, 2, 0x3_ffff, 0x4_0000, 0x7f_ffff, 0x80_0000, 0xdead_beef_1234, u64::MAX] {
+    fn every_address_is_a_connectable_loopback_address_that_names_the_cookies_slot() {
+        for cookie in [1, 2, 0x3_ffff, 0x4_0000, 0x3f_ffff, 0x40_0000, 0x7f_ffff, 0xdead_beef_1234, u64::MAX] {
             let a = address(cookie);
             assert_eq!(a >> 24, 127, "{cookie:#x} -> {a:#x}");
-            assert!(a >= 0x7F80_0000, "{cookie:#x} -> {a:#x}");
+            assert!((0x7F80_0000..=0x7FBF_FFFF).contains(&a), "{cookie:#x} -> {a:#x}");
+            assert_ne!(a, 0x7FFF_FFFF, "the broadcast address");
             assert_eq!(slot_of(a), Some(slot(cookie)));
             assert!(slot(cookie) < capacity::HANDOVER_SLOTS);
         }
@@ -104,26 +128,31 @@ mod tests {
 
     #[test]
     fn addresses_connect4_never_chooses_name_no_slot() {
-        for a in [LOOPBACK, 0x7F00_0035, 0x7F7F_FFFF, 0x0A60_000A, 0x8000_0000, 0xFF80_0000] {
+        for a in [LOOPBACK, 0x7F00_0035, 0x7F7F_FFFF, 0x7FC0_0000, 0x7FFF_FFFF, 0x0A60_000A, 0x8000_0000, 0xFF80_0000] {
             assert_eq!(slot_of(a), None, "{a:#x}");
         }
     }
 
     #[test]
-    fn a_slot_answers_only_for_its_own_connection() {
-        let c = 0x1234_5678;
-        assert!(entry(c).is_for(address(c), 15001));
-        // Another proxy port at the same address: not what connect4 did.
-        assert!(!entry(c).is_for(address(c), 15003));
-        // Never written.
-        assert!(!Handover::default().is_for(address(0), 0));
+    fn a_slot_answers_only_for_its_own_pod_and_connection() {
+        let (pod, c) = (7, 0x1234_5678);
+        let h = Handover::new(pod, c, SVC, 80);
+        assert_eq!(h.orig_for(pod, address(c)), Some((SVC, 80)));
+        assert_eq!(Handover::new(pod, c, [255; 4], 65535).orig_for(pod, address(c)), Some(([255; 4], 65535)));
+        // Another pod dialling the same address gets nothing.
+        assert_eq!(h.orig_for(8, address(c)), None);
+        // Never written: no pod's.
+        for p in [0, 1, 4095, 4096, u32::MAX] {
+            assert_eq!(Handover::default().orig_for(p, address(0)), None, "pod {p}");
+        }
         // A later cookie took the slot: the earlier connection's address no
         // longer matches it (ENOENT, not the later one's destination).
         let later = c + u64::from(capacity::HANDOVER_SLOTS);
         assert_eq!(slot(later), slot(c));
-        assert!(!entry(later).is_for(address(c), 15001));
-        assert!(entry(later).is_for(address(later), 15001));
-        // The documented limit: 2^23 cookies later, the address repeats.
-        assert!(entry(c + (1 << 23)).is_for(address(c), 15001));
+        let h2 = Handover::new(pod, later, [10, 1, 1, 1], 443);
+        assert_eq!(h2.orig_for(pod, address(c)), None);
+        assert_eq!(h2.orig_for(pod, address(later)), Some(([10, 1, 1, 1], 443)));
+        // The documented limit: 2^22 cookies later, the address repeats.
+        assert_eq!(Handover::new(pod, c + (1 << 22), SVC, 81).orig_for(pod, address(c)), Some((SVC, 81)));
     }
 }

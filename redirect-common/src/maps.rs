@@ -78,8 +78,9 @@ pub mod capacity {
     pub const CIDRS: u32 = 64 * 1024;
     pub const PORTS: u32 = 64 * 1024;
     /// Slots of the outbound hand-over, node-wide (a power of two; see
-    /// [`crate::handover`]). A slot is reused by the connection whose
-    /// cookie names it next, about every 256Ki redirected connects.
+    /// [`crate::handover`]). A slot is reused by the next redirected
+    /// connection whose socket cookie names it, about every 256Ki cookies
+    /// handed out on the node.
     pub const HANDOVER_SLOTS: u32 = 256 * 1024;
     /// Inbound connections steered to the proxy, from the SYN until the
     /// least recently used one is evicted. Apart from the outbound

@@ -72,10 +72,10 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
     let Some(slot) = HANDOVER.get_ptr_mut(handover::slot(cookie)) else {
         return;
     };
-    // SAFETY: a valid array slot; a plain store (see handover.rs for why a
-    // concurrent writer of the same slot can't mislead the proxy).
+    // SAFETY: a valid array slot. One 8-byte store: getsockopt, or another
+    // connect4 writing the same slot, never sees half of it.
     unsafe {
-        *slot = Handover { cookie, orig_addr: conn.dst.to_be_bytes(), orig_port: conn.dst_port, proxy_port: port };
+        core::ptr::write_volatile(slot, Handover::new(crate::pod_id(), cookie, conn.dst.to_be_bytes(), conn.dst_port));
     }
     let to = handover::address(cookie);
     // SAFETY: user_ip4/user_port are writable in connect4.

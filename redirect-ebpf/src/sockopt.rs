@@ -52,12 +52,11 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool 
             return false;
         }
         let local_addr = u32::from_be((*sk).src_ip4);
-        let local_port = (*sk).src_port as u16;
         let orig = match handover::slot_of(local_addr) {
             // Sent here by connect4: the slot its address names, if it still
-            // holds this connection.
-            Some(slot) => match HANDOVER.get(slot) {
-                Some(h) if h.is_for(local_addr, local_port) => OrigDst { addr: h.orig_addr, port: h.orig_port, _pad: 0 },
+            // holds this pod's connection. One 8-byte load (see handover.rs).
+            Some(slot) => match HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), local_addr)) {
+                Some(Some((addr, port))) => OrigDst { addr, port, _pad: 0 },
                 _ => return false,
             },
             // Steered here by sk_lookup, if at all.
@@ -71,7 +70,7 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool 
                     src_addr: (*sk).dst_ip4.to_ne_bytes(),
                     dst_addr: (*sk).src_ip4.to_ne_bytes(),
                     src_port: u16::from_be(*dst_port_field as u16),
-                    dst_port: local_port,
+                    dst_port: (*sk).src_port as u16,
                 };
                 match INBOUND_ORIG.get(&key) {
                     Some(orig) => *orig,

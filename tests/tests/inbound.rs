@@ -116,6 +116,14 @@ fn a_proxy_that_starts_listening_after_enrolment_is_found_at_once_and_again_afte
     wait_for(sockops, "sockops attached again once the listener closed");
     pod.start_inbound_proxy(15003, PROXY_UID).unwrap();
     assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8081")), format!("in {ip}:8081"));
+    // A restart quicker than the agent's tick: the new proxy listens while
+    // sockops is still detached; the agent finds it when it attaches
+    // sockops again.
+    wait_for(|| !sockops(), "sockops detached again");
+    pod.stop_listeners();
+    pod.start_inbound_proxy(15003, PROXY_UID).unwrap();
+    let to = format!("{ip}:8082");
+    wait_for(|| Pod::dial_from(&node.ns, &to) == format!("in {to}"), "the quickly restarted proxy registered");
 }
 
 fn wait_for(mut done: impl FnMut() -> bool, what: &str) {

@@ -124,6 +124,24 @@ fn getsockopt_answers_are_unchanged_inside_an_enrolled_pod() {
 }
 
 #[test]
+fn a_starting_agent_replaces_an_older_agents_pins() {
+    let (mut node, pod) = both(NO_LISTS);
+    node.enroll(&pod, &[]).unwrap();
+    let id = node.status()["pods"][0]["id"].as_u64().unwrap();
+    node.kill_agent();
+    // What an agent before the outbound hand-over left: no pinned sockops
+    // program, and maps that this one doesn't use (ORIG_DST).
+    let pod_dir = node.bpffs_dir.join("pods").join(id.to_string());
+    let stale = node.bpffs_dir.join("maps").join("ORIG_DST");
+    std::fs::rename(pod_dir.join("sockops_program"), &stale).unwrap();
+    node.start_agent().unwrap();
+    assert!(!stale.exists(), "a map pin no program of this agent uses stays");
+    assert!(pod_dir.join("sockops_program").exists());
+    assert_eq!(node.status()["pods"][0]["attached"], true);
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+}
+
+#[test]
 fn interception_survives_the_agent_being_killed_and_restarted() {
     let (mut node, pod) = both(NO_LISTS);
     node.enroll(&pod, &[]).unwrap();

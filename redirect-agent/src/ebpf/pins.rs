@@ -70,6 +70,22 @@ impl Pins {
         Ok(())
     }
 
+    /// Unpins maps that no program of this agent uses (an older agent's,
+    /// say `ORIG_DST` before the outbound hand-over moved into the redirect
+    /// address): their memory goes once the last program still holding them
+    /// is detached.
+    pub fn remove_unknown_maps(&self, known: &[&str]) -> anyhow::Result<()> {
+        let dir = self.root.join("maps");
+        for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+            let path = entry?.path();
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| known.contains(&n)) {
+                log::info!("unpinning {}, which this agent does not use", path.display());
+                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Pod ids that have a directory of links.
     pub fn pinned_pods(&self) -> anyhow::Result<Vec<PodId>> {
         let dir = self.root.join("pods");

@@ -11,7 +11,7 @@
 //! enrolment.
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
 };
 
@@ -53,7 +53,9 @@ pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
 /// Whether a pod needs sockops: to put local connections on the fast path,
 /// or to register its proxy's inbound listener the moment it calls
 /// `listen()` (once registered, the listener stays in `PROXY_LISTENERS`
-/// until it closes).
+/// until it closes). When the fast path is switched off, sockops goes with
+/// it: the fast-path decisions of sockets still open then are not removed at
+/// their close but age out of `FAST_PATH_STATE` (an LRU).
 pub fn sockops_needed(fast_path: bool, inbound: bool, listener_registered: bool) -> bool {
     fast_path || (inbound && !listener_registered)
 }
@@ -81,11 +83,17 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
 }
 
 /// Attaches the pod's programs to its cgroup (and sk_lookup to its network
-/// namespace) and pins the links. On failure nothing stays attached.
+/// namespace) and pins the links, in place of whatever the pod had attached
+/// (an older agent's programs). Everything is loaded and verified first, so
+/// the pod's connects go unexamined only for the few syscalls of the
+/// switch, not for the verifier's tens of milliseconds. If loading fails,
+/// what the pod had stays; if attaching fails, nothing stays attached.
 pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
+    let loaded = Loaded::prepare(pins, pod)?;
     let dir = pins.pod_dir(pod);
+    super::pins::remove_dir(&dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = attach_all(pins, pod, cgroup, netns);
+    let result = loaded.attach(pins, pod, cgroup, netns);
     if result.is_err() {
         let _ = super::pins::remove_dir(&dir);
     }
@@ -116,42 +124,58 @@ where
     load(program.try_into()?)
 }
 
-fn attach_all(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
-    let mut ebpf = load(pins, pod)?;
-    // Before sockops: a socket takes the sockhash's sk_msg program when it
-    // joins, not later.
-    attach_fast_path(&mut ebpf, pins, pod)?;
-    let cg = crate::cgroup::open(cgroup)?;
-    let ns = crate::netns::open(netns)?;
-    let sockops = load_program(&mut ebpf, SOCKOPS.1, AttachType::CgroupSockOps)?;
-    link::pin(&sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
-    for (pin, name, attach_type) in PROGRAMS {
-        let prog = load_program(&mut ebpf, name, attach_type)?;
-        let (target, what) = match attach_type {
-            AttachType::SkLookup => (ns.as_fd(), netns),
-            _ => (cg.as_fd(), cgroup),
-        };
-        let fd = link::create(prog.as_fd(), target, attach_type)
-            .with_context(|| format!("attaching {name} to {}", what.display()))?;
-        link::pin(&fd, &pins.link(pod, pin))?;
-    }
-    Ok(())
+/// One pod's instance, loaded and verified, not yet attached.
+struct Loaded {
+    /// Holds the instance's maps (the fast path's sockhash) until pinned.
+    ebpf: Ebpf,
+    sockops: OwnedFd,
+    programs: Vec<(&'static str, OwnedFd, AttachType)>,
 }
 
-/// The pod's fast-path sockhash, with the instance's sk_msg program
-/// attached to it, pinned in the pod's directory. The pin is what keeps the
-/// program attached: the kernel detaches a sockhash's programs when the
-/// last file descriptor or pin of the map goes, even while sockops still
-/// uses the map.
-fn attach_fast_path(ebpf: &mut Ebpf, pins: &Pins, pod: PodId) -> anyhow::Result<()> {
-    let prog = load_program(ebpf, FAST_PATH_PROGRAM, AttachType::SkMsgVerdict)?;
-    let map = ebpf.map(names::FAST_PATH).ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::FAST_PATH))?;
-    let aya::maps::Map::SockHash(data) = map else {
-        return Err(anyhow!("map {} is not a sockhash", names::FAST_PATH));
-    };
-    link::prog_attach(prog.as_fd(), data.fd().as_fd(), AttachType::SkMsgVerdict)
-        .context("attaching the fast path's sk_msg program to its sockhash")?;
-    link::pin(data.fd().as_fd(), &pins.link(pod, FAST_PATH_PIN))
+impl Loaded {
+    fn prepare(pins: &Pins, pod: PodId) -> anyhow::Result<Self> {
+        let mut ebpf = load(pins, pod)?;
+        // Before sockops can run: a socket takes the sockhash's sk_msg
+        // program when it joins, not later.
+        let sk_msg = load_program(&mut ebpf, FAST_PATH_PROGRAM, AttachType::SkMsgVerdict)?;
+        link::prog_attach(sk_msg.as_fd(), fast_path_map(&ebpf)?, AttachType::SkMsgVerdict)
+            .context("attaching the fast path's sk_msg program to its sockhash")?;
+        let sockops = load_program(&mut ebpf, SOCKOPS.1, AttachType::CgroupSockOps)?;
+        let mut programs = Vec::new();
+        for (pin, name, attach_type) in PROGRAMS {
+            programs.push((pin, load_program(&mut ebpf, name, attach_type)?, attach_type));
+        }
+        Ok(Loaded { ebpf, sockops, programs })
+    }
+
+    fn attach(self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
+        // The pin is what keeps the sk_msg program attached: the kernel
+        // detaches a sockhash's programs when the last file descriptor or pin
+        // of the map goes, even while sockops still uses the map.
+        link::pin(fast_path_map(&self.ebpf)?, &pins.link(pod, FAST_PATH_PIN))?;
+        link::pin(&self.sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
+        let cg = crate::cgroup::open(cgroup)?;
+        let ns = crate::netns::open(netns)?;
+        for (pin, prog, attach_type) in &self.programs {
+            let (target, what) = match attach_type {
+                AttachType::SkLookup => (ns.as_fd(), netns),
+                _ => (cg.as_fd(), cgroup),
+            };
+            let fd = link::create(prog.as_fd(), target, *attach_type)
+                .with_context(|| format!("attaching {pin} to {}", what.display()))?;
+            link::pin(&fd, &pins.link(pod, pin))?;
+        }
+        Ok(())
+    }
+}
+
+/// The instance's own fast-path sockhash.
+fn fast_path_map(ebpf: &Ebpf) -> anyhow::Result<BorrowedFd<'_>> {
+    match ebpf.map(names::FAST_PATH) {
+        Some(aya::maps::Map::SockHash(data)) => Ok(data.fd().as_fd()),
+        Some(_) => Err(anyhow!("map {} is not a sockhash", names::FAST_PATH)),
+        None => Err(anyhow!("map {} missing from the eBPF object", names::FAST_PATH)),
+    }
 }
 
 /// Attaches or detaches the pod's sockops program (see [`SOCKOPS`]).
@@ -179,12 +203,17 @@ pub fn has_sockops(pins: &Pins, pod: PodId) -> bool {
     pins.link(pod, SOCKOPS.0).exists()
 }
 
-/// Whether every link of the pod is pinned (and its fast-path sockhash and
-/// sockops program).
+/// The pins of the pod's attachment that are missing: links, its fast-path
+/// sockhash, its sockops program. Empty: fully attached.
+pub fn missing(pins: &Pins, pod: PodId) -> Vec<&'static str> {
+    let mut missing: Vec<&str> =
+        PROGRAMS.iter().filter(|(pin, _, _)| PinnedLink::from_pin(pins.link(pod, pin)).is_err()).map(|(pin, _, _)| *pin).collect();
+    missing.extend([FAST_PATH_PIN, SOCKOPS_PROGRAM_PIN].into_iter().filter(|pin| !pins.link(pod, pin).exists()));
+    missing
+}
+
 pub fn is_attached(pins: &Pins, pod: PodId) -> bool {
-    PROGRAMS.iter().all(|(pin, _, _)| PinnedLink::from_pin(pins.link(pod, pin)).is_ok())
-        && pins.link(pod, FAST_PATH_PIN).exists()
-        && pins.link(pod, SOCKOPS_PROGRAM_PIN).exists()
+    missing(pins, pod).is_empty()
 }
 
 /// Detaches the pod's programs: removing the last reference to a link (its
