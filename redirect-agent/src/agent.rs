@@ -89,6 +89,20 @@ pub struct Status {
     pub maps: Vec<crate::ebpf::maps::MapFill>,
 }
 
+/// The node's proxy settings with the pod's own fast-path switch.
+pub(crate) fn pod_settings(node: &ProxySettings, spec: &PodSpec) -> ProxySettings {
+    ProxySettings { fast_path: spec.fast_path.unwrap_or(node.fast_path), ..*node }
+}
+
+/// Registers the pod's proxy if it already listens on the inbound port
+/// (found by the agent, not by sockops). Returns whether it did.
+fn register_running_listener(ebpf: &mut Ebpf, id: PodId, netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<bool> {
+    let Some(socket) = crate::listener::find(netns, cgroup, port)? else { return Ok(false) };
+    use std::os::fd::AsFd as _;
+    ebpf.maps.set_listener(id, socket.as_fd())?;
+    Ok(true)
+}
+
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -261,7 +275,7 @@ impl Agent {
                 }
             }
             _ => {
-                let settings = ProxySettings { fast_path: spec.fast_path.unwrap_or(self.state.settings.fast_path), ..self.state.settings };
+                let settings = pod_settings(&self.state.settings, spec);
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                 if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
@@ -273,14 +287,12 @@ impl Agent {
                 if !programs::is_attached(&ebpf.pins, id) {
                     programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
                 }
+                let mut registered = ebpf.maps.has_listener(id);
                 // A proxy that was listening before it was enrolled.
-                if find_listener && settings.inbound && !ebpf.maps.has_listener(id) {
-                    if let Some(socket) = crate::listener::find(&spec.netns, &cg, settings.inbound_port)? {
-                        use std::os::fd::AsFd as _;
-                        ebpf.maps.set_listener(id, socket.as_fd())?;
-                    }
+                if find_listener && settings.inbound && !registered {
+                    registered = register_running_listener(ebpf, id, &spec.netns, &cg, settings.inbound_port)?;
                 }
-                let needed = programs::sockops_needed(settings.fast_path, settings.inbound, ebpf.maps.has_listener(id));
+                let needed = programs::sockops_needed(settings.fast_path, settings.inbound, registered);
                 programs::set_sockops(&ebpf.pins, id, &cg, needed)?;
             }
         }
@@ -429,9 +441,8 @@ impl Agent {
             if spec.dataplane == Some(Dataplane::Iptables) {
                 continue;
             }
-            let fast_path = spec.fast_path.unwrap_or(self.state.settings.fast_path);
-            let inbound = self.state.settings.inbound;
-            let needed = programs::sockops_needed(fast_path, inbound, registered.contains(id));
+            let settings = pod_settings(&self.state.settings, spec);
+            let needed = programs::sockops_needed(settings.fast_path, settings.inbound, registered.contains(id));
             if needed == programs::has_sockops(&ebpf.pins, *id) {
                 self.sockops_failing.remove(id);
                 continue;
@@ -439,13 +450,8 @@ impl Agent {
             let result = (|| {
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?.ok_or_else(|| anyhow!("no cgroup"))?;
                 programs::set_sockops(&ebpf.pins, *id, &cg, needed)?;
-                if needed
-                    && inbound
-                    && !registered.contains(id)
-                    && let Some(socket) = crate::listener::find(&spec.netns, &cg, self.state.settings.inbound_port)?
-                {
-                    use std::os::fd::AsFd as _;
-                    ebpf.maps.set_listener(*id, socket.as_fd())?;
+                if needed && settings.inbound && !registered.contains(id) {
+                    register_running_listener(ebpf, *id, &spec.netns, &cg, settings.inbound_port)?;
                 }
                 anyhow::Ok(())
             })();

@@ -301,7 +301,7 @@ impl Agent {
                 });
                 let annotations = spec.validate().unwrap_or_default();
                 out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, settings));
-                let fast_path = spec.fast_path.unwrap_or(settings.fast_path);
+                let fast_path = crate::agent::pod_settings(settings, spec).fast_path;
                 let needed = crate::ebpf::programs::sockops_needed(fast_path, settings.inbound, ebpf.maps.has_listener(id));
                 let attached = crate::ebpf::programs::has_sockops(&ebpf.pins, id);
                 let why = match (fast_path, needed) {

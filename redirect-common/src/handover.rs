@@ -96,7 +96,7 @@ impl Handover {
     #[inline(always)]
     pub const fn orig_for(self, pod: PodId, local_addr: u32) -> Option<(Ipv4Be, u16)> {
         let v = self.0;
-        if v >> 52 != pod_tag(pod) || (v >> 48) & 0xF != tag(local_addr) {
+        if v >> 52 != pod_tag(pod) || (v >> 48) & TAG_MASK as u64 != tag(local_addr) {
             return None;
         }
         Some(((v as u32).to_ne_bytes(), (v >> 32) as u16))

@@ -161,12 +161,18 @@ impl Loaded {
                 AttachType::SkLookup => (ns.as_fd(), netns),
                 _ => (cg.as_fd(), cgroup),
             };
-            let fd = link::create(prog.as_fd(), target, *attach_type)
-                .with_context(|| format!("attaching {pin} to {}", what.display()))?;
-            link::pin(&fd, &pins.link(pod, pin))?;
+            link_and_pin(prog.as_fd(), target, *attach_type, what, &pins.link(pod, pin))?;
         }
         Ok(())
     }
+}
+
+/// Attaches `prog` to `target` (`what`, for the error) and pins the link
+/// at `pin`: the pin keeps it attached.
+fn link_and_pin(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: AttachType, what: &Path, pin: &Path) -> anyhow::Result<()> {
+    let fd = link::create(prog, target, attach_type)
+        .with_context(|| format!("attaching {} to {}", pin.file_name().unwrap_or_default().display(), what.display()))?;
+    link::pin(&fd, pin)
 }
 
 /// The instance's own fast-path sockhash.
@@ -178,24 +184,21 @@ fn fast_path_map(ebpf: &Ebpf) -> anyhow::Result<BorrowedFd<'_>> {
     }
 }
 
-/// Attaches or detaches the pod's sockops program (see [`SOCKOPS`]).
-/// Returns whether anything changed.
-pub fn set_sockops(pins: &Pins, pod: PodId, cgroup: &Path, attached: bool) -> anyhow::Result<bool> {
+/// Attaches or detaches the pod's sockops program (see [`SOCKOPS`]), if
+/// it isn't so already.
+pub fn set_sockops(pins: &Pins, pod: PodId, cgroup: &Path, attached: bool) -> anyhow::Result<()> {
     let link_pin = pins.link(pod, SOCKOPS.0);
     if attached == link_pin.exists() {
-        return Ok(false);
+        return Ok(());
     }
     if attached {
         let prog = link::get(&pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
         let cg = crate::cgroup::open(cgroup)?;
-        let fd = link::create(prog.as_fd(), cg.as_fd(), AttachType::CgroupSockOps)
-            .with_context(|| format!("attaching {} to {}", SOCKOPS.1, cgroup.display()))?;
-        link::pin(&fd, &link_pin)?;
+        link_and_pin(prog.as_fd(), cg.as_fd(), AttachType::CgroupSockOps, cgroup, &link_pin)
     } else {
         // The pin is the link's last reference: removing it detaches.
-        std::fs::remove_file(&link_pin).with_context(|| format!("unpinning {}", link_pin.display()))?;
+        std::fs::remove_file(&link_pin).with_context(|| format!("unpinning {}", link_pin.display()))
     }
-    Ok(true)
 }
 
 /// Whether the pod's sockops program is attached now.
