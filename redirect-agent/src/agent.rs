@@ -4,19 +4,18 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use redirect_common::maps::PodId;
+use redirect_common::{addr::Family as _, maps::PodId};
 
 use crate::{
     cgroup,
     config::{MeshConfig, PodPolicy},
     dataplane::{self, Choice, Dataplane},
     ebpf::{
-        maps::{PodEntries, ProxySettings, SharedMaps, SlotEntries},
+        maps::{Listeners, PodEntries, ProxySettings, SharedMaps, SlotEntries},
         pins::Pins,
         programs,
     },
@@ -41,6 +40,9 @@ pub struct Ebpf {
     pub(crate) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
     pub logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    /// Shared maps were replaced at start (their layout changed): every
+    /// pod's programs still use the old ones until attached again.
+    reattach_all: bool,
 }
 
 pub struct Agent {
@@ -53,8 +55,9 @@ pub struct Agent {
     /// Why eBPF can't serve pods here, if it can't.
     pub(crate) ebpf_unavailable: Option<String>,
     pub ebpf: Option<Ebpf>,
-    /// The rules last applied to each iptables pod.
-    pub(crate) iptables_applied: HashMap<PodId, String>,
+    /// The rules last applied to each iptables pod: iptables', and
+    /// ip6tables' where its IPv6 is intercepted.
+    pub(crate) iptables_applied: HashMap<PodId, (String, Option<String>)>,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: std::collections::HashSet<PodId>,
 }
@@ -70,6 +73,9 @@ pub struct PodStatus {
     /// Whether the pod's sockops program is attached right now (only while
     /// it needs it: see `programs::sockops_needed`).
     pub sockops: bool,
+    /// Whether the pod's IPv6 is intercepted (its `--ipv6`, resolved).
+    #[serde(default)]
+    pub ipv6: bool,
     pub local_addrs: Vec<String>,
     pub excluded_cidrs: usize,
     pub included_cidrs: usize,
@@ -89,18 +95,19 @@ pub struct Status {
     pub maps: Vec<crate::ebpf::maps::MapFill>,
 }
 
-/// The node's proxy settings with the pod's own fast-path switch.
+/// The node's proxy settings with the pod's own fast-path and IPv6 switches.
 pub(crate) fn pod_settings(node: &ProxySettings, spec: &PodSpec) -> ProxySettings {
-    ProxySettings { fast_path: spec.fast_path.unwrap_or(node.fast_path), ..*node }
+    ProxySettings { fast_path: spec.fast_path.unwrap_or(node.fast_path), ipv6: spec.ipv6.unwrap_or(node.ipv6), ..*node }
 }
 
-/// Registers the pod's proxy if it already listens on the inbound port
-/// (found by the agent, not by sockops). Returns whether it did.
-fn register_running_listener(ebpf: &mut Ebpf, id: PodId, netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<bool> {
-    let Some(socket) = crate::listener::find(netns, cgroup, port)? else { return Ok(false) };
+/// Registers the pod's proxy sockets that already listen on the inbound
+/// port (found by the agent, not by sockops). Returns what is registered.
+fn register_running_listener(ebpf: &mut Ebpf, id: PodId, netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Listeners> {
     use std::os::fd::AsFd as _;
-    ebpf.maps.set_listener(id, socket.as_fd())?;
-    Ok(true)
+    for (v6, socket) in crate::listener::find(netns, cgroup, port)? {
+        ebpf.maps.set_listener(id, v6, socket.as_fd())?;
+    }
+    Ok(ebpf.maps.listeners(id))
 }
 
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
@@ -152,10 +159,10 @@ impl Agent {
     fn open_ebpf(pins: Pins) -> anyhow::Result<Ebpf> {
         pins.prepare()?;
         pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
-        let mut object = programs::load(&pins, 0)?;
+        let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
         let maps = SharedMaps::open(&mut object)?;
-        Ok(Ebpf { pins, maps, logger })
+        Ok(Ebpf { pins, maps, logger, reattach_all: !replaced.is_empty() })
     }
 
     fn ebpf_mut(&mut self) -> anyhow::Result<&mut Ebpf> {
@@ -170,12 +177,19 @@ impl Agent {
     fn reconcile(&mut self) -> anyhow::Result<()> {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         self.sync_mesh()?;
+        let reattach = self.ebpf.as_mut().is_some_and(|e| std::mem::take(&mut e.reattach_all));
         for id in ids {
             let spec = self.state.pods[&id].clone();
-            let result = if spec.netns.exists() { self.install(id, &spec, true) } else { Err(anyhow!("its netns is gone")) };
+            let result = if !spec.netns.exists() {
+                Err(anyhow!("its netns is gone"))
+            } else if reattach && spec.dataplane == Some(Dataplane::Ebpf) {
+                self.reattach(id, &spec).and_then(|()| self.install(id, &spec, true))
+            } else {
+                self.install(id, &spec, true)
+            };
             if let Err(e) = result {
                 log::warn!("pod {}: dropped ({e:#})", spec.name);
-                self.uninstall_pod(id, &spec);
+                self.uninstall_best_effort(id, &spec);
                 self.state.pods.remove(&id);
             }
         }
@@ -193,6 +207,14 @@ impl Agent {
             }
         }
         self.state.save(&self.state_dir)
+    }
+
+    /// Replaces the pod's programs with new instances of this agent's, on
+    /// the maps it has now (see `programs::load_replacing_changed_maps`).
+    fn reattach(&mut self, id: PodId, spec: &PodSpec) -> anyhow::Result<()> {
+        let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
+        let ebpf = self.ebpf_mut()?;
+        programs::attach(&ebpf.pins, id, &cg, &spec.netns)
     }
 
     /// The dataplane for a new pod.
@@ -255,65 +277,94 @@ impl Agent {
     fn install(&mut self, id: PodId, spec: &PodSpec, find_listener: bool) -> anyhow::Result<()> {
         let annotations = spec.validate()?;
         let net = netns::pod_net(&spec.netns)?;
+        let settings = pod_settings(&self.state.settings, spec);
+        let ipv6 = settings.ipv6.intercepts(&net);
         match spec.dataplane {
             Some(Dataplane::Iptables) => {
                 let policy = PodPolicy::merge(&self.mesh, &annotations);
-                let pod_ip = net.addrs.first().map(|a| PodIp::Addr(IpAddr::V4(*a)));
-                if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
-                    bail!("pod {}: localProxyMode PodIP needs a pod IP, and its netns has none", spec.name);
-                }
-                let input = iptables::rules::restore_input(
-                    &policy,
-                    &self.state.settings,
-                    Family::V4,
-                    pod_ip.unwrap_or(PodIp::ShellVariable),
-                );
-                if self.iptables_applied.get(&id) != Some(&input) {
-                    iptables::apply::apply(&spec.netns, Family::V4, &input)
+                let input = |family: Family| -> anyhow::Result<String> {
+                    let pod_ip = net.pod_ip(family == Family::V6);
+                    if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
+                        bail!("pod {}: localProxyMode PodIP needs a pod IP of each family it intercepts, and its netns has no {family:?} one", spec.name);
+                    }
+                    Ok(iptables::rules::restore_input(&policy, &settings, family, pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr)))
+                };
+                let wanted = (input(Family::V4)?, if ipv6 { Some(input(Family::V6)?) } else { None });
+                let applied = self.iptables_applied.get(&id);
+                if applied.map(|a| &a.0) != Some(&wanted.0) {
+                    iptables::apply::apply(&spec.netns, Family::V4, &wanted.0)
                         .with_context(|| format!("pod {}: applying iptables rules", spec.name))?;
-                    self.iptables_applied.insert(id, input);
                 }
+                if applied.map(|a| &a.1) != Some(&wanted.1) {
+                    match &wanted.1 {
+                        Some(rules) => iptables::apply::apply(&spec.netns, Family::V6, rules),
+                        None => iptables::apply::remove(&spec.netns, Family::V6),
+                    }
+                    .with_context(|| format!("pod {}: applying ip6tables rules", spec.name))?;
+                }
+                self.iptables_applied.insert(id, wanted);
             }
             _ => {
-                let settings = pod_settings(&self.state.settings, spec);
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                 if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
                     log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
                 }
-                let own = PodEntries::own(&self.mesh, &annotations, &net);
+                // The route first: connect6 redirects IPv6 only once the
+                // pod's config says so, and sends it into this prefix.
+                if ipv6 && !net.handover_route {
+                    netns::set_handover_route(&spec.netns, true)
+                        .with_context(|| format!("pod {}: intercepting its IPv6 ({:?})", spec.name, settings.ipv6))?;
+                }
+                let own = PodEntries::own(&self.mesh, &annotations, &net, ipv6);
                 let ebpf = self.ebpf_mut()?;
                 ebpf.maps.apply(id, own, &settings)?;
+                if !ipv6 && net.handover_route {
+                    netns::set_handover_route(&spec.netns, false)?;
+                }
                 if !programs::is_attached(&ebpf.pins, id) {
                     programs::attach(&ebpf.pins, id, &cg, &spec.netns)?;
                 }
-                let mut registered = ebpf.maps.has_listener(id);
+                let mut listeners = ebpf.maps.listeners(id);
                 // A proxy that was listening before it was enrolled.
-                if find_listener && settings.inbound && !registered {
-                    registered = register_running_listener(ebpf, id, &spec.netns, &cg, settings.inbound_port)?;
+                if find_listener && settings.inbound && !listeners.serve(ipv6) {
+                    listeners = register_running_listener(ebpf, id, &spec.netns, &cg, settings.inbound_port)?;
                 }
-                let needed = programs::sockops_needed(settings.fast_path, settings.inbound, registered);
+                let needed = programs::sockops_needed(settings.fast_path, settings.inbound, listeners.serve(ipv6));
                 programs::set_sockops(&ebpf.pins, id, &cg, needed)?;
             }
         }
         Ok(())
     }
 
-    /// Takes away whatever the pod's dataplane installed; best effort.
-    fn uninstall_pod(&mut self, id: PodId, spec: &PodSpec) {
+    /// Takes away whatever the pod's dataplane installed.
+    fn uninstall_pod(&mut self, id: PodId, spec: &PodSpec) -> anyhow::Result<()> {
         match spec.dataplane {
             Some(Dataplane::Iptables) => {
-                self.iptables_applied.remove(&id);
-                if let Err(e) = iptables::apply::remove(&spec.netns, Family::V4) {
-                    log::warn!("pod {}: removing iptables rules: {e:#}", spec.name);
+                let applied = self.iptables_applied.remove(&id);
+                iptables::apply::remove(&spec.netns, Family::V4)?;
+                if applied.is_none_or(|(_, v6)| v6.is_some()) {
+                    iptables::apply::remove(&spec.netns, Family::V6)?;
                 }
             }
             _ => {
-                if let Some(ebpf) = &mut self.ebpf {
-                    let _ = programs::detach(&ebpf.pins, id);
-                    ebpf.maps.remove(id);
+                let ebpf = self.ebpf_mut()?;
+                programs::detach(&ebpf.pins, id)?;
+                let ipv6 = ebpf.maps.written(id).is_some_and(|e| e.ipv6);
+                ebpf.maps.remove(id);
+                if ipv6 && spec.netns.exists() {
+                    netns::set_handover_route(&spec.netns, false)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `uninstall_pod` where a failure can only be logged (a pod that is
+    /// being dropped or was never enrolled).
+    fn uninstall_best_effort(&mut self, id: PodId, spec: &PodSpec) {
+        if let Err(e) = self.uninstall_pod(id, spec) {
+            log::warn!("pod {}: removing what was installed: {e:#}", spec.name);
         }
     }
 
@@ -336,7 +387,7 @@ impl Agent {
             ebpf.maps.reset_counters(id)?;
         }
         if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, &spec, true)) {
-            self.uninstall_pod(id, &spec);
+            self.uninstall_best_effort(id, &spec);
             return Err(e.context(format!("pod {}: not enrolled", spec.name)));
         }
         log::info!("pod {} enrolled as {id}: {dataplane:?} dataplane ({why})", spec.name);
@@ -348,14 +399,7 @@ impl Agent {
     pub fn remove(&mut self, name: &str) -> anyhow::Result<()> {
         let id = self.state.pod_id(name).ok_or_else(|| anyhow!("pod {name}: not enrolled"))?;
         let spec = self.state.pods[&id].clone();
-        if spec.dataplane == Some(Dataplane::Iptables) {
-            iptables::apply::remove(&spec.netns, Family::V4)?;
-            self.iptables_applied.remove(&id);
-        } else {
-            let ebpf = self.ebpf_mut()?;
-            programs::detach(&ebpf.pins, id)?;
-            ebpf.maps.remove(id);
-        }
+        self.uninstall_pod(id, &spec)?;
         self.state.pods.remove(&id);
         self.state.save(&self.state_dir)
     }
@@ -436,13 +480,15 @@ impl Agent {
     /// right after attaching. Runs every tick (1 s).
     pub fn watch_listeners(&mut self) {
         let Some(ebpf) = self.ebpf.as_mut() else { return };
-        let registered = ebpf.maps.listener_pods();
+        let registered = ebpf.maps.all_listeners();
         for (id, spec) in &self.state.pods {
             if spec.dataplane == Some(Dataplane::Iptables) {
                 continue;
             }
             let settings = pod_settings(&self.state.settings, spec);
-            let needed = programs::sockops_needed(settings.fast_path, settings.inbound, registered.contains(id));
+            let ipv6 = ebpf.maps.written(*id).is_some_and(|e| e.ipv6);
+            let serving = registered.get(id).is_some_and(|l| l.serve(ipv6));
+            let needed = programs::sockops_needed(settings.fast_path, settings.inbound, serving);
             if needed == programs::has_sockops(&ebpf.pins, *id) {
                 self.sockops_failing.remove(id);
                 continue;
@@ -450,7 +496,7 @@ impl Agent {
             let result = (|| {
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?.ok_or_else(|| anyhow!("no cgroup"))?;
                 programs::set_sockops(&ebpf.pins, *id, &cg, needed)?;
-                if needed && settings.inbound && !registered.contains(id) {
+                if needed && settings.inbound && !serving {
                     register_running_listener(ebpf, *id, &spec.netns, &cg, settings.inbound_port)?;
                 }
                 anyhow::Ok(())
@@ -482,6 +528,7 @@ impl Agent {
                 let ebpf = self.ebpf.as_ref().filter(|_| spec.dataplane == Some(Dataplane::Ebpf));
                 let none = SlotEntries::default();
                 let written = ebpf.and_then(|e| e.maps.written(*id)).unwrap_or(&none);
+                let iptables = self.iptables_applied.get(id);
                 let mesh = ebpf.and_then(|e| e.maps.mesh_entries()).unwrap_or(&none);
                 PodStatus {
                     id: *id,
@@ -494,9 +541,15 @@ impl Agent {
                         None => self.iptables_applied.contains_key(id),
                     },
                     sockops: ebpf.is_some_and(|e| programs::has_sockops(&e.pins, *id)),
-                    local_addrs: written.local_addrs.iter().map(|a| std::net::Ipv4Addr::from(*a).to_string()).collect(),
-                    excluded_cidrs: written.excluded_cidrs.len() + mesh.excluded_cidrs.len(),
-                    included_cidrs: written.included_cidrs.len() + mesh.included_cidrs.len(),
+                    ipv6: written.ipv6 || iptables.is_some_and(|(_, v6)| v6.is_some()),
+                    local_addrs: written
+                        .local_addrs
+                        .iter()
+                        .map(|a| std::net::Ipv4Addr::from(*a).to_string())
+                        .chain(written.local_addrs6.iter().map(|a| a.ip().to_string()))
+                        .collect(),
+                    excluded_cidrs: [written, mesh].iter().map(|e| e.excluded_cidrs.len() + e.excluded_cidrs6.len()).sum(),
+                    included_cidrs: [written, mesh].iter().map(|e| e.included_cidrs.len() + e.included_cidrs6.len()).sum(),
                     excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
                     counters: ebpf.map(|e| crate::diagnostics::named_counters(&e.maps.counters(*id))).unwrap_or_default(),
                 }
@@ -516,7 +569,7 @@ impl Agent {
     pub fn uninstall(mut self) -> anyhow::Result<()> {
         let pods: Vec<(PodId, PodSpec)> = std::mem::take(&mut self.state.pods).into_iter().collect();
         for (id, spec) in &pods {
-            self.uninstall_pod(*id, spec);
+            self.uninstall_best_effort(*id, spec);
         }
         let Agent { state_dir, bpffs_dir, ebpf, .. } = self;
         drop(ebpf);
@@ -531,6 +584,11 @@ pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
         for spec in state.pods.values().filter(|p| p.dataplane == Some(Dataplane::Iptables)) {
             if spec.netns.exists() {
                 iptables::apply::remove(&spec.netns, Family::V4)?;
+                // Whether its IPv6 was intercepted is not recorded: where
+                // ip6tables itself is missing, there is nothing to remove.
+                if let Err(e) = iptables::apply::remove(&spec.netns, Family::V6) {
+                    log::warn!("pod {}: removing ip6tables rules: {e:#}", spec.name);
+                }
             }
         }
     }

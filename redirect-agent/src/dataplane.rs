@@ -43,10 +43,12 @@ pub fn probe_ebpf() -> Result<String, String> {
     for (name, attach_type) in crate::ebpf::programs::every_program() {
         crate::ebpf::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
             let first = format!("{e:#}");
+            // The verifier's whole log, for whoever debugs a kernel that refuses.
+            log::debug!("{name}: {first}");
             format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
         })?;
     }
-    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/getsockopt/sk_lookup/sockops load", mount.display()))
+    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()))
 }
 
 /// Whether sk_lookup programs see the interface of arrival (5.17).

@@ -94,6 +94,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
         annotations: Default::default(),
         dataplane: None,
         fast_path: None,
+        ipv6: None,
     };
     let dir = state_dir.to_owned();
     let enrolled = tokio::task::spawn_blocking(move || control::call(&dir, &Request::Enroll { pod: spec })).await??;

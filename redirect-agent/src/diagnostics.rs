@@ -6,13 +6,18 @@
 //! came from) and on what the kernel's maps hold right now, and says when
 //! the two disagree.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::{Context as _, anyhow};
 use redirect_common::{
+    addr::{Family, Ip6},
     decision::{
-        Inbound, InboundLists, InboundRule, Outbound, OutboundLists, OutboundRule, Verdict, decide_inbound,
-        decide_outbound,
+        AddrLists, Dest6, Inbound, InboundLists, InboundRule, OutboundRule, PodLists, Verdict, decide_connect,
+        decide_inbound,
     },
     maps::{List, PodConfig, PodId, counter, direction, pod_flags},
 };
@@ -22,52 +27,35 @@ use crate::{
     config::{PodPolicy, Source},
     dataplane::Dataplane,
     ebpf::maps::{PodEntries, SharedMaps, SlotEntries},
-    iptables::{self, Family, PodIp},
+    iptables::{self, Family as IptFamily, PodIp},
     lists::PolicyLists,
     netns::{self, PodNet},
     pod::PodSpec,
 };
 
-/// Counter names, by slot (see `redirect_common::maps::counter`).
-pub fn counter_name(id: u32) -> Option<&'static str> {
-    Some(match id {
-        counter::ORIGINAL_DST_ANSWERED => "original_dst_answered",
-        1 => "outbound_to_inbound_listener",
-        2 => "outbound_direct_local",
-        3 => "outbound_direct_proxy_uid",
-        5 => "outbound_direct_excluded_interface",
-        6 => "outbound_direct_excluded_cidr",
-        7 => "outbound_direct_excluded_port",
-        8 => "outbound_redirected_included",
-        9 => "outbound_direct_not_included",
-        10 => "outbound_redirected",
-        11 => "inbound_direct_excluded_port",
-        12 => "inbound_direct_excluded_interface",
-        13 => "inbound_direct_proxy_port",
-        14 => "inbound_redirected",
-        counter::INBOUND_NO_PROXY => "inbound_refused_no_proxy",
-        counter::FAST_PATH_SOCKETS => "fast_path_sockets",
-        counter::FAST_PATH_MESSAGES => "fast_path_messages",
-        counter::FAST_PATH_LEFT => "fast_path_sockets_left",
-        _ => return None,
-    })
-}
-
+/// The kernel's counters by name (`redirect_common::maps::counter`).
 pub fn named_counters(values: &[u64]) -> BTreeMap<String, u64> {
     values
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| counter_name(i as u32).map(|n| (n.to_owned(), *v)))
+        .filter_map(|(i, v)| counter::name(i as u32).map(|n| (n.to_owned(), *v)))
         .collect()
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "direction")]
 pub enum Query {
-    /// A process of the pod with `uid` connects to `to`.
-    Outbound { to: SocketAddrV4, uid: u32 },
-    /// A connection from elsewhere to the pod's `port`, arriving on `iface`.
-    Inbound { port: u16, iface: Option<String> },
+    /// A process of the pod with `uid` connects to `to` (IPv4, IPv6, or
+    /// IPv4-mapped: an IPv4 connection).
+    Outbound { to: SocketAddr, uid: u32 },
+    /// A connection from elsewhere to the pod's `port`, arriving on `iface`,
+    /// over IPv6 or IPv4.
+    Inbound {
+        port: u16,
+        iface: Option<String>,
+        #[serde(default)]
+        ipv6: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -88,6 +76,8 @@ pub struct Explanation {
     pub config: Decision,
     /// The list entry that matched, with where it came from.
     pub matched: Option<String>,
+    /// How the destination was read (an IPv4-mapped address is IPv4).
+    pub note: Option<String>,
     /// From the kernel's maps (eBPF pods).
     pub kernel: Option<Decision>,
     pub agrees: bool,
@@ -122,18 +112,16 @@ struct KernelLists<'a> {
     config: PodConfig,
 }
 
-impl OutboundLists for KernelLists<'_> {
+impl KernelLists<'_> {
+    /// The slots the programs consult for `list`, as they read them.
+    fn slots(&self, list: List) -> impl Iterator<Item = u32> {
+        self.config.slots_with(list).into_iter().flatten()
+    }
+}
+
+impl PodLists for KernelLists<'_> {
     fn proxy_uid(&self) -> u32 {
         self.config.proxy_uid
-    }
-    fn is_local_addr(&self, addr: u32) -> bool {
-        self.maps.lookup_local(self.config.policy, addr.to_be_bytes())
-    }
-    fn routed_via_excluded_iface(&self, addr: u32) -> bool {
-        self.slots(List::ExcludedRoutes).any(|s| self.maps.lookup_route_excluded(s, addr.to_be_bytes()))
-    }
-    fn cidr_excluded(&self, addr: u32) -> bool {
-        self.slots(List::ExcludedCidrs).any(|s| self.maps.lookup_cidr(false, s, addr.to_be_bytes()))
     }
     fn port_excluded(&self, port: u16) -> bool {
         self.slots(List::OutboundPorts).any(|s| self.maps.lookup_port(s, port, direction::OUTBOUND))
@@ -141,15 +129,23 @@ impl OutboundLists for KernelLists<'_> {
     fn inclusion_enabled(&self) -> bool {
         self.config.flags & pod_flags::INCLUSION != 0
     }
-    fn cidr_included(&self, addr: u32) -> bool {
-        self.slots(List::IncludedCidrs).any(|s| self.maps.lookup_cidr(true, s, addr.to_be_bytes()))
-    }
 }
 
-impl KernelLists<'_> {
-    /// The slots the programs consult for `list`, as they read them.
-    fn slots(&self, list: List) -> impl Iterator<Item = u32> {
-        self.config.slots_with(list).into_iter().flatten()
+impl<A: Family> AddrLists<A> for KernelLists<'_> {
+    fn intercepted(&self) -> bool {
+        !A::IS_V6 || self.ipv6_intercepted()
+    }
+    fn is_local_addr(&self, addr: A) -> bool {
+        self.maps.lookup_local(self.config.policy, addr.ip())
+    }
+    fn routed_via_excluded_iface(&self, addr: A) -> bool {
+        self.slots(List::excluded_routes(A::IS_V6)).any(|s| self.maps.lookup_route_excluded(s, addr.ip()))
+    }
+    fn cidr_excluded(&self, addr: A) -> bool {
+        self.slots(List::excluded_cidrs(A::IS_V6)).any(|s| self.maps.lookup_cidr(false, s, addr.ip()))
+    }
+    fn cidr_included(&self, addr: A) -> bool {
+        self.slots(List::included_cidrs(A::IS_V6)).any(|s| self.maps.lookup_cidr(true, s, addr.ip()))
     }
 }
 
@@ -160,41 +156,39 @@ impl InboundLists for KernelLists<'_> {
     fn interface_excluded(&self, ifindex: u32) -> bool {
         self.slots(List::ExcludedIfaces).any(|s| self.maps.lookup_iface(s, ifindex))
     }
+    fn ipv6_intercepted(&self) -> bool {
+        self.config.flags & pod_flags::IPV6 != 0
+    }
+}
+
+/// The address a connect() to `to` is decided on: an IPv4-mapped one's
+/// IPv4 address.
+fn decided_ip(to: &SocketAddr) -> IpAddr {
+    match to.ip() {
+        IpAddr::V6(a) => match Dest6::of(Ip6::from_octets(a.octets())) {
+            Dest6::Mapped(v4) => v4.ip(),
+            Dest6::V6(_) => IpAddr::V6(a),
+        },
+        v4 => v4,
+    }
 }
 
 /// The list entry behind a rule.
 fn matched_entry(policy: &PodPolicy, net: &PodNet, query: &Query, rule: &Decision) -> Option<String> {
-    let ip = |q: &Query| match q {
-        Query::Outbound { to, .. } => Some(std::net::IpAddr::V4(*to.ip())),
-        Query::Inbound { .. } => None,
+    let in_list = |list: &[crate::config::Sourced<crate::config::Cidr>], ip: IpAddr| {
+        list.iter().find(|c| c.value.net.contains(&ip)).map(|c| format!("{} ({})", c.value, source(c.source)))
     };
     match (query, rule.rule) {
-        (Query::Outbound { .. }, 6) => policy
-            .outbound_ip_range_exclusions
-            .iter()
-            .find(|c| ip(query).is_some_and(|a| c.value.net.contains(&a)))
-            .map(|c| format!("{} ({})", c.value, source(c.source))),
-        (Query::Outbound { .. }, 8) => policy
-            .outbound_ip_range_inclusions
-            .iter()
-            .find(|c| ip(query).is_some_and(|a| c.value.net.contains(&a)))
-            .map(|c| format!("{} ({})", c.value, source(c.source))),
+        (Query::Outbound { to, .. }, 6) => in_list(&policy.outbound_ip_range_exclusions, decided_ip(to)),
+        (Query::Outbound { to, .. }, 8) => in_list(&policy.outbound_ip_range_inclusions, decided_ip(to)),
         (Query::Outbound { to, .. }, 7) => policy
             .outbound_port_exclusions
             .iter()
             .find(|p| p.value.get() == to.port())
             .map(|p| format!("port {} ({})", p.value, source(p.source))),
-        (Query::Outbound { to, .. }, 5) => {
-            let addr = u32::from(*to.ip());
-            net.routes
-                .iter()
-                .filter(|r| {
-                    let mask = if r.prefix_len == 0 { 0 } else { u32::MAX << (32 - r.prefix_len) };
-                    addr & mask == u32::from(r.dst) & mask
-                })
-                .max_by_key(|r| r.prefix_len)
-                .map(|r| format!("route {}/{} dev {} (networkInterfaceExclusionList)", r.dst, r.prefix_len, r.iface))
-        }
+        (Query::Outbound { to, .. }, 5) => net
+            .route_for(decided_ip(to))
+            .map(|r| format!("route {} dev {} (networkInterfaceExclusionList)", r.net, r.iface)),
         (Query::Inbound { port, .. }, 1) => policy
             .inbound_port_exclusions
             .iter()
@@ -218,44 +212,47 @@ impl Agent {
         let (id, spec) = self.pod(name)?;
         let policy = self.policy(&spec)?;
         let net = netns::pod_net(&spec.netns)?;
-        let lists = PolicyLists { policy: &policy, net: &net, proxy_uid: self.state.settings.proxy_uid };
+        let settings = crate::agent::pod_settings(&self.state.settings, &spec);
+        let lists = PolicyLists { policy: &policy, net: &net, proxy_uid: settings.proxy_uid, ipv6: settings.ipv6.intercepts(&net) };
         let ifindex = |iface: &Option<String>| -> anyhow::Result<Option<u32>> {
             iface
                 .as_ref()
                 .map(|i| net.ifindex(i).ok_or_else(|| anyhow!("pod {name}: no interface {i:?}")))
                 .transpose()
         };
+        let inbound = |port: u16, iface: &Option<String>, ipv6: bool| -> anyhow::Result<Inbound> {
+            Ok(Inbound { dst_port: port, ingress_ifindex: ifindex(iface)?, ipv6 })
+        };
         let config = match &query {
-            Query::Outbound { to, uid } => {
-                outbound_decision(decide_outbound(&Outbound { dst: u32::from(*to.ip()), dst_port: to.port(), uid: *uid }, &lists))
-            }
-            Query::Inbound { port, iface } => {
-                inbound_decision(decide_inbound(&Inbound { dst_port: *port, ingress_ifindex: ifindex(iface)? }, &lists))
-            }
+            Query::Outbound { to, uid } => outbound_decision(decide_connect(*to, *uid, &lists)),
+            Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &lists)),
         };
         let kernel = match (spec.dataplane, &self.ebpf) {
             (Some(Dataplane::Ebpf), Some(ebpf)) => {
                 let kernel_config = ebpf.maps.pod_config(id).ok_or_else(|| anyhow!("pod {name}: no POD_CONFIG entry in the kernel"))?;
                 let k = KernelLists { maps: &ebpf.maps, config: kernel_config };
                 Some(match &query {
-                    Query::Outbound { to, uid } => outbound_decision(decide_outbound(
-                        &Outbound { dst: u32::from(*to.ip()), dst_port: to.port(), uid: *uid },
-                        &k,
-                    )),
-                    Query::Inbound { port, iface } => {
-                        if kernel_config.flags & pod_flags::INBOUND == 0 {
-                            Decision { verdict: "direct".into(), rule: 0, reason: "inbound interception is off for the pod".into() }
-                        } else {
-                            inbound_decision(decide_inbound(&Inbound { dst_port: *port, ingress_ifindex: ifindex(iface)? }, &k))
-                        }
+                    Query::Outbound { to, uid } => outbound_decision(decide_connect(*to, *uid, &k)),
+                    Query::Inbound { .. } if kernel_config.flags & pod_flags::INBOUND == 0 => {
+                        Decision { verdict: "direct".into(), rule: 0, reason: "inbound interception is off for the pod".into() }
                     }
+                    Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &k)),
                 })
             }
             _ => None,
         };
         let agrees = kernel.as_ref().is_none_or(|k| *k == config);
         let matched = matched_entry(&policy, &net, &query, &config);
-        Ok(Explanation { pod: spec.name, dataplane: spec.dataplane, query, config, matched, kernel, agrees })
+        let note = match &query {
+            Query::Outbound { to, .. } if to.is_ipv6() && decided_ip(to).is_ipv4() => Some(format!(
+                "{} is IPv4-mapped: an IPv4 connection to {}:{}, decided by the IPv4 rules",
+                to.ip(),
+                decided_ip(to),
+                to.port()
+            )),
+            _ => None,
+        };
+        Ok(Explanation { pod: spec.name, dataplane: spec.dataplane, query, config, matched, note, kernel, agrees })
     }
 
     /// The troubleshooting page's checks, automated, for one pod or all.
@@ -284,13 +281,24 @@ impl Agent {
                 return out;
             }
         };
-        let settings = &self.state.settings;
+        let settings = crate::agent::pod_settings(&self.state.settings, spec);
+        let ipv6 = settings.ipv6.intercepts(&net);
+        out.push(Check::pass(
+            pod,
+            "IPv6 interception",
+            match (ipv6, settings.ipv6) {
+                (true, crate::ipv6::Ipv6Mode::Auto) => "on (--ipv6 auto: the pod has a global IPv6 address)".into(),
+                (true, _) => "on (--ipv6 on)".into(),
+                (false, crate::ipv6::Ipv6Mode::Off) => "off (--ipv6 off: IPv4 and IPv4-mapped only, as fsm-init)".into(),
+                (false, _) => "off (--ipv6 auto: the pod has no global IPv6 address)".into(),
+            },
+        ));
         match (spec.dataplane, &self.ebpf) {
-            (Some(Dataplane::Iptables), _) => out.push(check_iptables(pod, spec, &policy, &net, settings)),
+            (Some(Dataplane::Iptables), _) => out.push(check_iptables(pod, spec, &policy, &net, &settings, ipv6)),
             (_, Some(ebpf)) => {
                 let missing = crate::ebpf::programs::missing(&ebpf.pins, id);
                 out.push(if missing.is_empty() {
-                    Check::pass(pod, "programs attached", "connect4, getsockopt on its cgroup; sk_lookup on its netns".into())
+                    Check::pass(pod, "programs attached", "connect4, connect6, getsockopt on its cgroup; sk_lookup on its netns".into())
                 } else {
                     Check::fail(
                         pod,
@@ -300,13 +308,25 @@ impl Agent {
                     )
                 });
                 let annotations = spec.validate().unwrap_or_default();
-                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, settings));
-                let fast_path = crate::agent::pod_settings(settings, spec).fast_path;
-                let needed = crate::ebpf::programs::sockops_needed(fast_path, settings.inbound, ebpf.maps.has_listener(id));
+                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, &settings, ipv6));
+                if ipv6 {
+                    out.push(if net.handover_route {
+                        Check::pass(pod, "IPv6 hand-over route", format!("local {} dev lo in the pod's netns", netns::handover_net()))
+                    } else {
+                        Check::fail(
+                            pod,
+                            "IPv6 hand-over route",
+                            format!("local {} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail", netns::handover_net()),
+                            "the agent adds it again within its refresh interval",
+                        )
+                    });
+                }
+                let listeners = ebpf.maps.listeners(id);
+                let needed = crate::ebpf::programs::sockops_needed(settings.fast_path, settings.inbound, listeners.serve(ipv6));
                 let attached = crate::ebpf::programs::has_sockops(&ebpf.pins, id);
-                let why = match (fast_path, needed) {
+                let why = match (settings.fast_path, needed) {
                     (true, _) => "needed by the fast path",
-                    (false, true) => "needed until the proxy's inbound listener registers",
+                    (false, true) => "needed until the proxy's inbound listeners register",
                     (false, false) => "not needed: the redirect works without it",
                 };
                 // Attached without need only costs time (the agent detaches it
@@ -321,10 +341,11 @@ impl Agent {
                     _ => Check::pass(pod, "sockops attached when needed", format!("{} ({why})", if attached { "attached" } else { "not attached" })),
                 });
                 if settings.inbound {
-                    out.push(if ebpf.maps.has_listener(id) {
-                        Check::pass(pod, "inbound listener registered", format!("the proxy's socket on {} is in PROXY_LISTENERS", settings.inbound_port))
-                    } else {
-                        Check::fail(pod, "inbound listener registered", format!("no socket listening on {} is known to the kernel: inbound connections are refused", settings.inbound_port), "start the proxy (it registers when it listens)")
+                    let port = settings.inbound_port;
+                    out.push(match (listeners.serve(ipv6), listeners.v4 || listeners.v6) {
+                        (true, _) => Check::pass(pod, "inbound listener registered", format!("the proxy's socket on {port} is in PROXY_LISTENERS{}", if ipv6 { " (IPv6 too)" } else { "" })),
+                        (false, true) => Check::fail(pod, "inbound listener registered", format!("no IPv6 socket listening on {port} is known to the kernel: inbound IPv6 connections are refused"), &format!("have the proxy listen on [::]:{port}")),
+                        (false, false) => Check::fail(pod, "inbound listener registered", format!("no socket listening on {port} is known to the kernel: inbound connections are refused"), "start the proxy (it registers when it listens)"),
                     });
                 }
             }
@@ -332,27 +353,7 @@ impl Agent {
         }
         let ebpf_pod = spec.dataplane != Some(Dataplane::Iptables);
         for (port, what) in [(settings.outbound_port, "outbound"), (settings.inbound_port, "inbound")] {
-            let listening = netns::listening(&spec.netns, port);
-            out.push(match listening {
-                // connect4 sends each redirected connection (to the inbound
-                // port too: the proxy dialling its own pod IP) to an address
-                // of its own in 127.128.0.0/10 (redirect_common::handover): a
-                // listener bound to 127.0.0.1 alone never sees them.
-                Ok(l) if ebpf_pod && !l.is_empty() && !l.iter().any(|l| l.wildcard) => Check::fail(
-                    pod,
-                    &format!("proxy listens on {port}"),
-                    format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"),
-                    &format!("bind the proxy's {what} listener to 0.0.0.0"),
-                ),
-                Ok(l) if !l.is_empty() => Check::pass(pod, &format!("proxy listens on {port}"), format!("the {what} listener is up")),
-                Ok(_) => Check::fail(
-                    pod,
-                    &format!("proxy listens on {port}"),
-                    format!("nothing listens on {port} in the pod: {what} connections fail"),
-                    "check that the sidecar container is running and ready",
-                ),
-                Err(e) => Check::fail(pod, &format!("proxy listens on {port}"), format!("{e:#}"), "check the pod's netns"),
-            });
+            out.push(check_listening(pod, port, what, ebpf_pod, ipv6, netns::listening(&spec.netns, port)));
         }
         out
     }
@@ -415,6 +416,45 @@ impl Check {
     }
 }
 
+/// The proxy's listener on `port` accepts what interception sends it.
+fn check_listening(pod: &str, port: u16, what: &str, ebpf_pod: bool, ipv6: bool, listening: anyhow::Result<Vec<netns::Listening>>) -> Check {
+    let check = format!("proxy listens on {port}");
+    let l = match listening {
+        Ok(l) => l,
+        Err(e) => return Check::fail(pod, &check, format!("{e:#}"), "check the pod's netns"),
+    };
+    if l.is_empty() {
+        return Check::fail(
+            pod,
+            &check,
+            format!("nothing listens on {port} in the pod: {what} connections fail"),
+            "check that the sidecar container is running and ready",
+        );
+    }
+    // connect4 sends each redirected connection (to the inbound port too:
+    // the proxy dialling its own pod IP) to an address of its own in
+    // 127.128.0.0/10, connect6 to one in the IPv6 hand-over prefix
+    // (redirect_common::handover): a listener bound to 127.0.0.1 or ::1
+    // alone never sees them. (ip6tables REDIRECT goes to ::1.)
+    if ebpf_pod && !l.iter().any(|l| l.wildcard) {
+        return Check::fail(
+            pod,
+            &check,
+            format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"),
+            &format!("bind the proxy's {what} listener to 0.0.0.0 (or [::])"),
+        );
+    }
+    if ipv6 && !l.iter().any(|l| l.v6 && (l.wildcard || !ebpf_pod)) {
+        return Check::fail(
+            pod,
+            &check,
+            format!("the pod's IPv6 is intercepted, but no {what} listener is an IPv6 one: IPv6 connections are refused"),
+            &format!("have the proxy listen on [::]:{port} too (or enroll the pod with --ipv6 off)"),
+        );
+    }
+    Check::pass(pod, &check, format!("the {what} listener is up{}", if ipv6 { " (IPv4 and IPv6)" } else { "" }))
+}
+
 /// The effective lists (labelled with their source) against the kernel's
 /// maps, entry by entry.
 #[allow(clippy::too_many_arguments)]
@@ -427,18 +467,22 @@ fn check_maps(
     annotations: &crate::config::annotations::PodAnnotations,
     net: &PodNet,
     settings: &crate::ebpf::maps::ProxySettings,
+    ipv6: bool,
 ) -> Check {
     const WHAT: &str = "kernel maps hold the effective lists";
     const FIX: &str = "`redirect-agent reload` rewrites every pod's maps";
     let Some(config) = maps.pod_config(id) else {
         return Check::fail(pod, WHAT, "no POD_CONFIG entry: the programs treat the pod as not enrolled".into(), FIX);
     };
-    let want = PodEntries::new(mesh, annotations, net);
+    let want = PodEntries::new(mesh, annotations, net, ipv6);
     let (have_mesh, have_own) = (maps.read_slot(config.mesh_policy), maps.read_slot(config.policy));
     let mut diffs = slot_diff(&want.mesh, &have_mesh, policy);
     diffs.extend(slot_diff(&want.own, &have_own, policy));
     if (config.flags & pod_flags::INCLUSION != 0) != want.own.inclusion {
         diffs.push("POD_CONFIG's inclusion flag is wrong".into());
+    }
+    if (config.flags & pod_flags::IPV6 != 0) != ipv6 {
+        diffs.push(format!("POD_CONFIG says IPv6 is {}intercepted, the agent says it is {}", if ipv6 { "not " } else { "" }, if ipv6 { "" } else { "not" }));
     }
     if config.outbound_port != settings.outbound_port || config.inbound_port != settings.inbound_port || config.proxy_uid != settings.proxy_uid {
         diffs.push(format!(
@@ -452,8 +496,8 @@ fn check_maps(
             pod,
             WHAT,
             [
-                n(|e| e.excluded_cidrs.len(), "excluded CIDRs"),
-                n(|e| e.included_cidrs.len(), "included CIDRs"),
+                n(|e| e.excluded_cidrs.len() + e.excluded_cidrs6.len(), "excluded CIDRs"),
+                n(|e| e.included_cidrs.len() + e.included_cidrs6.len(), "included CIDRs"),
                 n(|e| e.excluded_ports.len(), "excluded outbound ports"),
                 n(|e| e.inbound_excluded_ports.len(), "excluded inbound ports"),
                 n(|e| e.excluded_ifaces.len(), "excluded interfaces"),
@@ -477,24 +521,25 @@ fn slot_diff(want: &SlotEntries, have: &SlotEntries, policy: &PodPolicy) -> Vec<
     for p in want.inbound_excluded_ports.iter().filter(|p| !have.inbound_excluded_ports.contains(p)) {
         diffs.push(format!("EXCLUDED_PORTS lacks inbound port {p}{}", label_port(*p, &policy.inbound_port_exclusions)));
     }
-    let cidr = |(a, l): &([u8; 4], u8)| format!("{}/{l}", std::net::Ipv4Addr::from(*a));
-    for c in want.excluded_cidrs.iter().filter(|c| !have.excluded_cidrs.contains(c)) {
-        diffs.push(format!("EXCLUDED_CIDRS lacks {}", cidr(c)));
-    }
-    for c in want.included_cidrs.iter().filter(|c| !have.included_cidrs.contains(c)) {
-        diffs.push(format!("INCLUDED_CIDRS lacks {}", cidr(c)));
-    }
-    for a in want.local_addrs.iter().filter(|a| !have.local_addrs.contains(a)) {
-        diffs.push(format!("LOCAL_ADDRS lacks {}", std::net::Ipv4Addr::from(*a)));
-    }
-    for i in want.excluded_ifaces.iter().filter(|i| !have.excluded_ifaces.contains(i)) {
-        diffs.push(format!("EXCLUDED_IFACES lacks ifindex {i}"));
-    }
-    for r in want.routes.iter().filter(|r| !have.routes.contains(r)) {
-        diffs.push(format!("IFACE_ROUTES lacks {}/{}", std::net::Ipv4Addr::from(r.0), r.1));
-    }
+    let v4 = |a: &[u8; 4]| std::net::Ipv4Addr::from(*a).to_string();
+    let v6 = |a: &Ip6| a.ip().to_string();
+    lacks(&mut diffs, "EXCLUDED_CIDRS", &want.excluded_cidrs, &have.excluded_cidrs, |(a, l)| format!("{}/{l}", v4(a)));
+    lacks(&mut diffs, "INCLUDED_CIDRS", &want.included_cidrs, &have.included_cidrs, |(a, l)| format!("{}/{l}", v4(a)));
+    lacks(&mut diffs, "EXCLUDED_CIDRS6", &want.excluded_cidrs6, &have.excluded_cidrs6, |(a, l)| format!("{}/{l}", v6(a)));
+    lacks(&mut diffs, "INCLUDED_CIDRS6", &want.included_cidrs6, &have.included_cidrs6, |(a, l)| format!("{}/{l}", v6(a)));
+    lacks(&mut diffs, "LOCAL_ADDRS", &want.local_addrs, &have.local_addrs, v4);
+    lacks(&mut diffs, "LOCAL_ADDRS6", &want.local_addrs6, &have.local_addrs6, v6);
+    lacks(&mut diffs, "EXCLUDED_IFACES", &want.excluded_ifaces, &have.excluded_ifaces, |i| format!("ifindex {i}"));
+    lacks(&mut diffs, "IFACE_ROUTES", &want.routes, &have.routes, |(a, l, _)| format!("{}/{l}", v4(a)));
+    lacks(&mut diffs, "IFACE_ROUTES6", &want.routes6, &have.routes6, |(a, l, _)| format!("{}/{l}", v6(a)));
     let count = |e: &SlotEntries| {
-        e.excluded_ports.len() + e.inbound_excluded_ports.len() + e.excluded_cidrs.len() + e.included_cidrs.len() + e.excluded_ifaces.len()
+        e.excluded_ports.len()
+            + e.inbound_excluded_ports.len()
+            + e.excluded_cidrs.len()
+            + e.included_cidrs.len()
+            + e.excluded_cidrs6.len()
+            + e.included_cidrs6.len()
+            + e.excluded_ifaces.len()
     };
     if count(have) > count(want) {
         diffs.push("the kernel holds entries the lists don't have".into());
@@ -502,34 +547,43 @@ fn slot_diff(want: &SlotEntries, have: &SlotEntries, policy: &PodPolicy) -> Vec<
     diffs
 }
 
-/// The pod's nat table against the rules the lists give: per chain, the
-/// same number of rules, and the jumps into our chains.
-fn check_iptables(pod: &str, spec: &PodSpec, policy: &PodPolicy, net: &PodNet, settings: &crate::ebpf::maps::ProxySettings) -> Check {
+/// What `have` lacks of `want`, each named as `MAP lacks ENTRY`.
+fn lacks<T: PartialEq>(diffs: &mut Vec<String>, map: &str, want: &[T], have: &[T], show: impl Fn(&T) -> String) {
+    diffs.extend(want.iter().filter(|e| !have.contains(e)).map(|e| format!("{map} lacks {}", show(e))));
+}
+
+/// The pod's nat tables (ip6tables' too where its IPv6 is intercepted)
+/// against the rules the lists give: per chain, the same number of rules,
+/// and the jumps into our chains.
+fn check_iptables(pod: &str, spec: &PodSpec, policy: &PodPolicy, net: &PodNet, settings: &crate::ebpf::maps::ProxySettings, ipv6: bool) -> Check {
     const WHAT: &str = "iptables rules match the effective lists";
     const FIX: &str = "`redirect-agent reload` re-applies every pod's rules";
-    let ip = net.addrs.first().map_or(PodIp::ShellVariable, |a| PodIp::Addr(std::net::IpAddr::V4(*a)));
-    let input = iptables::rules::restore_input(policy, settings, Family::V4, ip);
     let count = |text: &str, chain: &str| {
         text.lines().filter(|l| l.starts_with(&format!("-A {chain} ")) || l.starts_with(&format!("-I {chain} "))).count()
     };
-    let saved = match iptables::apply::save(&spec.netns, Family::V4).context("iptables-save") {
-        Ok(s) => s,
-        Err(e) => return Check::fail(pod, WHAT, format!("{e:#}"), "install iptables"),
-    };
     let mut diffs = Vec::new();
-    for chain in iptables::rules::CHAINS.iter().chain(["PREROUTING", "OUTPUT"].iter()) {
-        let want = count(&input, chain);
-        let have = if chain.starts_with("fsm_") {
-            count(&saved, chain)
-        } else {
-            saved.lines().filter(|l| l.starts_with(&format!("-A {chain} ")) && (l.contains("-j fsm_") || l.contains("-j DNAT"))).count()
+    let families: &[IptFamily] = if ipv6 { &[IptFamily::V4, IptFamily::V6] } else { &[IptFamily::V4] };
+    for family in families {
+        let ip = net.pod_ip(*family == IptFamily::V6).map_or(PodIp::ShellVariable, PodIp::Addr);
+        let input = iptables::rules::restore_input(policy, settings, *family, ip);
+        let saved = match iptables::apply::save(&spec.netns, *family).with_context(|| format!("{}-save", family.iptables())) {
+            Ok(s) => s,
+            Err(e) => return Check::fail(pod, WHAT, format!("{e:#}"), "install iptables"),
         };
-        if want != have {
-            diffs.push(format!("{chain}: {have} of our rules, expected {want}"));
+        for chain in iptables::rules::CHAINS.iter().chain(["PREROUTING", "OUTPUT"].iter()) {
+            let want = count(&input, chain);
+            let have = if chain.starts_with("fsm_") {
+                count(&saved, chain)
+            } else {
+                saved.lines().filter(|l| l.starts_with(&format!("-A {chain} ")) && (l.contains("-j fsm_") || l.contains("-j DNAT"))).count()
+            };
+            if want != have {
+                diffs.push(format!("{} {chain}: {have} of our rules, expected {want}", family.iptables()));
+            }
         }
     }
     if diffs.is_empty() {
-        Check::pass(pod, WHAT, "every chain holds the expected rules".into())
+        Check::pass(pod, WHAT, format!("every chain holds the expected rules{}", if ipv6 { " (iptables and ip6tables)" } else { "" }))
     } else {
         Check::fail(pod, WHAT, diffs.join("; "), FIX)
     }

@@ -3,9 +3,9 @@
 //! was attached again (later ones are registered by the sockops program
 //! when they call listen()).
 //!
-//! The socket is found by inode in the pod's /proc/net/tcp, its owner among
-//! the processes of the pod's cgroup, and duplicated into the agent with
-//! pidfd_getfd (Linux 5.6) so that it can be put into the sockhash.
+//! A socket is found by inode in the pod's /proc/net/tcp and tcp6, its owner
+//! among the processes of the pod's cgroup, and duplicated into the agent
+//! with pidfd_getfd (Linux 5.6) so that it can be put into the sockhash.
 
 use std::{
     os::fd::{FromRawFd as _, OwnedFd},
@@ -30,25 +30,29 @@ fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
     pids
 }
 
-/// A duplicate of the socket listening on `port` in the pod, if any.
-pub fn find(netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Option<OwnedFd>> {
-    let inodes = crate::netns::listening_inodes(netns, port)?;
-    if inodes.is_empty() {
-        return Ok(None);
-    }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+/// A duplicate of each socket listening on `port` in the pod, with whether
+/// it is an AF_INET6 one (at most one of each family).
+pub fn find(netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Vec<(bool, OwnedFd)>> {
+    let mut wanted: Vec<(String, bool)> =
+        crate::netns::listening(netns, port)?.into_iter().map(|l| (format!("socket:[{}]", l.inode), l.v6)).collect();
+    let mut found = Vec::new();
     for pid in cgroup_pids(cgroup) {
+        if wanted.is_empty() {
+            break;
+        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            if !wanted.iter().any(|w| target.as_os_str() == w.as_str()) {
-                continue;
-            }
+            let Some(i) = wanted.iter().position(|(w, _)| target.as_os_str() == w.as_str()) else { continue };
             let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            return dup_from(pid, num).map(Some);
+            let (_, v6) = wanted.swap_remove(i);
+            // One socket per family: another of the same family (a second
+            // process sharing the port) would only replace it.
+            wanted.retain(|(_, other)| *other != v6);
+            found.push((v6, dup_from(pid, num)?));
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 fn dup_from(pid: i32, fd: i32) -> anyhow::Result<OwnedFd> {

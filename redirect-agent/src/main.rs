@@ -11,6 +11,7 @@ use redirect_agent::{
     dataplane::{Choice, Dataplane},
     demo,
     ebpf::{maps::ProxySettings, pins::{self, Pins}},
+    ipv6::Ipv6Mode,
     pod::{self, PodSpec},
     state,
 };
@@ -139,6 +140,13 @@ enum Command {
         /// pod allow it and iptables elsewhere.
         #[arg(long, value_enum, default_value = "auto")]
         dataplane: Choice,
+        /// Whose IPv6 connections are intercepted (as the ip6tables variant
+        /// of fsm-init's rules would): pods with a global IPv6 address
+        /// (auto), every pod (on), none (off: fsm-init's IPv4-only
+        /// behaviour). IPv4-mapped destinations are IPv4 and always are.
+        /// The proxy must then listen on [::]:15001 and [::]:15003 too.
+        #[arg(long, value_enum, default_value = "auto")]
+        ipv6: Ipv6Mode,
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9901); off by default.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -151,9 +159,10 @@ enum Command {
     /// from the configured lists and from the kernel's state.
     Explain {
         pod: String,
-        /// Outbound: the destination a process of the pod dials.
+        /// Outbound: the destination a process of the pod dials
+        /// (10.96.0.10:80, [fd00::10]:80, [::ffff:10.96.0.10]:80).
         #[arg(long, required_unless_present = "inbound")]
-        to: Option<std::net::SocketAddrV4>,
+        to: Option<std::net::SocketAddr>,
         /// Outbound: the UID of the dialling process.
         #[arg(long, default_value_t = 0)]
         uid: u32,
@@ -165,6 +174,9 @@ enum Command {
         /// Inbound: the interface it arrives on.
         #[arg(long, requires = "inbound")]
         iface: Option<String>,
+        /// Inbound: it arrives over IPv6.
+        #[arg(long = "ipv6", requires = "inbound")]
+        inbound_ipv6: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -194,6 +206,9 @@ enum Command {
         /// Override the agent's --fast-path for this pod.
         #[arg(long, value_enum)]
         fast_path: Option<Switch>,
+        /// Override the agent's --ipv6 for this pod.
+        #[arg(long, value_enum)]
+        ipv6: Option<Ipv6Mode>,
     },
     /// Stop intercepting a pod.
     Remove { name: String },
@@ -274,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_decisions,
             fast_path,
             dataplane,
+            ipv6,
             metrics_listen,
             refresh_interval,
         } => {
@@ -288,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     log_decisions,
                     inbound: true,
                     fast_path: fast_path == Switch::On,
+                    ipv6,
                 },
                 dataplane,
             };
@@ -297,9 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
-        Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path } => {
+        Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
             let fast_path = fast_path.map(|s| s == Switch::On);
-            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path };
+            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6 };
             spec.validate()?;
             let answer = control::call(dir, &Request::Enroll { pod: spec })?;
             println!("enrolled as pod {} ({} dataplane)", answer["id"], answer["dataplane"].as_str().unwrap_or("?"));
@@ -324,11 +341,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Iptables { action } => iptables_command(action),
-        Command::Explain { pod, to, uid, inbound, port, iface, output } => {
+        Command::Explain { pod, to, uid, inbound, port, iface, inbound_ipv6, output } => {
             use redirect_agent::diagnostics::{Explanation, Query};
             let query = match (to, inbound) {
                 (Some(to), false) => Query::Outbound { to, uid },
-                _ => Query::Inbound { port: port.expect("clap requires --port"), iface },
+                _ => Query::Inbound { port: port.expect("clap requires --port"), iface, ipv6: inbound_ipv6 },
             };
             let answer = control::call(dir, &Request::Explain { pod, query })?;
             match output {
@@ -336,6 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => {
                     let e: Explanation = serde_json::from_value(answer)?;
                     println!("pod {} ({:?} dataplane): {:?}", e.pod, e.dataplane.unwrap_or(Dataplane::Ebpf), e.query);
+                    if let Some(note) = &e.note {
+                        println!("note:    {note}");
+                    }
                     println!("verdict: {}  (rule {}: {})", e.config.verdict, e.config.rule, e.config.reason);
                     if let Some(m) = &e.matched {
                         println!("matched: {m}");
@@ -410,9 +430,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
             outbound_port: args.proxy.outbound_port,
             inbound_port: args.proxy.inbound_port,
             proxy_uid: args.proxy.proxy_uid,
-            log_decisions: false,
-            inbound: true,
-            fast_path: false,
+            ..ProxySettings::default()
         };
         Ok((policy, settings, family(args.ipv6), args.pod_ip))
     };
@@ -428,17 +446,10 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
         }
         IptablesCommand::Apply { netns, rules: args } => {
             let (policy, settings, family, pod_ip) = build(args)?;
-            let ip = match pod_ip {
+            let ip = match pod_ip.or(redirect_agent::netns::pod_net(&netns)?.pod_ip(family == Family::V6)) {
                 Some(ip) => PodIp::Addr(ip),
-                None if family == Family::V4 => match redirect_agent::netns::pod_net(&netns)?.addrs.first() {
-                    Some(a) => PodIp::Addr(std::net::IpAddr::V4(*a)),
-                    None if policy.local_proxy_mode == redirect_agent::config::LocalProxyMode::PodIP => {
-                        anyhow::bail!("localProxyMode PodIP: {} has no IPv4 address; give --pod-ip", netns.display())
-                    }
-                    None => PodIp::ShellVariable,
-                },
                 None if policy.local_proxy_mode == redirect_agent::config::LocalProxyMode::PodIP => {
-                    anyhow::bail!("localProxyMode PodIP with --ipv6: give --pod-ip")
+                    anyhow::bail!("localProxyMode PodIP: {} has no {family:?} pod IP; give --pod-ip", netns.display())
                 }
                 None => PodIp::ShellVariable,
             };
@@ -477,8 +488,8 @@ fn print_pods(s: &agent::Status) {
         println!("eBPF dataplane unavailable: {why}");
     }
     println!(
-        "{:<4} {:<28} {:<9} {:<9} {:<8} {:<22} {:>6} {:>6} {:>6}",
-        "ID", "POD", "DATAPLANE", "ATTACHED", "SOCKOPS", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT"
+        "{:<4} {:<28} {:<9} {:<9} {:<8} {:<5} {:<22} {:>6} {:>6} {:>6}",
+        "ID", "POD", "DATAPLANE", "ATTACHED", "SOCKOPS", "IPV6", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT"
     );
     for p in &s.pods {
         let dataplane = match p.dataplane {
@@ -487,7 +498,7 @@ fn print_pods(s: &agent::Status) {
             None => "-",
         };
         println!(
-            "{:<4} {:<28} {:<9} {:<9} {:<8} {:<22} {:>6} {:>6} {:>6}",
+            "{:<4} {:<28} {:<9} {:<9} {:<8} {:<5} {:<22} {:>6} {:>6} {:>6}",
             p.id,
             p.name,
             dataplane,
@@ -497,6 +508,7 @@ fn print_pods(s: &agent::Status) {
                 _ if p.sockops => "yes",
                 _ => "no",
             },
+            if p.ipv6 { "on" } else { "off" },
             p.local_addrs.join(","),
             p.excluded_cidrs,
             p.included_cidrs,

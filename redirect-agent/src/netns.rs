@@ -3,11 +3,12 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
 use anyhow::Context as _;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
 /// Opens `path` and checks that it is a network namespace.
@@ -56,32 +57,64 @@ pub fn command_in(cmd: &mut std::process::Command, path: &Path) -> anyhow::Resul
     Ok(())
 }
 
-/// A route of the pod's main table (IPv4).
+/// A route of the pod's main table, either family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Addr,
-    pub prefix_len: u8,
+    pub net: IpNet,
     pub iface: String,
 }
 
 /// What the agent needs to know of a pod's network namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodNet {
-    /// Its own IPv4 addresses outside 127.0.0.0/8.
-    pub addrs: Vec<Ipv4Addr>,
+    /// Its own addresses, both families, but for loopback (IPv6
+    /// link-local ones too: connections to them stay in the pod too).
+    pub addrs: Vec<IpAddr>,
     /// Interfaces by name and index.
     pub ifaces: Vec<(String, u32)>,
+    /// The main table's unicast routes, both families, in the kernel's order.
     pub routes: Vec<Route>,
+    /// The IPv6 hand-over prefix is routed to `lo`
+    /// (`redirect_common::handover::NET6`).
+    pub handover_route: bool,
 }
 
 impl PodNet {
     pub fn ifindex(&self, name: &str) -> Option<u32> {
         self.ifaces.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
     }
+
+    /// The pod IP of a family: its first global address of that family
+    /// (what `localProxyMode: PodIP` and the ip6tables variant name).
+    pub fn pod_ip(&self, v6: bool) -> Option<IpAddr> {
+        self.addrs.iter().copied().find(|a| match a {
+            IpAddr::V4(_) => !v6,
+            IpAddr::V6(a) => v6 && !is_link_local(a),
+        })
+    }
+
+    /// Whether the pod has a global IPv6 address (what `--ipv6 auto` asks).
+    pub fn has_global_v6(&self) -> bool {
+        self.pod_ip(true).is_some()
+    }
+
+    /// The route the kernel takes to `addr`: the longest matching prefix,
+    /// the first of equally long ones.
+    pub fn route_for(&self, addr: IpAddr) -> Option<&Route> {
+        self.routes.iter().filter(|r| r.net.contains(&addr)).fold(None, |best: Option<&Route>, r| match best {
+            Some(b) if b.net.prefix_len() >= r.net.prefix_len() => Some(b),
+            _ => Some(r),
+        })
+    }
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Parses /proc/net/route: `Iface Destination Gateway Flags RefCnt Use
-/// Metric Mask ...`, addresses as little-endian hex.
+/// Metric Mask ...`, addresses as little-endian hex. It holds the main
+/// table only.
 fn parse_routes(text: &str) -> Vec<Route> {
     text.lines()
         .skip(1)
@@ -89,14 +122,51 @@ fn parse_routes(text: &str) -> Vec<Route> {
             let f: Vec<&str> = line.split_whitespace().collect();
             let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
             let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            Some(Route {
-                // The kernel prints the address as a native integer.
-                dst: Ipv4Addr::from(dst.to_ne_bytes()),
-                prefix_len: mask.count_ones() as u8,
-                iface: f[0].to_owned(),
-            })
+            // The kernel prints the address as a native integer.
+            let net = Ipv4Net::new(Ipv4Addr::from(dst.to_ne_bytes()), mask.count_ones() as u8).ok()?;
+            Some(Route { net: IpNet::V4(net), iface: f[0].to_owned() })
         })
         .collect()
+}
+
+/// `RTF_REJECT`, `RTF_CACHE`, `RTF_LOCAL` (include/uapi/linux/ipv6_route.h, route.h).
+const RTF_REJECT: u32 = 0x0200;
+const RTF_CACHE: u32 = 0x0100_0000;
+const RTF_LOCAL: u32 = 0x8000_0000;
+
+/// Parses /proc/net/ipv6_route: `dst dst_len src src_len next_hop metric
+/// refcnt use flags iface`, in hex. It holds every table: the main table's
+/// unicast routes are those neither local, nor reject (the unreachable
+/// default), nor cached, nor multicast. Also returns whether the hand-over
+/// prefix is routed locally to `lo`.
+fn parse_routes6(text: &str) -> (Vec<Route>, bool) {
+    let handover = handover_net();
+    let mut handover_route = false;
+    let mut routes = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dst), Some(len), Some(flags), Some(iface)) = (f.first(), f.get(1), f.get(8), f.get(9)) else { continue };
+        let (Ok(dst), Ok(len), Ok(flags)) = (u128::from_str_radix(dst, 16), u8::from_str_radix(len, 16), u32::from_str_radix(flags, 16)) else {
+            continue;
+        };
+        let Ok(net) = Ipv6Net::new(Ipv6Addr::from(dst), len) else { continue };
+        if flags & RTF_LOCAL != 0 {
+            handover_route |= net == handover && *iface == "lo";
+            continue;
+        }
+        if flags & (RTF_REJECT | RTF_CACHE) != 0 || dst >> 120 == 0xff {
+            continue;
+        }
+        routes.push(Route { net: IpNet::V6(net), iface: (*iface).to_owned() });
+    }
+    (routes, handover_route)
+}
+
+/// The IPv6 hand-over prefix (`redirect_common::handover::NET6`).
+pub fn handover_net() -> Ipv6Net {
+    let mut octets = [0u8; 16];
+    octets[..8].copy_from_slice(&redirect_common::handover::NET6);
+    Ipv6Net::new(Ipv6Addr::from(octets), redirect_common::handover::NET6_PREFIX_LEN).expect("a /64")
 }
 
 /// Reads addresses, interfaces and routes of the namespace in one visit.
@@ -104,10 +174,14 @@ pub fn pod_net(path: &Path) -> anyhow::Result<PodNet> {
     in_netns(path, || {
         let mut net = PodNet::default();
         for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
-            if let Some(ip) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip()) {
-                if !ip.is_loopback() && !net.addrs.contains(&ip) {
-                    net.addrs.push(ip);
-                }
+            let Some(address) = ifa.address.as_ref() else { continue };
+            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(a), _) => IpAddr::V4(a.ip()),
+                (_, Some(a)) => IpAddr::V6(a.ip()),
+                _ => continue,
+            };
+            if !ip.is_loopback() && !net.addrs.contains(&ip) {
+                net.addrs.push(ip);
             }
         }
         net.addrs.sort();
@@ -117,8 +191,35 @@ pub fn pod_net(path: &Path) -> anyhow::Result<PodNet> {
         // /proc/thread-self/net is this thread's (the pod's) namespace.
         let routes = std::fs::read_to_string("/proc/thread-self/net/route").context("reading the pod's routes")?;
         net.routes = parse_routes(&routes);
+        // Absent where the kernel or the namespace has no IPv6.
+        if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/ipv6_route") {
+            let (routes6, handover_route) = parse_routes6(&text);
+            net.routes.extend(routes6);
+            net.handover_route = handover_route;
+        }
         Ok(net)
     })
+}
+
+/// Routes the IPv6 hand-over prefix to `lo` in the pod's network namespace
+/// (present: idempotent), or takes that route away (absent: nothing to do).
+/// A `local` route in the local table, as the kernel's own for the pod's
+/// addresses: every address of the prefix is the pod's, like 127.0.0.0/8.
+pub fn set_handover_route(path: &Path, present: bool) -> anyhow::Result<()> {
+    let prefix = handover_net().to_string();
+    let action = if present { "replace" } else { "del" };
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-6", "route", action, "local", &prefix, "dev", "lo", "table", "local"]);
+    command_in(&mut cmd, path)?;
+    let out = cmd.output().context("running ip (iproute2) for the IPv6 hand-over route")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !present && err.contains("No such process") {
+            return Ok(());
+        }
+        anyhow::bail!("netns {}: ip -6 route {action} local {prefix} dev lo: {}", path.display(), err.trim());
+    }
+    Ok(())
 }
 
 /// A TCP socket listening in a pod's namespace.
@@ -128,27 +229,24 @@ pub struct Listening {
     /// Bound to the wildcard address (0.0.0.0 or [::]), so it accepts
     /// connections to any local address.
     pub wildcard: bool,
+    /// An AF_INET6 socket (a `[::]` one may be dual-stack).
+    pub v6: bool,
 }
 
 /// The TCP sockets listening on `port` in the namespace.
 pub fn listening(path: &Path, port: u16) -> anyhow::Result<Vec<Listening>> {
     in_netns(path, move || {
         let mut found = Vec::new();
-        for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        for (file, v6) in [("/proc/thread-self/net/tcp", false), ("/proc/thread-self/net/tcp6", true)] {
             let Ok(text) = std::fs::read_to_string(file) else { continue };
-            found.extend(parse_listening(&text, port));
+            found.extend(parse_listening(&text, port, v6));
         }
         Ok(found)
     })
 }
 
-/// Inodes of the TCP sockets listening on `port` in the namespace.
-pub fn listening_inodes(path: &Path, port: u16) -> anyhow::Result<Vec<u64>> {
-    Ok(listening(path, port)?.into_iter().map(|l| l.inode).collect())
-}
-
 /// Rows of /proc/net/tcp{,6} in state LISTEN (0A) on `port`.
-fn parse_listening(text: &str, port: u16) -> Vec<Listening> {
+fn parse_listening(text: &str, port: u16, v6: bool) -> Vec<Listening> {
     let mut found = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -158,7 +256,7 @@ fn parse_listening(text: &str, port: u16) -> Vec<Listening> {
             && u16::from_str_radix(lport, 16).ok() == Some(port)
             && let Ok(inode) = inode.parse::<u64>()
         {
-            found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0') });
+            found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0'), v6 });
         }
     }
     found
@@ -174,12 +272,12 @@ mod tests {
    0: 00000000:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 101 1 0 100 0 0 10 0\n\
    1: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 102 1 0 100 0 0 10 0\n\
    2: 0100007F:3A99 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1500        0 103 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_listening(tcp, 15001), vec![Listening { inode: 101, wildcard: true }]);
-        assert_eq!(parse_listening(tcp, 15003), vec![Listening { inode: 102, wildcard: false }]);
-        assert_eq!(parse_listening(tcp, 8080), vec![]);
+        assert_eq!(parse_listening(tcp, 15001, false), vec![Listening { inode: 101, wildcard: true, v6: false }]);
+        assert_eq!(parse_listening(tcp, 15003, false), vec![Listening { inode: 102, wildcard: false, v6: false }]);
+        assert_eq!(parse_listening(tcp, 8080, false), vec![]);
         let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 104 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_listening(tcp6, 15001), vec![Listening { inode: 104, wildcard: true }]);
+        assert_eq!(parse_listening(tcp6, 15001, true), vec![Listening { inode: 104, wildcard: true, v6: true }]);
     }
 
     #[test]
@@ -189,8 +287,48 @@ eth0\t00000000\t0101F40A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 net1\t0000A8C0\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
         let r = parse_routes(text);
-        assert_eq!(r[0], Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, iface: "eth0".into() });
-        assert_eq!(r[1], Route { dst: Ipv4Addr::new(10, 244, 1, 0), prefix_len: 24, iface: "eth0".into() });
-        assert_eq!(r[2], Route { dst: Ipv4Addr::new(192, 168, 0, 0), prefix_len: 16, iface: "net1".into() });
+        let route = |net: &str, iface: &str| Route { net: net.parse().unwrap(), iface: iface.into() };
+        assert_eq!(r, [route("0.0.0.0/0", "eth0"), route("10.244.1.0/24", "eth0"), route("192.168.0.0/16", "net1")]);
+    }
+
+    #[test]
+    fn reads_proc_net_ipv6_route_main_table_unicast_only() {
+        // From a pod netns: a connected /64, a default route, the local
+        // table's entries (loopback, its own address, the hand-over
+        // prefix), the unreachable default of the null table, multicast.
+        let text = "\
+fd000001000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001       a6
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000001000000000000000000000001 00000400 00000001 00000000 00000003       a6
+00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo
+fd000001000000000000000000000002 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 80200001       a6
+fd3ca7e152b900010000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 80000001       lo
+ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001       a6
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        let (routes, handover) = parse_routes6(text);
+        let route = |net: &str| Route { net: net.parse().unwrap(), iface: "a6".into() };
+        assert_eq!(routes, [route("fd00:1::/64"), route("::/0")]);
+        assert!(handover);
+        assert!(!parse_routes6(&text.replace("fd3ca7e152b90001", "fd3ca7e152b90002")).1, "another prefix is not ours");
+    }
+
+    #[test]
+    fn the_route_taken_is_the_longest_match_of_the_family() {
+        let net = PodNet {
+            routes: ["0.0.0.0/0 eth0", "192.168.0.0/16 net1", "192.168.7.0/24 eth0", "::/0 eth0", "fd00:5::/64 net1"]
+                .iter()
+                .map(|r| {
+                    let (n, i) = r.split_once(' ').unwrap();
+                    Route { net: n.parse().unwrap(), iface: i.into() }
+                })
+                .collect(),
+            ..PodNet::default()
+        };
+        let via = |a: &str| net.route_for(a.parse().unwrap()).map(|r| r.iface.as_str());
+        assert_eq!(via("192.168.1.1"), Some("net1"));
+        assert_eq!(via("192.168.7.1"), Some("eth0"));
+        assert_eq!(via("10.0.0.1"), Some("eth0"));
+        assert_eq!(via("fd00:5::9"), Some("net1"));
+        assert_eq!(via("fd00:6::9"), Some("eth0"));
     }
 }

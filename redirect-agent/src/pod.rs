@@ -31,6 +31,9 @@ pub struct PodSpec {
     /// `--fast-path`.
     #[serde(default)]
     pub fast_path: Option<bool>,
+    /// Whether the pod's IPv6 is intercepted; `None`: the agent's `--ipv6`.
+    #[serde(default)]
+    pub ipv6: Option<crate::ipv6::Ipv6Mode>,
 }
 
 impl PodSpec {

@@ -1,12 +1,18 @@
 //! The interception decision, in one place.
 //!
 //! This is the outbound table of `interception-semantics.md`, evaluated top
-//! to bottom, first match wins. The eBPF `connect4` program answers the
-//! questions of [`OutboundLists`] from its maps; the agent answers them from
-//! the configured lists (for `explain` and for tests). Both then call
-//! [`decide_outbound`], so the kernel and the tools can't drift apart.
+//! to bottom, first match wins. The eBPF `connect4`/`connect6` programs
+//! answer the questions of [`PodLists`] and [`AddrLists`] from their maps;
+//! the agent answers them from the configured lists (for `explain` and for
+//! tests). All of them then call [`decide_outbound`], so the kernel and the
+//! tools can't drift apart.
 //!
-//! Addresses are IPv4 in host byte order (`u32`), ports in host byte order.
+//! One table serves both families (`crate::addr`): IPv4 addresses as `u32`
+//! in host byte order, IPv6 ones as [`Ip6`]. An IPv6 socket dialling an
+//! IPv4-mapped address (`::ffff:a.b.c.d`) makes an IPv4 connection, and is
+//! decided as one ([`Ip6::to_mapped_v4`]). Ports are in host byte order.
+
+use crate::addr::{Address, Ip6};
 
 /// Where a connection ends up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +33,10 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum OutboundRule {
+    /// 0: an IPv6 destination of a pod whose IPv6 is not intercepted
+    /// (fsm-init's rules are IPv4 only; `--ipv6 off`, or `auto` without a
+    /// global IPv6 address).
+    Ipv6Off = 0,
     /// 1: the proxy dialling a local address other than 127.0.0.1 (its own
     /// pod IP): through inbound handling.
     ProxyToLocal = 1,
@@ -34,8 +44,11 @@ pub enum OutboundRule {
     AppToLocal = 2,
     /// 3: the proxy's own upstream connections.
     ProxyUid = 3,
-    // Row 4 (destination 127.0.0.1) can never decide: 127.0.0.1 leaves via
-    // lo, so rows 2 and 3 have already matched. It has no variant.
+    /// 4: an IPv6 link-local destination (fe80::/10): a proxy could not
+    /// dial it back, its answer to `SO_ORIGINAL_DST` has no interface.
+    /// (Row 4's other half, destination 127.0.0.1 or ::1, never decides:
+    /// those leave via lo, and rows 2 and 3 have matched already.)
+    LinkLocal = 4,
     /// 5: routed out of an interface in `networkInterfaceExclusionList`.
     ExcludedInterface = 5,
     /// 6: destination in an excluded CIDR.
@@ -61,11 +74,13 @@ impl OutboundRule {
 
     pub const fn describe(self) -> &'static str {
         match self {
+            OutboundRule::Ipv6Off => "IPv6, and the pod's IPv6 is not intercepted (--ipv6)",
             OutboundRule::ProxyToLocal => {
-                "proxy UID dialling a local address other than 127.0.0.1: inbound listener"
+                "proxy UID dialling a local address other than 127.0.0.1 (::1): inbound listener"
             }
             OutboundRule::AppToLocal => "destination is local to the pod (leaves via lo)",
             OutboundRule::ProxyUid => "connection opened by the proxy UID",
+            OutboundRule::LinkLocal => "IPv6 link-local destination",
             OutboundRule::ExcludedInterface => "routed through an excluded interface",
             OutboundRule::ExcludedCidr => "destination in an excluded CIDR",
             OutboundRule::ExcludedPort => "destination port excluded",
@@ -75,71 +90,86 @@ impl OutboundRule {
         }
     }
 
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => OutboundRule::ProxyToLocal,
-            2 => OutboundRule::AppToLocal,
-            3 => OutboundRule::ProxyUid,
-            5 => OutboundRule::ExcludedInterface,
-            6 => OutboundRule::ExcludedCidr,
-            7 => OutboundRule::ExcludedPort,
-            8 => OutboundRule::Included,
-            9 => OutboundRule::NotIncluded,
-            10 => OutboundRule::Default,
-            _ => return None,
-        })
+    pub const ALL: [OutboundRule; 11] = [
+        OutboundRule::Ipv6Off,
+        OutboundRule::ProxyToLocal,
+        OutboundRule::AppToLocal,
+        OutboundRule::ProxyUid,
+        OutboundRule::LinkLocal,
+        OutboundRule::ExcludedInterface,
+        OutboundRule::ExcludedCidr,
+        OutboundRule::ExcludedPort,
+        OutboundRule::Included,
+        OutboundRule::NotIncluded,
+        OutboundRule::Default,
+    ];
+
+    /// The name of its counter (`crate::maps::counter`) in `status` and
+    /// the metrics.
+    pub const fn counter_name(self) -> &'static str {
+        match self {
+            OutboundRule::Ipv6Off => "outbound_direct_ipv6_off",
+            OutboundRule::ProxyToLocal => "outbound_to_inbound_listener",
+            OutboundRule::AppToLocal => "outbound_direct_local",
+            OutboundRule::ProxyUid => "outbound_direct_proxy_uid",
+            OutboundRule::LinkLocal => "outbound_direct_link_local",
+            OutboundRule::ExcludedInterface => "outbound_direct_excluded_interface",
+            OutboundRule::ExcludedCidr => "outbound_direct_excluded_cidr",
+            OutboundRule::ExcludedPort => "outbound_direct_excluded_port",
+            OutboundRule::Included => "outbound_redirected_included",
+            OutboundRule::NotIncluded => "outbound_direct_not_included",
+            OutboundRule::Default => "outbound_redirected",
+        }
     }
 }
 
-/// An outbound TCP connection as `connect()` sees it.
+/// An outbound TCP connection as `connect()` sees it: `A` is `u32` (IPv4,
+/// host byte order) or [`Ip6`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outbound {
-    /// Destination address, host byte order.
-    pub dst: u32,
+pub struct Outbound<A> {
+    pub dst: A,
     /// Destination port, host byte order.
     pub dst_port: u16,
     /// UID of the connecting process.
     pub uid: u32,
 }
 
-/// What the decision needs to know about one pod's lists.
-pub trait OutboundLists {
+/// What the decision needs to know about one pod, whatever the family.
+pub trait PodLists {
     fn proxy_uid(&self) -> u32;
-    /// `addr` is one of the pod's own addresses (outside 127.0.0.0/8): a
-    /// connection to it is routed through `lo`.
-    fn is_local_addr(&self, addr: u32) -> bool;
-    /// `addr` is routed through an interface of `networkInterfaceExclusionList`.
-    fn routed_via_excluded_iface(&self, addr: u32) -> bool;
-    fn cidr_excluded(&self, addr: u32) -> bool;
     fn port_excluded(&self, port: u16) -> bool;
-    /// The inclusion list is non-empty.
+    /// The inclusion list is non-empty (in either family: a list of IPv4
+    /// CIDRs only redirects no IPv6 destination, as in the ip6tables
+    /// variant of the rules).
     fn inclusion_enabled(&self) -> bool;
-    fn cidr_included(&self, addr: u32) -> bool;
 }
 
-const LOOPBACK_127_0_0_1: u32 = 0x7f00_0001;
-
-/// `connect()` to 0.0.0.0 is routed to 127.0.0.1 through `lo`
-/// (`ip_route_output_key_hash_rcu`), so nat OUTPUT sees 127.0.0.1.
-#[inline(always)]
-pub const fn routed_destination(dst: u32) -> u32 {
-    if dst == 0 { LOOPBACK_127_0_0_1 } else { dst }
-}
-
-/// Whether a destination leaves through `lo`: 127.0.0.0/8 and the pod's own
-/// addresses.
-#[inline(always)]
-fn leaves_via_lo<L: OutboundLists>(dst: u32, lists: &L) -> bool {
-    (dst >> 24) == 127 || lists.is_local_addr(dst)
+/// What the decision needs to know about one pod's addresses and lists of
+/// family `A`.
+pub trait AddrLists<A>: PodLists {
+    /// The pod's connections of this family are intercepted at all (IPv4:
+    /// always; IPv6: the pod's `--ipv6` switch).
+    fn intercepted(&self) -> bool;
+    /// `addr` is one of the pod's own addresses (not loopback): a
+    /// connection to it is routed through `lo`.
+    fn is_local_addr(&self, addr: A) -> bool;
+    /// `addr` is routed through an interface of `networkInterfaceExclusionList`.
+    fn routed_via_excluded_iface(&self, addr: A) -> bool;
+    fn cidr_excluded(&self, addr: A) -> bool;
+    fn cidr_included(&self, addr: A) -> bool;
 }
 
 /// The outbound table, first match wins.
 #[inline(always)]
-pub fn decide_outbound<L: OutboundLists>(conn: &Outbound, lists: &L) -> OutboundRule {
-    let dst = routed_destination(conn.dst);
+pub fn decide_outbound<A: Address, L: AddrLists<A>>(conn: &Outbound<A>, lists: &L) -> OutboundRule {
+    if !lists.intercepted() {
+        return OutboundRule::Ipv6Off;
+    }
+    let dst = conn.dst.routed();
     let is_proxy = conn.uid == lists.proxy_uid();
-    if leaves_via_lo(dst, lists) {
-        return if is_proxy && dst != LOOPBACK_127_0_0_1 {
+    // Leaves through `lo`: loopback, and the pod's own addresses.
+    if dst.is_loopback() || lists.is_local_addr(dst) {
+        return if is_proxy && !dst.is_loopback_one() {
             OutboundRule::ProxyToLocal
         } else if is_proxy {
             // `-o lo ! -d 127.0.0.1 --uid-owner 1500` did not match and
@@ -151,6 +181,9 @@ pub fn decide_outbound<L: OutboundLists>(conn: &Outbound, lists: &L) -> Outbound
     }
     if is_proxy {
         return OutboundRule::ProxyUid;
+    }
+    if dst.is_link_local() {
+        return OutboundRule::LinkLocal;
     }
     if lists.routed_via_excluded_iface(dst) {
         return OutboundRule::ExcludedInterface;
@@ -171,11 +204,45 @@ pub fn decide_outbound<L: OutboundLists>(conn: &Outbound, lists: &L) -> Outbound
     OutboundRule::Default
 }
 
+/// Where an IPv6 socket's `connect()` goes: an IPv4-mapped address makes
+/// an IPv4 connection (the kernel hands it to `tcp_v4_connect`, its packets
+/// are IPv4 and meet iptables, not ip6tables), anything else an IPv6 one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest6 {
+    Mapped(u32),
+    V6(Ip6),
+}
+
+impl Dest6 {
+    #[inline(always)]
+    pub const fn of(addr: Ip6) -> Self {
+        match addr.to_mapped_v4() {
+            Some(v4) => Dest6::Mapped(v4),
+            None => Dest6::V6(addr),
+        }
+    }
+}
+
+/// The decision for a `connect()` to `dst` by a process with `uid`, the way
+/// connect4 and connect6 take it (for user space: `explain`, tests).
+pub fn decide_connect<L: AddrLists<u32> + AddrLists<Ip6>>(dst: core::net::SocketAddr, uid: u32, lists: &L) -> OutboundRule {
+    let dst_port = dst.port();
+    match dst.ip() {
+        core::net::IpAddr::V4(a) => decide_outbound(&Outbound { dst: u32::from(a), dst_port, uid }, lists),
+        core::net::IpAddr::V6(a) => match Dest6::of(Ip6::from_octets(a.octets())) {
+            Dest6::Mapped(v4) => decide_outbound(&Outbound { dst: v4, dst_port, uid }, lists),
+            Dest6::V6(v6) => decide_outbound(&Outbound { dst: v6, dst_port, uid }, lists),
+        },
+    }
+}
+
 /// The row of the inbound table that decided a connection arriving at the
 /// pod from elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum InboundRule {
+    /// 0: arrived over IPv6 at a pod whose IPv6 is not intercepted.
+    Ipv6Off = 0,
     /// 1: destination port in the inbound exclusion list.
     ExcludedPort = 1,
     /// 2: arrived on an interface in `networkInterfaceExclusionList`.
@@ -196,10 +263,25 @@ impl InboundRule {
 
     pub const fn describe(self) -> &'static str {
         match self {
+            InboundRule::Ipv6Off => "IPv6, and the pod's IPv6 is not intercepted (--ipv6)",
             InboundRule::ExcludedPort => "destination port in the inbound exclusion list",
             InboundRule::ExcludedInterface => "arrived on an excluded interface",
             InboundRule::ProxyPort => "the proxy's own admin/health/metrics port",
             InboundRule::Redirect => "default: inbound TCP goes to the proxy's inbound listener",
+        }
+    }
+
+    pub const ALL: [InboundRule; 5] =
+        [InboundRule::Ipv6Off, InboundRule::ExcludedPort, InboundRule::ExcludedInterface, InboundRule::ProxyPort, InboundRule::Redirect];
+
+    /// The name of its counter (`crate::maps::counter`).
+    pub const fn counter_name(self) -> &'static str {
+        match self {
+            InboundRule::Ipv6Off => "inbound_direct_ipv6_off",
+            InboundRule::ExcludedPort => "inbound_direct_excluded_port",
+            InboundRule::ExcludedInterface => "inbound_direct_excluded_interface",
+            InboundRule::ProxyPort => "inbound_direct_proxy_port",
+            InboundRule::Redirect => "inbound_redirected",
         }
     }
 }
@@ -211,16 +293,23 @@ pub struct Inbound {
     pub dst_port: u16,
     /// The interface it arrived on, where the kernel tells.
     pub ingress_ifindex: Option<u32>,
+    /// It arrived over IPv6 (IPv4-mapped never arrives: on the wire it is IPv4).
+    pub ipv6: bool,
 }
 
 pub trait InboundLists {
     fn inbound_port_excluded(&self, port: u16) -> bool;
     fn interface_excluded(&self, ifindex: u32) -> bool;
+    /// The pod's IPv6 is intercepted (its `--ipv6` switch).
+    fn ipv6_intercepted(&self) -> bool;
 }
 
 /// The inbound table, first match wins.
 #[inline(always)]
 pub fn decide_inbound<L: InboundLists>(conn: &Inbound, lists: &L) -> InboundRule {
+    if conn.ipv6 && !lists.ipv6_intercepted() {
+        return InboundRule::Ipv6Off;
+    }
     if lists.inbound_port_excluded(conn.dst_port) {
         return InboundRule::ExcludedPort;
     }

@@ -23,10 +23,29 @@
 //! Also: every redirected connection has a destination address of its own,
 //! so a pod's concurrent redirected connections are not limited to one
 //! ephemeral port range towards a single 127.0.0.1:15001.
+//!
+//! An IPv6 socket dialling an IPv4-mapped address makes an IPv4
+//! connection: it is sent to the same address in mapped form
+//! (`::ffff:127.128.x.y`) and handed over the same way.
+//!
+//! IPv6 has a single loopback address, `::1`, so there is no loopback range
+//! to carry a cookie. The agent routes a private prefix of its own,
+//! [`NET6`]/64, to `lo` in the pod's network namespace (a `local` route:
+//! every address of it is the pod's own, as `127.0.0.0/8` is), and
+//! connect6 sends a redirected IPv6 connection to `NET6` plus the socket's
+//! whole 64-bit cookie. The original destination (20 bytes with the port:
+//! no single word holds it) goes into `HANDOVER6`, an LRU hash keyed by
+//! that cookie, whose updates and lookups are whole-entry. Cookies are
+//! unique while the machine runs, so a proxy's answer is never another
+//! connection's destination; an entry evicted before the proxy asked gives
+//! the kernel's own answer (ENOENT).
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::maps::{Ipv4Be, PodId, capacity};
+use crate::{
+    addr::Ip6,
+    maps::{Ipv4Be, PodId, capacity},
+};
 
 /// 127.128.0.0/10 (host byte order): within loopback's 127.0.0.0/8, clear
 /// of the addresses in common use (127.0.0.1, 127.0.0.53, 127.0.1.1) and of
@@ -107,6 +126,59 @@ impl Handover {
 // SAFETY: `#[repr(transparent)]` over a u64.
 unsafe impl aya::Pod for Handover {}
 
+/// The agent's IPv6 hand-over prefix, routed to `lo` in the network
+/// namespace of every pod whose IPv6 is intercepted: fd3c:a7e1:52b9:1::/64,
+/// a unique local prefix (RFC 4193) with a random global id, so it meets no
+/// address a cluster uses.
+pub const NET6: [u8; 8] = [0xfd, 0x3c, 0xa7, 0xe1, 0x52, 0xb9, 0x00, 0x01];
+pub const NET6_PREFIX_LEN: u8 = 64;
+
+/// Where connect6 sends the IPv6 connection of the socket with `cookie`:
+/// [`NET6`] with the cookie as interface identifier.
+#[inline(always)]
+pub const fn address6(cookie: u64) -> Ip6 {
+    let c = cookie.to_be_bytes();
+    let n = NET6;
+    Ip6::from_octets([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+}
+
+/// The cookie named by an accepted socket's local address, if connect6
+/// chose that address.
+#[inline(always)]
+pub const fn cookie_of6(local_addr: Ip6) -> Option<u64> {
+    let net = address6(0).prefix64();
+    let [a, b] = local_addr.prefix64();
+    if a != net[0] || b != net[1] {
+        return None;
+    }
+    let [w2, w3] = [local_addr.0[2].to_ne_bytes(), local_addr.0[3].to_ne_bytes()];
+    Some(u64::from_be_bytes([w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]))
+}
+
+/// An entry of `HANDOVER6`, keyed by the application socket's cookie: the
+/// original destination of a redirected IPv6 connection, and its pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Handover6 {
+    pub addr: Ip6,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub pod: PodId,
+}
+
+impl Handover6 {
+    /// The original destination, if this entry is `pod`'s.
+    #[inline(always)]
+    pub const fn orig_for(&self, pod: PodId) -> Option<(Ip6, u16)> {
+        if self.pod == pod { Some((self.addr, self.port)) } else { None }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]` plain data without padding holes (bytemuck's derive checks).
+unsafe impl aya::Pod for Handover6 {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +226,29 @@ mod tests {
         assert_eq!(h2.orig_for(pod, address(later)), Some(([10, 1, 1, 1], 443)));
         // The documented limit: 2^22 cookies later, the address repeats.
         assert_eq!(Handover::new(pod, c + (1 << 22), SVC, 81).orig_for(pod, address(c)), Some((SVC, 81)));
+    }
+
+    fn ip6(s: &str) -> Ip6 {
+        Ip6::from_octets(s.parse::<core::net::Ipv6Addr>().unwrap().octets())
+    }
+
+    #[test]
+    fn an_ipv6_redirect_address_carries_the_whole_cookie_in_the_agents_prefix() {
+        assert_eq!(address6(0x0123_4567_89ab_cdef), ip6("fd3c:a7e1:52b9:1:123:4567:89ab:cdef"));
+        for cookie in [1, 2, 0xffff_ffff, 0x1_0000_0000, 0xdead_beef_1234, u64::MAX] {
+            assert_eq!(cookie_of6(address6(cookie)), Some(cookie), "{cookie:#x}");
+        }
+        // Addresses connect6 never chooses name no cookie: loopback, the
+        // pods' own, a neighbouring prefix, mapped ones.
+        for other in ["::1", "fd00:244:1::2", "fd3c:a7e1:52b9:2::1", "fd3c:a7e1:52b8:1::1", "::ffff:127.128.0.1", "fe80::1"] {
+            assert_eq!(cookie_of6(ip6(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_entry_answers_only_its_own_pod() {
+        let h = Handover6 { addr: ip6("fd00:96::10"), port: 80, _pad: 0, pod: 7 };
+        assert_eq!(h.orig_for(7), Some((ip6("fd00:96::10"), 80)));
+        assert_eq!(h.orig_for(8), None);
     }
 }

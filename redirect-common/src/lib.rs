@@ -4,6 +4,7 @@
 //! `explain` output and the tests all run.
 #![no_std]
 
+pub mod addr;
 pub mod decision;
 pub mod handover;
 pub mod maps;
@@ -26,3 +27,7 @@ pub mod defaults {
 /// going.
 pub const SOL_IP: i32 = 0;
 pub const SO_ORIGINAL_DST: i32 = 80;
+/// `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST` from `<linux/netfilter_ipv6/ip6_tables.h>`:
+/// the same question for an IPv6 connection, answered with a `sockaddr_in6`.
+pub const SOL_IPV6: i32 = 41;
+pub const IP6T_SO_ORIGINAL_DST: i32 = 80;

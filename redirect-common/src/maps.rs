@@ -14,6 +14,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub use crate::addr::Ip6;
+
 /// An IPv4 address as it sits in a packet: network byte order.
 pub type Ipv4Be = [u8; 4];
 
@@ -34,15 +36,21 @@ pub const MESH_OWNER: PodId = 0x7fff_ffff;
 pub mod names {
     pub const POD_CONFIG: &str = "POD_CONFIG";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
     pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    pub const EXCLUDED_CIDRS6: &str = "EXCLUDED_CIDRS6";
     pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
+    pub const INCLUDED_CIDRS6: &str = "INCLUDED_CIDRS6";
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     pub const EXCLUDED_IFACES: &str = "EXCLUDED_IFACES";
     pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
+    pub const IFACE_ROUTES6: &str = "IFACE_ROUTES6";
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
     pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
+    pub const INBOUND_ORIG6: &str = "INBOUND_ORIG6";
     pub const COUNTERS: &str = "COUNTERS";
     pub const HANDOVER: &str = "HANDOVER";
+    pub const HANDOVER6: &str = "HANDOVER6";
     pub const AYA_LOGS: &str = "AYA_LOGS";
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
     /// Per pod, not shared: a pod's local sockets for the fast path (see
@@ -50,18 +58,24 @@ pub mod names {
     pub const FAST_PATH: &str = "FAST_PATH";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 13] = [
+    pub const SHARED: [&str; 19] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
+        LOCAL_ADDRS6,
         EXCLUDED_CIDRS,
+        EXCLUDED_CIDRS6,
         INCLUDED_CIDRS,
+        INCLUDED_CIDRS6,
         EXCLUDED_PORTS,
         EXCLUDED_IFACES,
         IFACE_ROUTES,
+        IFACE_ROUTES6,
         PROXY_LISTENERS,
         HANDOVER,
+        HANDOVER6,
         INBOUND_ORIG,
+        INBOUND_ORIG6,
         AYA_LOGS,
         FAST_PATH_STATE,
     ];
@@ -82,10 +96,16 @@ pub mod capacity {
     /// connection whose socket cookie names it, about every 256Ki cookies
     /// handed out on the node.
     pub const HANDOVER_SLOTS: u32 = 256 * 1024;
+    /// Redirected IPv6 connections whose original destination a proxy may
+    /// still ask for, node-wide ([`crate::handover`]): the least recently
+    /// used entry goes first, about 64Ki redirected IPv6 connections later.
+    pub const HANDOVER6: u32 = 64 * 1024;
     /// Inbound connections steered to the proxy, from the SYN until the
-    /// least recently used one is evicted. Apart from the outbound
-    /// hand-over, so a SYN flood can't touch outbound connections.
+    /// least recently used one is evicted, per family. Apart from the
+    /// outbound hand-over, so a SYN flood can't touch outbound connections.
     pub const INBOUND_CONNECTIONS: u32 = 64 * 1024;
+    /// The proxies' inbound listening sockets: one per pod and family.
+    pub const LISTENERS: u32 = 2 * PODS;
     pub const IFACES: u32 = 4 * 1024;
     /// Routes of the pods' network namespaces (for outbound interface
     /// exclusions).
@@ -99,29 +119,65 @@ pub mod capacity {
 }
 
 /// Per-pod, per-CPU event counters: `COUNTERS[pod * counter::SLOTS + id]`.
+/// Each decision counts once under the rule that took it (all families
+/// together); the `IPV6`/`MAPPED` counters say how many of them were IPv6
+/// or IPv4-mapped.
 pub mod counter {
+    use crate::decision::{InboundRule, OutboundRule};
+
     /// Counter slots per pod.
-    pub const SLOTS: u32 = 20;
-    /// 1..=10: the outbound rule that decided a `connect()` (its row number).
-    pub const fn outbound(rule: crate::decision::OutboundRule) -> u32 {
+    pub const SLOTS: u32 = 25;
+    /// 0..=10: the outbound rule that decided a `connect()` (its row number).
+    pub const fn outbound(rule: OutboundRule) -> u32 {
         rule as u32
     }
-    /// 11..=14: the inbound rule that decided an arriving connection.
-    pub const fn inbound(rule: crate::decision::InboundRule) -> u32 {
-        10 + rule as u32
+    /// 11..=15: the inbound rule that decided an arriving connection.
+    pub const fn inbound(rule: InboundRule) -> u32 {
+        11 + rule as u32
     }
     /// An inbound connection refused because no proxy listened.
-    pub const INBOUND_NO_PROXY: u32 = 15;
-    /// `SO_ORIGINAL_DST` answered for the proxy.
-    pub const ORIGINAL_DST_ANSWERED: u32 = 0;
+    pub const INBOUND_NO_PROXY: u32 = 16;
     /// A local socket joined the fast path.
-    pub const FAST_PATH_SOCKETS: u32 = 16;
+    pub const FAST_PATH_SOCKETS: u32 = 17;
     /// A message went straight to the peer socket (fast path).
-    pub const FAST_PATH_MESSAGES: u32 = 17;
+    pub const FAST_PATH_MESSAGES: u32 = 18;
     /// A local connection's socket left (or never took) the fast path: the
     /// peer was not there at its first message, or was gone, or the switch
     /// was off.
-    pub const FAST_PATH_LEFT: u32 = 18;
+    pub const FAST_PATH_LEFT: u32 = 19;
+    /// `SO_ORIGINAL_DST` answered for the proxy (IPv4, and IPv4-mapped).
+    pub const ORIGINAL_DST_ANSWERED: u32 = 20;
+    /// `IP6T_SO_ORIGINAL_DST` answered for the proxy (IPv6).
+    pub const ORIGINAL_DST_ANSWERED_IPV6: u32 = 21;
+    /// Of the outbound decisions: an IPv6 socket dialling an IPv4-mapped
+    /// address (decided as IPv4).
+    pub const OUTBOUND_MAPPED: u32 = 22;
+    /// Of the outbound decisions: IPv6 destinations.
+    pub const OUTBOUND_IPV6: u32 = 23;
+    /// Of the inbound decisions: connections that arrived over IPv6.
+    pub const INBOUND_IPV6: u32 = 24;
+
+    /// Every counter's name in `status` and the metrics, by slot.
+    pub const fn name(id: u32) -> Option<&'static str> {
+        if id <= 10 {
+            return Some(OutboundRule::ALL[id as usize].counter_name());
+        }
+        if id <= 15 {
+            return Some(InboundRule::ALL[(id - 11) as usize].counter_name());
+        }
+        Some(match id {
+            INBOUND_NO_PROXY => "inbound_refused_no_proxy",
+            FAST_PATH_SOCKETS => "fast_path_sockets",
+            FAST_PATH_MESSAGES => "fast_path_messages",
+            FAST_PATH_LEFT => "fast_path_sockets_left",
+            ORIGINAL_DST_ANSWERED => "original_dst_answered",
+            ORIGINAL_DST_ANSWERED_IPV6 => "original_dst_answered_ipv6",
+            OUTBOUND_MAPPED => "outbound_ipv4_mapped",
+            OUTBOUND_IPV6 => "outbound_ipv6",
+            INBOUND_IPV6 => "inbound_ipv6",
+            _ => return None,
+        })
+    }
 
     pub const fn index(pod: super::PodId, id: u32) -> u32 {
         pod.wrapping_mul(SLOTS).wrapping_add(id)
@@ -152,9 +208,13 @@ pub mod pod_flags {
     pub const INBOUND: u32 = 1 << 2;
     /// Splice local connections (see [`super::fast_path`]).
     pub const FAST_PATH: u32 = 1 << 3;
-    /// Bits 4..16: which lists of the two slots hold entries
+    /// Intercept the pod's IPv6 connections (its `--ipv6` switch; IPv4 and
+    /// IPv4-mapped ones always are). Set only once the hand-over route
+    /// ([`crate::handover::NET6`]) is in the pod's network namespace.
+    pub const IPV6: u32 = 1 << 4;
+    /// Bits 5..23: which lists of the two slots hold entries
     /// ([`super::PodConfig::slots_with`]).
-    pub const LISTS_SHIFT: u32 = 4;
+    pub const LISTS_SHIFT: u32 = 5;
 }
 
 /// A list of a policy slot. The agent records in [`PodConfig::flags`]
@@ -173,11 +233,39 @@ pub enum List {
     ExcludedRoutes = 4,
     /// `EXCLUDED_IFACES` (own slot only).
     ExcludedIfaces = 5,
+    ExcludedCidrs6 = 6,
+    IncludedCidrs6 = 7,
+    /// `IFACE_ROUTES6` has a route whose device is excluded (own slot only).
+    ExcludedRoutes6 = 8,
 }
 
 impl List {
-    pub const ALL: [List; 6] =
-        [List::ExcludedCidrs, List::IncludedCidrs, List::OutboundPorts, List::InboundPorts, List::ExcludedRoutes, List::ExcludedIfaces];
+    pub const ALL: [List; 9] = [
+        List::ExcludedCidrs,
+        List::IncludedCidrs,
+        List::OutboundPorts,
+        List::InboundPorts,
+        List::ExcludedRoutes,
+        List::ExcludedIfaces,
+        List::ExcludedCidrs6,
+        List::IncludedCidrs6,
+        List::ExcludedRoutes6,
+    ];
+
+    /// The excluded CIDRs of a family.
+    pub const fn excluded_cidrs(v6: bool) -> List {
+        if v6 { List::ExcludedCidrs6 } else { List::ExcludedCidrs }
+    }
+
+    /// The included CIDRs of a family.
+    pub const fn included_cidrs(v6: bool) -> List {
+        if v6 { List::IncludedCidrs6 } else { List::IncludedCidrs }
+    }
+
+    /// The routes of a family (where one goes through an excluded device).
+    pub const fn excluded_routes(v6: bool) -> List {
+        if v6 { List::ExcludedRoutes6 } else { List::ExcludedRoutes }
+    }
 
     /// Its bit in [`PodConfig::flags`] for the MeshConfig's slot or the
     /// pod's own.
@@ -230,6 +318,15 @@ pub mod fast_path {
 pub struct PolicyAddr {
     pub policy: PolicyId,
     pub addr: Ipv4Be,
+}
+
+/// [`PolicyAddr`] for IPv6: key of `LOCAL_ADDRS6`, data of
+/// `EXCLUDED_CIDRS6`, `INCLUDED_CIDRS6`, `IFACE_ROUTES6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PolicyAddr6 {
+    pub policy: PolicyId,
+    pub addr: Ip6,
 }
 
 /// Prefix length of an LPM key whose CIDR has `cidr_prefix` bits.
@@ -289,6 +386,52 @@ pub struct ConnKey {
     pub dst_port: u16,
 }
 
+/// [`ConnKey`] for IPv6: key of `INBOUND_ORIG6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ConnKey6 {
+    pub pod: PodId,
+    pub src_addr: Ip6,
+    pub dst_addr: Ip6,
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+}
+
+/// Where an IPv6 connection steered to the proxy was going. Value of
+/// `INBOUND_ORIG6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrigDst6 {
+    pub addr: Ip6,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `PROXY_LISTENERS`: a pod's inbound listening socket of one
+/// family. A dual-stack `[::]` listener is registered as IPv6 and serves
+/// IPv4 connections too where no IPv4 listener is registered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ListenerKey {
+    pub pod: PodId,
+    /// 4 or 6.
+    pub family: u32,
+}
+
+impl ListenerKey {
+    #[inline(always)]
+    pub const fn v4(pod: PodId) -> Self {
+        ListenerKey { pod, family: 4 }
+    }
+    #[inline(always)]
+    pub const fn v6(pod: PodId) -> Self {
+        ListenerKey { pod, family: 6 }
+    }
+}
+
 impl ConnKey {
     /// The same connection seen from its other end.
     #[inline(always)]
@@ -304,6 +447,10 @@ mod user {
     // (checked by bytemuck's derive).
     unsafe impl aya::Pod for PodConfig {}
     unsafe impl aya::Pod for PolicyAddr {}
+    unsafe impl aya::Pod for PolicyAddr6 {}
+    unsafe impl aya::Pod for ConnKey6 {}
+    unsafe impl aya::Pod for OrigDst6 {}
+    unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for PolicyPort {}
     unsafe impl aya::Pod for PolicyIface {}
     unsafe impl aya::Pod for OrigDst {}
@@ -316,7 +463,7 @@ mod tests {
 
     #[test]
     fn list_flags_are_distinct_and_clear_of_the_other_flags() {
-        let others = pod_flags::INCLUSION | pod_flags::LOG_DECISIONS | pod_flags::INBOUND | pod_flags::FAST_PATH;
+        let others = pod_flags::INCLUSION | pod_flags::LOG_DECISIONS | pod_flags::INBOUND | pod_flags::FAST_PATH | pod_flags::IPV6;
         let mut seen = 0u32;
         for list in List::ALL {
             for mesh in [true, false] {
@@ -336,5 +483,23 @@ mod tests {
         assert_eq!(c.slots_with(List::ExcludedCidrs), [Some(9), None]);
         assert_eq!(c.slots_with(List::OutboundPorts), [None, Some(7)]);
         assert_eq!(c.slots_with(List::InboundPorts), [None, None]);
+    }
+
+    #[test]
+    fn every_counter_slot_has_one_name() {
+        let mut names = [""; counter::SLOTS as usize];
+        for (id, name) in names.iter_mut().enumerate() {
+            *name = counter::name(id as u32).unwrap_or_else(|| panic!("slot {id} has no name"));
+        }
+        names.sort();
+        assert!(names.windows(2).all(|w| w[0] != w[1]), "{names:?}");
+        assert_eq!(counter::name(counter::SLOTS), None);
+        use crate::decision::{InboundRule, OutboundRule};
+        for rule in OutboundRule::ALL {
+            assert_eq!(counter::name(counter::outbound(rule)), Some(rule.counter_name()));
+        }
+        for rule in InboundRule::ALL {
+            assert_eq!(counter::name(counter::inbound(rule)), Some(rule.counter_name()));
+        }
     }
 }

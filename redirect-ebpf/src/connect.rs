@@ -1,5 +1,11 @@
-//! `cgroup/connect4`: the outbound decision for every TCP `connect()` of a
-//! process in the pod.
+//! `cgroup/connect4` and `cgroup/connect6`: the outbound decision for every
+//! TCP `connect()` of a process in the pod, whatever its socket's family.
+//!
+//! An IPv6 socket dialling `::ffff:a.b.c.d` makes an IPv4 connection (its
+//! packets are IPv4, and fsm-init's iptables rules catch them): connect6
+//! decides it as IPv4 and sends it to the IPv4 redirect address in mapped
+//! form. Without connect6 such a connection would reach its destination
+//! around the proxy.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_uid_gid, bpf_get_socket_cookie},
@@ -8,13 +14,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use redirect_common::{
-    decision::{Outbound, Verdict, decide_outbound},
-    handover::{self, Handover},
-    maps::{counter, pod_flags},
+    addr::{Address, Ip6},
+    decision::{AddrLists, Dest6, Outbound, OutboundRule, Verdict, decide_outbound},
+    handover::{self, Handover, Handover6},
+    maps::{PodConfig, counter, pod_flags},
 };
 
 use crate::{
-    maps::{HANDOVER, POD_CONFIG},
+    fields::{read_ip6, write_ip6},
+    maps::{HANDOVER, HANDOVER6, POD_CONFIG, count},
     policy::MapLists,
 };
 
@@ -31,69 +39,164 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-unsafe fn try_connect4(ctx: &SockAddrContext) {
-    let sa = ctx.sock_addr;
-    // SAFETY: `sa` is the context pointer; these fields are readable here.
-    if unsafe { (*sa).protocol } != IPPROTO_TCP {
-        return;
+#[cgroup_sock_addr(connect6)]
+pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
+    unsafe { try_connect6(&ctx) };
+    ALLOW
+}
+
+/// The pod's config, if this is a TCP connect of an enrolled pod.
+#[inline(always)]
+unsafe fn tcp_config(ctx: &SockAddrContext) -> Option<PodConfig> {
+    // SAFETY: `sock_addr` is the context pointer; protocol is readable here.
+    if unsafe { (*ctx.sock_addr).protocol } != IPPROTO_TCP {
+        return None;
     }
     // SAFETY: the value is copied out before any other map access.
-    let Some(config) = (unsafe { POD_CONFIG.get(&crate::pod_id()) }).copied() else {
-        return;
-    };
-    let conn = Outbound {
-        dst: u32::from_be(unsafe { (*sa).user_ip4 }),
-        dst_port: u16::from_be(unsafe { (*sa).user_port } as u16),
-        uid: bpf_get_current_uid_gid() as u32,
-    };
-    let rule = decide_outbound(&conn, &MapLists { config: &config });
-    crate::maps::count(counter::outbound(rule));
+    unsafe { POD_CONFIG.get(&crate::pod_id()) }.copied()
+}
+
+/// Runs the table, counts the rule, and says which proxy port a redirect
+/// goes to.
+#[inline(always)]
+fn decide<A: Address>(config: &PodConfig, conn: &Outbound<A>) -> (OutboundRule, Option<u16>)
+where
+    for<'a> MapLists<'a>: AddrLists<A>,
+{
+    let rule = decide_outbound(conn, &MapLists { config });
+    count(counter::outbound(rule));
     let port = match rule.verdict() {
-        Verdict::Direct => {
-            if config.flags & pod_flags::LOG_DECISIONS != 0 {
-                info!(
-                    ctx,
-                    "pod {} uid {} -> {:i}:{} direct (rule {})",
-                    crate::pod_id(),
-                    conn.uid,
-                    conn.dst,
-                    conn.dst_port,
-                    rule as u8
-                );
-            }
-            return;
-        }
-        Verdict::RedirectOutbound => config.outbound_port,
-        Verdict::RedirectInbound => config.inbound_port,
+        Verdict::Direct => None,
+        Verdict::RedirectOutbound => Some(config.outbound_port),
+        Verdict::RedirectInbound => Some(config.inbound_port),
     };
-    // SAFETY: `sock_addr` is the bpf_sock_addr context, valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    (rule, port)
+}
+
+/// Leaves the original destination of an IPv4 connection for the proxy
+/// and returns the loopback address to send it to (host byte order).
+#[inline(always)]
+fn hand_over_v4(cookie: u64, conn: &Outbound<u32>) -> u32 {
     // The slot index is masked to the array's size: always there.
-    let Some(slot) = HANDOVER.get_ptr_mut(handover::slot(cookie)) else {
-        return;
+    if let Some(slot) = HANDOVER.get_ptr_mut(handover::slot(cookie)) {
+        // SAFETY: a valid array slot. One 8-byte store: getsockopt, or
+        // another connect writing the same slot, never sees half of it.
+        unsafe {
+            core::ptr::write_volatile(slot, Handover::new(crate::pod_id(), cookie, conn.dst.to_be_bytes(), conn.dst_port));
+        }
+    }
+    handover::address(cookie)
+}
+
+#[inline(always)]
+fn uid() -> u32 {
+    bpf_get_current_uid_gid() as u32
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: `sock_addr` is the bpf_sock_addr context, valid for the helper.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// Decides an IPv4 connection (an IPv4 socket's, or an IPv6 socket's to a
+/// mapped address) and, if it is redirected, leaves its original
+/// destination for the proxy. Returns where to send it: an address (host
+/// byte order) and port.
+///
+/// (Each branch logs on its own: an `Option` of the target passed to one
+/// log call compiles to a read of a register the verifier sees as never
+/// written on the direct path.)
+#[inline(always)]
+fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
+    let (rule, port) = decide(config, conn);
+    let Some(port) = port else {
+        log_v4(ctx, config, conn, None, rule);
+        return None;
     };
-    // SAFETY: a valid array slot. One 8-byte store: getsockopt, or another
-    // connect4 writing the same slot, never sees half of it.
+    let to = hand_over_v4(cookie(ctx), conn);
+    log_v4(ctx, config, conn, Some((to, port)), rule);
+    Some((to, port))
+}
+
+/// [`redirect_v4`] for an IPv6 connection.
+#[inline(always)]
+fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
+    let (rule, port) = decide(config, conn);
+    let Some(port) = port else {
+        log_v6(ctx, config, conn, None, rule);
+        return None;
+    };
+    let cookie = cookie(ctx);
+    // Whole-entry update: a reader sees this entry or none. If it can't be
+    // written the proxy gets ENOENT and refuses the connection: redirected
+    // all the same, never around the proxy.
+    let _ = HANDOVER6.insert(&cookie, &Handover6 { addr: conn.dst, port: conn.dst_port, _pad: 0, pod: crate::pod_id() }, 0);
+    let to = handover::address6(cookie);
+    log_v6(ctx, config, conn, Some((to, port)), rule);
+    Some((to, port))
+}
+
+unsafe fn try_connect4(ctx: &SockAddrContext) {
+    let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4/user_port are readable and writable in connect4.
     unsafe {
-        core::ptr::write_volatile(slot, Handover::new(crate::pod_id(), cookie, conn.dst.to_be_bytes(), conn.dst_port));
+        let conn = Outbound { dst: u32::from_be((*sa).user_ip4), dst_port: u16::from_be((*sa).user_port as u16), uid: uid() };
+        if let Some((to, port)) = redirect_v4(ctx, &config, &conn) {
+            (*sa).user_ip4 = to.to_be();
+            (*sa).user_port = u32::from(port.to_be());
+        }
     }
-    let to = handover::address(cookie);
-    // SAFETY: user_ip4/user_port are writable in connect4.
+}
+
+unsafe fn try_connect6(ctx: &SockAddrContext) {
+    let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip6/user_port are readable and writable in connect6.
     unsafe {
-        (*sa).user_ip4 = to.to_be();
-        (*sa).user_port = u32::from(port.to_be());
+        let (dst, dst_port) = (read_ip6(&raw const (*sa).user_ip6), u16::from_be((*sa).user_port as u16));
+        let to = match Dest6::of(dst) {
+            Dest6::Mapped(v4) => {
+                count(counter::OUTBOUND_MAPPED);
+                // The mapped form keeps it an IPv4 connection.
+                redirect_v4(ctx, &config, &Outbound { dst: v4, dst_port, uid: uid() }).map(|(to, port)| (Ip6::mapped(to), port))
+            }
+            Dest6::V6(addr) => {
+                count(counter::OUTBOUND_IPV6);
+                redirect_v6(ctx, &config, &Outbound { dst: addr, dst_port, uid: uid() })
+            }
+        };
+        if let Some((to, port)) = to {
+            write_ip6(&raw mut (*sa).user_ip6, to);
+            (*sa).user_port = u32::from(port.to_be());
+        }
     }
-    if config.flags & pod_flags::LOG_DECISIONS != 0 {
-        info!(
-            ctx,
-            "pod {} uid {} -> {:i}:{} redirected to {:i}:{} (rule {})",
-            crate::pod_id(),
-            conn.uid,
-            conn.dst,
-            conn.dst_port,
-            to,
-            port,
-            rule as u8
-        );
+}
+
+#[inline(always)]
+fn log_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>, to: Option<(u32, u16)>, rule: OutboundRule) {
+    if config.flags & pod_flags::LOG_DECISIONS == 0 {
+        return;
+    }
+    let (pod, uid, dst, port, rule) = (crate::pod_id(), conn.uid, conn.dst, conn.dst_port, rule as u8);
+    match to {
+        None => info!(ctx, "pod {} uid {} -> {:i}:{} direct (rule {})", pod, uid, dst, port, rule),
+        Some((addr, p)) => info!(ctx, "pod {} uid {} -> {:i}:{} redirected to {:i}:{} (rule {})", pod, uid, dst, port, addr, p, rule),
+    }
+}
+
+#[inline(always)]
+fn log_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>, to: Option<(Ip6, u16)>, rule: OutboundRule) {
+    if config.flags & pod_flags::LOG_DECISIONS == 0 {
+        return;
+    }
+    let (pod, uid, dst, port, rule) = (crate::pod_id(), conn.uid, conn.dst.octets(), conn.dst_port, rule as u8);
+    match to {
+        None => info!(ctx, "pod {} uid {} -> [{:i}]:{} direct (rule {})", pod, uid, dst, port, rule),
+        Some((addr, p)) => {
+            info!(ctx, "pod {} uid {} -> [{:i}]:{} redirected to [{:i}]:{} (rule {})", pod, uid, dst, port, addr.octets(), p, rule)
+        }
     }
 }

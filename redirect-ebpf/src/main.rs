@@ -2,16 +2,16 @@
 //! loaded per enrolled pod, with `POD_ID` set at load time, and attached to
 //! the pod's cgroup; all instances share the pinned maps of `maps.rs`.
 //!
-//! - `connect4` decides each TCP `connect()` (the outbound table) and
-//!   rewrites redirected ones to <a loopback address of its own>:<proxy
-//!   port>, the address naming where it left the original destination
-//!   (`redirect_common::handover`).
+//! - `connect4` and `connect6` decide each TCP `connect()` (the outbound
+//!   table; an IPv4-mapped destination as IPv4) and rewrite redirected ones
+//!   to <an address of the pod's own>:<proxy port>, the address naming
+//!   where it left the original destination (`redirect_common::handover`).
 //! - `sk_lookup` (on the pod's network namespace) decides each arriving
 //!   connection (the inbound table) and hands redirected ones to the
 //!   proxy's inbound listener.
-//! - `getsockopt` answers the proxy's `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
-//!   from those two, and leaves every other call exactly as the kernel
-//!   answered.
+//! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` (IPv4) and
+//!   `IP6T_SO_ORIGINAL_DST` (IPv6) from those, and leaves every other call
+//!   exactly as the kernel answered.
 //! - `sockops` registers the proxy's inbound listener and, with `sk_msg`,
 //!   is the fast path of local hops (fast_path.rs); attached only while a
 //!   pod needs it.
@@ -20,6 +20,7 @@
 
 mod connect;
 mod fast_path;
+mod fields;
 mod maps;
 mod policy;
 mod sk_lookup;

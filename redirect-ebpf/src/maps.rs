@@ -6,8 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use redirect_common::{
-    handover::Handover,
-    maps::{ConnKey, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyPort, capacity, counter},
+    handover::{Handover, Handover6},
+    maps::{
+        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort,
+        capacity, counter,
+    },
 };
 
 /// `BPF_F_NO_PREALLOC`: required by LPM tries.
@@ -21,12 +24,21 @@ pub static LOCAL_ADDRS: HashMap<PolicyAddr, u8> =
     HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
 
 #[map]
+pub static LOCAL_ADDRS6: HashMap<PolicyAddr6, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+
+#[map]
 pub static EXCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
     LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
+pub static EXCLUDED_CIDRS6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+
+#[map]
 pub static INCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
     LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+
+#[map]
+pub static INCLUDED_CIDRS6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
 pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> =
@@ -37,6 +49,11 @@ pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> =
 #[map]
 pub static HANDOVER: Array<Handover> = Array::with_max_entries(capacity::HANDOVER_SLOTS, 0);
 
+/// Original destinations of redirected IPv6 connections, by the cookie
+/// their redirect address carries (`redirect_common::handover`).
+#[map]
+pub static HANDOVER6: LruHashMap<u64, Handover6> = LruHashMap::with_max_entries(capacity::HANDOVER6, 0);
+
 #[map]
 pub static EXCLUDED_IFACES: HashMap<PolicyIface, u8> = HashMap::with_max_entries(capacity::IFACES, 0);
 
@@ -44,9 +61,12 @@ pub static EXCLUDED_IFACES: HashMap<PolicyIface, u8> = HashMap::with_max_entries
 #[map]
 pub static IFACE_ROUTES: LpmTrie<PolicyAddr, u8> = LpmTrie::with_max_entries(capacity::ROUTES, NO_PREALLOC);
 
-/// Each pod's proxy listening socket on the inbound port.
 #[map]
-pub static PROXY_LISTENERS: SockHash<PodId> = SockHash::with_max_entries(capacity::PODS, 0);
+pub static IFACE_ROUTES6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(capacity::ROUTES, NO_PREALLOC);
+
+/// Each pod's proxy listening sockets on the inbound port, per family.
+#[map]
+pub static PROXY_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(capacity::LISTENERS, 0);
 
 /// Inbound connection steered to the proxy (client's 4-tuple + pod) → the
 /// address the client dialled, from its SYN on. sk_lookup also runs for
@@ -57,6 +77,10 @@ pub static PROXY_LISTENERS: SockHash<PodId> = SockHash::with_max_entries(capacit
 #[map]
 pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> =
     LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
+
+/// `INBOUND_ORIG` for connections that arrived over IPv6.
+#[map]
+pub static INBOUND_ORIG6: LruHashMap<ConnKey6, OrigDst6> = LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
 
 /// Event counters per pod (see `redirect_common::maps::counter`), per CPU so
 /// that counting never contends.

@@ -1,35 +1,64 @@
-//! Answers the questions of `redirect_common::decision::OutboundLists` from
-//! the maps, for the pod's active policy slot.
+//! Answers the questions of `redirect_common::decision` (`PodLists`,
+//! `AddrLists` for both families, `InboundLists`) from the maps, for the
+//! pod's active policy slots.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use redirect_common::{
-    decision::{InboundLists, OutboundLists},
-    maps::{List, PodConfig, PolicyAddr, PolicyIface, PolicyPort, direction, lpm_prefix_len, pod_flags},
+    addr::Ip6,
+    decision::{AddrLists, InboundLists, PodLists},
+    maps::{List, PodConfig, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort, direction, lpm_prefix_len, pod_flags},
 };
 
-use crate::maps::{EXCLUDED_CIDRS, EXCLUDED_IFACES, EXCLUDED_PORTS, IFACE_ROUTES, INCLUDED_CIDRS, LOCAL_ADDRS};
+use crate::maps::{
+    EXCLUDED_CIDRS, EXCLUDED_CIDRS6, EXCLUDED_IFACES, EXCLUDED_PORTS, IFACE_ROUTES, IFACE_ROUTES6, INCLUDED_CIDRS,
+    INCLUDED_CIDRS6, LOCAL_ADDRS, LOCAL_ADDRS6,
+};
 
 pub struct MapLists<'a> {
     pub config: &'a PodConfig,
 }
 
+/// A policy map key for an address of one family: what the LPM tries and
+/// the local-address hashes of that family are keyed by.
+trait PolicyKey: Copy {
+    type Key;
+    fn key(self, policy: u32) -> Self::Key;
+    /// Its full-length prefix (host route) in an LPM trie.
+    const BITS: u8;
+}
+
+impl PolicyKey for u32 {
+    type Key = PolicyAddr;
+    #[inline(always)]
+    fn key(self, policy: u32) -> PolicyAddr {
+        PolicyAddr { policy, addr: self.to_be_bytes() }
+    }
+    const BITS: u8 = 32;
+}
+
+impl PolicyKey for Ip6 {
+    type Key = PolicyAddr6;
+    #[inline(always)]
+    fn key(self, policy: u32) -> PolicyAddr6 {
+        PolicyAddr6 { policy, addr: self }
+    }
+    const BITS: u8 = 128;
+}
+
 impl MapLists<'_> {
-    #[inline(always)]
-    fn addr(&self, addr: u32) -> PolicyAddr {
-        PolicyAddr { policy: self.config.policy, addr: addr.to_be_bytes() }
-    }
-
-    #[inline(always)]
-    fn lpm_key(&self, policy: u32, addr: u32) -> Key<PolicyAddr> {
-        Key::new(lpm_prefix_len(32), PolicyAddr { policy, addr: addr.to_be_bytes() })
-    }
-
     /// In the MeshConfig's list or the pod's own.
     #[inline(always)]
-    fn in_lpm(&self, trie: &aya_ebpf::maps::LpmTrie<PolicyAddr, u8>, list: List, addr: u32) -> bool {
+    fn in_lpm<A: PolicyKey>(&self, trie: &LpmTrie<A::Key, u8>, list: List, addr: A) -> bool {
         let [mesh, own] = self.config.slots_with(list);
-        mesh.is_some_and(|p| trie.get(&self.lpm_key(p, addr)).is_some())
-            || own.is_some_and(|p| trie.get(&self.lpm_key(p, addr)).is_some())
+        let found = |p| trie.get(&Key::new(lpm_prefix_len(A::BITS), addr.key(p))).is_some();
+        mesh.is_some_and(found) || own.is_some_and(found)
+    }
+
+    /// The pod's own routes (own slot only): the longest match decides.
+    #[inline(always)]
+    fn route_excluded<A: PolicyKey>(&self, trie: &LpmTrie<A::Key, u8>, list: List, addr: A) -> bool {
+        let [_, own] = self.config.slots_with(list);
+        own.is_some_and(|p| matches!(trie.get(&Key::new(lpm_prefix_len(A::BITS), addr.key(p))), Some(1)))
     }
 
     #[inline(always)]
@@ -41,9 +70,15 @@ impl MapLists<'_> {
     }
 
     #[inline(always)]
-    pub fn is_local_addr(&self, addr: u32) -> bool {
+    pub fn is_local_v4(&self, addr: u32) -> bool {
         // SAFETY: the value is only tested for presence.
-        unsafe { LOCAL_ADDRS.get(&self.addr(addr)).is_some() }
+        unsafe { LOCAL_ADDRS.get(&addr.key(self.config.policy)).is_some() }
+    }
+
+    #[inline(always)]
+    pub fn is_local_v6(&self, addr: Ip6) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { LOCAL_ADDRS6.get(&addr.key(self.config.policy)).is_some() }
     }
 }
 
@@ -59,30 +94,17 @@ impl InboundLists for MapLists<'_> {
         // SAFETY: the value is only tested for presence.
         own.is_some_and(|policy| unsafe { EXCLUDED_IFACES.get(&PolicyIface { policy, ifindex }).is_some() })
     }
+
+    #[inline(always)]
+    fn ipv6_intercepted(&self) -> bool {
+        self.config.flags & pod_flags::IPV6 != 0
+    }
 }
 
-impl OutboundLists for MapLists<'_> {
+impl PodLists for MapLists<'_> {
     #[inline(always)]
     fn proxy_uid(&self) -> u32 {
         self.config.proxy_uid
-    }
-
-    #[inline(always)]
-    fn is_local_addr(&self, addr: u32) -> bool {
-        MapLists::is_local_addr(self, addr)
-    }
-
-    /// `connect4` runs before routing, so the agent mirrors the pod's routes
-    /// into `IFACE_ROUTES` and the longest matching route decides.
-    #[inline(always)]
-    fn routed_via_excluded_iface(&self, addr: u32) -> bool {
-        let [_, own] = self.config.slots_with(List::ExcludedRoutes);
-        own.is_some_and(|p| matches!(IFACE_ROUTES.get(&self.lpm_key(p, addr)), Some(1)))
-    }
-
-    #[inline(always)]
-    fn cidr_excluded(&self, addr: u32) -> bool {
-        self.in_lpm(&EXCLUDED_CIDRS, List::ExcludedCidrs, addr)
     }
 
     #[inline(always)]
@@ -94,9 +116,60 @@ impl OutboundLists for MapLists<'_> {
     fn inclusion_enabled(&self) -> bool {
         self.config.flags & pod_flags::INCLUSION != 0
     }
+}
+
+impl AddrLists<u32> for MapLists<'_> {
+    #[inline(always)]
+    fn intercepted(&self) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn is_local_addr(&self, addr: u32) -> bool {
+        self.is_local_v4(addr)
+    }
+
+    /// `connect4` runs before routing, so the agent mirrors the pod's routes
+    /// into `IFACE_ROUTES` and the longest matching route decides.
+    #[inline(always)]
+    fn routed_via_excluded_iface(&self, addr: u32) -> bool {
+        self.route_excluded(&IFACE_ROUTES, List::ExcludedRoutes, addr)
+    }
+
+    #[inline(always)]
+    fn cidr_excluded(&self, addr: u32) -> bool {
+        self.in_lpm(&EXCLUDED_CIDRS, List::ExcludedCidrs, addr)
+    }
 
     #[inline(always)]
     fn cidr_included(&self, addr: u32) -> bool {
         self.in_lpm(&INCLUDED_CIDRS, List::IncludedCidrs, addr)
+    }
+}
+
+impl AddrLists<Ip6> for MapLists<'_> {
+    #[inline(always)]
+    fn intercepted(&self) -> bool {
+        self.ipv6_intercepted()
+    }
+
+    #[inline(always)]
+    fn is_local_addr(&self, addr: Ip6) -> bool {
+        self.is_local_v6(addr)
+    }
+
+    #[inline(always)]
+    fn routed_via_excluded_iface(&self, addr: Ip6) -> bool {
+        self.route_excluded(&IFACE_ROUTES6, List::ExcludedRoutes6, addr)
+    }
+
+    #[inline(always)]
+    fn cidr_excluded(&self, addr: Ip6) -> bool {
+        self.in_lpm(&EXCLUDED_CIDRS6, List::ExcludedCidrs6, addr)
+    }
+
+    #[inline(always)]
+    fn cidr_included(&self, addr: Ip6) -> bool {
+        self.in_lpm(&INCLUDED_CIDRS6, List::IncludedCidrs6, addr)
     }
 }

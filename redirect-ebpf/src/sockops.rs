@@ -15,24 +15,24 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use redirect_common::maps::ConnKey;
+use redirect_common::maps::{ConnKey, ListenerKey};
 
 use crate::maps::{POD_CONFIG, PROXY_LISTENERS};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.family() == AF_INET {
-        match ctx.op() {
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-                crate::fast_path::join(&ctx, key_as_client(&ctx))
-            }
-            // Only sockets that joined the fast path ask for state changes.
-            BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => crate::fast_path::leave(&key_as_client(&ctx)),
-            BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
-            _ => {}
+    match (ctx.op(), ctx.family()) {
+        (BPF_SOCK_OPS_TCP_LISTEN_CB, family) => on_listen(&ctx, family),
+        // The fast path splices IPv4 local hops only.
+        (BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, AF_INET) => {
+            crate::fast_path::join(&ctx, key_as_client(&ctx))
         }
+        // Only sockets that joined the fast path ask for state changes.
+        (BPF_SOCK_OPS_STATE_CB, AF_INET) if ctx.arg(1) == BPF_TCP_CLOSE => crate::fast_path::leave(&key_as_client(&ctx)),
+        _ => {}
     }
     // sockops return values are only read for a few ops we don't handle.
     0
@@ -53,15 +53,21 @@ fn key_as_client(ctx: &SockOpsContext) -> ConnKey {
 }
 
 /// A process of the pod listens: if it is the proxy's inbound listener,
-/// inbound connections are steered to it (see sk_lookup.rs).
-fn on_listen(ctx: &SockOpsContext) {
-    let mut pod = crate::pod_id();
+/// inbound connections of its family are steered to it (see sk_lookup.rs;
+/// a dual-stack `[::]` listener serves IPv4 too).
+fn on_listen(ctx: &SockOpsContext, family: u32) {
+    let pod = crate::pod_id();
     // SAFETY: copied out at once.
     let Some(inbound_port) = (unsafe { POD_CONFIG.get(&pod) }).map(|c| c.inbound_port) else {
         return;
     };
+    let mut key = match family {
+        AF_INET => ListenerKey::v4(pod),
+        AF_INET6 => ListenerKey::v6(pod),
+        _ => return,
+    };
     if ctx.local_port() as u16 == inbound_port {
         // SAFETY: `ops` is the context of this program.
-        let _ = PROXY_LISTENERS.update(&mut pod, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+        let _ = PROXY_LISTENERS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
     }
 }

@@ -1,6 +1,16 @@
-//! `cgroup/getsockopt`: answers `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on the
-//! proxy's accepted socket of a redirected connection, as iptables REDIRECT
-//! plus conntrack would.
+//! `cgroup/getsockopt`: answers the proxy's `SO_ORIGINAL_DST` on the accepted
+//! socket of a redirected connection, as iptables REDIRECT plus conntrack
+//! would:
+//!
+//! - `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on an IPv4 connection, whether
+//!   the proxy's socket is AF_INET or an AF_INET6 socket of a dual-stack
+//!   listener holding it in mapped form (Envoy asks this for both; HAProxy
+//!   for AF_INET): a `sockaddr_in`;
+//! - `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 connection: a
+//!   `sockaddr_in6`.
+//!
+//! Conntrack answers neither question for the other family's connection
+//! (its tuple has the wrong family: ENOENT); neither do we.
 //!
 //! Every other call must look exactly as if no program were attached. For
 //! those we set `optlen` to 0, which tells the kernel to keep its own answer
@@ -13,42 +23,69 @@
 //! VM matrix). Merbridge once clamped every option on the node by getting
 //! this wrong.
 
-use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{bindings::bpf_sock, macros::cgroup_sockopt, programs::SockoptContext};
 use redirect_common::{
-    SO_ORIGINAL_DST, SOL_IP, handover,
-    maps::{ConnKey, OrigDst},
+    IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, handover,
+    maps::{ConnKey, ConnKey6, OrigDst, OrigDst6, counter},
 };
 
-use crate::maps::{HANDOVER, INBOUND_ORIG};
+use crate::{
+    fields::read_ip6,
+    maps::{HANDOVER, HANDOVER6, INBOUND_ORIG, INBOUND_ORIG6, count},
+};
 
 /// Let the call return (0 would turn it into EPERM).
 const CONTINUE: i32 = 1;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 /// `sizeof(struct sockaddr_in)`.
 const SOCKADDR_IN_LEN: usize = 16;
+/// `sizeof(struct sockaddr_in6)`.
+const SOCKADDR_IN6_LEN: usize = 28;
 
 #[cgroup_sockopt(getsockopt)]
 pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: the kernel passes a valid bpf_sockopt for this hook.
     unsafe {
-        if (*so).level == SOL_IP && (*so).optname == SO_ORIGINAL_DST && answer_original_dst(so) {
-            return CONTINUE;
+        let (level, optname) = ((*so).level, (*so).optname);
+        let answered = match level {
+            SOL_IP if optname == SO_ORIGINAL_DST => answer_v4(so),
+            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST => answer_v6(so),
+            _ => false,
+        };
+        if !answered {
+            // Not ours: the kernel's answer stands, untouched.
+            core::ptr::write_volatile(&raw mut (*so).optlen, 0);
         }
-        // Not ours: the kernel's answer stands, untouched.
-        core::ptr::write_volatile(&raw mut (*so).optlen, 0);
     }
     CONTINUE
 }
 
-/// Whether the call was answered.
-unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
-    // SAFETY (whole body): `so` is the context; `sk` is checked for null and
-    // the optval window is bounds-checked before every write, as the
-    // verifier demands.
+/// The socket's own port (host order) and its peer's, read as the 32-bit
+/// `dst_port` field that kernels before 5.18 define and later ones still
+/// allow (network order in its low 16 bits).
+#[inline(always)]
+unsafe fn ports(sk: *const bpf_sock) -> (u16, u16) {
+    // SAFETY: `sk` is a valid bpf_sock of the context.
+    unsafe {
+        let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
+        ((*sk).src_port as u16, u16::from_be(*dst_port_field as u16))
+    }
+}
+
+/// `SOL_IP`: an IPv4 connection, on an AF_INET socket or in mapped form on
+/// an AF_INET6 one. Whether the call was answered.
+unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+    // SAFETY (whole body): `so` is the context; `sk` is checked for null.
     unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
         if sk.is_null() {
+            return false;
+        }
+        // src_ip4/dst_ip4 hold an IPv4 connection's addresses in either
+        // family of socket; a native IPv6 connection is not one.
+        if (*sk).family == u32::from(AF_INET6) && read_ip6(&raw const (*sk).src_ip6).to_mapped_v4().is_none() {
             return false;
         }
         let local_addr = u32::from_be((*sk).src_ip4);
@@ -61,16 +98,13 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool 
             },
             // Steered here by sk_lookup, if at all.
             None => {
-                // dst_port: network order in the low 16 bits; read as the
-                // 32-bit field that kernels before 5.18 define, which later
-                // ones still allow.
-                let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
+                let (local_port, peer_port) = ports(sk);
                 let key = ConnKey {
                     pod: crate::pod_id(),
                     src_addr: (*sk).dst_ip4.to_ne_bytes(),
                     dst_addr: (*sk).src_ip4.to_ne_bytes(),
-                    src_port: u16::from_be(*dst_port_field as u16),
-                    dst_port: (*sk).src_port as u16,
+                    src_port: peer_port,
+                    dst_port: local_port,
                 };
                 match INBOUND_ORIG.get(&key) {
                     Some(orig) => *orig,
@@ -78,25 +112,79 @@ unsafe fn answer_original_dst(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool 
                 }
             }
         };
-        let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
-        let optval_end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
-        if optval.add(SOCKADDR_IN_LEN) > optval_end {
-            // The caller's buffer is too small: the kernel's answer stands.
-            return false;
-        }
         // struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }
         let family = AF_INET.to_ne_bytes();
         let port = orig.port.to_be_bytes();
-        let bytes: [u8; SOCKADDR_IN_LEN] = [
-            family[0], family[1], port[0], port[1], orig.addr[0], orig.addr[1], orig.addr[2],
-            orig.addr[3], 0, 0, 0, 0, 0, 0, 0, 0,
+        let a = orig.addr;
+        let bytes: [u8; SOCKADDR_IN_LEN] = [family[0], family[1], port[0], port[1], a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0];
+        write_answer(so, &bytes, counter::ORIGINAL_DST_ANSWERED)
+    }
+}
+
+/// `SOL_IPV6`: a native IPv6 connection. Whether the call was answered.
+unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+    // SAFETY (whole body): `so` is the context; `sk` is checked for null.
+    unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        if sk.is_null() || (*sk).family != u32::from(AF_INET6) {
+            return false;
+        }
+        let local = read_ip6(&raw const (*sk).src_ip6);
+        if local.to_mapped_v4().is_some() {
+            return false;
+        }
+        let (addr, port) = match handover::cookie_of6(local) {
+            // Sent here by connect6: the entry of the cookie its address
+            // carries, if it is this pod's.
+            Some(cookie) => match HANDOVER6.get(&cookie).and_then(|h| h.orig_for(crate::pod_id())) {
+                Some(orig) => orig,
+                None => return false,
+            },
+            None => {
+                let (local_port, peer_port) = ports(sk);
+                let key = ConnKey6 { pod: crate::pod_id(), src_addr: read_ip6(&raw const (*sk).dst_ip6), dst_addr: local, src_port: peer_port, dst_port: local_port };
+                match INBOUND_ORIG6.get(&key) {
+                    Some(OrigDst6 { addr, port, .. }) => (*addr, *port),
+                    None => return false,
+                }
+            }
+        };
+        // struct sockaddr_in6 { sa_family_t; in_port_t (BE); u32 flowinfo;
+        // in6_addr; u32 scope_id }. Conntrack gives the socket's own flow
+        // label (none here) and the scope of a link-local address, which
+        // is never redirected.
+        let family = AF_INET6.to_ne_bytes();
+        let port = port.to_be_bytes();
+        let a = addr.octets();
+        #[rustfmt::skip]
+        let bytes: [u8; SOCKADDR_IN6_LEN] = [
+            family[0], family[1], port[0], port[1], 0, 0, 0, 0,
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+            0, 0, 0, 0,
         ];
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), optval, SOCKADDR_IN_LEN);
+        write_answer(so, &bytes, counter::ORIGINAL_DST_ANSWERED_IPV6)
+    }
+}
+
+/// Writes the answer into the caller's buffer, if it is large enough
+/// (otherwise the kernel's answer stands, as conntrack refuses a short
+/// buffer too). Whether it was written.
+#[inline(always)]
+unsafe fn write_answer<const N: usize>(so: *mut aya_ebpf::bindings::bpf_sockopt, bytes: &[u8; N], answered: u32) -> bool {
+    // SAFETY: the optval window is bounds-checked before the write, as the
+    // verifier demands.
+    unsafe {
+        let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
+        let optval_end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
+        if optval.add(N) > optval_end {
+            return false;
+        }
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), optval, N);
         // Two separate 4-byte stores: the verifier refuses the one 8-byte
         // store LLVM would merge them into.
-        core::ptr::write_volatile(&raw mut (*so).optlen, SOCKADDR_IN_LEN as i32);
+        core::ptr::write_volatile(&raw mut (*so).optlen, N as i32);
         core::ptr::write_volatile(&raw mut (*so).retval, 0);
-        crate::maps::count(redirect_common::maps::counter::ORIGINAL_DST_ANSWERED);
+        count(answered);
         true
     }
 }

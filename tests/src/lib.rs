@@ -18,8 +18,12 @@ pub const APP_UID: u32 = 1000;
 pub const PROXY_UID: u32 = redirect_common::defaults::PROXY_UID;
 /// Destinations that exist only inside the node namespace of a test.
 pub const SERVICE_ADDRS: [&str; 4] = ["10.96.0.10", "10.96.0.11", "10.97.0.10", "10.98.0.10"];
-/// Ports the node namespace serves on every destination.
+/// Their IPv6 counterparts (unique local addresses).
+pub const SERVICE_ADDRS6: [&str; 4] = ["fd00:96::10", "fd00:96::11", "fd00:97::10", "fd00:98::10"];
+/// Ports the node namespace serves on every destination, both families.
 pub const SERVICE_PORTS: [u16; 4] = [80, 6379, 7070, 8080];
+/// The port an HTTP server of the node namespace serves on every destination.
+pub const HTTP_PORT: u16 = 8000;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -154,18 +158,22 @@ impl Node {
         let mesh_config = state_dir.path().join("mesh.yaml");
         std::fs::write(&mesh_config, mesh_yaml)?;
         let ns = Netns::create(&unique("n"))?;
+        // Addresses usable at once, without duplicate address detection.
+        sysctls(&ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
         for addr in SERVICE_ADDRS {
             ns.exec(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
-        // The node routes between its pods, as a node does.
-        let out = Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).output()?;
-        if !out.status.success() {
-            bail!("enabling forwarding: {}", String::from_utf8_lossy(&out.stderr));
+        for addr in SERVICE_ADDRS6 {
+            ns.exec(&["addr", "add", &format!("{addr}/128"), "dev", "lo"])?;
         }
+        // The node routes between its pods, as a node does.
+        sysctls(&ns, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
         let mut procs = Procs::default();
-        for port in SERVICE_PORTS {
+        let servers = SERVICE_PORTS.iter().map(|p| ("serve", *p)).chain([("http", HTTP_PORT)]);
+        for (kind, port) in servers {
             let mut cmd = Command::new(netprobe());
-            cmd.args(["serve", &port.to_string(), "direct"]);
+            // Dual-stack: every destination of both families.
+            cmd.args([kind, &format!("[::]:{port}"), "direct"]);
             enter_netns_only(&mut cmd, &ns.path())?;
             procs.push(start_listener(cmd)?);
         }
@@ -309,6 +317,15 @@ impl Drop for Node {
     }
 }
 
+/// `sysctl -w` each setting inside the namespace.
+fn sysctls(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw"]).args(settings).output()?;
+    if !out.status.success() {
+        bail!("sysctl {settings:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// setns only: for the node's servers and for "a host process that is not
 /// in the pod's cgroup".
 pub fn enter_netns_only(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
@@ -328,9 +345,13 @@ pub fn enter_netns_only(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
 
 /// A pod: netns wired to the node namespace, a cgroup, an app server on
 /// 8080 and a proxy on 15001 (outbound) and 15003 (inbound) as UID 1500.
+/// A dual-stack pod has an IPv6 address too, and its servers and proxy
+/// listen on `[::]` (both families).
 pub struct Pod {
     pub name: String,
     pub ip: String,
+    /// The pod's IPv6 address (`fd00:244:N::2`), for a dual-stack pod.
+    pub ip6: Option<String>,
     /// N of the pod's subnets 10.244.N.0/24 and 10.245.N.0/24.
     net: u32,
     procs: Procs,
@@ -351,7 +372,7 @@ impl Pod {
         let ip = format!("10.246.{}.{}", n, 2);
         ns.exec(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
         let _ = node;
-        Ok(Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns, net: n })
+        Ok(Pod { name: format!("test/{name}"), ip, ip6: None, procs: Procs::default(), cgroup, ns, net: n })
     }
 
     /// A pod whose proxy uses FSM's default ports and UID.
@@ -361,6 +382,23 @@ impl Pod {
     }
 
     pub fn with_proxy(node: &Node, outbound_port: u16, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<Self> {
+        let mut pod = Self::wired(node, false)?;
+        pod.start_processes(outbound_port, inbound_port, proxy_uid)?;
+        Ok(pod)
+    }
+
+    /// A pod with an IPv6 address (`fd00:244:N::2/64`, the node at `::1`,
+    /// and the static link-local `fe80::2`, the node at `fe80::1`) besides
+    /// its IPv4 one; its app, proxy and admin port listen on `[::]`.
+    pub fn dual_stack(node: &Node) -> anyhow::Result<Self> {
+        use redirect_common::defaults::{INBOUND_PORT, OUTBOUND_PORT};
+        let mut pod = Self::wired(node, true)?;
+        pod.start_processes(OUTBOUND_PORT, INBOUND_PORT, PROXY_UID)?;
+        Ok(pod)
+    }
+
+    /// A pod without processes yet, wired to the node (with IPv6 if asked).
+    pub fn wired(node: &Node, ipv6: bool) -> anyhow::Result<Self> {
         let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         let name = unique("p");
         let ns = Netns::create(&name)?;
@@ -368,17 +406,47 @@ impl Pod {
             Ok(_) => Some(Cgroup::create(&format!("redirect-test-{name}"))?),
             Err(_) => None,
         };
+        if ipv6 {
+            sysctls(&ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        }
         let ip = format!("10.244.{n}.2");
-        veth(&ns, "eth0", &format!("{ip}/24"), &node.ns, &format!("v{name}"), &format!("10.244.{n}.1/24"))?;
+        let node_if = format!("v{name}");
+        veth(&ns, "eth0", &format!("{ip}/24"), &node.ns, &node_if, &format!("10.244.{n}.1/24"))?;
         ns.exec(&["route", "add", "default", "via", &format!("10.244.{n}.1")])?;
-        let mut pod = Pod { name: format!("test/{name}"), ip, procs: Procs::default(), cgroup, ns, net: 0 };
-        pod.spawn_listener(&["serve", "8080", "app"], APP_UID)?;
-        pod.spawn_listener(&["proxy", &outbound_port.to_string(), "out"], proxy_uid)?;
-        pod.spawn_listener(&["proxy", &inbound_port.to_string(), "in"], proxy_uid)?;
+        let ip6 = if ipv6 {
+            let ip6 = format!("fd00:244:{n}::2");
+            ns.exec(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+            ns.exec(&["addr", "add", "fe80::2/64", "dev", "eth0", "nodad"])?;
+            node.ns.exec(&["addr", "add", &format!("fd00:244:{n}::1/64"), "dev", &node_if, "nodad"])?;
+            node.ns.exec(&["addr", "add", "fe80::1/64", "dev", &node_if, "nodad"])?;
+            ns.exec(&["-6", "route", "add", "default", "via", &format!("fd00:244:{n}::1")])?;
+            Some(ip6)
+        } else {
+            None
+        };
+        Ok(Pod { name: format!("test/{name}"), ip, ip6, procs: Procs::default(), cgroup, ns, net: n })
+    }
+
+    /// The app on 8080, the proxy's listeners and its admin port 15010
+    /// (on `[::]` in a dual-stack pod, on 0.0.0.0 otherwise).
+    pub fn start_processes(&mut self, outbound_port: u16, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<()> {
+        let bind = |port: u16| if self.ip6.is_some() { format!("[::]:{port}") } else { port.to_string() };
+        let (app, out, inb, admin) = (bind(8080), bind(outbound_port), bind(inbound_port), bind(15010));
+        self.spawn_listener(&["serve", &app, "app"], APP_UID)?;
+        self.spawn_listener(&["proxy", &out, "out"], proxy_uid)?;
+        self.spawn_listener(&["proxy", &inb, "in"], proxy_uid)?;
         // The proxy's admin port, which inbound interception leaves alone.
-        pod.spawn_listener(&["serve", "15010", "admin"], proxy_uid)?;
-        pod.net = n;
-        Ok(pod)
+        self.spawn_listener(&["serve", &admin, "admin"], proxy_uid)?;
+        Ok(())
+    }
+
+    /// The node's link-local address on the pod's eth0, with its scope:
+    /// `fe80::1%<index of eth0>` (a dual-stack pod).
+    pub fn link_local_peer(&self) -> String {
+        let out = Command::new("ip").args(["-n", &self.ns.name, "-o", "link", "show", "eth0"]).output().expect("ip link");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let index = text.split(':').next().unwrap_or("").trim().to_owned();
+        format!("fe80::1%{index}")
     }
 
     pub fn cgroup_path(&self) -> Option<&Path> {
@@ -392,7 +460,21 @@ impl Pod {
         let ip = format!("10.245.{n}.2");
         let node_if = format!("w{}", self.ns.name);
         veth(&self.ns, "net1", &format!("{ip}/24"), &node.ns, &node_if, &format!("10.245.{n}.1/24"))?;
+        if self.ip6.is_some() {
+            self.ns.exec(&["addr", "add", &format!("fd00:245:{n}::2/64"), "dev", "net1", "nodad"])?;
+            node.ns.exec(&["addr", "add", &format!("fd00:245:{n}::1/64"), "dev", &node_if, "nodad"])?;
+        }
         Ok(ip)
+    }
+
+    /// The pod's IPv6 address on net1 (a dual-stack pod, after `add_net1`).
+    pub fn net1_ip6(&self) -> String {
+        format!("fd00:245:{}::2", self.net)
+    }
+
+    /// The node's IPv6 address on the pod's net1 link.
+    pub fn net1_peer6(&self) -> String {
+        format!("fd00:245:{}::1", self.net)
     }
 
     /// The node's address on the pod's net1 link.

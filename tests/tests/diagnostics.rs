@@ -124,7 +124,7 @@ fn diagnose_compares_an_iptables_pods_rules() {
     assert!(del.success());
     let (ok, checks) = diagnose(&node, &pod);
     assert!(!ok);
-    assert_eq!(failed(&checks), ["iptables rules match the effective lists: fsm_PROXY_OUTBOUND: 6 of our rules, expected 7"]);
+    assert_eq!(failed(&checks), ["iptables rules match the effective lists: iptables fsm_PROXY_OUTBOUND: 6 of our rules, expected 7"]);
 }
 
 #[test]

@@ -25,6 +25,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 pub enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
+    CgroupInet6Connect = 11,
     CgroupGetsockopt = 21,
     /// Attached to a sockhash, with `BPF_PROG_ATTACH`.
     SkMsgVerdict = 7,

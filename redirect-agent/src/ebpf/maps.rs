@@ -6,19 +6,25 @@
 //! the new policy, never a mix. If the new slot can't be written (a map is
 //! full), it is cleared again and the pod keeps its old policy.
 
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, anyhow};
-use redirect_common::maps::{capacity, counter};
 use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
 use ipnet::IpNet;
-use redirect_common::maps::{
-    ConnKey, List, MESH_OWNER, OrigDst, PodConfig, PodId, PolicyAddr, PolicyIface, PolicyId, PolicyPort, direction,
-    lpm_prefix_len, names, pod_flags, policy_id,
+use redirect_common::{
+    handover::Handover6,
+    maps::{
+        ConnKey, ConnKey6, Ip6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6,
+        PolicyIface, PolicyId, PolicyPort, capacity, counter, direction, lpm_prefix_len, names, pod_flags, policy_id,
+    },
 };
 
 use crate::{
     config::{Cidr, MeshConfig, Port, annotations::PodAnnotations},
+    ipv6::Ipv6Mode,
     netns::PodNet,
 };
 
@@ -35,6 +41,9 @@ pub struct ProxySettings {
     /// Splice local hops (app ↔ proxy) with sk_msg instead of TCP/IP.
     #[serde(default)]
     pub fast_path: bool,
+    /// Whose IPv6 is intercepted (`--ipv6`).
+    #[serde(default)]
+    pub ipv6: Ipv6Mode,
 }
 
 fn yes() -> bool {
@@ -51,6 +60,7 @@ impl Default for ProxySettings {
             log_decisions: false,
             inbound: true,
             fast_path: false,
+            ipv6: Ipv6Mode::default(),
         }
     }
 }
@@ -66,17 +76,37 @@ pub struct MapFill {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotEntries {
     pub local_addrs: Vec<[u8; 4]>,
+    pub local_addrs6: Vec<Ip6>,
     pub excluded_cidrs: Vec<([u8; 4], u8)>,
+    pub excluded_cidrs6: Vec<(Ip6, u8)>,
     pub included_cidrs: Vec<([u8; 4], u8)>,
+    pub included_cidrs6: Vec<(Ip6, u8)>,
     pub excluded_ports: Vec<u16>,
     pub inbound_excluded_ports: Vec<u16>,
     /// Interfaces of the pod in `networkInterfaceExclusionList`, by index.
     pub excluded_ifaces: Vec<u32>,
     /// The pod's routes: (destination, prefix, device excluded).
     pub routes: Vec<([u8; 4], u8, bool)>,
+    pub routes6: Vec<(Ip6, u8, bool)>,
     /// The inclusion list is non-empty (in any family): only its CIDRs are
     /// redirected, and an IPv6-only list redirects no IPv4 destination.
     pub inclusion: bool,
+    /// The pod's IPv6 is intercepted (`pod_flags::IPV6`; own slot only).
+    pub ipv6: bool,
+}
+
+/// One entry of a policy slot in its map: the one table that `write`,
+/// `delete` and the read-back of `read_slots` all go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Local(PolicyAddr),
+    Local6(PolicyAddr6),
+    Cidr { included: bool, key: PolicyAddr, len: u8 },
+    Cidr6 { included: bool, key: PolicyAddr6, len: u8 },
+    Port(PolicyPort),
+    Iface(PolicyIface),
+    Route { key: PolicyAddr, len: u8, excluded: bool },
+    Route6 { key: PolicyAddr6, len: u8, excluded: bool },
 }
 
 impl SlotEntries {
@@ -86,11 +116,74 @@ impl SlotEntries {
         match list {
             List::ExcludedCidrs => !self.excluded_cidrs.is_empty(),
             List::IncludedCidrs => !self.included_cidrs.is_empty(),
+            List::ExcludedCidrs6 => !self.excluded_cidrs6.is_empty(),
+            List::IncludedCidrs6 => !self.included_cidrs6.is_empty(),
             List::OutboundPorts => !self.excluded_ports.is_empty(),
             List::InboundPorts => !self.inbound_excluded_ports.is_empty(),
             List::ExcludedRoutes => self.routes.iter().any(|(_, _, excluded)| *excluded),
+            List::ExcludedRoutes6 => self.routes6.iter().any(|(_, _, excluded)| *excluded),
             List::ExcludedIfaces => !self.excluded_ifaces.is_empty(),
         }
+    }
+
+    /// Every map entry of these lists in `slot`.
+    fn entries(&self, slot: PolicyId) -> impl Iterator<Item = Entry> + '_ {
+        let v4 = move |addr| PolicyAddr { policy: slot, addr };
+        let v6 = move |addr| PolicyAddr6 { policy: slot, addr };
+        fn cidrs(slot: PolicyId, included: bool, list: &[([u8; 4], u8)]) -> impl Iterator<Item = Entry> + '_ {
+            list.iter().map(move |(addr, len)| Entry::Cidr { included, key: PolicyAddr { policy: slot, addr: *addr }, len: *len })
+        }
+        fn cidrs6(slot: PolicyId, included: bool, list: &[(Ip6, u8)]) -> impl Iterator<Item = Entry> + '_ {
+            list.iter().map(move |(addr, len)| Entry::Cidr6 { included, key: PolicyAddr6 { policy: slot, addr: *addr }, len: *len })
+        }
+        fn ports(slot: PolicyId, direction: u16, list: &[u16]) -> impl Iterator<Item = Entry> + '_ {
+            list.iter().map(move |port| Entry::Port(PolicyPort { policy: slot, port: *port, direction }))
+        }
+        self.local_addrs
+            .iter()
+            .map(move |a| Entry::Local(v4(*a)))
+            .chain(self.local_addrs6.iter().map(move |a| Entry::Local6(v6(*a))))
+            .chain(cidrs(slot, false, &self.excluded_cidrs))
+            .chain(cidrs(slot, true, &self.included_cidrs))
+            .chain(cidrs6(slot, false, &self.excluded_cidrs6))
+            .chain(cidrs6(slot, true, &self.included_cidrs6))
+            .chain(ports(slot, direction::OUTBOUND, &self.excluded_ports))
+            .chain(ports(slot, direction::INBOUND, &self.inbound_excluded_ports))
+            .chain(self.excluded_ifaces.iter().map(move |ifindex| Entry::Iface(PolicyIface { policy: slot, ifindex: *ifindex })))
+            .chain(self.routes.iter().map(move |(a, len, excluded)| Entry::Route { key: v4(*a), len: *len, excluded: *excluded }))
+            .chain(self.routes6.iter().map(move |(a, len, excluded)| Entry::Route6 { key: v6(*a), len: *len, excluded: *excluded }))
+    }
+
+    /// Puts an entry read back from the maps into its list.
+    fn add(&mut self, e: Entry) {
+        match e {
+            Entry::Local(k) => self.local_addrs.push(k.addr),
+            Entry::Local6(k) => self.local_addrs6.push(k.addr),
+            Entry::Cidr { included: false, key, len } => self.excluded_cidrs.push((key.addr, len)),
+            Entry::Cidr { included: true, key, len } => self.included_cidrs.push((key.addr, len)),
+            Entry::Cidr6 { included: false, key, len } => self.excluded_cidrs6.push((key.addr, len)),
+            Entry::Cidr6 { included: true, key, len } => self.included_cidrs6.push((key.addr, len)),
+            Entry::Port(p) if p.direction == direction::INBOUND => self.inbound_excluded_ports.push(p.port),
+            Entry::Port(p) => self.excluded_ports.push(p.port),
+            Entry::Iface(i) => self.excluded_ifaces.push(i.ifindex),
+            Entry::Route { key, len, excluded } => self.routes.push((key.addr, len, excluded)),
+            Entry::Route6 { key, len, excluded } => self.routes6.push((key.addr, len, excluded)),
+        }
+    }
+
+    /// Every list in the order the translation writes them (sorted).
+    fn sort(&mut self) {
+        self.local_addrs.sort();
+        self.local_addrs6.sort();
+        self.excluded_cidrs.sort();
+        self.included_cidrs.sort();
+        self.excluded_cidrs6.sort();
+        self.included_cidrs6.sort();
+        self.excluded_ports.sort();
+        self.inbound_excluded_ports.sort();
+        self.excluded_ifaces.sort();
+        self.routes.sort();
+        self.routes6.sort();
     }
 }
 
@@ -115,9 +208,10 @@ impl PodEntries {
 
     /// The pod's own part: its annotations' entries (an entry the MeshConfig
     /// has too is harmless: the programs look in both slots), its addresses,
-    /// excluded interfaces and routes. Linear in the pod's own lists, so a
-    /// MeshConfig change costs little per pod however long its lists are.
-    pub fn own(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet) -> SlotEntries {
+    /// excluded interfaces and routes, and whether its IPv6 is intercepted.
+    /// Linear in the pod's own lists, so a MeshConfig change costs little
+    /// per pod however long its lists are.
+    pub fn own(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet, ipv6: bool) -> SlotEntries {
         let mut own = SlotEntries::lists(
             &pod.outbound_ip_range_exclusions,
             &pod.outbound_ip_range_inclusions,
@@ -127,38 +221,45 @@ impl PodEntries {
         let ifaces: Vec<&str> = mesh.network_interface_exclusions.iter().map(|i| i.as_str()).collect();
         own.pod_net(&ifaces, net);
         own.inclusion = !mesh.outbound_ip_range_inclusions.is_empty() || !pod.outbound_ip_range_inclusions.is_empty();
+        own.ipv6 = ipv6;
         own
     }
 
-    pub fn new(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet) -> Self {
-        PodEntries { mesh: Self::mesh(mesh), own: Self::own(mesh, pod, net) }
+    pub fn new(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet, ipv6: bool) -> Self {
+        PodEntries { mesh: Self::mesh(mesh), own: Self::own(mesh, pod, net, ipv6) }
     }
 }
 
+fn ip6(a: &Ipv6Addr) -> Ip6 {
+    Ip6::from_octets(a.octets())
+}
+
 impl SlotEntries {
-    /// The IPv4 part of the lists (the eBPF hooks are IPv4).
+    /// The lists, each family's CIDRs into its own maps.
     fn lists(excluded: &[Cidr], included: &[Cidr], out_ports: &[Port], in_ports: &[Port]) -> Self {
+        fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+            v.sort();
+            v.dedup();
+            v
+        }
         let v4 = |cidrs: &[Cidr]| {
-            let mut out: Vec<([u8; 4], u8)> = cidrs
-                .iter()
-                .filter_map(|c| match c.net.trunc() {
-                    IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
-                    IpNet::V6(_) => None,
-                })
-                .collect();
-            out.sort();
-            out.dedup();
-            out
+            sorted(cidrs.iter().filter_map(|c| match c.net.trunc() {
+                IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
+                IpNet::V6(_) => None,
+            }).collect())
         };
-        let ports = |list: &[Port]| {
-            let mut ports: Vec<u16> = list.iter().map(|p| p.get()).collect();
-            ports.sort();
-            ports.dedup();
-            ports
+        let v6 = |cidrs: &[Cidr]| {
+            sorted(cidrs.iter().filter_map(|c| match c.net.trunc() {
+                IpNet::V6(n) => Some((ip6(&n.addr()), n.prefix_len())),
+                IpNet::V4(_) => None,
+            }).collect())
         };
+        let ports = |list: &[Port]| sorted(list.iter().map(|p| p.get()).collect());
         SlotEntries {
             excluded_cidrs: v4(excluded),
             included_cidrs: v4(included),
+            excluded_cidrs6: v6(excluded),
+            included_cidrs6: v6(included),
             excluded_ports: ports(out_ports),
             inbound_excluded_ports: ports(in_ports),
             ..SlotEntries::default()
@@ -169,32 +270,71 @@ impl SlotEntries {
     /// interfaces by index, routes.
     fn pod_net(&mut self, excluded_ifaces: &[&str], net: &PodNet) {
         let excluded = |name: &str| excluded_ifaces.contains(&name);
-        let mut routes: Vec<([u8; 4], u8, bool)> =
-            net.routes.iter().map(|r| (r.dst.octets(), r.prefix_len, excluded(&r.iface))).collect();
-        routes.sort();
-        // Two routes to one prefix (metrics): the kernel uses the first; so do we.
-        routes.dedup_by_key(|r| (r.0, r.1));
+        // Two routes to one prefix (metrics): the kernel uses the first; so
+        // do we (a stable sort keeps the kernel's order among equals). Only
+        // routes matter when some device is excluded.
+        fn routes<A: Ord + Copy>(mut r: Vec<(A, u8, bool)>) -> Vec<(A, u8, bool)> {
+            r.sort_by_key(|(a, len, _)| (*a, *len));
+            r.dedup_by_key(|(a, len, _)| (*a, *len));
+            if r.iter().any(|(_, _, excluded)| *excluded) { r } else { Vec::new() }
+        }
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for r in &net.routes {
+            match r.net.trunc() {
+                IpNet::V4(n) => v4.push((n.addr().octets(), n.prefix_len(), excluded(&r.iface))),
+                IpNet::V6(n) => v6.push((ip6(&n.addr()), n.prefix_len(), excluded(&r.iface))),
+            }
+        }
+        self.routes = routes(v4);
+        self.routes6 = routes(v6);
         let mut excluded_ifaces: Vec<u32> =
             net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
         excluded_ifaces.sort();
-        self.local_addrs = net.addrs.iter().map(|a| a.octets()).collect();
         self.excluded_ifaces = excluded_ifaces;
-        // Only routes matter when some device is excluded.
-        self.routes = if routes.iter().any(|r| r.2) { routes } else { Vec::new() };
+        for a in &net.addrs {
+            match a {
+                IpAddr::V4(a) => self.local_addrs.push(a.octets()),
+                IpAddr::V6(a) => self.local_addrs6.push(ip6(a)),
+            }
+        }
+        self.local_addrs.sort();
+        self.local_addrs6.sort();
+    }
+}
+
+/// Which of a pod's inbound listening sockets the kernel knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listeners {
+    pub v4: bool,
+    /// An AF_INET6 one: IPv6 connections, and IPv4 ones too where it is
+    /// dual-stack and no IPv4 one is registered.
+    pub v6: bool,
+}
+
+impl Listeners {
+    /// Whether they serve what the pod's inbound connections need.
+    pub fn serve(self, ipv6: bool) -> bool {
+        (self.v4 || self.v6) && (!ipv6 || self.v6)
     }
 }
 
 pub struct SharedMaps {
     pod_config: HashMap<MapData, PodId, PodConfig>,
     local_addrs: HashMap<MapData, PolicyAddr, u8>,
+    local_addrs6: HashMap<MapData, PolicyAddr6, u8>,
     excluded_cidrs: LpmTrie<MapData, PolicyAddr, u8>,
+    excluded_cidrs6: LpmTrie<MapData, PolicyAddr6, u8>,
     included_cidrs: LpmTrie<MapData, PolicyAddr, u8>,
+    included_cidrs6: LpmTrie<MapData, PolicyAddr6, u8>,
     excluded_ports: HashMap<MapData, PolicyPort, u8>,
     excluded_ifaces: HashMap<MapData, PolicyIface, u8>,
     iface_routes: LpmTrie<MapData, PolicyAddr, u8>,
-    proxy_listeners: aya::maps::SockHash<MapData, PodId>,
-    /// An LRU hash in the kernel; aya's `HashMap` reads both kinds.
+    iface_routes6: LpmTrie<MapData, PolicyAddr6, u8>,
+    proxy_listeners: aya::maps::SockHash<MapData, ListenerKey>,
+    /// LRU hashes in the kernel; aya's `HashMap` reads both kinds.
     inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
+    inbound_orig6: HashMap<MapData, ConnKey6, OrigDst6>,
+    handover6: HashMap<MapData, u64, Handover6>,
     fast_path_state: HashMap<MapData, ConnKey, u8>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's own active slot holds, so a change deletes exactly that.
@@ -213,6 +353,21 @@ fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Map> {
     ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
+/// The LPM key of an IPv4 entry: the policy id matches in full
+/// (`lpm_prefix_len`), then `len` bits of the address.
+fn lpm4(key: PolicyAddr, len: u8) -> Key<PolicyAddr> {
+    Key::new(lpm_prefix_len(len), key)
+}
+
+fn lpm6(key: PolicyAddr6, len: u8) -> Key<PolicyAddr6> {
+    Key::new(lpm_prefix_len(len), key)
+}
+
+/// The prefix length of a CIDR in an LPM key read back.
+fn cidr_len(key_len: u32) -> u8 {
+    (key_len - lpm_prefix_len(0)) as u8
+}
+
 impl SharedMaps {
     /// Takes the shared maps out of a loaded (pinned-map) instance and reads
     /// back what earlier agents wrote.
@@ -220,15 +375,21 @@ impl SharedMaps {
         let mut maps = SharedMaps {
             pod_config: take(ebpf, names::POD_CONFIG)?.try_into()?,
             local_addrs: take(ebpf, names::LOCAL_ADDRS)?.try_into()?,
+            local_addrs6: take(ebpf, names::LOCAL_ADDRS6)?.try_into()?,
             excluded_cidrs: take(ebpf, names::EXCLUDED_CIDRS)?.try_into()?,
+            excluded_cidrs6: take(ebpf, names::EXCLUDED_CIDRS6)?.try_into()?,
             included_cidrs: take(ebpf, names::INCLUDED_CIDRS)?.try_into()?,
+            included_cidrs6: take(ebpf, names::INCLUDED_CIDRS6)?.try_into()?,
             excluded_ports: take(ebpf, names::EXCLUDED_PORTS)?.try_into()?,
             excluded_ifaces: take(ebpf, names::EXCLUDED_IFACES)?.try_into()?,
             iface_routes: take(ebpf, names::IFACE_ROUTES)?.try_into()?,
+            iface_routes6: take(ebpf, names::IFACE_ROUTES6)?.try_into()?,
             proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
             inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
+            inbound_orig6: take(ebpf, names::INBOUND_ORIG6)?.try_into()?,
+            handover6: take(ebpf, names::HANDOVER6)?.try_into()?,
             fast_path_state: take(ebpf, names::FAST_PATH_STATE)?.try_into()?,
-                    counters: take(ebpf, names::COUNTERS)?.try_into()?,
+            counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
             mesh: None,
             retired_mesh: None,
@@ -258,6 +419,7 @@ impl SharedMaps {
         for (pod, c) in &configs {
             let mut entries = slots.remove(&c.policy).unwrap_or_default();
             entries.inclusion = c.flags & pod_flags::INCLUSION != 0;
+            entries.ipv6 = c.flags & pod_flags::IPV6 != 0;
             self.written.insert(*pod, (c.policy, entries));
         }
         for (slot, entries) in slots {
@@ -265,7 +427,6 @@ impl SharedMaps {
         }
         Ok(())
     }
-
     /// Makes `entries` the MeshConfig's lists: written into the idle slot;
     /// pods move to it as `apply` rewrites their config; `finish_mesh`
     /// clears the old one once every pod has moved.
@@ -377,6 +538,9 @@ impl SharedMaps {
         if s.fast_path {
             flags |= pod_flags::FAST_PATH;
         }
+        if entries.ipv6 {
+            flags |= pod_flags::IPV6;
+        }
         let mesh = self.mesh_entries();
         for list in List::ALL {
             if mesh.is_some_and(|m| m.holds(list)) {
@@ -416,12 +580,18 @@ impl SharedMaps {
         vec![
             n(self.pod_config.keys().count(), names::POD_CONFIG, capacity::PODS),
             n(self.local_addrs.keys().count(), names::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
+            n(self.local_addrs6.keys().count(), names::LOCAL_ADDRS6, capacity::LOCAL_ADDRS),
             n(self.excluded_cidrs.keys().count(), names::EXCLUDED_CIDRS, capacity::CIDRS),
+            n(self.excluded_cidrs6.keys().count(), names::EXCLUDED_CIDRS6, capacity::CIDRS),
             n(self.included_cidrs.keys().count(), names::INCLUDED_CIDRS, capacity::CIDRS),
+            n(self.included_cidrs6.keys().count(), names::INCLUDED_CIDRS6, capacity::CIDRS),
             n(self.excluded_ports.keys().count(), names::EXCLUDED_PORTS, capacity::PORTS),
             n(self.excluded_ifaces.keys().count(), names::EXCLUDED_IFACES, capacity::IFACES),
             n(self.iface_routes.keys().count(), names::IFACE_ROUTES, capacity::ROUTES),
+            n(self.iface_routes6.keys().count(), names::IFACE_ROUTES6, capacity::ROUTES),
             n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
+            n(self.inbound_orig6.keys().count(), names::INBOUND_ORIG6, capacity::INBOUND_CONNECTIONS),
+            n(self.handover6.keys().count(), names::HANDOVER6, capacity::HANDOVER6),
             n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
         ]
     }
@@ -436,59 +606,71 @@ impl SharedMaps {
     /// in one pass over each map.
     fn read_slots(&self, wanted: impl Fn(PolicyId) -> bool) -> StdHashMap<PolicyId, SlotEntries> {
         let mut slots: StdHashMap<PolicyId, SlotEntries> = StdHashMap::new();
-        for k in self.local_addrs.keys().filter_map(Result::ok) {
-            if wanted(k.policy) {
-                slots.entry(k.policy).or_default().local_addrs.push(k.addr);
-            }
-        }
-        let lpm = |t: &LpmTrie<MapData, PolicyAddr, u8>, slots: &mut StdHashMap<PolicyId, SlotEntries>, put: fn(&mut SlotEntries, [u8; 4], u8, u8)| {
-            for (k, v) in t.iter().filter_map(Result::ok) {
-                if wanted(k.data().policy) {
-                    put(slots.entry(k.data().policy).or_default(), k.data().addr, (k.prefix_len() - 32) as u8, v);
-                }
+        let mut put = |policy: PolicyId, e: Entry| {
+            if wanted(policy) {
+                slots.entry(policy).or_default().add(e);
             }
         };
-        lpm(&self.excluded_cidrs, &mut slots, |e, a, l, _| e.excluded_cidrs.push((a, l)));
-        lpm(&self.included_cidrs, &mut slots, |e, a, l, _| e.included_cidrs.push((a, l)));
-        lpm(&self.iface_routes, &mut slots, |e, a, l, v| e.routes.push((a, l, v == 1)));
-        for k in self.excluded_ports.keys().filter_map(Result::ok) {
-            if wanted(k.policy) {
-                let e = slots.entry(k.policy).or_default();
-                match k.direction {
-                    direction::INBOUND => e.inbound_excluded_ports.push(k.port),
-                    _ => e.excluded_ports.push(k.port),
-                }
+        for k in self.local_addrs.keys().filter_map(Result::ok) {
+            put(k.policy, Entry::Local(k));
+        }
+        for k in self.local_addrs6.keys().filter_map(Result::ok) {
+            put(k.policy, Entry::Local6(k));
+        }
+        for (included, trie) in [(false, &self.excluded_cidrs), (true, &self.included_cidrs)] {
+            for k in trie.keys().filter_map(Result::ok) {
+                put(k.data().policy, Entry::Cidr { included, key: k.data(), len: cidr_len(k.prefix_len()) });
             }
+        }
+        for (included, trie) in [(false, &self.excluded_cidrs6), (true, &self.included_cidrs6)] {
+            for k in trie.keys().filter_map(Result::ok) {
+                put(k.data().policy, Entry::Cidr6 { included, key: k.data(), len: cidr_len(k.prefix_len()) });
+            }
+        }
+        for k in self.excluded_ports.keys().filter_map(Result::ok) {
+            put(k.policy, Entry::Port(k));
         }
         for k in self.excluded_ifaces.keys().filter_map(Result::ok) {
-            if wanted(k.policy) {
-                slots.entry(k.policy).or_default().excluded_ifaces.push(k.ifindex);
-            }
+            put(k.policy, Entry::Iface(k));
+        }
+        for (k, v) in self.iface_routes.iter().filter_map(Result::ok) {
+            put(k.data().policy, Entry::Route { key: k.data(), len: cidr_len(k.prefix_len()), excluded: v == 1 });
+        }
+        for (k, v) in self.iface_routes6.iter().filter_map(Result::ok) {
+            put(k.data().policy, Entry::Route6 { key: k.data(), len: cidr_len(k.prefix_len()), excluded: v == 1 });
         }
         for e in slots.values_mut() {
-            e.local_addrs.sort();
-            e.excluded_cidrs.sort();
-            e.included_cidrs.sort();
-            e.routes.sort();
-            e.excluded_ports.sort();
-            e.inbound_excluded_ports.sort();
-            e.excluded_ifaces.sort();
+            e.sort();
         }
         slots
     }
 
     /// Kernel-side answers of the decision's questions for one pod.
-    pub fn lookup_local(&self, slot: PolicyId, addr: [u8; 4]) -> bool {
-        self.local_addrs.get(&PolicyAddr { policy: slot, addr }, 0).is_ok()
+    pub fn lookup_local(&self, slot: PolicyId, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.local_addrs.get(&PolicyAddr { policy: slot, addr: a.octets() }, 0).is_ok(),
+            IpAddr::V6(a) => self.local_addrs6.get(&PolicyAddr6 { policy: slot, addr: ip6(&a) }, 0).is_ok(),
+        }
     }
 
-    pub fn lookup_cidr(&self, included: bool, slot: PolicyId, addr: [u8; 4]) -> bool {
-        let trie = if included { &self.included_cidrs } else { &self.excluded_cidrs };
-        trie.get(&lpm_key(slot, addr, 32), 0).is_ok()
+    pub fn lookup_cidr(&self, included: bool, slot: PolicyId, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => {
+                let trie = if included { &self.included_cidrs } else { &self.excluded_cidrs };
+                trie.get(&lpm4(PolicyAddr { policy: slot, addr: a.octets() }, 32), 0).is_ok()
+            }
+            IpAddr::V6(a) => {
+                let trie = if included { &self.included_cidrs6 } else { &self.excluded_cidrs6 };
+                trie.get(&lpm6(PolicyAddr6 { policy: slot, addr: ip6(&a) }, 128), 0).is_ok()
+            }
+        }
     }
 
-    pub fn lookup_route_excluded(&self, slot: PolicyId, addr: [u8; 4]) -> bool {
-        self.iface_routes.get(&lpm_key(slot, addr, 32), 0).is_ok_and(|v| v == 1)
+    pub fn lookup_route_excluded(&self, slot: PolicyId, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.iface_routes.get(&lpm4(PolicyAddr { policy: slot, addr: a.octets() }, 32), 0).is_ok_and(|v| v == 1),
+            IpAddr::V6(a) => self.iface_routes6.get(&lpm6(PolicyAddr6 { policy: slot, addr: ip6(&a) }, 128), 0).is_ok_and(|v| v == 1),
+        }
     }
 
     pub fn lookup_port(&self, slot: PolicyId, port: u16, direction: u16) -> bool {
@@ -506,97 +688,84 @@ impl SharedMaps {
         self.mesh_stale = true;
     }
 
-    /// Whether the pod's proxy listener is known to the kernel.
-    pub fn has_listener(&self, pod: PodId) -> bool {
-        // (A sockhash's values can't be read back from user space; its keys can.)
-        self.proxy_listeners.keys().filter_map(Result::ok).any(|k| k == pod)
+    /// Which of the pod's proxy listeners the kernel knows.
+    pub fn listeners(&self, pod: PodId) -> Listeners {
+        self.all_listeners().remove(&pod).unwrap_or_default()
     }
 
-    /// Pods whose proxy listener is known to the kernel (one pass over the
-    /// sockhash's keys).
-    pub fn listener_pods(&self) -> std::collections::HashSet<PodId> {
-        self.proxy_listeners.keys().filter_map(Result::ok).collect()
+    /// Every pod's registered listeners (one pass over the sockhash's keys;
+    /// a sockhash's values can't be read back from user space, its keys can).
+    pub fn all_listeners(&self) -> StdHashMap<PodId, Listeners> {
+        let mut all: StdHashMap<PodId, Listeners> = StdHashMap::new();
+        for k in self.proxy_listeners.keys().filter_map(Result::ok) {
+            let l = all.entry(k.pod).or_default();
+            match k.family {
+                6 => l.v6 = true,
+                _ => l.v4 = true,
+            }
+        }
+        all
     }
 
-    /// Registers the pod's proxy listening socket (for sockets that were
-    /// listening before the pod was enrolled; later ones register themselves
-    /// from sockops).
-    pub fn set_listener(&mut self, pod: PodId, socket: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
+    /// Registers one of the pod's proxy listening sockets, AF_INET6 or not
+    /// (for sockets that were listening before the pod was enrolled; later
+    /// ones register themselves from sockops).
+    pub fn set_listener(&mut self, pod: PodId, v6: bool, socket: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
         use std::os::fd::AsRawFd as _;
-        self.proxy_listeners.insert(&pod, socket.as_raw_fd(), 0).context("PROXY_LISTENERS")
+        let key = if v6 { ListenerKey::v6(pod) } else { ListenerKey::v4(pod) };
+        self.proxy_listeners.insert(&key, socket.as_raw_fd(), 0).context("PROXY_LISTENERS")
     }
 
     /// Stops interception for the pod (its config goes first, so its
     /// programs see no pod from then on) and removes its entries.
     pub fn remove(&mut self, pod: PodId) {
         let _ = self.pod_config.remove(&pod);
-        let _ = self.proxy_listeners.remove(&pod);
+        let _ = self.proxy_listeners.remove(&ListenerKey::v4(pod));
+        let _ = self.proxy_listeners.remove(&ListenerKey::v6(pod));
         if let Some((slot, entries)) = self.written.remove(&pod) {
             self.delete(slot, &entries);
         }
     }
 
     fn write(&mut self, slot: PolicyId, e: &SlotEntries) -> anyhow::Result<()> {
-        for addr in &e.local_addrs {
-            self.local_addrs
-                .insert(&PolicyAddr { policy: slot, addr: *addr }, &1, 0)
-                .context("LOCAL_ADDRS is full")?;
-        }
-        for (addr, len) in &e.excluded_cidrs {
-            self.excluded_cidrs
-                .insert(&lpm_key(slot, *addr, *len), &1, 0)
-                .context("EXCLUDED_CIDRS is full")?;
-        }
-        for (addr, len) in &e.included_cidrs {
-            self.included_cidrs
-                .insert(&lpm_key(slot, *addr, *len), &1, 0)
-                .context("INCLUDED_CIDRS is full")?;
-        }
-        for (ports, direction) in [(&e.excluded_ports, direction::OUTBOUND), (&e.inbound_excluded_ports, direction::INBOUND)] {
-            for port in ports {
-                self.excluded_ports
-                    .insert(&PolicyPort { policy: slot, port: *port, direction }, &1, 0)
-                    .context("EXCLUDED_PORTS is full")?;
-            }
-        }
-        for ifindex in &e.excluded_ifaces {
-            self.excluded_ifaces
-                .insert(&PolicyIface { policy: slot, ifindex: *ifindex }, &1, 0)
-                .context("EXCLUDED_IFACES is full")?;
-        }
-        for (addr, len, excluded) in &e.routes {
-            self.iface_routes
-                .insert(&lpm_key(slot, *addr, *len), &u8::from(*excluded), 0)
-                .context("IFACE_ROUTES is full")?;
-        }
-        Ok(())
+        e.entries(slot).try_for_each(|entry| self.insert(entry))
     }
 
     fn delete(&mut self, slot: PolicyId, e: &SlotEntries) {
         // Entries that were never written (a failed write) are simply absent.
-        for addr in &e.local_addrs {
-            let _ = self.local_addrs.remove(&PolicyAddr { policy: slot, addr: *addr });
-        }
-        for (addr, len) in &e.excluded_cidrs {
-            let _ = self.excluded_cidrs.remove(&lpm_key(slot, *addr, *len));
-        }
-        for (addr, len) in &e.included_cidrs {
-            let _ = self.included_cidrs.remove(&lpm_key(slot, *addr, *len));
-        }
-        for (ports, direction) in [(&e.excluded_ports, direction::OUTBOUND), (&e.inbound_excluded_ports, direction::INBOUND)] {
-            for port in ports {
-                let _ = self.excluded_ports.remove(&PolicyPort { policy: slot, port: *port, direction });
-            }
-        }
-        for ifindex in &e.excluded_ifaces {
-            let _ = self.excluded_ifaces.remove(&PolicyIface { policy: slot, ifindex: *ifindex });
-        }
-        for (addr, len, _) in &e.routes {
-            let _ = self.iface_routes.remove(&lpm_key(slot, *addr, *len));
+        for entry in e.entries(slot) {
+            self.remove_entry(entry);
         }
     }
-}
 
-fn lpm_key(slot: PolicyId, addr: [u8; 4], len: u8) -> Key<PolicyAddr> {
-    Key::new(lpm_prefix_len(len), PolicyAddr { policy: slot, addr })
+    fn insert(&mut self, e: Entry) -> anyhow::Result<()> {
+        let full = |name: &str| format!("{name} is full");
+        match e {
+            Entry::Local(k) => self.local_addrs.insert(&k, &1, 0).with_context(|| full(names::LOCAL_ADDRS)),
+            Entry::Local6(k) => self.local_addrs6.insert(&k, &1, 0).with_context(|| full(names::LOCAL_ADDRS6)),
+            Entry::Cidr { included: false, key, len } => self.excluded_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS)),
+            Entry::Cidr { included: true, key, len } => self.included_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS)),
+            Entry::Cidr6 { included: false, key, len } => self.excluded_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS6)),
+            Entry::Cidr6 { included: true, key, len } => self.included_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS6)),
+            Entry::Port(k) => self.excluded_ports.insert(&k, &1, 0).with_context(|| full(names::EXCLUDED_PORTS)),
+            Entry::Iface(k) => self.excluded_ifaces.insert(&k, &1, 0).with_context(|| full(names::EXCLUDED_IFACES)),
+            Entry::Route { key, len, excluded } => self.iface_routes.insert(&lpm4(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES)),
+            Entry::Route6 { key, len, excluded } => self.iface_routes6.insert(&lpm6(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES6)),
+        }
+    }
+
+    fn remove_entry(&mut self, e: Entry) {
+        let _ = match e {
+            Entry::Local(k) => self.local_addrs.remove(&k),
+            Entry::Local6(k) => self.local_addrs6.remove(&k),
+            Entry::Cidr { included: false, key, len } => self.excluded_cidrs.remove(&lpm4(key, len)),
+            Entry::Cidr { included: true, key, len } => self.included_cidrs.remove(&lpm4(key, len)),
+            Entry::Cidr6 { included: false, key, len } => self.excluded_cidrs6.remove(&lpm6(key, len)),
+            Entry::Cidr6 { included: true, key, len } => self.included_cidrs6.remove(&lpm6(key, len)),
+            Entry::Port(k) => self.excluded_ports.remove(&k),
+            Entry::Iface(k) => self.excluded_ifaces.remove(&k),
+            Entry::Route { key, len, .. } => self.iface_routes.remove(&lpm4(key, len)),
+            Entry::Route6 { key, len, .. } => self.iface_routes6.remove(&lpm6(key, len)),
+        };
+    }
 }

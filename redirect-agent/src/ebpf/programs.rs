@@ -30,8 +30,9 @@ use super::{
 
 /// The programs of one pod that are always attached, by the name of their
 /// link pin.
-pub const PROGRAMS: [(&str, &str, AttachType); 3] = [
+pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
     ("connect4", "redirect_connect4", AttachType::CgroupInet4Connect),
+    ("connect6", "redirect_connect6", AttachType::CgroupInet6Connect),
     ("getsockopt", "redirect_getsockopt", AttachType::CgroupGetsockopt),
     ("sk_lookup", "redirect_sk_lookup", AttachType::SkLookup),
 ];
@@ -82,6 +83,33 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
         .context("loading the eBPF object")
 }
 
+/// Loads the agent's own instance, first unpinning every shared map whose
+/// pinned definition is not this object's (an older agent's layout: a map
+/// that grew, a key that changed). Programs still attached keep the old map
+/// until their pod is attached again, so the caller re-attaches every pod
+/// when this returns names. Returns the instance and the maps replaced.
+pub fn load_replacing_changed_maps(pins: &Pins) -> anyhow::Result<(Ebpf, Vec<String>)> {
+    let mut replaced: Vec<String> = Vec::new();
+    loop {
+        let e = match load(pins, 0) {
+            Ok(ebpf) => return Ok((ebpf, replaced)),
+            Err(e) => e,
+        };
+        let Some(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap { name, property, expected, actual })) =
+            e.downcast_ref::<aya::EbpfError>()
+        else {
+            return Err(e);
+        };
+        if replaced.contains(name) {
+            return Err(e);
+        }
+        let pin = pins.map(name);
+        log::info!("{}: pinned with {property} {actual}, this agent's has {expected}: replacing it", pin.display());
+        std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        replaced.push(name.clone());
+    }
+}
+
 /// Attaches the pod's programs to its cgroup (and sk_lookup to its network
 /// namespace) and pins the links, in place of whatever the pod had attached
 /// (an older agent's programs). Everything is loaded and verified first, so
@@ -106,7 +134,7 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> any
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     match attach_type {
-        AttachType::CgroupInet4Connect => load_as(program, CgroupSockAddr::load),
+        AttachType::CgroupInet4Connect | AttachType::CgroupInet6Connect => load_as(program, CgroupSockAddr::load),
         AttachType::CgroupSockOps => load_as(program, SockOps::load),
         AttachType::CgroupGetsockopt => load_as(program, CgroupSockopt::load),
         AttachType::SkLookup => load_as(program, SkLookup::load),

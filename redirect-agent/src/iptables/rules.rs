@@ -93,6 +93,12 @@ pub fn restore_input(policy: &PodPolicy, s: &ProxySettings, family: Family, pod_
     let _ = writeln!(o, "-A {OUTBOUND} -o lo -m owner ! --uid-owner {uid} -j RETURN");
     let _ = writeln!(o, "-A {OUTBOUND} -m owner --uid-owner {uid} -j RETURN");
     let _ = writeln!(o, "-A {OUTBOUND} -d {lo} -j RETURN");
+    // IPv6 link-local destinations stay direct: a proxy could not dial
+    // them back (conntrack's answer has no interface). Ours, not FSM's:
+    // FSM has no IPv6 rules.
+    if family == Family::V6 {
+        let _ = writeln!(o, "-A {OUTBOUND} -d fe80::/10 -j RETURN");
+    }
     // 5. PodIP mode: the proxy's connections to loopback go to the pod IP.
     if policy.local_proxy_mode == LocalProxyMode::PodIP {
         let ip = match pod_ip {

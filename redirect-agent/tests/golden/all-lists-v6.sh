@@ -22,6 +22,7 @@ ip6tables-restore --noflush <<EOF
 -A fsm_PROXY_OUTBOUND -o lo -m owner ! --uid-owner 1500 -j RETURN
 -A fsm_PROXY_OUTBOUND -m owner --uid-owner 1500 -j RETURN
 -A fsm_PROXY_OUTBOUND -d ::1/128 -j RETURN
+-A fsm_PROXY_OUTBOUND -d fe80::/10 -j RETURN
 -I OUTPUT -p tcp -o lo -d ::1/128 -m owner --uid-owner 1500 -j DNAT --to-destination $POD_IPV6
 -A fsm_PROXY_OUTBOUND -o net1 -j RETURN
 -A fsm_PROXY_OUTBOUND -d fd00::/8 -j RETURN

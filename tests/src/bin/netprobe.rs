@@ -1,12 +1,19 @@
 //! The test's stand-ins for a pod's processes:
 //!
 //! - `serve PORT TAG`: answers every connection with `TAG <local addr>`
-//!   (PORT on 0.0.0.0, or ADDR:PORT).
+//!   (PORT on 0.0.0.0, or ADDR:PORT: `[::]:PORT` is dual-stack). Addresses
+//!   are printed as the connection's family has them: an IPv4 connection
+//!   that a dual-stack listener accepted prints its IPv4 address.
 //! - `proxy PORT TAG`: an unmodified proxy: answers `TAG <SO_ORIGINAL_DST>`
-//!   (or `TAG none:<errno>`), then echoes lines until EOF.
-//! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS]`: connects,
-//!   (waits MS), prints the first line it gets; with --hold, keeps pinging for SECS and prints
-//!   `held ok N` or `held broken: ...`.
+//!   (`IP6T_SO_ORIGINAL_DST` on an IPv6 connection, as Envoy asks), or
+//!   `TAG none:<errno>`, then echoes lines until EOF.
+//! - `http PORT TAG`: an HTTP/1.1 server whose every response (header
+//!   `server: netprobe`) has the body `TAG <local addr>`.
+//! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS] [--fastopen]`:
+//!   connects (from source PORT; with TCP Fast Open: `sendto(MSG_FASTOPEN)`
+//!   carrying a first line, no `connect()`), (waits MS), prints the first
+//!   line it gets; with --hold, keeps pinging for SECS and prints `held ok
+//!   N` or `held broken: ...`.
 //! - `connrate`, `pingpong`, `burst`, `stream`: load generators for the
 //!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
@@ -15,7 +22,6 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::FromRawFd as _,
     time::{Duration, Instant},
 };
 
@@ -193,6 +199,7 @@ fn main() {
     let result = match a.as_slice() {
         ["serve", port, tag] => serve(bind_addr(port), tag, false),
         ["proxy", port, tag] => serve(bind_addr(port), tag, true),
+        ["http", port, tag] => http(bind_addr(port), tag),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
         ["sockopts"] => sockopts(),
         ["connrate", addr, millis] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), None),
@@ -216,6 +223,12 @@ fn bind_addr(arg: &str) -> SocketAddr {
     arg.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], arg.parse::<u16>().unwrap())))
 }
 
+/// An address as its connection's family has it: an IPv4 connection that a
+/// dual-stack listener accepted holds it IPv4-mapped.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 fn serve(addr: SocketAddr, tag: &str, proxy: bool) -> Result<(), String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     println!("listening");
@@ -224,12 +237,12 @@ fn serve(addr: SocketAddr, tag: &str, proxy: bool) -> Result<(), String> {
         let tag = tag.to_owned();
         std::thread::spawn(move || {
             let line = if proxy {
-                match redirect_agent::original_dst::original_dst(&s) {
+                match redirect_agent::original_dst::original_dst_any(&s) {
                     Ok(orig) => format!("{tag} {orig}"),
                     Err(e) => format!("{tag} none:{}", e.raw_os_error().unwrap_or(0)),
                 }
             } else {
-                format!("{tag} {}", s.local_addr().unwrap())
+                format!("{tag} {}", canonical(s.local_addr().unwrap()))
             };
             let _ = writeln!(s, "{line}");
             // Echo until the client closes.
@@ -244,43 +257,86 @@ fn serve(addr: SocketAddr, tag: &str, proxy: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Answers each HTTP/1.1 request (up to the blank line; no body) with
+/// `TAG <local addr>`, then closes.
+fn http(addr: SocketAddr, tag: &str) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!("listening");
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        let body = format!("{tag} {}\n", canonical(s.local_addr().unwrap()));
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nserver: netprobe\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        });
+    }
+    Ok(())
+}
+
 /// Timeouts stretch under `REDIRECT_TEST_TIME_SCALE` (emulated VMs).
 fn secs(n: u64) -> Duration {
     let scale: u64 = std::env::var("REDIRECT_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     Duration::from_secs(n * scale.max(1))
 }
 
-fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
-    let Some(port) = bind else {
-        return TcpStream::connect_timeout(&addr, secs(3)).map_err(|e| format!("connect: {e}"));
-    };
-    // SAFETY: plain socket calls on a descriptor we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), 4);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_port = port.to_be();
-        if libc::bind(fd, (&raw const sa).cast(), 16) != 0 {
-            return Err(format!("bind :{port}: {}", std::io::Error::last_os_error()));
-        }
-        let SocketAddr::V4(v4) = addr else { return Err("IPv4 only".into()) };
-        sa.sin_port = v4.port().to_be();
-        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-        if libc::connect(fd, (&raw const sa).cast(), 16) != 0 {
-            return Err(format!("connect: {}", std::io::Error::last_os_error()));
-        }
-        Ok(TcpStream::from_raw_fd(fd))
+/// A socket of `addr`'s family, bound to source port `bind` if given.
+fn socket_for(addr: SocketAddr, bind: Option<u16>) -> Result<socket2::Socket, String> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
+    if let Some(port) = bind {
+        s.set_reuse_address(true).map_err(|e| e.to_string())?;
+        let any: SocketAddr = match addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+        };
+        s.bind(&any.into()).map_err(|e| format!("bind :{port}: {e}"))?;
     }
+    Ok(s)
+}
+
+fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
+    let s = socket_for(addr, bind)?;
+    s.connect_timeout(&addr.into(), secs(3)).map_err(|e| format!("connect: {e}"))?;
+    Ok(s.into())
+}
+
+/// TCP Fast Open: no `connect()`; the first `sendto(MSG_FASTOPEN)` starts
+/// the connection (the kernel's connect hooks still run) and carries
+/// `first` (in the SYN where the kernel may).
+fn connect_fastopen(addr: SocketAddr, bind: Option<u16>, first: &[u8]) -> Result<TcpStream, String> {
+    let s = socket_for(addr, bind)?;
+    let to: socket2::SockAddr = addr.into();
+    // SAFETY: plain sendto on a descriptor we own, with a valid address.
+    let rc = unsafe {
+        libc::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            first.as_ptr().cast(),
+            first.len(),
+            libc::MSG_FASTOPEN,
+            to.as_ptr().cast(),
+            to.len(),
+        )
+    };
+    if rc < 0 {
+        return Err(format!("sendto(MSG_FASTOPEN): {}", std::io::Error::last_os_error()));
+    }
+    Ok(s.into())
 }
 
 fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
     let mut bind = None;
     let mut hold = None;
     let mut delay = 0;
+    let mut fastopen = false;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
+        if *flag == "--fastopen" {
+            fastopen = true;
+            continue;
+        }
         let v = it.next().ok_or("flag without value")?;
         match *flag {
             "--bind" => bind = Some(v.parse().map_err(|_| "bad --bind")?),
@@ -289,7 +345,7 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    let s = connect(addr, bind)?;
+    let s = if fastopen { connect_fastopen(addr, bind, b"fastopen\n")? } else { connect(addr, bind)? };
     std::thread::sleep(Duration::from_millis(delay));
     s.set_read_timeout(Some(secs(3))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
