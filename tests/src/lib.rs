@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use redirect_agent::sandbox::{Bpffs, Cgroup, Netns, enter_maybe_cgroup, veth};
 
+pub mod sidecar;
+
 pub const APP_UID: u32 = 1000;
 pub const PROXY_UID: u32 = redirect_common::defaults::PROXY_UID;
 /// Destinations that exist only inside the node namespace of a test.
@@ -318,7 +320,7 @@ impl Drop for Node {
 }
 
 /// `sysctl -w` each setting inside the namespace.
-fn sysctls(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
+pub fn sysctls(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw"]).args(settings).output()?;
     if !out.status.success() {
         bail!("sysctl {settings:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
@@ -430,14 +432,40 @@ impl Pod {
     /// The app on 8080, the proxy's listeners and its admin port 15010
     /// (on `[::]` in a dual-stack pod, on 0.0.0.0 otherwise).
     pub fn start_processes(&mut self, outbound_port: u16, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<()> {
-        let bind = |port: u16| if self.ip6.is_some() { format!("[::]:{port}") } else { port.to_string() };
-        let (app, out, inb, admin) = (bind(8080), bind(outbound_port), bind(inbound_port), bind(15010));
-        self.spawn_listener(&["serve", &app, "app"], APP_UID)?;
+        self.start_app("serve", proxy_uid)?;
+        let (out, inb) = (self.bind(outbound_port), self.bind(inbound_port));
         self.spawn_listener(&["proxy", &out, "out"], proxy_uid)?;
         self.spawn_listener(&["proxy", &inb, "in"], proxy_uid)?;
-        // The proxy's admin port, which inbound interception leaves alone.
-        self.spawn_listener(&["serve", &admin, "admin"], proxy_uid)?;
         Ok(())
+    }
+
+    /// The app on 8080 (a netprobe `serve` or `http` server) and the
+    /// proxy's admin port 15010, which inbound interception leaves alone.
+    pub fn start_app(&mut self, kind: &str, proxy_uid: u32) -> anyhow::Result<()> {
+        let (app, admin) = (self.bind(8080), self.bind(15010));
+        self.spawn_listener(&[kind, &app, "app"], APP_UID)?;
+        self.spawn_listener(&["serve", &admin, "admin"], proxy_uid)
+    }
+
+    /// Where the pod's servers bind `port`: `[::]` (both families) in a
+    /// dual-stack pod, 0.0.0.0 otherwise.
+    fn bind(&self, port: u16) -> String {
+        if self.ip6.is_some() { format!("[::]:{port}") } else { port.to_string() }
+    }
+
+    /// Starts `cmd` as a process of the pod running as `uid`, killed with
+    /// the pod.
+    pub fn spawn_sidecar(&mut self, mut cmd: Command, uid: u32) -> anyhow::Result<()> {
+        enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid)?;
+        self.procs.push(cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?);
+        Ok(())
+    }
+
+    /// `program` as a process of the pod running as `uid`.
+    pub fn command(&self, program: &str, uid: u32) -> Command {
+        let mut cmd = Command::new(program);
+        enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid).unwrap();
+        cmd
     }
 
     /// The node's link-local address on the pod's eth0, with its scope:
@@ -555,4 +583,29 @@ impl Pod {
         let out = self.dial_cmd(to, uid, &[]).output().expect("running netprobe");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+}
+
+/// Creates a map with the given definition and pins it at `path` (a
+/// stand-in for a map an older agent pinned with another layout).
+pub fn pin_new_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> anyhow::Result<()> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let bpf = |cmd: libc::c_long, attr: &mut [u64; 8]| {
+        // SAFETY: a zero-padded bpf_attr of 64 bytes.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as i32) }
+    };
+    // { map_type, key_size }, { value_size, max_entries }
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(map_type) | u64::from(key_size) << 32;
+    attr[1] = u64::from(value_size) | u64::from(max_entries) << 32;
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?;
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 8];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let pinned = bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()));
+    // SAFETY: our own descriptor; the pin holds the map from here on.
+    unsafe { libc::close(fd) };
+    pinned.map(drop)
 }

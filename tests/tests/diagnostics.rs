@@ -176,3 +176,79 @@ fn status_counts_verdicts_and_metrics_serve_them() {
     assert!(body.contains(&line), "{body}");
     assert!(body.contains("fsm_redirect_map_capacity{map=\"INBOUND_ORIG\"} 65536"), "{body}");
 }
+
+#[test]
+fn diagnose_names_a_proxy_without_ipv6_listeners_and_a_missing_hand_over_route() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let mut pod = Pod::wired(&node, true).unwrap();
+    // IPv4 listeners only: enough for fsm-init's rules, not for a pod whose
+    // IPv6 is intercepted.
+    pod.start_proxy("15001", "out", PROXY_UID).unwrap();
+    pod.start_inbound_proxy(15003, PROXY_UID).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    let ip6 = pod.ip6.clone().unwrap();
+    // Refused, never around the proxy.
+    assert_eq!(pod.dial("[fd00:96::10]:80", APP_UID), "error: connect: Connection refused (os error 111)");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("[{ip6}]:8080")), "error: connect: Connection refused (os error 111)");
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    let f = failed(&checks);
+    for want in [
+        "proxy listens on 15001: the pod's IPv6 is intercepted, but no outbound listener is an IPv6 one: IPv6 connections are refused",
+        "proxy listens on 15003: the pod's IPv6 is intercepted, but no inbound listener is an IPv6 one: IPv6 connections are refused",
+        "inbound listener registered: no IPv6 socket listening on 15003 is known to the kernel: inbound IPv6 connections are refused",
+    ] {
+        assert!(f.contains(&want.to_owned()), "{want:?} missing from {f:#?}");
+    }
+    // A proxy that listens on [::] too: registered at once (sockops was
+    // kept attached while the IPv6 listener was missing).
+    pod.stop_listeners();
+    pod.start_proxy("[::]:15001", "out", PROXY_UID).unwrap();
+    pod.start_proxy("[::]:15003", "in", PROXY_UID).unwrap();
+    assert_eq!(Pod::dial_from(&node.ns, &format!("[{ip6}]:8080")), format!("in [{ip6}]:8080"));
+    assert!(diagnose(&node, &pod).0, "{:#?}", failed(&diagnose(&node, &pod).1));
+    // The hand-over route taken away behind the agent's back.
+    let prefix = redirect_agent::netns::handover_net().to_string();
+    pod.ns.exec(&["-6", "route", "del", "local", &prefix, "dev", "lo", "table", "local"]).unwrap();
+    let (ok, checks) = diagnose(&node, &pod);
+    assert!(!ok);
+    assert_eq!(
+        failed(&checks),
+        [format!("IPv6 hand-over route: local {prefix} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail")]
+    );
+    let (ok, out) = node.cli(&["reload"]);
+    assert!(ok, "{out}");
+    assert!(diagnose(&node, &pod).0);
+    assert_eq!(pod.dial("[fd00:96::10]:80", APP_UID), "out [fd00:96::10]:80");
+}
+
+#[test]
+fn explain_reads_ipv6_and_ipv4_mapped_destinations() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    // An IPv4 pod: its IPv6 is not intercepted.
+    let e = node.explain(&pod, &["--to", "[2001:db8::1]:80"]);
+    assert_eq!((e["config"]["verdict"].as_str(), e["config"]["rule"].as_u64()), (Some("direct"), Some(0)), "{e:#}");
+    assert_eq!(e["agrees"], true);
+    let e = node.explain(&pod, &["--to", "[::ffff:10.97.0.1]:80"]);
+    assert_eq!((e["config"]["verdict"].as_str(), e["config"]["rule"].as_u64()), (Some("direct"), Some(6)), "{e:#}");
+    assert_eq!(e["matched"], "10.97.0.0/16 (MeshConfig)");
+    assert_eq!(e["note"], "::ffff:10.97.0.1 is IPv4-mapped: an IPv4 connection to 10.97.0.1:80, decided by the IPv4 rules");
+    let e = node.explain(&pod, &["--to", "[::ffff:10.96.0.10]:80"]);
+    assert_eq!((e["config"]["verdict"].as_str(), e["kernel"]["rule"].as_u64()), (Some("redirect-outbound"), Some(10)), "{e:#}");
+    let (ok, out) = node.cli(&["explain", &pod.name, "--to", "[::ffff:10.96.0.10]:80"]);
+    assert!(ok && out.contains("note:    ::ffff:10.96.0.10 is IPv4-mapped"), "{out}");
+    // A dual-stack pod, with an IPv6 CIDR excluded by annotation.
+    let ds = Pod::dual_stack(&node).unwrap();
+    node.enroll(&ds, &["flomesh.io/outbound-ip-range-exclusion-list=2001:db8::/32"]).unwrap();
+    let e = node.explain(&ds, &["--to", "[2001:db8::1]:80"]);
+    assert_eq!((e["config"]["rule"].as_u64(), e["kernel"]["rule"].as_u64()), (Some(6), Some(6)), "{e:#}");
+    assert_eq!(e["matched"], "2001:db8::/32 (pod annotation)");
+    let e = node.explain(&ds, &["--to", "[2001:db9::1]:6379"]);
+    assert_eq!((e["config"]["rule"].as_u64(), e["agrees"].as_bool()), (Some(7), Some(true)), "{e:#}");
+    let e = node.explain(&ds, &["--inbound", "--port", "8080", "--ipv6"]);
+    assert_eq!((e["config"]["verdict"].as_str(), e["agrees"].as_bool()), (Some("redirect-inbound"), Some(true)), "{e:#}");
+    let e = node.explain(&pod, &["--inbound", "--port", "8080", "--ipv6"]);
+    assert_eq!((e["config"]["rule"].as_u64(), e["agrees"].as_bool()), (Some(0), Some(true)), "{e:#}");
+}

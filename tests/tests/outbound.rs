@@ -142,6 +142,33 @@ fn a_starting_agent_replaces_an_older_agents_pins() {
 }
 
 #[test]
+fn a_starting_agent_replaces_maps_whose_layout_changed_and_reattaches_every_pod() {
+    let (mut node, pod) = both(NO_LISTS);
+    node.enroll(&pod, &[]).unwrap();
+    let id = node.status()["pods"][0]["id"].as_u64().unwrap();
+    node.kill_agent();
+    // What an agent before IPv6 left: no connect6 link, counters of 20
+    // slots per pod, listeners keyed by the pod id alone.
+    let (pod_dir, maps) = (node.bpffs_dir.join("pods").join(id.to_string()), node.bpffs_dir.join("maps"));
+    std::fs::remove_file(pod_dir.join("connect6")).unwrap();
+    for (name, map_type, key_size, value_size, max_entries) in [("COUNTERS", 6, 4, 8, 4096 * 20), ("PROXY_LISTENERS", 18, 4, 4, 4096)] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+        tests::pin_new_map(&maps.join(name), map_type, key_size, value_size, max_entries).unwrap();
+    }
+    node.start_agent().unwrap();
+    assert!(node.agent_log().contains("replacing it"), "{}", node.agent_log());
+    assert!(pod_dir.join("connect6").exists());
+    assert_eq!(node.status()["pods"][0]["attached"], true);
+    // The re-attached programs count into the new map and find the
+    // re-registered listener.
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial("[::ffff:10.96.0.10]:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
+    let c = node.counters(&pod);
+    assert_eq!((c["outbound_redirected"], c["outbound_ipv4_mapped"], c["inbound_redirected"]), (2, 1, 1), "{c:?}");
+}
+
+#[test]
 fn interception_survives_the_agent_being_killed_and_restarted() {
     let (mut node, pod) = both(NO_LISTS);
     node.enroll(&pod, &[]).unwrap();

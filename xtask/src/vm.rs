@@ -168,6 +168,12 @@ fn release_of(kernel_dir: &Path) -> anyhow::Result<String> {
     Ok(entry.file_name().to_string_lossy().into_owned())
 }
 
+/// Where `tool` is on the host.
+fn which(tool: &str) -> anyhow::Result<PathBuf> {
+    let out = run(Command::new("sh").arg("-c").arg(format!("command -v {tool}")))?;
+    Ok(PathBuf::from(out.trim()))
+}
+
 /// Shared libraries a host binary needs (ldd), and the dynamic loader.
 fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = run(Command::new("ldd").arg(bin)).unwrap_or_default();
@@ -212,7 +218,7 @@ fn init_script(test_bins: &[String], release: &str) -> String {
     // And every other netfilter module shipped (iptables-nft needs counters,
     // matches and targets that differ between kernel versions).
     s.push_str("for m in $(find /lib/modules -name '*.ko'); do m=${m##*/}; modprobe ${m%.ko} 2>/dev/null; done\necho redirect-vm: $(lsmod | wc -l) modules loaded\n");
-    s.push_str("export REDIRECT_TEST_TIME_SCALE=10 REDIRECT_SKIP_LOG=/tmp/skips RUST_BACKTRACE=0\n: > /tmp/skips\ncd /t/deps\n");
+    s.push_str("export REDIRECT_TEST_TIME_SCALE=10 REDIRECT_SKIP_LOG=/tmp/skips RUST_BACKTRACE=0 REDIRECT_ENVOY=/usr/local/bin/envoy\n: > /tmp/skips\ncd /t/deps\n");
     for bin in test_bins {
         // One test at a time: verdict lines stay whole on the console.
         s.push_str(&format!(
@@ -240,6 +246,12 @@ fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> 
     let xtables = std::fs::canonicalize("/usr/sbin/iptables").context("iptables is not installed")?;
     let mut host_bins = vec![(PathBuf::from("/usr/sbin/ip"), "/usr/sbin/ip".to_owned())];
     host_bins.push((xtables.clone(), format!("/usr/sbin/{}", xtables.file_name().unwrap().to_string_lossy())));
+    // The real clients and proxies of the tests.
+    for tool in ["curl", "haproxy"] {
+        let path = which(tool)?;
+        host_bins.push((path.clone(), path.display().to_string()));
+    }
+    host_bins.push((bins.envoy.clone(), "/usr/local/bin/envoy".to_owned()));
     for (src, dst) in &host_bins {
         copy_into(&root, src, dst)?;
         for lib in libraries(src)? {
@@ -308,6 +320,8 @@ pub struct TestBins {
     pub tests: Vec<PathBuf>,
     pub netprobe: PathBuf,
     pub agent: PathBuf,
+    /// The sidecar the real-proxy tests run.
+    pub envoy: PathBuf,
 }
 
 /// Whether KVM works here (on some machines /dev/kvm exists and fails).

@@ -9,11 +9,12 @@
 //!   `TAG none:<errno>`, then echoes lines until EOF.
 //! - `http PORT TAG`: an HTTP/1.1 server whose every response (header
 //!   `server: netprobe`) has the body `TAG <local addr>`.
-//! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS] [--fastopen]`:
-//!   connects (from source PORT; with TCP Fast Open: `sendto(MSG_FASTOPEN)`
-//!   carrying a first line, no `connect()`), (waits MS), prints the first
-//!   line it gets; with --hold, keeps pinging for SECS and prints `held ok
-//!   N` or `held broken: ...`.
+//! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS] [--fastopen]
+//!   [--socket-first MS]`: connects (from source PORT; with TCP Fast Open:
+//!   `sendto(MSG_FASTOPEN)` carrying a first line, no `connect()`; with
+//!   --socket-first, the socket is made MS before it connects), (waits MS),
+//!   prints the first line it gets; with --hold, keeps pinging for SECS and
+//!   prints `held ok N` or `held broken: ...`.
 //! - `connrate`, `pingpong`, `burst`, `stream`: load generators for the
 //!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
@@ -297,8 +298,9 @@ fn socket_for(addr: SocketAddr, bind: Option<u16>) -> Result<socket2::Socket, St
     Ok(s)
 }
 
-fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
+fn connect(addr: SocketAddr, bind: Option<u16>, socket_first: u64) -> Result<TcpStream, String> {
     let s = socket_for(addr, bind)?;
+    std::thread::sleep(Duration::from_millis(socket_first));
     s.connect_timeout(&addr.into(), secs(3)).map_err(|e| format!("connect: {e}"))?;
     Ok(s.into())
 }
@@ -306,8 +308,9 @@ fn connect(addr: SocketAddr, bind: Option<u16>) -> Result<TcpStream, String> {
 /// TCP Fast Open: no `connect()`; the first `sendto(MSG_FASTOPEN)` starts
 /// the connection (the kernel's connect hooks still run) and carries
 /// `first` (in the SYN where the kernel may).
-fn connect_fastopen(addr: SocketAddr, bind: Option<u16>, first: &[u8]) -> Result<TcpStream, String> {
+fn connect_fastopen(addr: SocketAddr, bind: Option<u16>, socket_first: u64, first: &[u8]) -> Result<TcpStream, String> {
     let s = socket_for(addr, bind)?;
+    std::thread::sleep(Duration::from_millis(socket_first));
     let to: socket2::SockAddr = addr.into();
     // SAFETY: plain sendto on a descriptor we own, with a valid address.
     let rc = unsafe {
@@ -331,6 +334,7 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
     let mut hold = None;
     let mut delay = 0;
     let mut fastopen = false;
+    let mut socket_first = 0;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         if *flag == "--fastopen" {
@@ -342,10 +346,11 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
             "--bind" => bind = Some(v.parse().map_err(|_| "bad --bind")?),
             "--hold" => hold = Some(v.parse::<u64>().map_err(|_| "bad --hold")?),
             "--delay-ms" => delay = v.parse::<u64>().map_err(|_| "bad --delay-ms")?,
+            "--socket-first" => socket_first = v.parse::<u64>().map_err(|_| "bad --socket-first")?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    let s = if fastopen { connect_fastopen(addr, bind, b"fastopen\n")? } else { connect(addr, bind)? };
+    let s = if fastopen { connect_fastopen(addr, bind, socket_first, b"fastopen\n")? } else { connect(addr, bind, socket_first)? };
     std::thread::sleep(Duration::from_millis(delay));
     s.set_read_timeout(Some(secs(3))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
