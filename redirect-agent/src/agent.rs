@@ -350,9 +350,10 @@ impl Agent {
             _ => {
                 let ebpf = self.ebpf_mut()?;
                 programs::detach(&ebpf.pins, id)?;
-                let ipv6 = ebpf.maps.written(id).is_some_and(|e| e.ipv6);
                 ebpf.maps.remove(id);
-                if ipv6 && spec.netns.exists() {
+                // Whether or not its IPv6 was intercepted: a route left
+                // from an interrupted install goes too.
+                if spec.netns.exists() && netns::pod_net(&spec.netns).is_ok_and(|n| n.handover_route) {
                     netns::set_handover_route(&spec.netns, false)?;
                 }
             }

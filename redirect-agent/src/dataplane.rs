@@ -2,7 +2,7 @@
 //!
 //! `auto` (the default) probes the kernel once at start: cgroup v2 mounted,
 //! a kernel new enough for cgroup bpf_links, ring buffers and sk_lookup (5.9), and the
-//! three programs actually loading (program types, attach types, helpers,
+//! programs actually loading (program types, attach types, helpers,
 //! the verifier: a locked-down or BPF-less kernel fails here). Where that
 //! fails, or where a pod has no cgroup v2 group, the pod gets fsm-init's
 //! iptables rules instead. The agent says which it chose and why.

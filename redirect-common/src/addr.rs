@@ -13,9 +13,22 @@
 use bytemuck::{Pod, Zeroable};
 
 /// An IPv6 address: four words in network byte order (see the module).
+/// Ordered as addresses are (by their bytes), not by the words' values.
 #[repr(transparent)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Ip6(pub [u32; 4]);
+
+impl Ord for Ip6 {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.octets().cmp(&other.octets())
+    }
+}
+
+impl PartialOrd for Ip6 {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// `::ffff:0:0/96`: an IPv4 address in an IPv6 socket's address.
 const MAPPED_WORD: [u8; 4] = [0, 0, 0xff, 0xff];
@@ -161,6 +174,7 @@ mod tests {
         assert_eq!(Ip6::from_octets(a.octets()), a);
         assert_eq!(Ip6::LOOPBACK, ip6("::1"));
         assert_eq!(Ip6::mapped(0x0a00_0001), ip6("::ffff:10.0.0.1"));
+        assert!(ip6("fd00::1") < ip6("fe80::1") && ip6("::1") < ip6("::2") && ip6("::ff") < ip6("::100"));
     }
 
     #[test]

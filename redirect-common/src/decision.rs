@@ -1,6 +1,6 @@
 //! The interception decision, in one place.
 //!
-//! This is the outbound table of `interception-semantics.md`, evaluated top
+//! This is the outbound table of `docs/interception-semantics.md`, evaluated top
 //! to bottom, first match wins. The eBPF `connect4`/`connect6` programs
 //! answer the questions of [`PodLists`] and [`AddrLists`] from their maps;
 //! the agent answers them from the configured lists (for `explain` and for

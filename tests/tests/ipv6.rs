@@ -45,14 +45,16 @@ fn a_socket_made_before_enrolment_is_intercepted_when_it_connects() {
     let node = Node::start(DEFAULTS).unwrap();
     let pod = Pod::dual_stack(&node).unwrap();
     // Each socket exists before the pod is enrolled and connects after.
+    let socket_first = tests::scaled(Duration::from_millis(1500));
+    let wait = socket_first.as_millis().to_string();
     let waiting: Vec<_> = ["10.96.0.10:80", "[::ffff:10.96.0.10]:80", "[fd00:96::10]:80"]
         .iter()
-        .map(|to| (to, pod.dial_cmd(to, APP_UID, &["--socket-first", "1500"]).stdout(std::process::Stdio::piped()).spawn().unwrap()))
+        .map(|to| (to, pod.dial_cmd(to, APP_UID, &["--socket-first", &wait]).stdout(std::process::Stdio::piped()).spawn().unwrap()))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(socket_first / 8);
     let enrolled = Instant::now();
     node.enroll(&pod, &[]).unwrap();
-    assert!(enrolled.elapsed() < Duration::from_millis(1200), "enrolment took too long for this test to mean anything");
+    assert!(enrolled.elapsed() < socket_first * 3 / 4, "enrolment took too long for this test to mean anything");
     for (to, child) in waiting {
         let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         let want = if to.starts_with("[fd") { format!("out {to}") } else { "out 10.96.0.10:80".into() };

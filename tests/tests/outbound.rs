@@ -1,5 +1,5 @@
 //! Outbound interception in the real kernel: every row of the outbound
-//! table of interception-semantics.md, each checked where it matches and
+//! table of docs/interception-semantics.md, each checked where it matches and
 //! where it does not, with an unmodified proxy reading SO_ORIGINAL_DST.
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and cgroup v2.
 

@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::VmTest { kernels } => {
             require_root("vm-test")?;
-            for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio")] {
+            for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio"), ("strip", "binutils")] {
                 if !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {tool}"))) {
                     apt_install(&[package])?;
                 }

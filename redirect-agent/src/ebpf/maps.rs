@@ -769,3 +769,56 @@ impl SharedMaps {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::netns::Route;
+
+    fn ip6s(s: &str) -> Ip6 {
+        ip6(&s.parse().unwrap())
+    }
+
+    #[test]
+    fn each_family_goes_to_its_own_lists_truncated_and_once() {
+        let mesh = MeshConfig::parse(
+            "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.1.2.3/16, fd00:96::1/32, 10.1.0.0/16]\n    outboundIPRangeInclusionList: [fd00:97::/48]\n    networkInterfaceExclusionList: [net1]\n",
+        )
+        .unwrap();
+        let pod = PodAnnotations::from_map(&BTreeMap::from([(
+            "flomesh.io/outbound-ip-range-exclusion-list".to_owned(),
+            "fd00:98::/32, 10.9.0.0/16".to_owned(),
+        )]))
+        .unwrap();
+        let route = |net: &str, iface: &str| Route { net: net.parse().unwrap(), iface: iface.into() };
+        let net = PodNet {
+            addrs: ["10.244.1.2", "fd00:244:1::2", "fe80::2"].iter().map(|a| a.parse().unwrap()).collect(),
+            ifaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("net1".into(), 3)],
+            routes: vec![route("0.0.0.0/0", "eth0"), route("::/0", "eth0"), route("fd00:245:1::/64", "net1"), route("fd00:245:1::/64", "eth0")],
+            handover_route: true,
+        };
+        let e = PodEntries::new(&mesh, &pod, &net, true);
+        assert_eq!(e.mesh.excluded_cidrs, [([10, 1, 0, 0], 16)]);
+        assert_eq!(e.mesh.excluded_cidrs6, [(ip6s("fd00:96::"), 32)]);
+        assert_eq!((e.mesh.included_cidrs.len(), e.mesh.included_cidrs6.clone()), (0, vec![(ip6s("fd00:97::"), 48)]));
+        assert_eq!((e.own.excluded_cidrs.clone(), e.own.excluded_cidrs6.clone()), (vec![([10, 9, 0, 0], 16)], vec![(ip6s("fd00:98::"), 32)]));
+        assert!(e.own.inclusion && e.own.ipv6, "an IPv6-only inclusion list limits both families");
+        assert_eq!(e.own.local_addrs, [[10, 244, 1, 2]]);
+        assert_eq!(e.own.local_addrs6, [ip6s("fd00:244:1::2"), ip6s("fe80::2")]);
+        assert_eq!(e.own.excluded_ifaces, [3]);
+        // IPv4: no route through net1, so none at all; IPv6: the first of
+        // two routes to one prefix, as the kernel takes it.
+        assert!(e.own.routes.is_empty());
+        assert_eq!(e.own.routes6, [(ip6s("::"), 0, false), (ip6s("fd00:245:1::"), 64, true)]);
+        assert!(e.own.holds(List::ExcludedRoutes6) && !e.own.holds(List::ExcludedRoutes));
+        // Written and read back, each entry lands in the list it came from.
+        let mut back = SlotEntries::default();
+        for entry in e.own.entries(9) {
+            back.add(entry);
+        }
+        back.sort();
+        assert_eq!(back, SlotEntries { inclusion: false, ipv6: false, ..e.own.clone() });
+    }
+}

@@ -4,7 +4,9 @@
 //! - connection rate and connect-to-first-byte latency (p50, p99) for a
 //!   client in a pod: direct to the proxy port (the floor), through the
 //!   iptables dataplane, through the eBPF dataplane; with 0/100/1,000/10,000
-//!   excluded CIDRs and 0/1,000 excluded ports;
+//!   excluded CIDRs and 0/1,000 excluded ports; and per address family
+//!   (IPv4, IPv4-mapped, IPv6), each against its own direct path, with what
+//!   each program costs a connection of that family;
 //! - the time to apply a changed exclusion list to 100 running pods, with a
 //!   client dialling through the change and counting failed or mis-steered
 //!   connections;
@@ -132,12 +134,12 @@ fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     Ok(by_name)
 }
 
-/// Connections made through `pod` (eBPF) in `millis`, and the runs and
-/// nanoseconds each program spent meanwhile.
-fn program_cost(pod: &Pod, millis: u64) -> anyhow::Result<(f64, BTreeMap<String, (u64, u64)>)> {
+/// Connections made through `pod` (eBPF) to `to` in `millis`, and the runs
+/// and nanoseconds each program spent meanwhile.
+fn program_cost(pod: &Pod, to: &str, millis: u64) -> anyhow::Result<(f64, BTreeMap<String, (u64, u64)>)> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
     let before = program_stats()?;
-    let line = probe(pod, &["connrate", "10.96.0.10:80", &millis.to_string()])?;
+    let line = probe(pod, &["connrate", to, &millis.to_string()])?;
     let after = program_stats()?;
     let delta = after
         .into_iter()
@@ -255,7 +257,7 @@ fn main() -> anyhow::Result<()> {
 
     // What the eBPF path adds per connection, program by program (the
     // kernel's own run-time statistics, on only for this measurement).
-    let (conns, cost) = program_cost(&bpf, if smoke { 200 } else { 2000 })?;
+    let (conns, cost) = program_cost(&bpf, "10.96.0.10:80", if smoke { 200 } else { 2000 })?;
     md.push_str("\n### Cost per connection of each program (eBPF, kernel run-time statistics)\n\n| program | runs per connection | ns per run | ns per connection |\n|---|---:|---:|---:|\n");
     let mut total = 0.0;
     for (name, (runs, ns)) in &cost {
@@ -266,6 +268,51 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)");
     json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
         "programs": cost.iter().map(|(n, (runs, ns))| (n.clone(), serde_json::json!({"runs": runs, "ns": ns}))).collect::<BTreeMap<_, _>>()}));
+
+    // 1b. By address family, on dual-stack pods whose proxy listens on
+    // [::] (both families), no lists: each family against its own direct
+    // path to the same proxy.
+    let plain6 = Pod::dual_stack(&node)?;
+    let ipt6 = Pod::dual_stack(&node)?;
+    let bpf6 = Pod::dual_stack(&node)?;
+    node.set_mesh_config(&mesh(0, 0));
+    node.enroll_with(&ipt6, &[], &["--dataplane", "iptables"])?;
+    node.enroll_with(&bpf6, &[], &["--dataplane", "ebpf"])?;
+    let families = [
+        ("IPv4", "127.0.0.1:15001", "10.96.0.10:80"),
+        ("IPv4-mapped (an IPv6 socket)", "[::ffff:127.0.0.1]:15001", "[::ffff:10.96.0.10]:80"),
+        ("IPv6", "[::1]:15001", "[fd00:96::10]:80"),
+    ];
+    md.push_str("\n### By address family (no lists)\n\nDual-stack pods, the proxy listening on `[::]` (both families); each family against its own direct path to the same proxy, in interleaved rounds as above. iptables: `iptables` for IPv4 and IPv4-mapped, `ip6tables` for IPv6.\n\n| family | direct path | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | p50 µs direct / iptables / eBPF | p99 µs direct / iptables / eBPF |\n|---|---|---:|---:|---:|---|---|\n");
+    let mut by_family = Vec::new();
+    for (family, direct, service) in families {
+        interrupt::check()?;
+        let r = connrates(&[(&plain6, direct), (&ipt6, service), (&bpf6, service)], rounds, slice_ms)?;
+        let (d, i, e) = (r[0], r[1], r[2]);
+        let _ = writeln!(
+            md,
+            "| {family} | `{direct}` | {:.0} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            d.per_sec, i.per_sec, i.ratios(), e.per_sec, e.ratios(), d.p50_us, i.p50_us, e.p50_us, d.p99_us, i.p99_us, e.p99_us
+        );
+        by_family.push(serde_json::json!({"family": family, "direct_path": direct, "direct": d, "iptables": i, "ebpf": e, "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio}));
+        eprintln!("bench: {family}: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
+    }
+    json.insert("connection_rate_by_family", serde_json::Value::Array(by_family));
+    md.push_str("\nWhat the eBPF programs cost a connection of each family (kernel run-time statistics; IPv6 hands its destination over through an LRU hash keyed by the socket cookie, IPv4 and IPv4-mapped through the one-word array slot):\n\n| family | program | runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|\n");
+    let mut family_cost = BTreeMap::new();
+    for (family, _, service) in families {
+        let (conns, cost) = program_cost(&bpf6, service, if smoke { 200 } else { 2000 })?;
+        let mut total = 0.0;
+        for (name, (runs, ns)) in &cost {
+            let per_conn = *ns as f64 / conns;
+            total += per_conn;
+            let _ = writeln!(md, "| {family} | {name} | {:.1} | {:.0} | {per_conn:.0} |", *runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64);
+        }
+        let _ = writeln!(md, "| {family} | all | | | {total:.0} |");
+        family_cost.insert(family, serde_json::json!({"connections": conns, "total_ns_per_connection": total}));
+    }
+    json.insert("program_cost_by_family", serde_json::to_value(family_cost)?);
+    drop((plain6, ipt6, bpf6));
 
     // 2. Long-lived connections through the local proxy hop, with and
     // without the fast path, against plain loopback.
