@@ -18,6 +18,7 @@ use aya_ebpf::{
 use redirect_common::{
     addr::Address,
     decision::{Inbound, Verdict, decide_inbound},
+    handover,
     maps::{ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, counter, pod_flags},
 };
 
@@ -59,10 +60,13 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         let lists = MapLists { config: &config };
         let ipv6 = (*l).family == AF_INET6;
         // Connections a process of the pod opens to its own addresses come
-        // from a local address: the outbound table has decided them.
+        // from a local address: the outbound table has decided them. So do
+        // stray segments of redirected connections already closed, sent
+        // from the proxy's side: from the IPv6 hand-over prefix (routed to
+        // lo, the pod's own as 127.0.0.0/8 is) or from 127.128.0.0/10.
         let from_pod = if ipv6 {
             let remote = read_ip6(&raw const (*l).remote_ip6);
-            remote.is_loopback() || lists.is_local_v6(remote)
+            remote.is_loopback() || handover::cookie_of6(remote).is_some() || lists.is_local_v6(remote)
         } else {
             let remote = u32::from_be((*l).remote_ip4);
             remote.is_loopback() || lists.is_local_v4(remote)

@@ -227,3 +227,25 @@ fn counters_and_metrics_tell_ipv6_and_mapped_connections_apart() {
         assert!(body.contains(&line), "{line} missing from {body}");
     }
 }
+
+#[test]
+fn stray_segments_of_closed_redirected_connections_are_not_taken_for_inbound_ones() {
+    let node = Node::start(DEFAULTS).unwrap();
+    let pod = Pod::dual_stack(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    // Short connections closed with RST while the proxy may still be
+    // sending: its late segments find no socket and go through sk_lookup,
+    // from the proxy's side of the connection (the hand-over prefix).
+    for to in ["[fd00:96::10]:80", "10.96.0.10:80"] {
+        let out = pod.netprobe(&["connrate", to, "500"], APP_UID);
+        assert!(out.contains("errors=0"), "{to}: {out}");
+    }
+    let c = node.counters(&pod);
+    assert!(c["outbound_redirected"] > 100, "{c:?}");
+    for name in ["inbound_ipv6", "inbound_redirected", "inbound_refused_no_proxy"] {
+        assert_eq!(c[name], 0, "{name}: {c:?}");
+    }
+    let status = node.status();
+    let inbound6 = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "INBOUND_ORIG6").unwrap().clone();
+    assert_eq!(inbound6["entries"], 0, "{inbound6}");
+}

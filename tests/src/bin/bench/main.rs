@@ -134,6 +134,18 @@ fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     Ok(by_name)
 }
 
+/// A program's name as the kernel keeps it (15 characters: connect4 and
+/// connect6 are both `redirect_connec`), as the tables show it.
+fn label(name: &str) -> &str {
+    match name {
+        "redirect_connec" => "connect4 / connect6",
+        "redirect_getsoc" => "getsockopt",
+        "redirect_sk_loo" => "sk_lookup",
+        "redirect_sockop" => "sockops",
+        other => other,
+    }
+}
+
 /// Connections made through `pod` (eBPF) to `to` in `millis`, and the runs
 /// and nanoseconds each program spent meanwhile.
 fn program_cost(pod: &Pod, to: &str, millis: u64) -> anyhow::Result<(f64, BTreeMap<String, (u64, u64)>)> {
@@ -263,7 +275,7 @@ fn main() -> anyhow::Result<()> {
     for (name, (runs, ns)) in &cost {
         let (per_conn_runs, per_run, per_conn) = (*runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64, *ns as f64 / conns);
         total += per_conn;
-        let _ = writeln!(md, "| {name} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |");
+        let _ = writeln!(md, "| {} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |", label(name));
     }
     let _ = writeln!(md, "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)");
     json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
@@ -306,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         for (name, (runs, ns)) in &cost {
             let per_conn = *ns as f64 / conns;
             total += per_conn;
-            let _ = writeln!(md, "| {family} | {name} | {:.1} | {:.0} | {per_conn:.0} |", *runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64);
+            let _ = writeln!(md, "| {family} | {} | {:.1} | {:.0} | {per_conn:.0} |", label(name), *runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64);
         }
         let _ = writeln!(md, "| {family} | all | | | {total:.0} |");
         family_cost.insert(family, serde_json::json!({"connections": conns, "total_ns_per_connection": total}));
