@@ -10,13 +10,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-changed={path}");
     let text = std::fs::read_to_string(path).context(path)?;
     // The one place the eBPF toolchain is named: `channel = "..."` there.
-    let channel = toolchain_file::channel(&text)
-        .ok_or_else(|| anyhow!("{path}: no `channel = \"...\"` line"))?
-        .to_owned();
-    let package = aya_build::Package {
-        name: "redirect-ebpf",
-        root_dir: "../redirect-ebpf",
-        ..Default::default()
-    };
+    let channel = toolchain_file::channel(&text).ok_or_else(|| anyhow!("{path}: no `channel = \"...\"` line"))?.to_owned();
+    let package = aya_build::Package { name: "redirect-ebpf", root_dir: "../redirect-ebpf", ..Default::default() };
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&channel))
 }

@@ -247,7 +247,9 @@ impl Agent {
                 (Some(why), _) => (Dataplane::Iptables, format!("eBPF unavailable: {why}")),
                 (None, None) => (Dataplane::Iptables, "no cgroup v2 group given".into()),
                 (None, Some(Err(e))) => (Dataplane::Iptables, format!("{e:#}")),
-                (None, Some(Ok(_))) if !self.policy(spec)?.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() => {
+                (None, Some(Ok(_)))
+                    if !self.policy(spec)?.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() =>
+                {
                     (Dataplane::Iptables, "interface exclusions need Linux 5.17 for eBPF".into())
                 }
                 (None, Some(Ok(_))) => (Dataplane::Ebpf, "kernel and pod support eBPF".into()),
@@ -285,7 +287,10 @@ impl Agent {
                 let input = |family: Family| -> anyhow::Result<String> {
                     let pod_ip = net.pod_ip(family == Family::V6);
                     if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP && pod_ip.is_none() {
-                        bail!("pod {}: localProxyMode PodIP needs a pod IP of each family it intercepts, and its netns has no {family:?} one", spec.name);
+                        bail!(
+                            "pod {}: localProxyMode PodIP needs a pod IP of each family it intercepts, and its netns has no {family:?} one",
+                            spec.name
+                        );
                     }
                     Ok(iptables::rules::restore_input(&policy, &settings, family, pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr)))
                 };
@@ -308,7 +313,10 @@ impl Agent {
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
                 if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
-                    log::warn!("pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured", spec.name);
+                    log::warn!(
+                        "pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured",
+                        spec.name
+                    );
                 }
                 // The route first: connect6 redirects IPv6 only once the
                 // pod's config says so, and sends it into this prefix.
@@ -376,7 +384,8 @@ impl Agent {
         }
         netns::open(&spec.netns)?;
         if let Some(cg) = spec.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
-            let taken = self.state.pods.values().find(|p| p.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok).as_ref() == Some(&cg));
+            let taken =
+                self.state.pods.values().find(|p| p.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok).as_ref() == Some(&cg));
             if let Some(other) = taken {
                 bail!("cgroup {}: already enrolled as pod {}", cg.display(), other.name);
             }

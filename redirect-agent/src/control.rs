@@ -14,15 +14,26 @@ use crate::pod::PodSpec;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
-    Enroll { pod: PodSpec },
-    Remove { name: String },
+    Enroll {
+        pod: PodSpec,
+    },
+    Remove {
+        name: String,
+    },
     Status,
     /// Re-read the MeshConfig (from `path`, or the file the agent uses).
-    Reload { path: Option<PathBuf> },
+    Reload {
+        path: Option<PathBuf>,
+    },
     /// Remove every trace, then stop.
     Uninstall,
-    Explain { pod: String, query: crate::diagnostics::Query },
-    Diagnose { pod: Option<String> },
+    Explain {
+        pod: String,
+        query: crate::diagnostics::Query,
+    },
+    Diagnose {
+        pod: Option<String>,
+    },
     /// Prometheus text.
     Metrics,
 }
@@ -41,12 +52,8 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// Sends one request to the running agent.
 pub fn call(state_dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
     let path = socket_path(state_dir);
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        anyhow!(
-            "the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`",
-            path.display()
-        )
-    })?;
+    let mut stream = UnixStream::connect(&path)
+        .map_err(|e| anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", path.display()))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     stream.write_all(line.as_bytes()).context("writing to the agent")?;

@@ -15,10 +15,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use redirect_common::{
     addr::{Family, Ip6},
-    decision::{
-        AddrLists, Dest6, Inbound, InboundLists, InboundRule, OutboundRule, PodLists, Verdict, decide_connect,
-        decide_inbound,
-    },
+    decision::{AddrLists, Dest6, Inbound, InboundLists, InboundRule, OutboundRule, PodLists, Verdict, decide_connect, decide_inbound},
     maps::{List, PodConfig, PodId, counter, direction, pod_flags},
 };
 
@@ -35,11 +32,7 @@ use crate::{
 
 /// The kernel's counters by name (`redirect_common::maps::counter`).
 pub fn named_counters(values: &[u64]) -> BTreeMap<String, u64> {
-    values
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| counter::name(i as u32).map(|n| (n.to_owned(), *v)))
-        .collect()
+    values.iter().enumerate().filter_map(|(i, v)| counter::name(i as u32).map(|n| (n.to_owned(), *v))).collect()
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -186,9 +179,9 @@ fn matched_entry(policy: &PodPolicy, net: &PodNet, query: &Query, rule: &Decisio
             .iter()
             .find(|p| p.value.get() == to.port())
             .map(|p| format!("port {} ({})", p.value, source(p.source))),
-        (Query::Outbound { to, .. }, 5) => net
-            .route_for(decided_ip(to))
-            .map(|r| format!("route {} dev {} (networkInterfaceExclusionList)", r.net, r.iface)),
+        (Query::Outbound { to, .. }, 5) => {
+            net.route_for(decided_ip(to)).map(|r| format!("route {} dev {} (networkInterfaceExclusionList)", r.net, r.iface))
+        }
         (Query::Inbound { port, .. }, 1) => policy
             .inbound_port_exclusions
             .iter()
@@ -215,10 +208,7 @@ impl Agent {
         let settings = crate::agent::pod_settings(&self.state.settings, &spec);
         let lists = PolicyLists { policy: &policy, net: &net, proxy_uid: settings.proxy_uid, ipv6: settings.ipv6.intercepts(&net) };
         let ifindex = |iface: &Option<String>| -> anyhow::Result<Option<u32>> {
-            iface
-                .as_ref()
-                .map(|i| net.ifindex(i).ok_or_else(|| anyhow!("pod {name}: no interface {i:?}")))
-                .transpose()
+            iface.as_ref().map(|i| net.ifindex(i).ok_or_else(|| anyhow!("pod {name}: no interface {i:?}"))).transpose()
         };
         let inbound = |port: u16, iface: &Option<String>, ipv6: bool| -> anyhow::Result<Inbound> {
             Ok(Inbound { dst_port: port, ingress_ifindex: ifindex(iface)?, ipv6 })
@@ -316,7 +306,10 @@ impl Agent {
                         Check::fail(
                             pod,
                             "IPv6 hand-over route",
-                            format!("local {} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail", netns::handover_net()),
+                            format!(
+                                "local {} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail",
+                                netns::handover_net()
+                            ),
                             "the agent adds it again within its refresh interval",
                         )
                     });
@@ -338,14 +331,32 @@ impl Agent {
                         format!("not attached, but {why}"),
                         "the agent attaches it within a second; if this persists, see the agent's log",
                     ),
-                    _ => Check::pass(pod, "sockops attached when needed", format!("{} ({why})", if attached { "attached" } else { "not attached" })),
+                    _ => Check::pass(
+                        pod,
+                        "sockops attached when needed",
+                        format!("{} ({why})", if attached { "attached" } else { "not attached" }),
+                    ),
                 });
                 if settings.inbound {
                     let port = settings.inbound_port;
                     out.push(match (listeners.serve(ipv6), listeners.v4 || listeners.v6) {
-                        (true, _) => Check::pass(pod, "inbound listener registered", format!("the proxy's socket on {port} is in PROXY_LISTENERS{}", if ipv6 { " (IPv6 too)" } else { "" })),
-                        (false, true) => Check::fail(pod, "inbound listener registered", format!("no IPv6 socket listening on {port} is known to the kernel: inbound IPv6 connections are refused"), &format!("have the proxy listen on [::]:{port}")),
-                        (false, false) => Check::fail(pod, "inbound listener registered", format!("no socket listening on {port} is known to the kernel: inbound connections are refused"), "start the proxy (it registers when it listens)"),
+                        (true, _) => Check::pass(
+                            pod,
+                            "inbound listener registered",
+                            format!("the proxy's socket on {port} is in PROXY_LISTENERS{}", if ipv6 { " (IPv6 too)" } else { "" }),
+                        ),
+                        (false, true) => Check::fail(
+                            pod,
+                            "inbound listener registered",
+                            format!("no IPv6 socket listening on {port} is known to the kernel: inbound IPv6 connections are refused"),
+                            &format!("have the proxy listen on [::]:{port}"),
+                        ),
+                        (false, false) => Check::fail(
+                            pod,
+                            "inbound listener registered",
+                            format!("no socket listening on {port} is known to the kernel: inbound connections are refused"),
+                            "start the proxy (it registers when it listens)",
+                        ),
                     });
                 }
             }
@@ -417,7 +428,14 @@ impl Check {
 }
 
 /// The proxy's listener on `port` accepts what interception sends it.
-fn check_listening(pod: &str, port: u16, what: &str, ebpf_pod: bool, ipv6: bool, listening: anyhow::Result<Vec<netns::Listening>>) -> Check {
+fn check_listening(
+    pod: &str,
+    port: u16,
+    what: &str,
+    ebpf_pod: bool,
+    ipv6: bool,
+    listening: anyhow::Result<Vec<netns::Listening>>,
+) -> Check {
     let check = format!("proxy listens on {port}");
     let l = match listening {
         Ok(l) => l,
@@ -440,7 +458,9 @@ fn check_listening(pod: &str, port: u16, what: &str, ebpf_pod: bool, ipv6: bool,
         return Check::fail(
             pod,
             &check,
-            format!("the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"),
+            format!(
+                "the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"
+            ),
             &format!("bind the proxy's {what} listener to 0.0.0.0 (or [::])"),
         );
     }
@@ -482,9 +502,16 @@ fn check_maps(
         diffs.push("POD_CONFIG's inclusion flag is wrong".into());
     }
     if (config.flags & pod_flags::IPV6 != 0) != ipv6 {
-        diffs.push(format!("POD_CONFIG says IPv6 is {}intercepted, the agent says it is {}", if ipv6 { "not " } else { "" }, if ipv6 { "" } else { "not" }));
+        diffs.push(format!(
+            "POD_CONFIG says IPv6 is {}intercepted, the agent says it is {}",
+            if ipv6 { "not " } else { "" },
+            if ipv6 { "" } else { "not" }
+        ));
     }
-    if config.outbound_port != settings.outbound_port || config.inbound_port != settings.inbound_port || config.proxy_uid != settings.proxy_uid {
+    if config.outbound_port != settings.outbound_port
+        || config.inbound_port != settings.inbound_port
+        || config.proxy_uid != settings.proxy_uid
+    {
         diffs.push(format!(
             "POD_CONFIG has ports {}/{} and UID {}, the agent {}/{} and {}",
             config.outbound_port, config.inbound_port, config.proxy_uid, settings.outbound_port, settings.inbound_port, settings.proxy_uid
@@ -555,7 +582,14 @@ fn lacks<T: PartialEq>(diffs: &mut Vec<String>, map: &str, want: &[T], have: &[T
 /// The pod's nat tables (ip6tables' too where its IPv6 is intercepted)
 /// against the rules the lists give: per chain, the same number of rules,
 /// and the jumps into our chains.
-fn check_iptables(pod: &str, spec: &PodSpec, policy: &PodPolicy, net: &PodNet, settings: &crate::ebpf::maps::ProxySettings, ipv6: bool) -> Check {
+fn check_iptables(
+    pod: &str,
+    spec: &PodSpec,
+    policy: &PodPolicy,
+    net: &PodNet,
+    settings: &crate::ebpf::maps::ProxySettings,
+    ipv6: bool,
+) -> Check {
     const WHAT: &str = "iptables rules match the effective lists";
     const FIX: &str = "`redirect-agent reload` re-applies every pod's rules";
     let count = |text: &str, chain: &str| {

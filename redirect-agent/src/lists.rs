@@ -125,7 +125,8 @@ mod tests {
         assert_eq!(row(none, "127.0.0.1:8080", 0), AppToLocal);
         assert_eq!(row(none, "10.96.0.10:80", 1500), ProxyUid);
         assert_eq!(row(none, "10.96.0.10:80", 0), Default);
-        let excl = "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.96.0.0/16, fd00:96::/32]\n    outboundPortExclusionList: [6379]\n";
+        let excl =
+            "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.96.0.0/16, fd00:96::/32]\n    outboundPortExclusionList: [6379]\n";
         assert_eq!(row(excl, "10.96.0.10:80", 0), ExcludedCidr);
         assert_eq!(row(excl, "10.97.0.10:6379", 0), ExcludedPort);
         assert_eq!(row(excl, "10.97.0.10:80", 0), Default);
@@ -174,7 +175,8 @@ mod tests {
         assert_eq!(row(none, "[::1]:8080", 1500), ProxyUid);
         assert_eq!(row(none, "[::]:8080", 1500), ProxyUid, ":: is ::1");
         assert_eq!(row(none, "[fe80::1]:80", 0), LinkLocal);
-        let excl = "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.96.0.0/16, fd00:96::/32]\n    outboundPortExclusionList: [6379]\n";
+        let excl =
+            "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.96.0.0/16, fd00:96::/32]\n    outboundPortExclusionList: [6379]\n";
         assert_eq!(row(excl, "[fd00:96::10]:80", 0), ExcludedCidr);
         assert_eq!(row(excl, "[fd00:97::10]:6379", 0), ExcludedPort);
         assert_eq!(row(excl, "[fd00:97::10]:80", 0), Default);

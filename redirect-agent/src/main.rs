@@ -10,7 +10,10 @@ use redirect_agent::{
     daemon,
     dataplane::{Choice, Dataplane},
     demo,
-    ebpf::{maps::ProxySettings, pins::{self, Pins}},
+    ebpf::{
+        maps::ProxySettings,
+        pins::{self, Pins},
+    },
     ipv6::Ipv6Mode,
     pod::{self, PodSpec},
     state,
@@ -308,10 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 dataplane,
             };
-            let daemon_opts = daemon::DaemonOptions {
-                refresh: std::time::Duration::from_secs(refresh_interval),
-                metrics_listen,
-            };
+            let daemon_opts = daemon::DaemonOptions { refresh: std::time::Duration::from_secs(refresh_interval), metrics_listen };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
@@ -362,7 +362,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     match &e.kernel {
                         Some(k) if e.agrees => println!("kernel:  agrees (its maps give the same verdict and rule)"),
-                        Some(k) => println!("kernel:  DISAGREES: {} (rule {}: {}); run `redirect-agent diagnose {}`", k.verdict, k.rule, k.reason, e.pod),
+                        Some(k) => println!(
+                            "kernel:  DISAGREES: {} (rule {}: {}); run `redirect-agent diagnose {}`",
+                            k.verdict, k.rule, k.reason, e.pod
+                        ),
                         None => println!("kernel:  iptables rules; `redirect-agent diagnose` compares them with the lists"),
                     }
                 }

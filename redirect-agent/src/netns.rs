@@ -26,10 +26,7 @@ pub fn open(path: &Path) -> anyhow::Result<File> {
 
 /// Runs `f` on a thread that has entered the namespace; the agent's own
 /// threads never change namespace.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
+pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
     let ns = File::open(path).with_context(|| format!("netns {}: can't open", path.display()))?;
     let shown = path.display().to_string();
     std::thread::spawn(move || {
@@ -146,7 +143,8 @@ fn parse_routes6(text: &str) -> (Vec<Route>, bool) {
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (Some(dst), Some(len), Some(flags), Some(iface)) = (f.first(), f.get(1), f.get(8), f.get(9)) else { continue };
-        let (Ok(dst), Ok(len), Ok(flags)) = (u128::from_str_radix(dst, 16), u8::from_str_radix(len, 16), u32::from_str_radix(flags, 16)) else {
+        let (Ok(dst), Ok(len), Ok(flags)) = (u128::from_str_radix(dst, 16), u8::from_str_radix(len, 16), u32::from_str_radix(flags, 16))
+        else {
             continue;
         };
         let Ok(net) = Ipv6Net::new(Ipv6Addr::from(dst), len) else { continue };

@@ -52,16 +52,11 @@ pub fn annotations_from_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: can't read", path.display()))?;
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not valid YAML or JSON", path.display()))?;
-    let map = doc
-        .get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .cloned()
-        .unwrap_or(doc);
+    let map = doc.get("metadata").and_then(|m| m.get("annotations")).cloned().unwrap_or(doc);
     if map.is_null() {
         return Ok(BTreeMap::new());
     }
-    serde_yaml_ng::from_value(map)
-        .with_context(|| format!("{}: annotations must be a map of strings to strings", path.display()))
+    serde_yaml_ng::from_value(map).with_context(|| format!("{}: annotations must be a map of strings to strings", path.display()))
 }
 
 /// Parses `KEY=VALUE`.

@@ -145,10 +145,8 @@ pub fn enter_maybe_cgroup(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if uid != 0 {
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if uid != 0 && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0) {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

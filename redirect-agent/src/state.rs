@@ -30,9 +30,7 @@ impl State {
     pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = Self::file(dir);
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(
-                serde_json::from_str(&text).with_context(|| format!("{}: corrupt state", path.display()))?,
-            )),
+            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: corrupt state", path.display()))?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }

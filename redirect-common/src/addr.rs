@@ -34,11 +34,13 @@ impl PartialOrd for Ip6 {
 const MAPPED_WORD: [u8; 4] = [0, 0, 0xff, 0xff];
 
 impl Ip6 {
+    /// `::`.
     pub const UNSPECIFIED: Ip6 = Ip6([0; 4]);
     /// `::1`.
     pub const LOOPBACK: Ip6 = Ip6([0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
 
     #[inline(always)]
+    /// From the address's bytes, as they sit in a packet.
     pub const fn from_octets(b: [u8; 16]) -> Self {
         Ip6([
             u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
@@ -49,6 +51,7 @@ impl Ip6 {
     }
 
     #[inline(always)]
+    /// The address's bytes, as they sit in a packet.
     pub const fn octets(self) -> [u8; 16] {
         let [a, b, c, d] = [self.0[0].to_ne_bytes(), self.0[1].to_ne_bytes(), self.0[2].to_ne_bytes(), self.0[3].to_ne_bytes()];
         [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
@@ -64,14 +67,11 @@ impl Ip6 {
     /// IPv6 socket's connection to it is an IPv4 connection.
     #[inline(always)]
     pub const fn to_mapped_v4(self) -> Option<u32> {
-        if self.0[0] == 0 && self.0[1] == 0 && self.0[2] == u32::from_ne_bytes(MAPPED_WORD) {
-            Some(u32::from_be(self.0[3]))
-        } else {
-            None
-        }
+        if self.0[0] == 0 && self.0[1] == 0 && self.0[2] == u32::from_ne_bytes(MAPPED_WORD) { Some(u32::from_be(self.0[3])) } else { None }
     }
 
     #[inline(always)]
+    /// Equality, word by word (see the module: no `memcmp` in BPF).
     pub const fn same(self, other: Ip6) -> bool {
         self.0[0] == other.0[0] && self.0[1] == other.0[1] && self.0[2] == other.0[2] && self.0[3] == other.0[3]
     }
@@ -142,7 +142,9 @@ impl Address for Ip6 {
 /// A family's addresses as user space names them: the agent answers the
 /// decision's questions for both families with one piece of code.
 pub trait Family: Address {
+    /// Whether this is the IPv6 family.
     const IS_V6: bool;
+    /// The address as `core::net` has it.
     fn ip(self) -> core::net::IpAddr;
 }
 

@@ -64,6 +64,7 @@ pub enum OutboundRule {
 }
 
 impl OutboundRule {
+    /// Where a connection this rule decided goes.
     pub const fn verdict(self) -> Verdict {
         match self {
             OutboundRule::ProxyToLocal => Verdict::RedirectInbound,
@@ -72,12 +73,11 @@ impl OutboundRule {
         }
     }
 
+    /// The rule in words, for `explain` and the logs.
     pub const fn describe(self) -> &'static str {
         match self {
             OutboundRule::Ipv6Off => "IPv6, and the pod's IPv6 is not intercepted (--ipv6)",
-            OutboundRule::ProxyToLocal => {
-                "proxy UID dialling a local address other than 127.0.0.1 (::1): inbound listener"
-            }
+            OutboundRule::ProxyToLocal => "proxy UID dialling a local address other than 127.0.0.1 (::1): inbound listener",
             OutboundRule::AppToLocal => "destination is local to the pod (leaves via lo)",
             OutboundRule::ProxyUid => "connection opened by the proxy UID",
             OutboundRule::LinkLocal => "IPv6 link-local destination",
@@ -90,6 +90,7 @@ impl OutboundRule {
         }
     }
 
+    /// Every rule, in row order.
     pub const ALL: [OutboundRule; 11] = [
         OutboundRule::Ipv6Off,
         OutboundRule::ProxyToLocal,
@@ -127,6 +128,7 @@ impl OutboundRule {
 /// host byte order) or [`Ip6`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outbound<A> {
+    /// The destination `connect()` was given.
     pub dst: A,
     /// Destination port, host byte order.
     pub dst_port: u16,
@@ -136,7 +138,9 @@ pub struct Outbound<A> {
 
 /// What the decision needs to know about one pod, whatever the family.
 pub trait PodLists {
+    /// The UID the proxy runs as.
     fn proxy_uid(&self) -> u32;
+    /// Connections to `port` stay direct (`outboundPortExclusionList` and the annotation).
     fn port_excluded(&self, port: u16) -> bool;
     /// The inclusion list is non-empty (in either family: a list of IPv4
     /// CIDRs only redirects no IPv6 destination, as in the ip6tables
@@ -155,7 +159,9 @@ pub trait AddrLists<A>: PodLists {
     fn is_local_addr(&self, addr: A) -> bool;
     /// `addr` is routed through an interface of `networkInterfaceExclusionList`.
     fn routed_via_excluded_iface(&self, addr: A) -> bool;
+    /// `addr` is in an excluded CIDR (`outboundIPRangeExclusionList` and the annotation).
     fn cidr_excluded(&self, addr: A) -> bool;
+    /// `addr` is in the inclusion list (`outboundIPRangeInclusionList` and the annotation).
     fn cidr_included(&self, addr: A) -> bool;
 }
 
@@ -195,11 +201,7 @@ pub fn decide_outbound<A: Address, L: AddrLists<A>>(conn: &Outbound<A>, lists: &
         return OutboundRule::ExcludedPort;
     }
     if lists.inclusion_enabled() {
-        return if lists.cidr_included(dst) {
-            OutboundRule::Included
-        } else {
-            OutboundRule::NotIncluded
-        };
+        return if lists.cidr_included(dst) { OutboundRule::Included } else { OutboundRule::NotIncluded };
     }
     OutboundRule::Default
 }
@@ -209,12 +211,15 @@ pub fn decide_outbound<A: Address, L: AddrLists<A>>(conn: &Outbound<A>, lists: &
 /// are IPv4 and meet iptables, not ip6tables), anything else an IPv6 one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest6 {
+    /// An IPv4-mapped address: the IPv4 address, host byte order.
     Mapped(u32),
+    /// Any other IPv6 address.
     V6(Ip6),
 }
 
 impl Dest6 {
     #[inline(always)]
+    /// What an IPv6 socket dialling `addr` connects to.
     pub const fn of(addr: Ip6) -> Self {
         match addr.to_mapped_v4() {
             Some(v4) => Dest6::Mapped(v4),
@@ -254,6 +259,7 @@ pub enum InboundRule {
 }
 
 impl InboundRule {
+    /// Where a connection this rule decided goes.
     pub const fn verdict(self) -> Verdict {
         match self {
             InboundRule::Redirect => Verdict::RedirectInbound,
@@ -261,6 +267,7 @@ impl InboundRule {
         }
     }
 
+    /// The rule in words, for `explain` and the logs.
     pub const fn describe(self) -> &'static str {
         match self {
             InboundRule::Ipv6Off => "IPv6, and the pod's IPv6 is not intercepted (--ipv6)",
@@ -271,6 +278,7 @@ impl InboundRule {
         }
     }
 
+    /// Every rule, in row order.
     pub const ALL: [InboundRule; 5] =
         [InboundRule::Ipv6Off, InboundRule::ExcludedPort, InboundRule::ExcludedInterface, InboundRule::ProxyPort, InboundRule::Redirect];
 
@@ -297,8 +305,11 @@ pub struct Inbound {
     pub ipv6: bool,
 }
 
+/// What the inbound decision needs to know about one pod.
 pub trait InboundLists {
+    /// Connections arriving at `port` go to the app (`inboundPortExclusionList` and the annotation).
     fn inbound_port_excluded(&self, port: u16) -> bool;
+    /// The interface with this index is in `networkInterfaceExclusionList`.
     fn interface_excluded(&self, ifindex: u32) -> bool;
     /// The pod's IPv6 is intercepted (its `--ipv6` switch).
     fn ipv6_intercepted(&self) -> bool;
@@ -313,10 +324,10 @@ pub fn decide_inbound<L: InboundLists>(conn: &Inbound, lists: &L) -> InboundRule
     if lists.inbound_port_excluded(conn.dst_port) {
         return InboundRule::ExcludedPort;
     }
-    if let Some(ifindex) = conn.ingress_ifindex {
-        if lists.interface_excluded(ifindex) {
-            return InboundRule::ExcludedInterface;
-        }
+    if let Some(ifindex) = conn.ingress_ifindex
+        && lists.interface_excluded(ifindex)
+    {
+        return InboundRule::ExcludedInterface;
     }
     let p = conn.dst_port;
     let admin = crate::defaults::PROXY_ADMIN_PORTS;

@@ -101,13 +101,9 @@ pub struct Handover(pub u64);
 
 impl Handover {
     #[inline(always)]
+    /// The slot of `pod`'s connection of the socket with `cookie`, to `orig_addr`:`orig_port`.
     pub const fn new(pod: PodId, cookie: u64, orig_addr: Ipv4Be, orig_port: u16) -> Self {
-        Handover(
-            u32::from_ne_bytes(orig_addr) as u64
-                | (orig_port as u64) << 32
-                | tag(address(cookie)) << 48
-                | pod_tag(pod) << 52,
-        )
+        Handover(u32::from_ne_bytes(orig_addr) as u64 | (orig_port as u64) << 32 | tag(address(cookie)) << 48 | pod_tag(pod) << 52)
     }
 
     /// The original destination, if this slot holds `pod`'s connection that
@@ -131,6 +127,7 @@ unsafe impl aya::Pod for Handover {}
 /// a unique local prefix (RFC 4193) with a random global id, so it meets no
 /// address a cluster uses.
 pub const NET6: [u8; 8] = [0xfd, 0x3c, 0xa7, 0xe1, 0x52, 0xb9, 0x00, 0x01];
+/// The length of [`NET6`]: the rest of an address is a socket cookie.
 pub const NET6_PREFIX_LEN: u8 = 64;
 
 /// Where connect6 sends the IPv6 connection of the socket with `cookie`:
@@ -160,10 +157,13 @@ pub const fn cookie_of6(local_addr: Ip6) -> Option<u64> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Handover6 {
+    /// The original destination.
     pub addr: Ip6,
     /// Host byte order.
     pub port: u16,
+    /// Zero.
     pub _pad: u16,
+    /// The pod whose socket it was.
     pub pod: PodId,
 }
 

@@ -3,6 +3,7 @@
 //! interception decision (`decision`) that the eBPF programs, the agent's
 //! `explain` output and the tests all run.
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod addr;
 pub mod decision;
@@ -26,8 +27,10 @@ pub mod defaults {
 /// getsockopt that proxies use to learn where a redirected connection was
 /// going.
 pub const SOL_IP: i32 = 0;
+/// The option of `SOL_IP` that answers with a `sockaddr_in`.
 pub const SO_ORIGINAL_DST: i32 = 80;
 /// `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST` from `<linux/netfilter_ipv6/ip6_tables.h>`:
 /// the same question for an IPv6 connection, answered with a `sockaddr_in6`.
 pub const SOL_IPV6: i32 = 41;
+/// The option of `SOL_IPV6` that answers with a `sockaddr_in6`.
 pub const IP6T_SO_ORIGINAL_DST: i32 = 80;

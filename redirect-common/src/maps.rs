@@ -26,6 +26,7 @@ pub type PodId = u32;
 /// A pod's policy slot: `pod_id * 2 + generation`.
 pub type PolicyId = u32;
 
+/// The policy slot of `pod`'s generation 0 or 1.
 pub const fn policy_id(pod: PodId, generation: u32) -> PolicyId {
     pod.wrapping_mul(2).wrapping_add(generation & 1)
 }
@@ -33,25 +34,45 @@ pub const fn policy_id(pod: PodId, generation: u32) -> PolicyId {
 /// The owner of the MeshConfig's slots (never a pod id).
 pub const MESH_OWNER: PodId = 0x7fff_ffff;
 
+/// The maps' names: the name of each pin, and of each map in the object.
 pub mod names {
+    /// Each pod's [`PodConfig`](super::PodConfig).
     pub const POD_CONFIG: &str = "POD_CONFIG";
+    /// Each policy slot's local IPv4 addresses.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// Each policy slot's local IPv6 addresses.
     pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
+    /// Excluded IPv4 CIDRs (LPM).
     pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    /// Excluded IPv6 CIDRs (LPM).
     pub const EXCLUDED_CIDRS6: &str = "EXCLUDED_CIDRS6";
+    /// The inclusion list's IPv4 CIDRs (LPM).
     pub const INCLUDED_CIDRS: &str = "INCLUDED_CIDRS";
+    /// The inclusion list's IPv6 CIDRs (LPM).
     pub const INCLUDED_CIDRS6: &str = "INCLUDED_CIDRS6";
+    /// Excluded ports, both directions.
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    /// Excluded interfaces of the pods, by index.
     pub const EXCLUDED_IFACES: &str = "EXCLUDED_IFACES";
+    /// The pods' IPv4 routes, where one goes through an excluded device (LPM).
     pub const IFACE_ROUTES: &str = "IFACE_ROUTES";
+    /// The pods' IPv6 routes, likewise.
     pub const IFACE_ROUTES6: &str = "IFACE_ROUTES6";
+    /// The proxies' inbound listening sockets (sockhash).
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
+    /// Original destinations of inbound IPv4 connections (LRU).
     pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
+    /// Original destinations of inbound IPv6 connections (LRU).
     pub const INBOUND_ORIG6: &str = "INBOUND_ORIG6";
+    /// The per-CPU event counters.
     pub const COUNTERS: &str = "COUNTERS";
+    /// The IPv4 outbound hand-over (array).
     pub const HANDOVER: &str = "HANDOVER";
+    /// The IPv6 outbound hand-over (LRU).
     pub const HANDOVER6: &str = "HANDOVER6";
+    /// aya-log's ring buffer of decision logs.
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// The fast path's decision per local socket (LRU).
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
     /// Per pod, not shared: a pod's local sockets for the fast path (see
     /// [`super::fast_path`]). Pinned in the pod's own directory.
@@ -87,9 +108,13 @@ pub mod names {
 /// answer (ENOENT) for that one connection instead of a wrong address (so
 /// does an overwritten `HANDOVER` slot: see [`crate::handover`]).
 pub mod capacity {
+    /// Pods per node.
     pub const PODS: u32 = 4096;
+    /// Local addresses of all pods, per family.
     pub const LOCAL_ADDRS: u32 = 16 * 1024;
+    /// CIDRs of all policy slots, per list and family.
     pub const CIDRS: u32 = 64 * 1024;
+    /// Excluded ports of all policy slots, both directions.
     pub const PORTS: u32 = 64 * 1024;
     /// Slots of the outbound hand-over, node-wide (a power of two; see
     /// [`crate::handover`]). A slot is reused by the next redirected
@@ -106,6 +131,7 @@ pub mod capacity {
     pub const INBOUND_CONNECTIONS: u32 = 64 * 1024;
     /// The proxies' inbound listening sockets: one per pod and family.
     pub const LISTENERS: u32 = 2 * PODS;
+    /// Excluded interfaces of all pods.
     pub const IFACES: u32 = 4 * 1024;
     /// Routes of the pods' network namespaces (for outbound interface
     /// exclusions).
@@ -179,6 +205,7 @@ pub mod counter {
         })
     }
 
+    /// The slot of counter `id` of `pod` in `COUNTERS`.
     pub const fn index(pod: super::PodId, id: u32) -> u32 {
         pod.wrapping_mul(SLOTS).wrapping_add(id)
     }
@@ -192,13 +219,17 @@ pub struct PodConfig {
     pub policy: PolicyId,
     /// The MeshConfig's active slot.
     pub mesh_policy: PolicyId,
+    /// The UID the proxy runs as.
     pub proxy_uid: u32,
+    /// The proxy's outbound listener port.
     pub outbound_port: u16,
+    /// The proxy's inbound listener port.
     pub inbound_port: u16,
     /// [`pod_flags`].
     pub flags: u32,
 }
 
+/// Bits of [`PodConfig::flags`](super::PodConfig::flags).
 pub mod pod_flags {
     /// The inclusion list of the active policy is non-empty.
     pub const INCLUSION: u32 = 1 << 0;
@@ -225,21 +256,28 @@ pub mod pod_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum List {
+    /// `EXCLUDED_CIDRS`.
     ExcludedCidrs = 0,
+    /// `INCLUDED_CIDRS`.
     IncludedCidrs = 1,
+    /// `EXCLUDED_PORTS`, outbound.
     OutboundPorts = 2,
+    /// `EXCLUDED_PORTS`, inbound.
     InboundPorts = 3,
     /// `IFACE_ROUTES` has a route whose device is excluded (own slot only).
     ExcludedRoutes = 4,
     /// `EXCLUDED_IFACES` (own slot only).
     ExcludedIfaces = 5,
+    /// `EXCLUDED_CIDRS6`.
     ExcludedCidrs6 = 6,
+    /// `INCLUDED_CIDRS6`.
     IncludedCidrs6 = 7,
     /// `IFACE_ROUTES6` has a route whose device is excluded (own slot only).
     ExcludedRoutes6 = 8,
 }
 
 impl List {
+    /// Every list.
     pub const ALL: [List; 9] = [
         List::ExcludedCidrs,
         List::IncludedCidrs,
@@ -279,10 +317,7 @@ impl PodConfig {
     /// the pod's own, each only if the agent wrote entries into it.
     #[inline(always)]
     pub fn slots_with(&self, list: List) -> [Option<PolicyId>; 2] {
-        [
-            (self.flags & list.flag(true) != 0).then_some(self.mesh_policy),
-            (self.flags & list.flag(false) != 0).then_some(self.policy),
-        ]
+        [(self.flags & list.flag(true) != 0).then_some(self.mesh_policy), (self.flags & list.flag(false) != 0).then_some(self.policy)]
     }
 }
 
@@ -316,7 +351,9 @@ pub mod fast_path {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct PolicyAddr {
+    /// The policy slot.
     pub policy: PolicyId,
+    /// The address.
     pub addr: Ipv4Be,
 }
 
@@ -325,7 +362,9 @@ pub struct PolicyAddr {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct PolicyAddr6 {
+    /// The policy slot.
     pub policy: PolicyId,
+    /// The address.
     pub addr: Ip6,
 }
 
@@ -338,6 +377,7 @@ pub const fn lpm_prefix_len(cidr_prefix: u8) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct PolicyPort {
+    /// The policy slot.
     pub policy: PolicyId,
     /// Host byte order.
     pub port: u16,
@@ -345,8 +385,11 @@ pub struct PolicyPort {
     pub direction: u16,
 }
 
+/// Directions of an excluded port ([`PolicyPort::direction`](super::PolicyPort::direction)).
 pub mod direction {
+    /// A destination port of connections the pod opens.
     pub const OUTBOUND: u16 = 0;
+    /// A port of the pod that connections arrive at.
     pub const INBOUND: u16 = 1;
 }
 
@@ -355,7 +398,9 @@ pub mod direction {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct PolicyIface {
+    /// The policy slot.
     pub policy: PolicyId,
+    /// The interface's index in the pod's network namespace.
     pub ifindex: u32,
 }
 
@@ -364,9 +409,11 @@ pub struct PolicyIface {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct OrigDst {
+    /// The address.
     pub addr: Ipv4Be,
     /// Host byte order.
     pub port: u16,
+    /// Zero.
     pub _pad: u16,
 }
 
@@ -377,8 +424,11 @@ pub struct OrigDst {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ConnKey {
+    /// The pod.
     pub pod: PodId,
+    /// The connecting side's address.
     pub src_addr: Ipv4Be,
+    /// The accepting side's address.
     pub dst_addr: Ipv4Be,
     /// Host byte order.
     pub src_port: u16,
@@ -390,8 +440,11 @@ pub struct ConnKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ConnKey6 {
+    /// The pod.
     pub pod: PodId,
+    /// The connecting side's address.
     pub src_addr: Ip6,
+    /// The accepting side's address.
     pub dst_addr: Ip6,
     /// Host byte order.
     pub src_port: u16,
@@ -404,9 +457,11 @@ pub struct ConnKey6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct OrigDst6 {
+    /// The address.
     pub addr: Ip6,
     /// Host byte order.
     pub port: u16,
+    /// Zero.
     pub _pad: u16,
 }
 
@@ -416,6 +471,7 @@ pub struct OrigDst6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
+    /// The pod.
     pub pod: PodId,
     /// 4 or 6.
     pub family: u32,
@@ -423,10 +479,12 @@ pub struct ListenerKey {
 
 impl ListenerKey {
     #[inline(always)]
+    /// The pod's IPv4 listener.
     pub const fn v4(pod: PodId) -> Self {
         ListenerKey { pod, family: 4 }
     }
     #[inline(always)]
+    /// The pod's IPv6 (or dual-stack) listener.
     pub const fn v6(pod: PodId) -> Self {
         ListenerKey { pod, family: 6 }
     }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use redirect_common::{
     handover::{Handover, Handover6},
     maps::{
-        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort,
-        capacity, counter,
+        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort, capacity,
+        counter,
     },
 };
 
@@ -20,29 +20,25 @@ const NO_PREALLOC: u32 = 1;
 pub static POD_CONFIG: HashMap<PodId, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
 
 #[map]
-pub static LOCAL_ADDRS: HashMap<PolicyAddr, u8> =
-    HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+pub static LOCAL_ADDRS: HashMap<PolicyAddr, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
 
 #[map]
 pub static LOCAL_ADDRS6: HashMap<PolicyAddr6, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
 
 #[map]
-pub static EXCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
-    LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+pub static EXCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
 pub static EXCLUDED_CIDRS6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
-pub static INCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> =
-    LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
+pub static INCLUDED_CIDRS: LpmTrie<PolicyAddr, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
 pub static INCLUDED_CIDRS6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(capacity::CIDRS, NO_PREALLOC);
 
 #[map]
-pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> =
-    HashMap::with_max_entries(capacity::PORTS, 0);
+pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> = HashMap::with_max_entries(capacity::PORTS, 0);
 
 /// Original destinations of redirected connections, by the slot their
 /// redirect address names (`redirect_common::handover`).
@@ -75,8 +71,7 @@ pub static PROXY_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(c
 /// entry is ever wrong: the value is the key's own destination, which a
 /// later connection with the same 4-tuple shares.
 #[map]
-pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> =
-    LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
+pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
 
 /// `INBOUND_ORIG` for connections that arrived over IPv6.
 #[map]
@@ -103,5 +98,4 @@ pub static FAST_PATH: SockHash<ConnKey> = SockHash::with_max_entries(capacity::F
 
 /// Fast-path decision of each local socket (`redirect_common::maps::fast_path`).
 #[map]
-pub static FAST_PATH_STATE: LruHashMap<ConnKey, u8> =
-    LruHashMap::with_max_entries(capacity::FAST_PATH_DECISIONS, 0);
+pub static FAST_PATH_STATE: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(capacity::FAST_PATH_DECISIONS, 0);

@@ -142,7 +142,13 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             },
             None => {
                 let (local_port, peer_port) = ports(sk);
-                let key = ConnKey6 { pod: crate::pod_id(), src_addr: read_ip6(&raw const (*sk).dst_ip6), dst_addr: local, src_port: peer_port, dst_port: local_port };
+                let key = ConnKey6 {
+                    pod: crate::pod_id(),
+                    src_addr: read_ip6(&raw const (*sk).dst_ip6),
+                    dst_addr: local,
+                    src_port: peer_port,
+                    dst_port: local_port,
+                };
                 match INBOUND_ORIG6.get(&key) {
                     Some(OrigDst6 { addr, port, .. }) => (*addr, *port),
                     None => return false,

@@ -214,7 +214,9 @@ fn diagnose_names_a_proxy_without_ipv6_listeners_and_a_missing_hand_over_route()
     assert!(!ok);
     assert_eq!(
         failed(&checks),
-        [format!("IPv6 hand-over route: local {prefix} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail")]
+        [format!(
+            "IPv6 hand-over route: local {prefix} dev lo is missing from the pod's netns: redirected IPv6 connections leave the pod and fail"
+        )]
     );
     let (ok, out) = node.cli(&["reload"]);
     assert!(ok, "{out}");

@@ -139,7 +139,9 @@ fn auto_follows_a_pods_global_ipv6_address_on_both_dataplanes() {
         // No global IPv6 address yet (a pod still waiting for SLAAC, say).
         pod.ns.exec(&["addr", "del", &format!("{ip6}/64"), "dev", "eth0"]).unwrap();
         node.enroll_with(&pod, &[], &["--dataplane", dataplane]).unwrap();
-        let status = |node: &Node| node.status()["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod.name.as_str()).unwrap()["ipv6"].clone();
+        let status = |node: &Node| {
+            node.status()["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod.name.as_str()).unwrap()["ipv6"].clone()
+        };
         assert_eq!(status(&node), false, "{dataplane}");
         // Link-local only: not intercepted, and nothing breaks.
         let ll = format!("[{}]:80", pod.link_local_peer());
@@ -165,8 +167,13 @@ fn auto_follows_a_pods_global_ipv6_address_on_both_dataplanes() {
 fn ipv6_on_for_a_pod_without_ipv6_is_refused_by_name_and_nothing_stays() {
     let node = Node::start(DEFAULTS).unwrap();
     let pod = Pod::create(&node).unwrap();
-    tests::sysctls(&pod.ns, &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"]).unwrap();
-    let mut args = vec!["enroll".to_owned(), pod.name.clone(), "--netns".into(), pod.ns.path().display().to_string(), "--ipv6".into(), "on".into()];
+    tests::sysctls(
+        &pod.ns,
+        &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"],
+    )
+    .unwrap();
+    let mut args =
+        vec!["enroll".to_owned(), pod.name.clone(), "--netns".into(), pod.ns.path().display().to_string(), "--ipv6".into(), "on".into()];
     args.extend(["--cgroup".into(), pod.cgroup_path().unwrap().display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, out) = node.cli(&args);

@@ -15,7 +15,8 @@ fn both(node_yaml: &str) -> (Node, Pod) {
 
 #[test]
 fn every_outbound_row_matches_and_misses() {
-    let mesh = "kind: MeshConfig\nspec:\n  traffic:\n    outboundIPRangeExclusionList: [10.97.0.0/16]\n    outboundPortExclusionList: [6379]\n";
+    let mesh =
+        "kind: MeshConfig\nspec:\n  traffic:\n    outboundIPRangeExclusionList: [10.97.0.0/16]\n    outboundPortExclusionList: [6379]\n";
     let (node, pod) = both(mesh);
     node.enroll(&pod, &["flomesh.io/outbound-port-exclusion-list=7070"]).unwrap();
     let ip = &pod.ip;
@@ -172,11 +173,7 @@ fn a_starting_agent_replaces_maps_whose_layout_changed_and_reattaches_every_pod(
 fn interception_survives_the_agent_being_killed_and_restarted() {
     let (mut node, pod) = both(NO_LISTS);
     node.enroll(&pod, &[]).unwrap();
-    let held = pod
-        .dial_cmd("10.96.0.10:80", APP_UID, &["--hold", "4"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let held = pod.dial_cmd("10.96.0.10:80", APP_UID, &["--hold", "4"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     node.kill_agent();
     // No agent: new connections are still intercepted.
@@ -212,7 +209,16 @@ fn bad_input_is_refused_by_name_and_nothing_changes() {
         "flomesh.io/outbound-port-exclusion-list: \"0\" is not a port number",
     );
     refused(
-        &["enroll", "t/a", "--netns", &ns, "--cgroup", &cg, "--annotation", "flomesh.io/outbound-ip-range-exclusion-list=10.0.0.0/8,10.1.2.3"],
+        &[
+            "enroll",
+            "t/a",
+            "--netns",
+            &ns,
+            "--cgroup",
+            &cg,
+            "--annotation",
+            "flomesh.io/outbound-ip-range-exclusion-list=10.0.0.0/8,10.1.2.3",
+        ],
         "flomesh.io/outbound-ip-range-exclusion-list: \"10.1.2.3\" is not an IP address range",
     );
     refused(&["enroll", "t/a", "--netns", "/nonexistent/netns", "--cgroup", &cg], "/nonexistent/netns");

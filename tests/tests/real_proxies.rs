@@ -66,7 +66,9 @@ fn curl_through_envoy_ipv4_mapped_and_ipv6_outbound_and_inbound() {
             assert!(envoy.new_records().is_empty(), "{dataplane}: {url} is excluded");
         }
         let ip6 = pod.ip6.clone().unwrap();
-        for (url, orig) in [(format!("http://{}:8080/", pod.ip), format!("{}:8080", pod.ip)), (format!("http://[{ip6}]:8080/"), format!("[{ip6}]:8080"))] {
+        for (url, orig) in
+            [(format!("http://{}:8080/", pod.ip), format!("{}:8080", pod.ip)), (format!("http://[{ip6}]:8080/"), format!("[{ip6}]:8080"))]
+        {
             let r = curl(curl_from_node(&node), &url).unwrap();
             assert_eq!(r.body, "app 127.0.0.1:8080", "{dataplane}: {url}");
             assert_eq!(envoy.new_records(), [format!("in {orig} 127.0.0.1:8080")], "{dataplane}: {url}: Envoy's record");

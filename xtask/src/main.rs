@@ -104,12 +104,20 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::VmTest { kernels } => {
             require_root("vm-test")?;
-            for (tool, package) in [("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio"), ("strip", "binutils")] {
+            for (tool, package) in [
+                ("qemu-system-x86_64", "qemu-system-x86"),
+                ("busybox", "busybox-static"),
+                ("depmod", "kmod"),
+                ("cpio", "cpio"),
+                ("strip", "binutils"),
+            ] {
                 if !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {tool}"))) {
                     apt_install(&[package])?;
                 }
             }
-            if !Path::new("/bin/busybox").exists() || !succeeds(Command::new("sh").arg("-c").arg("ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'")) {
+            if !Path::new("/bin/busybox").exists()
+                || !succeeds(Command::new("sh").arg("-c").arg("ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'"))
+            {
                 apt_install(&["busybox-static"])?;
             }
             let bins = build_test_bins(&root, ensure_test_tools()?)?;
@@ -170,10 +178,12 @@ fn build_test_bins(root: &Path, envoy: PathBuf) -> anyhow::Result<vm::TestBins> 
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let kinds = &msg["target"]["kind"];
-        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true && kinds.as_array().is_some_and(|k| k.iter().any(|k| k == "test")) {
-            if let Some(exe) = msg["executable"].as_str() {
-                tests.push(PathBuf::from(exe));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && kinds.as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            tests.push(PathBuf::from(exe));
         }
     }
     if tests.is_empty() {

@@ -108,7 +108,9 @@ fn fetch_kernel(name: &str, suite: &str) -> anyhow::Result<PathBuf> {
         .map(|(_, s)| format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {s} main\n"))
         .collect();
     let sources = apt_dir.join("sources.list");
-    if std::fs::read_to_string(&sources).ok().as_deref() != Some(lists.as_str()) || !apt_dir.join("lists").read_dir()?.any(|e| e.is_ok_and(|e| e.path().is_file())) {
+    if std::fs::read_to_string(&sources).ok().as_deref() != Some(lists.as_str())
+        || !apt_dir.join("lists").read_dir()?.any(|e| e.is_ok_and(|e| e.path().is_file()))
+    {
         std::fs::write(&sources, &lists)?;
         eprintln!("vm-test: refreshing the private package lists ({CACHE}/apt)");
         apt(&["apt-get", "update", "-qq"])?;
@@ -182,7 +184,7 @@ fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter_map(|l| {
             let l = l.trim();
             let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                Some((_, rest)) => rest.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             path.starts_with('/').then(|| PathBuf::from(path))
@@ -231,9 +233,7 @@ fn init_script(test_bins: &[String], release: &str) -> String {
         // Two tests at a time, one per vCPU (QEMU runs them on two host
         // threads, TCG too): libtest prints each verdict line whole when it
         // runs tests in parallel.
-        s.push_str(&format!(
-            "./{bin} --test-threads 2 2>&1 | while read -r line; do echo \"redirect-out {bin} $line\"; done\n"
-        ));
+        s.push_str(&format!("./{bin} --test-threads 2 2>&1 | while read -r line; do echo \"redirect-out {bin} $line\"; done\n"));
     }
     // Second pass: a node without cgroup v2, where the agent must fall back.
     s.push_str("umount /sys/fs/cgroup\n");
@@ -278,7 +278,9 @@ fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> 
     // Modules: netfilter, veth; decompressed, with a fresh modules.dep.
     let mods_src = modules_dir(kernel_dir).join(release);
     let mods_dst = root.join("lib/modules").join(release);
-    for sub in ["kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/drivers/net/veth.ko", "kernel/lib"] {
+    for sub in
+        ["kernel/net/netfilter", "kernel/net/ipv4/netfilter", "kernel/net/ipv6/netfilter", "kernel/drivers/net/veth.ko", "kernel/lib"]
+    {
         // Modules may be compressed (veth.ko.xz from 6.x).
         for suffix in ["", ".xz", ".zst"] {
             let sub = format!("{sub}{suffix}");
@@ -347,7 +349,13 @@ fn kvm_works(kernel: &Path, work: &Path) -> bool {
     let _ = std::fs::write(root.join("init"), "#!/bin/busybox sh\n/bin/busybox echo redirect-kvm-ok\n/bin/busybox poweroff -f\n");
     let _ = run(Command::new("chmod").arg("+x").arg(root.join("init")));
     let image = work.join("kvm-probe.gz");
-    if run(Command::new("sh").arg("-c").arg(format!("cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}", root.display(), image.display()))).is_err() {
+    if run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        root.display(),
+        image.display()
+    )))
+    .is_err()
+    {
         return false;
     }
     let out = Command::new("timeout")
@@ -401,21 +409,21 @@ fn boot(name: &str, kernel_dir: &Path, bins: &TestBins, accel: &str, work: &Path
                 }
                 if let Some(rest) = line.trim().strip_prefix("redirect-out ") {
                     // "<bin> test <name> ... ok"
-                    if let Some((_, t)) = rest.split_once(" test ") {
-                        if let Some((test, verdict)) = t.rsplit_once(" ... ") {
-                            let outcome = match verdict.trim() {
-                                "ok" => Outcome::Pass,
-                                "ignored" => continue,
-                                _ => Outcome::Fail,
-                            };
-                            results.insert(test.trim().to_owned(), outcome);
-                        }
+                    if let Some((_, t)) = rest.split_once(" test ")
+                        && let Some((test, verdict)) = t.rsplit_once(" ... ")
+                    {
+                        let outcome = match verdict.trim() {
+                            "ok" => Outcome::Pass,
+                            "ignored" => continue,
+                            _ => Outcome::Fail,
+                        };
+                        results.insert(test.trim().to_owned(), outcome);
                     }
                 }
-                if let Some(rest) = line.trim().strip_prefix("redirect-skip ") {
-                    if let Some((test, feature)) = rest.split_once(' ') {
-                        results.insert(test.to_owned(), Outcome::Skipped(feature.to_owned()));
-                    }
+                if let Some(rest) = line.trim().strip_prefix("redirect-skip ")
+                    && let Some((test, feature)) = rest.split_once(' ')
+                {
+                    results.insert(test.to_owned(), Outcome::Skipped(feature.to_owned()));
                 }
                 if line.contains("redirect-vm: done") {
                     done = true;

@@ -61,10 +61,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.outbound_port_exclusions.iter().map(|p| p.get()).collect::<Vec<_>>(), [8080, 9090]);
         assert_eq!(a.inbound_port_exclusions[0].get(), 7000);
-        assert_eq!(
-            a.outbound_ip_range_exclusions.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
-            ["10.0.0.0/8", "1.1.1.1/32"]
-        );
+        assert_eq!(a.outbound_ip_range_exclusions.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(), ["10.0.0.0/8", "1.1.1.1/32"]);
         assert!(a.outbound_ip_range_inclusions.is_empty());
     }
 

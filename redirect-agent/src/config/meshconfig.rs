@@ -40,32 +40,27 @@ impl MeshConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            problem: format!("can't read the MeshConfig: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.to_owned(), problem: format!("can't read the MeshConfig: {e}") })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Invalid { field, value, problem } => ConfigError::Invalid {
-                field: format!("{}: {field}", path.display()),
-                value,
-                problem,
-            },
+            ConfigError::Invalid { field, value, problem } => {
+                ConfigError::Invalid { field: format!("{}: {field}", path.display()), value, problem }
+            }
             other => other,
         })
     }
 
     /// Parses YAML or JSON (JSON is read as YAML, which it is).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-            ConfigError::invalid("MeshConfig", first_line(text), format!("is not valid YAML or JSON: {e}"))
-        })?;
+        let doc: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::invalid("MeshConfig", first_line(text), format!("is not valid YAML or JSON: {e}")))?;
         if !doc.is_mapping() {
             return Err(ConfigError::invalid("MeshConfig", first_line(text), "is not a YAML/JSON object"));
         }
-        if let Some(kind) = doc.get("kind") {
-            if kind.as_str() != Some("MeshConfig") {
-                return Err(ConfigError::invalid("kind", render(kind), "is not MeshConfig"));
-            }
+        if let Some(kind) = doc.get("kind")
+            && kind.as_str() != Some("MeshConfig")
+        {
+            return Err(ConfigError::invalid("kind", render(kind), "is not MeshConfig"));
         }
         let spec = doc.get("spec");
         let traffic = spec.and_then(|s| s.get("traffic"));
@@ -73,11 +68,7 @@ impl MeshConfig {
             let field = format!("{TRAFFIC}.{name}");
             match traffic.and_then(|t| t.get(name)) {
                 None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Sequence(items)) => Ok(items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (format!("{field}[{i}]"), v.clone()))
-                    .collect()),
+                Some(Value::Sequence(items)) => Ok(items.iter().enumerate().map(|(i, v)| (format!("{field}[{i}]"), v.clone())).collect()),
                 Some(other) => Err(ConfigError::invalid(field, render(other), "is not a list")),
             }
         };
@@ -117,11 +108,7 @@ impl MeshConfig {
                 Some("Localhost") => LocalProxyMode::Localhost,
                 Some("PodIP") => LocalProxyMode::PodIP,
                 _ => {
-                    return Err(ConfigError::invalid(
-                        "spec.sidecar.localProxyMode",
-                        render(v),
-                        "is neither Localhost nor PodIP",
-                    ));
+                    return Err(ConfigError::invalid("spec.sidecar.localProxyMode", render(v), "is neither Localhost nor PodIP"));
                 }
             },
         };
@@ -209,8 +196,16 @@ spec:
         let cases = [
             ("spec:\n  traffic:\n    outboundPortExclusionList: [80, 0]\n", "spec.traffic.outboundPortExclusionList[1]", "\"0\""),
             ("spec:\n  traffic:\n    inboundPortExclusionList: [65536]\n", "spec.traffic.inboundPortExclusionList[0]", "\"65536\""),
-            ("spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.0.0.0/8, 300.1.1.1/32]\n", "spec.traffic.outboundIPRangeExclusionList[1]", "\"300.1.1.1/32\""),
-            ("spec:\n  traffic:\n    outboundIPRangeInclusionList: 10.0.0.0/8\n", "spec.traffic.outboundIPRangeInclusionList", "\"10.0.0.0/8\""),
+            (
+                "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.0.0.0/8, 300.1.1.1/32]\n",
+                "spec.traffic.outboundIPRangeExclusionList[1]",
+                "\"300.1.1.1/32\"",
+            ),
+            (
+                "spec:\n  traffic:\n    outboundIPRangeInclusionList: 10.0.0.0/8\n",
+                "spec.traffic.outboundIPRangeInclusionList",
+                "\"10.0.0.0/8\"",
+            ),
             ("spec:\n  sidecar:\n    localProxyMode: Pod\n", "spec.sidecar.localProxyMode", "\"Pod\""),
             ("kind: Pod\n", "kind", "\"Pod\""),
         ];

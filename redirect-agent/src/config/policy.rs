@@ -3,9 +3,7 @@
 //! entries first, then the pod's, each value once, first occurrence kept),
 //! every entry labelled with where it came from.
 
-use super::{
-    Cidr, InterfaceName, LocalProxyMode, MeshConfig, Port, annotations::PodAnnotations,
-};
+use super::{Cidr, InterfaceName, LocalProxyMode, MeshConfig, Port, annotations::PodAnnotations};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Source {
@@ -36,31 +34,17 @@ pub struct PodPolicy {
 /// text, as FSM's string set does.
 fn merge<T: Clone, K: Eq + std::hash::Hash>(global: &[T], pod: &[T], key: impl Fn(&T) -> K) -> Vec<Sourced<T>> {
     let mut seen = std::collections::HashSet::new();
-    let tagged = global
-        .iter()
-        .map(|v| (v, Source::MeshConfig))
-        .chain(pod.iter().map(|v| (v, Source::Annotation)));
+    let tagged = global.iter().map(|v| (v, Source::MeshConfig)).chain(pod.iter().map(|v| (v, Source::Annotation)));
     // Linear in the list length: MeshConfigs carry 10,000-entry lists.
-    tagged
-        .filter(|(value, _)| seen.insert(key(value)))
-        .map(|(value, source)| Sourced { value: value.clone(), source })
-        .collect()
+    tagged.filter(|(value, _)| seen.insert(key(value))).map(|(value, source)| Sourced { value: value.clone(), source }).collect()
 }
 
 impl PodPolicy {
     pub fn merge(mesh: &MeshConfig, pod: &PodAnnotations) -> Self {
         let by_text = |c: &Cidr| c.text.clone();
         PodPolicy {
-            outbound_ip_range_exclusions: merge(
-                &mesh.outbound_ip_range_exclusions,
-                &pod.outbound_ip_range_exclusions,
-                by_text,
-            ),
-            outbound_ip_range_inclusions: merge(
-                &mesh.outbound_ip_range_inclusions,
-                &pod.outbound_ip_range_inclusions,
-                by_text,
-            ),
+            outbound_ip_range_exclusions: merge(&mesh.outbound_ip_range_exclusions, &pod.outbound_ip_range_exclusions, by_text),
+            outbound_ip_range_inclusions: merge(&mesh.outbound_ip_range_inclusions, &pod.outbound_ip_range_inclusions, by_text),
             outbound_port_exclusions: merge(&mesh.outbound_port_exclusions, &pod.outbound_port_exclusions, |p| *p),
             inbound_port_exclusions: merge(&mesh.inbound_port_exclusions, &pod.inbound_port_exclusions, |p| *p),
             network_interface_exclusions: merge(&mesh.network_interface_exclusions, &[], Clone::clone),
@@ -89,14 +73,8 @@ mod tests {
         .into();
         let p = PodPolicy::merge(&mesh, &PodAnnotations::from_map(&ann).unwrap());
         let ports: Vec<_> = p.outbound_port_exclusions.iter().map(|s| (s.value.get(), s.source)).collect();
-        assert_eq!(
-            ports,
-            [(6379, Source::MeshConfig), (7070, Source::MeshConfig), (8080, Source::Annotation)]
-        );
+        assert_eq!(ports, [(6379, Source::MeshConfig), (7070, Source::MeshConfig), (8080, Source::Annotation)]);
         let cidrs: Vec<_> = p.outbound_ip_range_exclusions.iter().map(|s| (s.value.text.as_str(), s.source)).collect();
-        assert_eq!(
-            cidrs,
-            [("1.1.1.1/32", Source::MeshConfig), ("2.2.2.2/24", Source::MeshConfig), ("3.3.3.0/24", Source::Annotation)]
-        );
+        assert_eq!(cidrs, [("1.1.1.1/32", Source::MeshConfig), ("2.2.2.2/24", Source::MeshConfig), ("3.3.3.0/24", Source::Annotation)]);
     }
 }

@@ -22,10 +22,7 @@ impl Port {
 
     /// Parses a port given as text (annotations) for `field`.
     pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
-        let n: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::invalid(field, text, "is not a port number (1-65535)"))?;
+        let n: i64 = text.trim().parse().map_err(|_| ConfigError::invalid(field, text, "is not a port number (1-65535)"))?;
         Self::from_i64(field, n)
     }
 
@@ -57,9 +54,8 @@ impl Cidr {
     /// FSM's `net.ParseCIDR` requires.
     pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
         let text = text.trim();
-        let net: IpNet = text.parse().map_err(|_| {
-            ConfigError::invalid(field, text, "is not an IP address range in CIDR form (e.g. 10.0.0.0/8)")
-        })?;
+        let net: IpNet =
+            text.parse().map_err(|_| ConfigError::invalid(field, text, "is not an IP address range in CIDR form (e.g. 10.0.0.0/8)"))?;
         Ok(Cidr { text: text.to_owned(), net })
     }
 }
@@ -84,11 +80,7 @@ impl InterfaceName {
             && text != "."
             && text != ".."
             && !text.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-        if ok {
-            Ok(InterfaceName(text.to_owned()))
-        } else {
-            Err(ConfigError::invalid(field, text, "is not a network interface name"))
-        }
+        if ok { Ok(InterfaceName(text.to_owned())) } else { Err(ConfigError::invalid(field, text, "is not a network interface name")) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -12,13 +12,16 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap, Map, MapData, lpm_trie::{Key, LpmTrie}};
+use aya::maps::{
+    HashMap, Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use ipnet::IpNet;
 use redirect_common::{
     handover::Handover6,
     maps::{
-        ConnKey, ConnKey6, Ip6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6,
-        PolicyIface, PolicyId, PolicyPort, capacity, counter, direction, lpm_prefix_len, names, pod_flags, policy_id,
+        ConnKey, ConnKey6, Ip6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyId,
+        PolicyIface, PolicyPort, capacity, counter, direction, lpm_prefix_len, names, pod_flags, policy_id,
     },
 };
 
@@ -243,16 +246,26 @@ impl SlotEntries {
             v
         }
         let v4 = |cidrs: &[Cidr]| {
-            sorted(cidrs.iter().filter_map(|c| match c.net.trunc() {
-                IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
-                IpNet::V6(_) => None,
-            }).collect())
+            sorted(
+                cidrs
+                    .iter()
+                    .filter_map(|c| match c.net.trunc() {
+                        IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect(),
+            )
         };
         let v6 = |cidrs: &[Cidr]| {
-            sorted(cidrs.iter().filter_map(|c| match c.net.trunc() {
-                IpNet::V6(n) => Some((ip6(&n.addr()), n.prefix_len())),
-                IpNet::V4(_) => None,
-            }).collect())
+            sorted(
+                cidrs
+                    .iter()
+                    .filter_map(|c| match c.net.trunc() {
+                        IpNet::V6(n) => Some((ip6(&n.addr()), n.prefix_len())),
+                        IpNet::V4(_) => None,
+                    })
+                    .collect(),
+            )
         };
         let ports = |list: &[Port]| sorted(list.iter().map(|p| p.get()).collect());
         SlotEntries {
@@ -287,8 +300,7 @@ impl SlotEntries {
         }
         self.routes = routes(v4);
         self.routes6 = routes(v6);
-        let mut excluded_ifaces: Vec<u32> =
-            net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
+        let mut excluded_ifaces: Vec<u32> = net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
         excluded_ifaces.sort();
         self.excluded_ifaces = excluded_ifaces;
         for a in &net.addrs {
@@ -493,15 +505,16 @@ impl SharedMaps {
     /// update of its config.
     pub fn apply(&mut self, pod: PodId, entries: SlotEntries, settings: &ProxySettings) -> anyhow::Result<()> {
         let current = self.pod_config(pod);
-        if let (Some(cfg), Some((_, written))) = (current, self.written.get(&pod)) {
-            if *written == entries && !self.stale.contains(&pod) {
-                let config = self.config_for(cfg.policy, &entries, settings);
-                if config == cfg {
-                    return Ok(());
-                }
-                // Only the config changed (the MeshConfig's slot, settings).
-                return self.pod_config.insert(&pod, &config, 0).context("POD_CONFIG");
+        if let (Some(cfg), Some((_, written))) = (current, self.written.get(&pod))
+            && *written == entries
+            && !self.stale.contains(&pod)
+        {
+            let config = self.config_for(cfg.policy, &entries, settings);
+            if config == cfg {
+                return Ok(());
             }
+            // Only the config changed (the MeshConfig's slot, settings).
+            return self.pod_config.insert(&pod, &config, 0).context("POD_CONFIG");
         }
         let next_slot = match current {
             Some(c) => policy_id(pod, (c.policy & 1) ^ 1),
@@ -743,14 +756,26 @@ impl SharedMaps {
         match e {
             Entry::Local(k) => self.local_addrs.insert(&k, &1, 0).with_context(|| full(names::LOCAL_ADDRS)),
             Entry::Local6(k) => self.local_addrs6.insert(&k, &1, 0).with_context(|| full(names::LOCAL_ADDRS6)),
-            Entry::Cidr { included: false, key, len } => self.excluded_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS)),
-            Entry::Cidr { included: true, key, len } => self.included_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS)),
-            Entry::Cidr6 { included: false, key, len } => self.excluded_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS6)),
-            Entry::Cidr6 { included: true, key, len } => self.included_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS6)),
+            Entry::Cidr { included: false, key, len } => {
+                self.excluded_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS))
+            }
+            Entry::Cidr { included: true, key, len } => {
+                self.included_cidrs.insert(&lpm4(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS))
+            }
+            Entry::Cidr6 { included: false, key, len } => {
+                self.excluded_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::EXCLUDED_CIDRS6))
+            }
+            Entry::Cidr6 { included: true, key, len } => {
+                self.included_cidrs6.insert(&lpm6(key, len), &1, 0).with_context(|| full(names::INCLUDED_CIDRS6))
+            }
             Entry::Port(k) => self.excluded_ports.insert(&k, &1, 0).with_context(|| full(names::EXCLUDED_PORTS)),
             Entry::Iface(k) => self.excluded_ifaces.insert(&k, &1, 0).with_context(|| full(names::EXCLUDED_IFACES)),
-            Entry::Route { key, len, excluded } => self.iface_routes.insert(&lpm4(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES)),
-            Entry::Route6 { key, len, excluded } => self.iface_routes6.insert(&lpm6(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES6)),
+            Entry::Route { key, len, excluded } => {
+                self.iface_routes.insert(&lpm4(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES))
+            }
+            Entry::Route6 { key, len, excluded } => {
+                self.iface_routes6.insert(&lpm6(key, len), &u8::from(excluded), 0).with_context(|| full(names::IFACE_ROUTES6))
+            }
         }
     }
 
@@ -796,14 +821,22 @@ mod tests {
         let net = PodNet {
             addrs: ["10.244.1.2", "fd00:244:1::2", "fe80::2"].iter().map(|a| a.parse().unwrap()).collect(),
             ifaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("net1".into(), 3)],
-            routes: vec![route("0.0.0.0/0", "eth0"), route("::/0", "eth0"), route("fd00:245:1::/64", "net1"), route("fd00:245:1::/64", "eth0")],
+            routes: vec![
+                route("0.0.0.0/0", "eth0"),
+                route("::/0", "eth0"),
+                route("fd00:245:1::/64", "net1"),
+                route("fd00:245:1::/64", "eth0"),
+            ],
             handover_route: true,
         };
         let e = PodEntries::new(&mesh, &pod, &net, true);
         assert_eq!(e.mesh.excluded_cidrs, [([10, 1, 0, 0], 16)]);
         assert_eq!(e.mesh.excluded_cidrs6, [(ip6s("fd00:96::"), 32)]);
         assert_eq!((e.mesh.included_cidrs.len(), e.mesh.included_cidrs6.clone()), (0, vec![(ip6s("fd00:97::"), 48)]));
-        assert_eq!((e.own.excluded_cidrs.clone(), e.own.excluded_cidrs6.clone()), (vec![([10, 9, 0, 0], 16)], vec![(ip6s("fd00:98::"), 32)]));
+        assert_eq!(
+            (e.own.excluded_cidrs.clone(), e.own.excluded_cidrs6.clone()),
+            (vec![([10, 9, 0, 0], 16)], vec![(ip6s("fd00:98::"), 32)])
+        );
         assert!(e.own.inclusion && e.own.ipv6, "an IPv6-only inclusion list limits both families");
         assert_eq!(e.own.local_addrs, [[10, 244, 1, 2]]);
         assert_eq!(e.own.local_addrs6, [ip6s("fd00:244:1::2"), ip6s("fe80::2")]);

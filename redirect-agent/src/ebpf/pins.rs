@@ -58,11 +58,7 @@ impl Pins {
                 .with_context(|| format!("mounting a bpffs at {STANDARD_BPFFS}"))?;
         }
         if !is_bpffs(parent)? {
-            bail!(
-                "bpffs {}: not a BPF file system (mount one with `mount -t bpf bpf {}`)",
-                parent.display(),
-                parent.display()
-            );
+            bail!("bpffs {}: not a BPF file system (mount one with `mount -t bpf bpf {}`)", parent.display(), parent.display());
         }
         for dir in [self.root.join("maps"), self.root.join("pods")] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -130,9 +130,7 @@ pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::R
 
 /// Loads (verifies) one program of the object into the kernel.
 pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> anyhow::Result<OwnedFd> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     match attach_type {
         AttachType::CgroupInet4Connect | AttachType::CgroupInet6Connect => load_as(program, CgroupSockAddr::load),
         AttachType::CgroupSockOps => load_as(program, SockOps::load),

@@ -135,11 +135,7 @@ pub fn restore_input(policy: &PodPolicy, s: &ProxySettings, family: Family, pod_
 
 /// The shell script fsm-init runs: the restore input in a here-document.
 pub fn fsm_init_script(policy: &PodPolicy, s: &ProxySettings, family: Family, pod_ip: PodIp) -> String {
-    format!(
-        "{}-restore --noflush <<EOF\n{}EOF\n",
-        family.iptables(),
-        restore_input(policy, s, family, pod_ip)
-    )
+    format!("{}-restore --noflush <<EOF\n{}EOF\n", family.iptables(), restore_input(policy, s, family, pod_ip))
 }
 
 #[cfg(test)]

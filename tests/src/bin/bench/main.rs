@@ -29,10 +29,7 @@ mod interrupt;
 mod plot;
 
 fn field(line: &str, key: &str) -> f64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
 }
 
 /// Runs netprobe inside the pod (its netns and cgroup) as the app's UID.
@@ -118,9 +115,12 @@ fn connrates(targets: &[(&Pod, &str)], rounds: usize, slice_ms: u64) -> anyhow::
         .collect())
 }
 
+/// Runs and nanoseconds, by kernel program name.
+type ProgramStats = BTreeMap<String, (u64, u64)>;
+
 /// Run count and total run time of our programs (every pod's instance),
 /// by kernel program name.
-fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+fn program_stats() -> anyhow::Result<ProgramStats> {
     let mut by_name = BTreeMap::new();
     for info in aya::programs::loaded_programs() {
         let info = info?;
@@ -148,7 +148,7 @@ fn label(name: &str) -> &str {
 
 /// Connections made through `pod` (eBPF) to `to` in `millis`, and the runs
 /// and nanoseconds each program spent meanwhile.
-fn program_cost(pod: &Pod, to: &str, millis: u64) -> anyhow::Result<(f64, BTreeMap<String, (u64, u64)>)> {
+fn program_cost(pod: &Pod, to: &str, millis: u64) -> anyhow::Result<(f64, ProgramStats)> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
     let before = program_stats()?;
     let line = probe(pod, &["connrate", to, &millis.to_string()])?;
@@ -181,10 +181,7 @@ fn memlock(path: &std::path::Path) -> anyhow::Result<u64> {
     let map = aya::maps::MapData::from_pin(path).with_context(|| path.display().to_string())?;
     let fd = map.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no memlock in fdinfo")
+    info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).context("no memlock in fdinfo")
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -219,7 +216,11 @@ fn main() -> anyhow::Result<()> {
     let sizes: &[(usize, usize)] =
         if smoke { &[(0, 0), (100, 0)] } else { &[(0, 0), (100, 0), (1000, 0), (10000, 0), (0, 1000), (10000, 1000)] };
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim().to_owned();
-    let mut md = format!("# Benchmarks ({} mode), kernel {kernel}, {} CPUs\n\n", if smoke { "smoke" } else { "full" }, std::thread::available_parallelism()?.get());
+    let mut md = format!(
+        "# Benchmarks ({} mode), kernel {kernel}, {} CPUs\n\n",
+        if smoke { "smoke" } else { "full" },
+        std::thread::available_parallelism()?.get()
+    );
     let mut json = BTreeMap::new();
 
     // 1. Connection rate and latency.
@@ -232,7 +233,11 @@ fn main() -> anyhow::Result<()> {
     node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
     node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
     md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes (abortively, SO_LINGER 0, on every path: TIME_WAIT sockets of the iptables path, whose sockets see the service IP, are not reused by default and exhaust the client's ports within seconds), for ");
-    let _ = writeln!(md, "{:.1} s per cell, in {rounds} rounds interleaved between the paths (× direct: the median of the {rounds} per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n", (rounds as u64 * slice_ms) as f64 / 1000.0);
+    let _ = writeln!(
+        md,
+        "{:.1} s per cell, in {rounds} rounds interleaved between the paths (× direct: the median of the {rounds} per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n",
+        (rounds as u64 * slice_ms) as f64 / 1000.0
+    );
     md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
     let mut rows = Vec::new();
     let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
@@ -242,23 +247,45 @@ fn main() -> anyhow::Result<()> {
     for &(cidrs, ports) in sizes {
         interrupt::check()?;
         node.set_mesh_config(&mesh(cidrs, ports));
-        let r = connrates(&[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")], rounds, slice_ms)?;
+        let r = connrates(
+            &[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")],
+            rounds,
+            slice_ms,
+        )?;
         let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
         let _ = writeln!(
             md,
             "| {cidrs} | {ports} | {:.0} | {:.0} {} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
-            d.per_sec, i.per_sec, i.ratios(), e.per_sec, e.ratios(), f.per_sec, f.ratios(),
-            d.p50_us, i.p50_us, e.p50_us, f.p50_us, d.p99_us, i.p99_us, e.p99_us, f.p99_us
+            d.per_sec,
+            i.per_sec,
+            i.ratios(),
+            e.per_sec,
+            e.ratios(),
+            f.per_sec,
+            f.ratios(),
+            d.p50_us,
+            i.p50_us,
+            e.p50_us,
+            f.p50_us,
+            d.p99_us,
+            i.p99_us,
+            e.p99_us,
+            f.p99_us
         );
-        rows.push(serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
-            "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio, "ebpf_fast_path_ratio": f.ratio}));
+        rows.push(
+            serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
+            "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio, "ebpf_fast_path_ratio": f.ratio}),
+        );
         if ports == 0 {
             for (curve, r) in curves.iter_mut().zip([i, e, f]) {
                 curve.ratio.push((cidrs, r.ratio));
                 curve.p50_us.push((cidrs, r.p50_us));
             }
         }
-        eprintln!("bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s", d.per_sec, i.per_sec, e.per_sec, f.per_sec);
+        eprintln!(
+            "bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s",
+            d.per_sec, i.per_sec, e.per_sec, f.per_sec
+        );
     }
     json.insert("connection_rate", serde_json::Value::Array(rows));
     if png {
@@ -277,7 +304,10 @@ fn main() -> anyhow::Result<()> {
         total += per_conn;
         let _ = writeln!(md, "| {} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |", label(name));
     }
-    let _ = writeln!(md, "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)");
+    let _ = writeln!(
+        md,
+        "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)"
+    );
     json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
         "programs": cost.iter().map(|(n, (runs, ns))| (n.clone(), serde_json::json!({"runs": runs, "ns": ns}))).collect::<BTreeMap<_, _>>()}));
 
@@ -304,7 +334,17 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(
             md,
             "| {family} | `{direct}` | {:.0} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
-            d.per_sec, i.per_sec, i.ratios(), e.per_sec, e.ratios(), d.p50_us, i.p50_us, e.p50_us, d.p99_us, i.p99_us, e.p99_us
+            d.per_sec,
+            i.per_sec,
+            i.ratios(),
+            e.per_sec,
+            e.ratios(),
+            d.p50_us,
+            i.p50_us,
+            e.p50_us,
+            d.p99_us,
+            i.p99_us,
+            e.p99_us
         );
         by_family.push(serde_json::json!({"family": family, "direct_path": direct, "direct": d, "iptables": i, "ebpf": e, "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio}));
         eprintln!("bench: {family}: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
@@ -318,7 +358,13 @@ fn main() -> anyhow::Result<()> {
         for (name, (runs, ns)) in &cost {
             let per_conn = *ns as f64 / conns;
             total += per_conn;
-            let _ = writeln!(md, "| {family} | {} | {:.1} | {:.0} | {per_conn:.0} |", label(name), *runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64);
+            let _ = writeln!(
+                md,
+                "| {family} | {} | {:.1} | {:.0} | {per_conn:.0} |",
+                label(name),
+                *runs as f64 / conns,
+                *ns as f64 / (*runs).max(1) as f64
+            );
         }
         let _ = writeln!(md, "| {family} | all | | | {total:.0} |");
         family_cost.insert(family, serde_json::json!({"connections": conns, "total_ns_per_connection": total}));
@@ -353,7 +399,10 @@ fn main() -> anyhow::Result<()> {
     }
     json.insert("request_response", serde_json::Value::Array(rr));
     let mib = if smoke { "4" } else { "256" };
-    let _ = writeln!(md, "\n## Bulk transfer over one connection ({mib} MiB each way, 64 KiB writes, echoed and checked)\n\n| path | MiB/s (median of three) |\n|---|---:|");
+    let _ = writeln!(
+        md,
+        "\n## Bulk transfer over one connection ({mib} MiB each way, 64 KiB writes, echoed and checked)\n\n| path | MiB/s (median of three) |\n|---|---:|"
+    );
     let mut bulk = BTreeMap::new();
     let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
     for _ in 0..ROUNDS {
@@ -405,7 +454,9 @@ fn main() -> anyhow::Result<()> {
         apply.insert(format!("{cidrs} CIDRs + {ports} ports"), secs);
     }
     let line = String::from_utf8_lossy(&client.wait_with_output()?.stdout).trim().to_owned();
-    md.push_str(&format!("\n## Applying a changed list to {pods_n} running pods (eBPF)\n\n| new list | time to apply to every pod |\n|---|---:|\n"));
+    md.push_str(&format!(
+        "\n## Applying a changed list to {pods_n} running pods (eBPF)\n\n| new list | time to apply to every pod |\n|---|---:|\n"
+    ));
     for (what, secs) in &apply {
         let _ = writeln!(md, "| {what} | {:.0} ms |", secs * 1000.0);
     }

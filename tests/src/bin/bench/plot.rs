@@ -52,23 +52,17 @@ pub fn draw(out: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()> {
     let panels = root.split_evenly((1, 2));
     let x_range = -0.3f64..(sizes.len() as f64 - 0.7);
     let max_p50 = curves.iter().flat_map(|c| c.p50_us.iter().map(|(_, v)| *v)).fold(0.0, f64::max) * 1.2;
-    let panel_specs: [(&str, f64, fn(&Curve) -> &Vec<(usize, f64)>); 2] = [
-        ("connection rate × direct", 1.3, |c| &c.ratio),
-        ("p50 connect-to-first-byte, µs", max_p50.max(1.0), |c| &c.p50_us),
-    ];
+    /// A panel: its axis label, the top of its axis, and which values of a curve.
+    type Panel = (&'static str, f64, fn(&Curve) -> &Vec<(usize, f64)>);
+    let panel_specs: [Panel; 2] =
+        [("connection rate × direct", 1.3, |c| &c.ratio), ("p50 connect-to-first-byte, µs", max_p50.max(1.0), |c| &c.p50_us)];
     for (area, (y_desc, y_max, values)) in panels.iter().zip(panel_specs) {
         let mut chart = ChartBuilder::on(area)
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(56)
             .build_cartesian_2d(x_range.clone(), 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .x_labels(sizes.len() * 4)
-            .x_label_formatter(&label)
-            .x_desc("excluded CIDRs")
-            .y_desc(y_desc)
-            .draw()?;
+        chart.configure_mesh().x_labels(sizes.len() * 4).x_label_formatter(&label).x_desc("excluded CIDRs").y_desc(y_desc).draw()?;
         if y_desc.starts_with("connection rate") {
             let floor = vec![(x_range.start, 1.0), (x_range.end, 1.0)];
             chart
