@@ -13,15 +13,18 @@ use redirect_common::{addr::Family as _, maps::PodId};
 use crate::{
     cgroup,
     config::{MeshConfig, PodPolicy},
-    dataplane::{self, Choice, Dataplane},
+    control::{PodStatus, Status},
+    dataplane::{Choice, Dataplane},
     ebpf::{
-        maps::{Listeners, PodEntries, ProxySettings, SharedMaps, SlotEntries},
+        entries::{PodEntries, SlotEntries},
+        maps::{Listeners, SharedMaps},
         pins::Pins,
         programs,
     },
     iptables::{self, Family, PodIp},
     netns,
     pod::PodSpec,
+    settings::ProxySettings,
     state::State,
 };
 
@@ -62,39 +65,6 @@ pub struct Agent {
     sockops_failing: std::collections::HashSet<PodId>,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct PodStatus {
-    pub id: PodId,
-    pub name: String,
-    pub dataplane: Option<Dataplane>,
-    pub netns: PathBuf,
-    pub cgroup: Option<PathBuf>,
-    pub attached: bool,
-    /// Whether the pod's sockops program is attached right now (only while
-    /// it needs it: see `programs::sockops_needed`).
-    pub sockops: bool,
-    /// Whether the pod's IPv6 is intercepted (its `--ipv6`, resolved).
-    #[serde(default)]
-    pub ipv6: bool,
-    pub local_addrs: Vec<String>,
-    pub excluded_cidrs: usize,
-    pub included_cidrs: usize,
-    pub excluded_ports: usize,
-    /// Kernel event counters by name (eBPF pods).
-    pub counters: std::collections::BTreeMap<String, u64>,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub mesh_config: Option<PathBuf>,
-    pub settings: ProxySettings,
-    pub dataplane: Choice,
-    pub ebpf_unavailable: Option<String>,
-    pub pods: Vec<PodStatus>,
-    /// Fill levels of the kernel maps.
-    pub maps: Vec<crate::ebpf::maps::MapFill>,
-}
-
 /// The node's proxy settings with the pod's own fast-path and IPv6 switches.
 pub(crate) fn pod_settings(node: &ProxySettings, spec: &PodSpec) -> ProxySettings {
     ProxySettings { fast_path: spec.fast_path.unwrap_or(node.fast_path), ipv6: spec.ipv6.unwrap_or(node.ipv6), ..*node }
@@ -127,7 +97,7 @@ impl Agent {
         };
         let (ebpf, ebpf_unavailable) = match opts.dataplane {
             Choice::Iptables => (None, Some("--dataplane iptables".to_owned())),
-            choice => match dataplane::probe_ebpf() {
+            choice => match crate::ebpf::probe::probe_ebpf() {
                 Ok(what) => {
                     log::info!("eBPF dataplane available: {what}");
                     (Some(Self::open_ebpf(Pins::new(&opts.bpffs_dir))?), None)
@@ -248,7 +218,7 @@ impl Agent {
                 (None, None) => (Dataplane::Iptables, "no cgroup v2 group given".into()),
                 (None, Some(Err(e))) => (Dataplane::Iptables, format!("{e:#}")),
                 (None, Some(Ok(_)))
-                    if !self.policy(spec)?.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() =>
+                    if !self.policy(spec)?.network_interface_exclusions.is_empty() && !crate::ebpf::features::sees_ingress_interface() =>
                 {
                     (Dataplane::Iptables, "interface exclusions need Linux 5.17 for eBPF".into())
                 }
@@ -312,7 +282,7 @@ impl Agent {
             _ => {
                 let cg = spec.cgroup.as_deref().map(cgroup::resolve).transpose()?;
                 let cg = cg.ok_or_else(|| anyhow!("pod {}: no cgroup", spec.name))?;
-                if !self.mesh.network_interface_exclusions.is_empty() && !dataplane::sees_ingress_interface() {
+                if !self.mesh.network_interface_exclusions.is_empty() && !crate::ebpf::features::sees_ingress_interface() {
                     log::warn!(
                         "pod {}: this kernel can't tell eBPF the interface of arrival: inbound interface exclusions are not honoured",
                         spec.name
@@ -377,7 +347,8 @@ impl Agent {
         }
     }
 
-    pub fn enroll(&mut self, mut spec: PodSpec) -> anyhow::Result<PodId> {
+    /// Enrolls a pod: its id, and the dataplane chosen for it.
+    pub fn enroll(&mut self, mut spec: PodSpec) -> anyhow::Result<(PodId, Dataplane)> {
         spec.validate()?;
         if self.state.pod_id(&spec.name).is_some() {
             bail!("pod {}: already enrolled (remove it first)", spec.name);
@@ -403,7 +374,7 @@ impl Agent {
         log::info!("pod {} enrolled as {id}: {dataplane:?} dataplane ({why})", spec.name);
         self.state.pods.insert(id, spec);
         self.state.save(&self.state_dir)?;
-        Ok(id)
+        Ok((id, dataplane))
     }
 
     pub fn remove(&mut self, name: &str) -> anyhow::Result<()> {
@@ -561,7 +532,7 @@ impl Agent {
                     excluded_cidrs: [written, mesh].iter().map(|e| e.excluded_cidrs.len() + e.excluded_cidrs6.len()).sum(),
                     included_cidrs: [written, mesh].iter().map(|e| e.included_cidrs.len() + e.included_cidrs6.len()).sum(),
                     excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
-                    counters: ebpf.map(|e| crate::diagnostics::named_counters(&e.maps.counters(*id))).unwrap_or_default(),
+                    counters: ebpf.map(|e| e.maps.counters(*id)).unwrap_or_default(),
                 }
             })
             .collect();
@@ -603,7 +574,7 @@ pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
         }
     }
     pins.remove_all()?;
-    for f in [State::file(state_dir), crate::control::socket_path(state_dir)] {
+    for f in [State::file(state_dir), State::socket(state_dir)] {
         match std::fs::remove_file(&f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", f.display()));

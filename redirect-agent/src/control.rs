@@ -1,15 +1,25 @@
-//! The agent's control socket: one JSON request per line, one JSON response
-//! per line, on `<state dir>/agent.sock` (root only, like the agent).
+//! The agent's control protocol, on `<state dir>/agent.sock` (root only,
+//! like the agent): one JSON [`Request`] per line, one JSON [`Response`] per
+//! line, each request with its own typed [`Reply`], and the types those
+//! carry. [`Client`] is the CLI's (and the demo's) side of it.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
+use redirect_common::maps::PodId;
 
-use crate::pod::PodSpec;
+use crate::{
+    dataplane::{Choice, Dataplane},
+    pod::PodSpec,
+    settings::ProxySettings,
+    state::State,
+};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
@@ -29,7 +39,7 @@ pub enum Request {
     Uninstall,
     Explain {
         pod: String,
-        query: crate::diagnostics::Query,
+        query: Query,
     },
     Diagnose {
         pod: Option<String>,
@@ -38,29 +48,203 @@ pub enum Request {
     Metrics,
 }
 
+/// The agent's answer to each request, one variant per request.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    Enrolled { id: PodId, dataplane: Dataplane },
+    Removed,
+    Status(Box<Status>),
+    Reloaded,
+    Uninstalled,
+    Explanation(Box<Explanation>),
+    Checks { checks: Vec<Check> },
+    Metrics { text: String },
+}
+
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
-    Ok(serde_json::Value),
+    Ok(Reply),
     Error(String),
 }
 
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("agent.sock")
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PodStatus {
+    pub id: PodId,
+    pub name: String,
+    pub dataplane: Option<Dataplane>,
+    pub netns: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    pub attached: bool,
+    /// Whether the pod's sockops program is attached right now (only while
+    /// it needs it: see `programs::sockops_needed`).
+    pub sockops: bool,
+    /// Whether the pod's IPv6 is intercepted (its `--ipv6`, resolved).
+    #[serde(default)]
+    pub ipv6: bool,
+    pub local_addrs: Vec<String>,
+    pub excluded_cidrs: usize,
+    pub included_cidrs: usize,
+    pub excluded_ports: usize,
+    /// Kernel event counters by name (eBPF pods).
+    pub counters: BTreeMap<String, u64>,
 }
 
-/// Sends one request to the running agent.
-pub fn call(state_dir: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let path = socket_path(state_dir);
-    let mut stream = UnixStream::connect(&path)
-        .map_err(|e| anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", path.display()))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).context("writing to the agent")?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
-    match serde_json::from_str(&answer).context("the agent's answer is not JSON")? {
-        Response::Ok(v) => Ok(v),
-        Response::Error(e) => Err(anyhow!(e)),
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub mesh_config: Option<PathBuf>,
+    pub settings: ProxySettings,
+    pub dataplane: Choice,
+    pub ebpf_unavailable: Option<String>,
+    pub pods: Vec<PodStatus>,
+    /// Fill levels of the kernel maps.
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "direction")]
+pub enum Query {
+    /// A process of the pod with `uid` connects to `to` (IPv4, IPv6, or
+    /// IPv4-mapped: an IPv4 connection).
+    Outbound { to: SocketAddr, uid: u32 },
+    /// A connection from elsewhere to the pod's `port`, arriving on `iface`,
+    /// over IPv6 or IPv4.
+    Inbound {
+        port: u16,
+        iface: Option<String>,
+        #[serde(default)]
+        ipv6: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// `redirect-outbound`, `redirect-inbound` or `direct`.
+    pub verdict: String,
+    /// The row of the table that decided (outbound 1-10, inbound 1-4).
+    pub rule: u8,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    pub pod: String,
+    pub dataplane: Option<Dataplane>,
+    pub query: Query,
+    /// From the configured lists.
+    pub config: Decision,
+    /// The list entry that matched, with where it came from.
+    pub matched: Option<String>,
+    /// How the destination was read (an IPv4-mapped address is IPv4).
+    pub note: Option<String>,
+    /// From the kernel's maps (eBPF pods).
+    pub kernel: Option<Decision>,
+    pub agrees: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Check {
+    pub pod: String,
+    pub check: String,
+    pub pass: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(pod: &str, check: &str, detail: String) -> Self {
+        Check { pod: pod.into(), check: check.into(), pass: true, detail, fix: None }
     }
+    pub fn fail(pod: &str, check: &str, detail: String, fix: &str) -> Self {
+        Check { pod: pod.into(), check: check.into(), pass: false, detail, fix: Some(fix.into()) }
+    }
+}
+
+/// The CLI's side of the control socket: one connection per request.
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(state_dir: &Path) -> Self {
+        Client { socket: State::socket(state_dir) }
+    }
+
+    /// Sends one request to the running agent.
+    fn call(&self, request: &Request) -> anyhow::Result<Reply> {
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
+            anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display())
+        })?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).context("writing to the agent")?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
+        match serde_json::from_str(&answer).context("the agent's answer is not a reply")? {
+            Response::Ok(reply) => Ok(reply),
+            Response::Error(e) => Err(anyhow!(e)),
+        }
+    }
+
+    /// Enrolls a pod: its id and the dataplane the agent chose.
+    pub fn enroll(&self, pod: PodSpec) -> anyhow::Result<(PodId, Dataplane)> {
+        match self.call(&Request::Enroll { pod })? {
+            Reply::Enrolled { id, dataplane } => Ok((id, dataplane)),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        match self.call(&Request::Remove { name: name.to_owned() })? {
+            Reply::Removed => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn status(&self) -> anyhow::Result<Status> {
+        match self.call(&Request::Status)? {
+            Reply::Status(status) => Ok(*status),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<()> {
+        match self.call(&Request::Reload { path })? {
+            Reply::Reloaded => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn uninstall(&self) -> anyhow::Result<()> {
+        match self.call(&Request::Uninstall)? {
+            Reply::Uninstalled => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn explain(&self, pod: String, query: Query) -> anyhow::Result<Explanation> {
+        match self.call(&Request::Explain { pod, query })? {
+            Reply::Explanation(e) => Ok(*e),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn diagnose(&self, pod: Option<String>) -> anyhow::Result<Vec<Check>> {
+        match self.call(&Request::Diagnose { pod })? {
+            Reply::Checks { checks } => Ok(checks),
+            other => unexpected(other),
+        }
+    }
+}
+
+fn unexpected<T>(reply: Reply) -> anyhow::Result<T> {
+    bail!("the agent answered out of turn: {reply:?}")
 }

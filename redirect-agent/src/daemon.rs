@@ -23,7 +23,8 @@ pub async fn termination() {
 
 use crate::{
     agent::{Agent, AgentOptions},
-    control::{Request, Response, socket_path},
+    control::{Reply, Request, Response},
+    state::State,
 };
 
 type Job = (Request, oneshot::Sender<Response>);
@@ -48,7 +49,7 @@ impl Default for DaemonOptions {
 
 /// Runs until `stop` completes (or an uninstall request).
 pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let sock = socket_path(&opts.state_dir);
+    let sock = State::socket(&opts.state_dir);
     std::fs::create_dir_all(&opts.state_dir)?;
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         anyhow::bail!("another agent is already running (it answers on {})", sock.display());
@@ -92,7 +93,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 if uninstall {
                     let _ = std::fs::remove_file(&sock);
                     let result = agent.uninstall();
-                    let _ = reply.send(respond(result.map(|()| serde_json::json!("uninstalled"))));
+                    let _ = reply.send(respond(result.map(|()| Reply::Uninstalled)));
                     return Ok(());
                 }
                 let _ = reply.send(handle(&mut agent, request));
@@ -131,31 +132,25 @@ async fn readable(
     }
 }
 
-fn respond(result: anyhow::Result<serde_json::Value>) -> Response {
+fn respond(result: anyhow::Result<Reply>) -> Response {
     match result {
-        Ok(v) => Response::Ok(v),
+        Ok(reply) => Response::Ok(reply),
         Err(e) => Response::Error(format!("{e:#}")),
     }
 }
 
 fn handle(agent: &mut Agent, request: Request) -> Response {
     respond(match request {
-        Request::Enroll { pod } => {
-            let name = pod.name.clone();
-            agent.enroll(pod).map(|id| {
-                let dataplane = agent.status().pods.into_iter().find(|p| p.name == name).and_then(|p| p.dataplane);
-                serde_json::json!({ "id": id, "dataplane": dataplane })
-            })
-        }
+        Request::Enroll { pod } => agent.enroll(pod).map(|(id, dataplane)| Reply::Enrolled { id, dataplane }),
         Request::Remove { name } => agent.remove(&name).map(|()| {
             log::info!("pod {name} removed");
-            serde_json::json!("removed")
+            Reply::Removed
         }),
-        Request::Status => serde_json::to_value(agent.status()).map_err(Into::into),
-        Request::Reload { path } => agent.reload(path).map(|()| serde_json::json!("reloaded")),
-        Request::Explain { pod, query } => agent.explain(&pod, query).and_then(|e| Ok(serde_json::to_value(e)?)),
-        Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).and_then(|c| Ok(serde_json::to_value(c)?)),
-        Request::Metrics => Ok(serde_json::Value::String(agent.metrics())),
+        Request::Status => Ok(Reply::Status(Box::new(agent.status()))),
+        Request::Reload { path } => agent.reload(path).map(|()| Reply::Reloaded),
+        Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
+        Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
+        Request::Metrics => Ok(Reply::Metrics { text: agent.metrics() }),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
 }
@@ -170,7 +165,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job
                 let (tx, rx) = oneshot::channel();
                 let text = match jobs.send((Request::Metrics, tx)).await {
                     Ok(()) => match rx.await {
-                        Ok(Response::Ok(serde_json::Value::String(text))) => text,
+                        Ok(Response::Ok(Reply::Metrics { text })) => text,
                         _ => String::new(),
                     },
                     Err(_) => String::new(),

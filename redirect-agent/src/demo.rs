@@ -18,10 +18,10 @@ use anyhow::Context as _;
 
 use crate::{
     agent::AgentOptions,
-    control::{self, Request},
-    ebpf::maps::ProxySettings,
+    control::Client,
     pod::PodSpec,
     sandbox::{Bpffs, Cgroup, Netns, enter, veth},
+    settings::ProxySettings,
 };
 
 const SERVICE: &str = "10.96.0.10:80";
@@ -67,7 +67,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
     // Whatever happened: remove every trace of the agent.
     let _ = tokio::task::spawn_blocking({
         let dir = state_dir.clone();
-        move || control::call(&dir, &Request::Uninstall)
+        move || Client::new(&dir).uninstall()
     })
     .await;
     let _ = stop_tx.send(());
@@ -80,7 +80,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
 }
 
 async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> anyhow::Result<()> {
-    let sock = control::socket_path(state_dir);
+    let sock = crate::state::State::socket(state_dir);
     for _ in 0..100 {
         if sock.exists() {
             break;
@@ -97,8 +97,13 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
         ipv6: None,
     };
     let dir = state_dir.to_owned();
-    let enrolled = tokio::task::spawn_blocking(move || control::call(&dir, &Request::Enroll { pod: spec })).await??;
-    println!("demo: pod demo/app enrolled ({enrolled}); netns {}, cgroup {}", pod_ns.path().display(), cgroup.path.display());
+    let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(spec)).await??;
+    println!(
+        "demo: pod demo/app enrolled as pod {id} ({} dataplane); netns {}, cgroup {}",
+        dataplane.name(),
+        pod_ns.path().display(),
+        cgroup.path.display()
+    );
 
     let me = std::env::current_exe()?;
     let mut proxy = Command::new(&me);

@@ -7,7 +7,6 @@
 //! the two disagree.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
 };
@@ -16,65 +15,23 @@ use anyhow::{Context as _, anyhow};
 use redirect_common::{
     addr::{Family, Ip6},
     decision::{AddrLists, Dest6, Inbound, InboundLists, InboundRule, OutboundRule, PodLists, Verdict, decide_connect, decide_inbound},
-    maps::{List, PodConfig, PodId, counter, direction, pod_flags},
+    maps::{List, PodConfig, PodId, direction, pod_flags},
 };
 
 use crate::{
     agent::Agent,
     config::{PodPolicy, Source},
+    control::{Check, Decision, Explanation, Query},
     dataplane::Dataplane,
-    ebpf::maps::{PodEntries, SharedMaps, SlotEntries},
+    ebpf::{
+        entries::{PodEntries, SlotEntries},
+        maps::SharedMaps,
+    },
     iptables::{self, Family as IptFamily, PodIp},
     lists::PolicyLists,
     netns::{self, PodNet},
     pod::PodSpec,
 };
-
-/// The kernel's counters by name (`redirect_common::maps::counter`).
-pub fn named_counters(values: &[u64]) -> BTreeMap<String, u64> {
-    values.iter().enumerate().filter_map(|(i, v)| counter::name(i as u32).map(|n| (n.to_owned(), *v))).collect()
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "direction")]
-pub enum Query {
-    /// A process of the pod with `uid` connects to `to` (IPv4, IPv6, or
-    /// IPv4-mapped: an IPv4 connection).
-    Outbound { to: SocketAddr, uid: u32 },
-    /// A connection from elsewhere to the pod's `port`, arriving on `iface`,
-    /// over IPv6 or IPv4.
-    Inbound {
-        port: u16,
-        iface: Option<String>,
-        #[serde(default)]
-        ipv6: bool,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Decision {
-    /// `redirect-outbound`, `redirect-inbound` or `direct`.
-    pub verdict: String,
-    /// The row of the table that decided (outbound 1-10, inbound 1-4).
-    pub rule: u8,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Explanation {
-    pub pod: String,
-    pub dataplane: Option<Dataplane>,
-    pub query: Query,
-    /// From the configured lists.
-    pub config: Decision,
-    /// The list entry that matched, with where it came from.
-    pub matched: Option<String>,
-    /// How the destination was read (an IPv4-mapped address is IPv4).
-    pub note: Option<String>,
-    /// From the kernel's maps (eBPF pods).
-    pub kernel: Option<Decision>,
-    pub agrees: bool,
-}
 
 fn verdict_name(v: Verdict) -> &'static str {
     match v {
@@ -379,7 +336,7 @@ impl Agent {
                 if spec.dataplane != Some(Dataplane::Ebpf) {
                     continue;
                 }
-                for (event, value) in named_counters(&ebpf.maps.counters(*id)) {
+                for (event, value) in ebpf.maps.counters(*id) {
                     let _ = writeln!(o, "fsm_redirect_events_total{{pod=\"{}\",event=\"{event}\"}} {value}", escape(&spec.name));
                 }
             }
@@ -407,24 +364,6 @@ impl Agent {
 
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Check {
-    pub pod: String,
-    pub check: String,
-    pub pass: bool,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn pass(pod: &str, check: &str, detail: String) -> Self {
-        Check { pod: pod.into(), check: check.into(), pass: true, detail, fix: None }
-    }
-    fn fail(pod: &str, check: &str, detail: String, fix: &str) -> Self {
-        Check { pod: pod.into(), check: check.into(), pass: false, detail, fix: Some(fix.into()) }
-    }
 }
 
 /// The proxy's listener on `port` accepts what interception sends it.
@@ -486,7 +425,7 @@ fn check_maps(
     mesh: &crate::config::MeshConfig,
     annotations: &crate::config::annotations::PodAnnotations,
     net: &PodNet,
-    settings: &crate::ebpf::maps::ProxySettings,
+    settings: &crate::settings::ProxySettings,
     ipv6: bool,
 ) -> Check {
     const WHAT: &str = "kernel maps hold the effective lists";
@@ -587,7 +526,7 @@ fn check_iptables(
     spec: &PodSpec,
     policy: &PodPolicy,
     net: &PodNet,
-    settings: &crate::ebpf::maps::ProxySettings,
+    settings: &crate::settings::ProxySettings,
     ipv6: bool,
 ) -> Check {
     const WHAT: &str = "iptables rules match the effective lists";

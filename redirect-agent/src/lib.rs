@@ -24,4 +24,5 @@ pub mod netns;
 pub mod original_dst;
 pub mod pod;
 pub mod sandbox;
+pub mod settings;
 pub mod state;

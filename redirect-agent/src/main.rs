@@ -6,16 +6,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use redirect_agent::{
     agent::{self, AgentOptions},
-    control::{self, Request},
+    control::{Check, Client, Explanation, Query, Status},
     daemon,
     dataplane::{Choice, Dataplane},
     demo,
-    ebpf::{
-        maps::ProxySettings,
-        pins::{self, Pins},
-    },
+    ebpf::pins::{self, Pins},
     ipv6::Ipv6Mode,
     pod::{self, PodSpec},
+    settings::ProxySettings,
     state,
 };
 use redirect_common::defaults;
@@ -318,40 +316,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let fast_path = fast_path.map(|s| s == Switch::On);
             let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6 };
             spec.validate()?;
-            let answer = control::call(dir, &Request::Enroll { pod: spec })?;
-            println!("enrolled as pod {} ({} dataplane)", answer["id"], answer["dataplane"].as_str().unwrap_or("?"));
+            let (id, dataplane) = Client::new(dir).enroll(spec)?;
+            println!("enrolled as pod {id} ({} dataplane)", dataplane.name());
             Ok(())
         }
         Command::Remove { name } => {
-            control::call(dir, &Request::Remove { name: name.clone() })?;
+            Client::new(dir).remove(&name)?;
             println!("removed {name}");
             Ok(())
         }
         Command::Status { output } => {
-            let status = control::call(dir, &Request::Status)?;
+            let status = Client::new(dir).status()?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print_status(&serde_json::from_value(status)?),
+                Output::Table => print_status(&status),
             }
             Ok(())
         }
         Command::Reload { mesh_config } => {
-            control::call(dir, &Request::Reload { path: mesh_config })?;
+            Client::new(dir).reload(mesh_config)?;
             println!("reloaded");
             Ok(())
         }
         Command::Iptables { action } => iptables_command(action),
         Command::Explain { pod, to, uid, inbound, port, iface, inbound_ipv6, output } => {
-            use redirect_agent::diagnostics::{Explanation, Query};
             let query = match (to, inbound) {
                 (Some(to), false) => Query::Outbound { to, uid },
                 _ => Query::Inbound { port: port.expect("clap requires --port"), iface, ipv6: inbound_ipv6 },
             };
-            let answer = control::call(dir, &Request::Explain { pod, query })?;
+            let e: Explanation = Client::new(dir).explain(pod, query)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
                 Output::Table => {
-                    let e: Explanation = serde_json::from_value(answer)?;
                     println!("pod {} ({:?} dataplane): {:?}", e.pod, e.dataplane.unwrap_or(Dataplane::Ebpf), e.query);
                     if let Some(note) = &e.note {
                         println!("note:    {note}");
@@ -373,9 +369,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Diagnose { pod, output } => {
-            use redirect_agent::diagnostics::Check;
-            let checks: Vec<Check> = match control::call(dir, &Request::Diagnose { pod }) {
-                Ok(v) => serde_json::from_value(v)?,
+            let checks: Vec<Check> = match Client::new(dir).diagnose(pod) {
+                Ok(checks) => checks,
                 Err(e) => vec![Check {
                     pod: "-".into(),
                     check: "the agent is running".into(),
@@ -403,9 +398,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Uninstall => {
             // A running agent removes everything and stops; otherwise do it here.
-            match control::call(dir, &Request::Uninstall) {
-                Ok(_) => {}
-                Err(_) => agent::uninstall(&Pins::new(&cli.bpffs_dir), dir)?,
+            if Client::new(dir).uninstall().is_err() {
+                agent::uninstall(&Pins::new(&cli.bpffs_dir), dir)?;
             }
             println!("uninstalled: no programs, links, maps or state left");
             Ok(())
@@ -467,7 +461,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_status(s: &agent::Status) {
+fn print_status(s: &Status) {
     print_pods(s);
     for p in s.pods.iter().filter(|p| !p.counters.is_empty()) {
         let nonzero: Vec<String> = p.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
@@ -479,7 +473,7 @@ fn print_status(s: &agent::Status) {
     }
 }
 
-fn print_pods(s: &agent::Status) {
+fn print_pods(s: &Status) {
     println!(
         "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}",
         s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()),

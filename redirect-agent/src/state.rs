@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use redirect_common::maps::PodId;
 
-use crate::{ebpf::maps::ProxySettings, pod::PodSpec};
+use crate::{pod::PodSpec, settings::ProxySettings};
 
 pub const DEFAULT_DIR: &str = "/run/fsm-redirect";
 
@@ -25,6 +25,11 @@ pub struct State {
 impl State {
     pub fn file(dir: &Path) -> PathBuf {
         dir.join("state.json")
+    }
+
+    /// The agent's control socket, beside the state.
+    pub fn socket(dir: &Path) -> PathBuf {
+        dir.join("agent.sock")
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {

@@ -52,7 +52,7 @@ pub enum Feature {
 impl Feature {
     pub fn available(self) -> bool {
         match self {
-            Feature::SkLookupIngressIfindex => redirect_agent::dataplane::sees_ingress_interface(),
+            Feature::SkLookupIngressIfindex => redirect_agent::ebpf::features::sees_ingress_interface(),
             Feature::NativeSpeed => scaled(Duration::from_secs(1)) == Duration::from_secs(1),
         }
     }
@@ -213,7 +213,7 @@ impl Node {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the agent")?;
         self.agent = Some(child);
-        let sock = redirect_agent::control::socket_path(self.state_dir.path());
+        let sock = redirect_agent::state::State::socket(self.state_dir.path());
         let deadline = Instant::now() + scaled(Duration::from_secs(20));
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if let Some(status) = self.agent.as_mut().unwrap().try_wait()? {

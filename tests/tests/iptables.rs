@@ -124,7 +124,7 @@ fn auto_gives_a_pod_with_interface_exclusions_the_dataplane_the_kernel_can_serve
     let net1 = pod.add_net1(&node).unwrap();
     node.enroll(&pod, &[]).unwrap();
     // eBPF sees the interface of arrival from 5.17; before, iptables serves.
-    let want = if redirect_agent::dataplane::sees_ingress_interface() { "ebpf" } else { "iptables" };
+    let want = if redirect_agent::ebpf::features::sees_ingress_interface() { "ebpf" } else { "iptables" };
     assert_eq!(node.status()["pods"][0]["dataplane"], want);
     assert_eq!(Pod::dial_from(&node.ns, &format!("{net1}:8080")), format!("app {net1}:8080"));
     assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));

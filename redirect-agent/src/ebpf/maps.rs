@@ -6,313 +6,23 @@
 //! the new policy, never a mix. If the new slot can't be written (a map is
 //! full), it is cleared again and the pod keeps its old policy.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    net::{IpAddr, Ipv6Addr},
-};
+use std::{collections::HashMap as StdHashMap, net::IpAddr};
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{
     HashMap, Map, MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use ipnet::IpNet;
 use redirect_common::{
     handover::Handover6,
     maps::{
-        ConnKey, ConnKey6, Ip6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyId,
-        PolicyIface, PolicyPort, capacity, counter, direction, lpm_prefix_len, names, pod_flags, policy_id,
+        ConnKey, ConnKey6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyId,
+        PolicyIface, PolicyPort, capacity, counter, lpm_prefix_len, names, pod_flags, policy_id,
     },
 };
 
-use crate::{
-    config::{Cidr, MeshConfig, Port, annotations::PodAnnotations},
-    ipv6::Ipv6Mode,
-    netns::PodNet,
-};
-
-/// Settings that come from the agent's own configuration, not the mesh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProxySettings {
-    pub outbound_port: u16,
-    pub inbound_port: u16,
-    pub proxy_uid: u32,
-    pub log_decisions: bool,
-    /// Steer inbound connections to the inbound port.
-    #[serde(default = "yes")]
-    pub inbound: bool,
-    /// Splice local hops (app ↔ proxy) with sk_msg instead of TCP/IP.
-    #[serde(default)]
-    pub fast_path: bool,
-    /// Whose IPv6 is intercepted (`--ipv6`).
-    #[serde(default)]
-    pub ipv6: Ipv6Mode,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        use redirect_common::defaults::*;
-        ProxySettings {
-            outbound_port: OUTBOUND_PORT,
-            inbound_port: INBOUND_PORT,
-            proxy_uid: PROXY_UID,
-            log_decisions: false,
-            inbound: true,
-            fast_path: false,
-            ipv6: Ipv6Mode::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct MapFill {
-    pub map: String,
-    pub entries: usize,
-    pub capacity: u32,
-}
-
-/// What is written for one pod, in map terms.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SlotEntries {
-    pub local_addrs: Vec<[u8; 4]>,
-    pub local_addrs6: Vec<Ip6>,
-    pub excluded_cidrs: Vec<([u8; 4], u8)>,
-    pub excluded_cidrs6: Vec<(Ip6, u8)>,
-    pub included_cidrs: Vec<([u8; 4], u8)>,
-    pub included_cidrs6: Vec<(Ip6, u8)>,
-    pub excluded_ports: Vec<u16>,
-    pub inbound_excluded_ports: Vec<u16>,
-    /// Interfaces of the pod in `networkInterfaceExclusionList`, by index.
-    pub excluded_ifaces: Vec<u32>,
-    /// The pod's routes: (destination, prefix, device excluded).
-    pub routes: Vec<([u8; 4], u8, bool)>,
-    pub routes6: Vec<(Ip6, u8, bool)>,
-    /// The inclusion list is non-empty (in any family): only its CIDRs are
-    /// redirected, and an IPv6-only list redirects no IPv4 destination.
-    pub inclusion: bool,
-    /// The pod's IPv6 is intercepted (`pod_flags::IPV6`; own slot only).
-    pub ipv6: bool,
-}
-
-/// One entry of a policy slot in its map: the one table that `write`,
-/// `delete` and the read-back of `read_slots` all go by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Entry {
-    Local(PolicyAddr),
-    Local6(PolicyAddr6),
-    Cidr { included: bool, key: PolicyAddr, len: u8 },
-    Cidr6 { included: bool, key: PolicyAddr6, len: u8 },
-    Port(PolicyPort),
-    Iface(PolicyIface),
-    Route { key: PolicyAddr, len: u8, excluded: bool },
-    Route6 { key: PolicyAddr6, len: u8, excluded: bool },
-}
-
-impl SlotEntries {
-    /// Whether `list` has an entry a lookup could match (see
-    /// `redirect_common::maps::List`).
-    pub fn holds(&self, list: List) -> bool {
-        match list {
-            List::ExcludedCidrs => !self.excluded_cidrs.is_empty(),
-            List::IncludedCidrs => !self.included_cidrs.is_empty(),
-            List::ExcludedCidrs6 => !self.excluded_cidrs6.is_empty(),
-            List::IncludedCidrs6 => !self.included_cidrs6.is_empty(),
-            List::OutboundPorts => !self.excluded_ports.is_empty(),
-            List::InboundPorts => !self.inbound_excluded_ports.is_empty(),
-            List::ExcludedRoutes => self.routes.iter().any(|(_, _, excluded)| *excluded),
-            List::ExcludedRoutes6 => self.routes6.iter().any(|(_, _, excluded)| *excluded),
-            List::ExcludedIfaces => !self.excluded_ifaces.is_empty(),
-        }
-    }
-
-    /// Every map entry of these lists in `slot`.
-    fn entries(&self, slot: PolicyId) -> impl Iterator<Item = Entry> + '_ {
-        let v4 = move |addr| PolicyAddr { policy: slot, addr };
-        let v6 = move |addr| PolicyAddr6 { policy: slot, addr };
-        fn cidrs(slot: PolicyId, included: bool, list: &[([u8; 4], u8)]) -> impl Iterator<Item = Entry> + '_ {
-            list.iter().map(move |(addr, len)| Entry::Cidr { included, key: PolicyAddr { policy: slot, addr: *addr }, len: *len })
-        }
-        fn cidrs6(slot: PolicyId, included: bool, list: &[(Ip6, u8)]) -> impl Iterator<Item = Entry> + '_ {
-            list.iter().map(move |(addr, len)| Entry::Cidr6 { included, key: PolicyAddr6 { policy: slot, addr: *addr }, len: *len })
-        }
-        fn ports(slot: PolicyId, direction: u16, list: &[u16]) -> impl Iterator<Item = Entry> + '_ {
-            list.iter().map(move |port| Entry::Port(PolicyPort { policy: slot, port: *port, direction }))
-        }
-        self.local_addrs
-            .iter()
-            .map(move |a| Entry::Local(v4(*a)))
-            .chain(self.local_addrs6.iter().map(move |a| Entry::Local6(v6(*a))))
-            .chain(cidrs(slot, false, &self.excluded_cidrs))
-            .chain(cidrs(slot, true, &self.included_cidrs))
-            .chain(cidrs6(slot, false, &self.excluded_cidrs6))
-            .chain(cidrs6(slot, true, &self.included_cidrs6))
-            .chain(ports(slot, direction::OUTBOUND, &self.excluded_ports))
-            .chain(ports(slot, direction::INBOUND, &self.inbound_excluded_ports))
-            .chain(self.excluded_ifaces.iter().map(move |ifindex| Entry::Iface(PolicyIface { policy: slot, ifindex: *ifindex })))
-            .chain(self.routes.iter().map(move |(a, len, excluded)| Entry::Route { key: v4(*a), len: *len, excluded: *excluded }))
-            .chain(self.routes6.iter().map(move |(a, len, excluded)| Entry::Route6 { key: v6(*a), len: *len, excluded: *excluded }))
-    }
-
-    /// Puts an entry read back from the maps into its list.
-    fn add(&mut self, e: Entry) {
-        match e {
-            Entry::Local(k) => self.local_addrs.push(k.addr),
-            Entry::Local6(k) => self.local_addrs6.push(k.addr),
-            Entry::Cidr { included: false, key, len } => self.excluded_cidrs.push((key.addr, len)),
-            Entry::Cidr { included: true, key, len } => self.included_cidrs.push((key.addr, len)),
-            Entry::Cidr6 { included: false, key, len } => self.excluded_cidrs6.push((key.addr, len)),
-            Entry::Cidr6 { included: true, key, len } => self.included_cidrs6.push((key.addr, len)),
-            Entry::Port(p) if p.direction == direction::INBOUND => self.inbound_excluded_ports.push(p.port),
-            Entry::Port(p) => self.excluded_ports.push(p.port),
-            Entry::Iface(i) => self.excluded_ifaces.push(i.ifindex),
-            Entry::Route { key, len, excluded } => self.routes.push((key.addr, len, excluded)),
-            Entry::Route6 { key, len, excluded } => self.routes6.push((key.addr, len, excluded)),
-        }
-    }
-
-    /// Every list in the order the translation writes them (sorted).
-    fn sort(&mut self) {
-        self.local_addrs.sort();
-        self.local_addrs6.sort();
-        self.excluded_cidrs.sort();
-        self.included_cidrs.sort();
-        self.excluded_cidrs6.sort();
-        self.included_cidrs6.sort();
-        self.excluded_ports.sort();
-        self.inbound_excluded_ports.sort();
-        self.excluded_ifaces.sort();
-        self.routes.sort();
-        self.routes6.sort();
-    }
-}
-
-/// A pod's policy in map terms: the MeshConfig's part (shared by every pod)
-/// and the pod's own.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodEntries {
-    pub mesh: SlotEntries,
-    pub own: SlotEntries,
-}
-
-impl PodEntries {
-    /// The MeshConfig's part, once for every pod.
-    pub fn mesh(mesh: &MeshConfig) -> SlotEntries {
-        SlotEntries::lists(
-            &mesh.outbound_ip_range_exclusions,
-            &mesh.outbound_ip_range_inclusions,
-            &mesh.outbound_port_exclusions,
-            &mesh.inbound_port_exclusions,
-        )
-    }
-
-    /// The pod's own part: its annotations' entries (an entry the MeshConfig
-    /// has too is harmless: the programs look in both slots), its addresses,
-    /// excluded interfaces and routes, and whether its IPv6 is intercepted.
-    /// Linear in the pod's own lists, so a MeshConfig change costs little
-    /// per pod however long its lists are.
-    pub fn own(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet, ipv6: bool) -> SlotEntries {
-        let mut own = SlotEntries::lists(
-            &pod.outbound_ip_range_exclusions,
-            &pod.outbound_ip_range_inclusions,
-            &pod.outbound_port_exclusions,
-            &pod.inbound_port_exclusions,
-        );
-        let ifaces: Vec<&str> = mesh.network_interface_exclusions.iter().map(|i| i.as_str()).collect();
-        own.pod_net(&ifaces, net);
-        own.inclusion = !mesh.outbound_ip_range_inclusions.is_empty() || !pod.outbound_ip_range_inclusions.is_empty();
-        own.ipv6 = ipv6;
-        own
-    }
-
-    pub fn new(mesh: &MeshConfig, pod: &PodAnnotations, net: &PodNet, ipv6: bool) -> Self {
-        PodEntries { mesh: Self::mesh(mesh), own: Self::own(mesh, pod, net, ipv6) }
-    }
-}
-
-fn ip6(a: &Ipv6Addr) -> Ip6 {
-    Ip6::from_octets(a.octets())
-}
-
-impl SlotEntries {
-    /// The lists, each family's CIDRs into its own maps.
-    fn lists(excluded: &[Cidr], included: &[Cidr], out_ports: &[Port], in_ports: &[Port]) -> Self {
-        fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
-            v.sort();
-            v.dedup();
-            v
-        }
-        let v4 = |cidrs: &[Cidr]| {
-            sorted(
-                cidrs
-                    .iter()
-                    .filter_map(|c| match c.net.trunc() {
-                        IpNet::V4(n) => Some((n.addr().octets(), n.prefix_len())),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect(),
-            )
-        };
-        let v6 = |cidrs: &[Cidr]| {
-            sorted(
-                cidrs
-                    .iter()
-                    .filter_map(|c| match c.net.trunc() {
-                        IpNet::V6(n) => Some((ip6(&n.addr()), n.prefix_len())),
-                        IpNet::V4(_) => None,
-                    })
-                    .collect(),
-            )
-        };
-        let ports = |list: &[Port]| sorted(list.iter().map(|p| p.get()).collect());
-        SlotEntries {
-            excluded_cidrs: v4(excluded),
-            included_cidrs: v4(included),
-            excluded_cidrs6: v6(excluded),
-            included_cidrs6: v6(included),
-            excluded_ports: ports(out_ports),
-            inbound_excluded_ports: ports(in_ports),
-            ..SlotEntries::default()
-        }
-    }
-
-    /// What belongs to the pod's network namespace: addresses, excluded
-    /// interfaces by index, routes.
-    fn pod_net(&mut self, excluded_ifaces: &[&str], net: &PodNet) {
-        let excluded = |name: &str| excluded_ifaces.contains(&name);
-        // Two routes to one prefix (metrics): the kernel uses the first; so
-        // do we (a stable sort keeps the kernel's order among equals). Only
-        // routes matter when some device is excluded.
-        fn routes<A: Ord + Copy>(mut r: Vec<(A, u8, bool)>) -> Vec<(A, u8, bool)> {
-            r.sort_by_key(|(a, len, _)| (*a, *len));
-            r.dedup_by_key(|(a, len, _)| (*a, *len));
-            if r.iter().any(|(_, _, excluded)| *excluded) { r } else { Vec::new() }
-        }
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for r in &net.routes {
-            match r.net.trunc() {
-                IpNet::V4(n) => v4.push((n.addr().octets(), n.prefix_len(), excluded(&r.iface))),
-                IpNet::V6(n) => v6.push((ip6(&n.addr()), n.prefix_len(), excluded(&r.iface))),
-            }
-        }
-        self.routes = routes(v4);
-        self.routes6 = routes(v6);
-        let mut excluded_ifaces: Vec<u32> = net.ifaces.iter().filter(|(name, _)| excluded(name)).map(|(_, index)| *index).collect();
-        excluded_ifaces.sort();
-        self.excluded_ifaces = excluded_ifaces;
-        for a in &net.addrs {
-            match a {
-                IpAddr::V4(a) => self.local_addrs.push(a.octets()),
-                IpAddr::V6(a) => self.local_addrs6.push(ip6(a)),
-            }
-        }
-        self.local_addrs.sort();
-        self.local_addrs6.sort();
-    }
-}
+use super::entries::{Entry, SlotEntries, ip6};
+use crate::{control::MapFill, settings::ProxySettings};
 
 /// Which of a pod's inbound listening sockets the kernel knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -566,15 +276,16 @@ impl SharedMaps {
         PodConfig { policy: slot, mesh_policy, proxy_uid: s.proxy_uid, outbound_port: s.outbound_port, inbound_port: s.inbound_port, flags }
     }
 
-    /// The pod's event counters, summed over CPUs (`redirect_common::maps::counter`).
-    pub fn counters(&self, pod: PodId) -> [u64; counter::SLOTS as usize] {
-        let mut out = [0u64; counter::SLOTS as usize];
-        for (id, slot) in out.iter_mut().enumerate() {
-            if let Ok(values) = self.counters.get(&counter::index(pod, id as u32), 0) {
-                *slot = values.iter().sum();
-            }
-        }
-        out
+    /// The pod's event counters, summed over CPUs, by name
+    /// (`redirect_common::maps::counter::name`).
+    pub fn counters(&self, pod: PodId) -> std::collections::BTreeMap<String, u64> {
+        (0..counter::SLOTS)
+            .filter_map(|id| {
+                let name = counter::name(id)?;
+                let values = self.counters.get(&counter::index(pod, id), 0).ok()?;
+                Some((name.to_owned(), values.iter().sum()))
+            })
+            .collect()
     }
 
     /// Zeroes a pod id's counters (a new pod may get the id of an old one).
@@ -792,66 +503,5 @@ impl SharedMaps {
             Entry::Route { key, len, .. } => self.iface_routes.remove(&lpm4(key, len)),
             Entry::Route6 { key, len, .. } => self.iface_routes6.remove(&lpm6(key, len)),
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::netns::Route;
-
-    fn ip6s(s: &str) -> Ip6 {
-        ip6(&s.parse().unwrap())
-    }
-
-    #[test]
-    fn each_family_goes_to_its_own_lists_truncated_and_once() {
-        let mesh = MeshConfig::parse(
-            "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.1.2.3/16, fd00:96::1/32, 10.1.0.0/16]\n    outboundIPRangeInclusionList: [fd00:97::/48]\n    networkInterfaceExclusionList: [net1]\n",
-        )
-        .unwrap();
-        let pod = PodAnnotations::from_map(&BTreeMap::from([(
-            "flomesh.io/outbound-ip-range-exclusion-list".to_owned(),
-            "fd00:98::/32, 10.9.0.0/16".to_owned(),
-        )]))
-        .unwrap();
-        let route = |net: &str, iface: &str| Route { net: net.parse().unwrap(), iface: iface.into() };
-        let net = PodNet {
-            addrs: ["10.244.1.2", "fd00:244:1::2", "fe80::2"].iter().map(|a| a.parse().unwrap()).collect(),
-            ifaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("net1".into(), 3)],
-            routes: vec![
-                route("0.0.0.0/0", "eth0"),
-                route("::/0", "eth0"),
-                route("fd00:245:1::/64", "net1"),
-                route("fd00:245:1::/64", "eth0"),
-            ],
-            handover_route: true,
-        };
-        let e = PodEntries::new(&mesh, &pod, &net, true);
-        assert_eq!(e.mesh.excluded_cidrs, [([10, 1, 0, 0], 16)]);
-        assert_eq!(e.mesh.excluded_cidrs6, [(ip6s("fd00:96::"), 32)]);
-        assert_eq!((e.mesh.included_cidrs.len(), e.mesh.included_cidrs6.clone()), (0, vec![(ip6s("fd00:97::"), 48)]));
-        assert_eq!(
-            (e.own.excluded_cidrs.clone(), e.own.excluded_cidrs6.clone()),
-            (vec![([10, 9, 0, 0], 16)], vec![(ip6s("fd00:98::"), 32)])
-        );
-        assert!(e.own.inclusion && e.own.ipv6, "an IPv6-only inclusion list limits both families");
-        assert_eq!(e.own.local_addrs, [[10, 244, 1, 2]]);
-        assert_eq!(e.own.local_addrs6, [ip6s("fd00:244:1::2"), ip6s("fe80::2")]);
-        assert_eq!(e.own.excluded_ifaces, [3]);
-        // IPv4: no route through net1, so none at all; IPv6: the first of
-        // two routes to one prefix, as the kernel takes it.
-        assert!(e.own.routes.is_empty());
-        assert_eq!(e.own.routes6, [(ip6s("::"), 0, false), (ip6s("fd00:245:1::"), 64, true)]);
-        assert!(e.own.holds(List::ExcludedRoutes6) && !e.own.holds(List::ExcludedRoutes));
-        // Written and read back, each entry lands in the list it came from.
-        let mut back = SlotEntries::default();
-        for entry in e.own.entries(9) {
-            back.add(entry);
-        }
-        back.sort();
-        assert_eq!(back, SlotEntries { inclusion: false, ipv6: false, ..e.own.clone() });
     }
 }

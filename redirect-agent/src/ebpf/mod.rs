@@ -1,9 +1,14 @@
-//! The eBPF dataplane: the embedded object, where its state is pinned, how a
-//! pod's programs are attached, and how policies are written to the maps.
+//! The eBPF dataplane: the embedded object, what the kernel can do
+//! (`features`, `probe`), where its state is pinned (`pins`), how a pod's programs are
+//! attached (`programs`, `link`), and a policy in map terms (`entries`)
+//! written to the maps (`maps`).
 
+pub mod entries;
+pub mod features;
 pub mod link;
 pub mod maps;
 pub mod pins;
+pub mod probe;
 pub mod programs;
 
 /// The eBPF object, built by build.rs with the pinned nightly.

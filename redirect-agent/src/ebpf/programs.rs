@@ -75,7 +75,7 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     // bpf_sk_lookup.ingress_ifindex exists from 5.17.
-    let has_ifindex = u8::from(crate::dataplane::sees_ingress_interface());
+    let has_ifindex = u8::from(super::features::sees_ingress_interface());
     loader
         .override_global("POD_ID", &pod, true)
         .override_global("HAS_INGRESS_IFINDEX", &has_ifindex, true)

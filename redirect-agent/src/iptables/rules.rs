@@ -8,7 +8,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use crate::{
     config::{LocalProxyMode, PodPolicy, Port, Sourced},
-    ebpf::maps::ProxySettings,
+    settings::ProxySettings,
 };
 
 pub const INBOUND: &str = "fsm_PROXY_INBOUND";

@@ -1,0 +1,30 @@
+//! What this kernel can do for the eBPF dataplane. `auto` (the default)
+//! probes once at start: cgroup v2 mounted, a kernel new enough for cgroup
+//! bpf_links, ring buffers and sk_lookup (5.9), and the programs actually
+//! loading (program types, attach types, helpers, the verifier: a
+//! locked-down or BPF-less kernel fails here). Where that fails, or where a
+//! pod has no cgroup v2 group, the pod gets fsm-init's iptables rules.
+
+use aya::{EbpfLoader, util::KernelVersion};
+
+use super::{OBJECT, features::MIN_KERNEL};
+
+/// Why the eBPF dataplane can't run here, if it can't.
+pub fn probe_ebpf() -> Result<String, String> {
+    let mount = crate::cgroup::cgroup2_mount().map_err(|e| format!("{e:#}"))?;
+    let kernel = KernelVersion::current().map_err(|e| format!("can't read the kernel version: {e}"))?;
+    if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+        return Err(format!("kernel {kernel} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1));
+    }
+    // Load (not attach) every program, with throwaway maps.
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| format!("loading the eBPF object: {e}"))?;
+    for (name, attach_type) in super::programs::every_program() {
+        super::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
+            let first = format!("{e:#}");
+            // The verifier's whole log, for whoever debugs a kernel that refuses.
+            log::debug!("{name}: {first}");
+            format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
+        })?;
+    }
+    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()))
+}

@@ -1,0 +1,42 @@
+//! The agent's own settings, not the mesh's: the proxy's ports and UID and
+//! the switches of `redirect-agent run` (recorded in the state file, shown
+//! by `status`, read by both dataplanes).
+
+use crate::ipv6::Ipv6Mode;
+
+/// Settings that come from the agent's own configuration, not the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxySettings {
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub proxy_uid: u32,
+    pub log_decisions: bool,
+    /// Steer inbound connections to the inbound port.
+    #[serde(default = "yes")]
+    pub inbound: bool,
+    /// Splice local hops (app ↔ proxy) with sk_msg instead of TCP/IP.
+    #[serde(default)]
+    pub fast_path: bool,
+    /// Whose IPv6 is intercepted (`--ipv6`).
+    #[serde(default)]
+    pub ipv6: Ipv6Mode,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        use redirect_common::defaults::*;
+        ProxySettings {
+            outbound_port: OUTBOUND_PORT,
+            inbound_port: INBOUND_PORT,
+            proxy_uid: PROXY_UID,
+            log_decisions: false,
+            inbound: true,
+            fast_path: false,
+            ipv6: Ipv6Mode::default(),
+        }
+    }
+}
