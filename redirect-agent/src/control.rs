@@ -16,7 +16,7 @@ use redirect_common::maps::PodId;
 
 use crate::{
     dataplane::{Choice, Dataplane},
-    pod::PodSpec,
+    pod::EnrollRequest,
     settings::ProxySettings,
     state::State,
 };
@@ -25,7 +25,7 @@ use crate::{
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
     Enroll {
-        pod: PodSpec,
+        pod: EnrollRequest,
     },
     Remove {
         name: String,
@@ -73,7 +73,7 @@ pub enum Response {
 pub struct PodStatus {
     pub id: PodId,
     pub name: String,
-    pub dataplane: Option<Dataplane>,
+    pub dataplane: Dataplane,
     pub netns: PathBuf,
     pub cgroup: Option<PathBuf>,
     pub attached: bool,
@@ -137,7 +137,7 @@ pub struct Decision {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Explanation {
     pub pod: String,
-    pub dataplane: Option<Dataplane>,
+    pub dataplane: Dataplane,
     pub query: Query,
     /// From the configured lists.
     pub config: Decision,
@@ -195,7 +195,7 @@ impl Client {
     }
 
     /// Enrolls a pod: its id and the dataplane the agent chose.
-    pub fn enroll(&self, pod: PodSpec) -> anyhow::Result<(PodId, Dataplane)> {
+    pub fn enroll(&self, pod: EnrollRequest) -> anyhow::Result<(PodId, Dataplane)> {
         match self.call(&Request::Enroll { pod })? {
             Reply::Enrolled { id, dataplane } => Ok((id, dataplane)),
             other => unexpected(other),

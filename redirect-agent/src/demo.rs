@@ -10,7 +10,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
@@ -19,23 +19,12 @@ use anyhow::Context as _;
 use crate::{
     agent::AgentOptions,
     control::Client,
-    pod::PodSpec,
-    sandbox::{Bpffs, Cgroup, Netns, enter, veth},
+    pod::EnrollRequest,
+    sandbox::{Bpffs, Cgroup, Children, Netns, enter, veth},
     settings::ProxySettings,
 };
 
 const SERVICE: &str = "10.96.0.10:80";
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
     let tag = format!("fsm-demo-{}", std::process::id());
@@ -87,7 +76,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let spec = PodSpec {
+    let request = EnrollRequest {
         name: "demo/app".into(),
         netns: pod_ns.path(),
         cgroup: Some(cgroup.path.clone()),
@@ -97,7 +86,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
         ipv6: None,
     };
     let dir = state_dir.to_owned();
-    let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(spec)).await??;
+    let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(request)).await??;
     println!(
         "demo: pod demo/app enrolled as pod {id} ({} dataplane); netns {}, cgroup {}",
         dataplane.name(),
@@ -112,7 +101,9 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
     let mut app = Command::new(&me);
     app.args(["demo-app", "--to", SERVICE]);
     enter(&mut app, &pod_ns.path(), &cgroup.path, 1000)?;
-    let _children = Children(vec![proxy.spawn().context("starting the demo proxy")?, app.spawn().context("starting the demo app")?]);
+    let mut children = Children::default();
+    children.push(proxy.spawn().context("starting the demo proxy")?);
+    children.push(app.spawn().context("starting the demo app")?);
     println!("demo: the app (uid 1000) dials {SERVICE}; the proxy (uid 1500) listens on 15001. Ctrl-C to stop and clean up.");
     crate::daemon::termination().await;
     Ok(())

@@ -30,7 +30,7 @@ use crate::{
     iptables::{self, Family as IptFamily, PodIp},
     lists::PolicyLists,
     netns::{self, PodNet},
-    pod::PodSpec,
+    pod::Pod,
 };
 
 fn verdict_name(v: Verdict) -> &'static str {
@@ -150,19 +150,19 @@ fn matched_entry(policy: &PodPolicy, net: &PodNet, query: &Query, rule: &Decisio
 }
 
 impl Agent {
-    fn pod(&self, name: &str) -> anyhow::Result<(PodId, PodSpec)> {
+    fn pod(&self, name: &str) -> anyhow::Result<(PodId, &Pod)> {
         let id = self.state.pod_id(name).ok_or_else(|| {
             let known: Vec<&str> = self.state.pods.values().map(|p| p.name.as_str()).collect();
             anyhow!("pod {name}: not enrolled (enrolled: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
         })?;
-        Ok((id, self.state.pods[&id].clone()))
+        Ok((id, &self.state.pods[&id]))
     }
 
     pub fn explain(&self, name: &str, query: Query) -> anyhow::Result<Explanation> {
-        let (id, spec) = self.pod(name)?;
-        let policy = self.policy(&spec)?;
-        let net = netns::pod_net(&spec.netns)?;
-        let settings = crate::agent::pod_settings(&self.state.settings, &spec);
+        let (id, pod) = self.pod(name)?;
+        let policy = self.policy(pod);
+        let net = netns::pod_net(&pod.netns)?;
+        let settings = pod.settings(&self.state.settings);
         let lists = PolicyLists { policy: &policy, net: &net, proxy_uid: settings.proxy_uid, ipv6: settings.ipv6.intercepts(&net) };
         let ifindex = |iface: &Option<String>| -> anyhow::Result<Option<u32>> {
             iface.as_ref().map(|i| net.ifindex(i).ok_or_else(|| anyhow!("pod {name}: no interface {i:?}"))).transpose()
@@ -174,8 +174,8 @@ impl Agent {
             Query::Outbound { to, uid } => outbound_decision(decide_connect(*to, *uid, &lists)),
             Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &lists)),
         };
-        let kernel = match (spec.dataplane, &self.ebpf) {
-            (Some(Dataplane::Ebpf), Some(ebpf)) => {
+        let kernel = match (pod.dataplane, &self.ebpf) {
+            (Dataplane::Ebpf, Some(ebpf)) => {
                 let kernel_config = ebpf.maps.pod_config(id).ok_or_else(|| anyhow!("pod {name}: no POD_CONFIG entry in the kernel"))?;
                 let k = KernelLists { maps: &ebpf.maps, config: kernel_config };
                 Some(match &query {
@@ -199,36 +199,37 @@ impl Agent {
             )),
             _ => None,
         };
-        Ok(Explanation { pod: spec.name, dataplane: spec.dataplane, query, config, matched, note, kernel, agrees })
+        Ok(Explanation { pod: pod.name.clone(), dataplane: pod.dataplane, query, config, matched, note, kernel, agrees })
     }
 
     /// The troubleshooting page's checks, automated, for one pod or all.
     pub fn diagnose(&self, name: Option<&str>) -> anyhow::Result<Vec<Check>> {
-        let pods: Vec<(PodId, PodSpec)> = match name {
+        let pods: Vec<(PodId, &Pod)> = match name {
             Some(n) => vec![self.pod(n)?],
-            None => self.state.pods.iter().map(|(i, s)| (*i, s.clone())).collect(),
+            None => self.state.pods.iter().map(|(i, p)| (*i, p)).collect(),
         };
         let mut checks = vec![Check::pass("agent", "the agent is running", "answers on its control socket".into())];
         if let Some(why) = &self.ebpf_unavailable {
             checks.push(Check::pass("agent", "dataplane", format!("eBPF unavailable ({why}): pods get iptables")));
         }
-        for (id, spec) in pods {
-            checks.extend(self.diagnose_pod(id, &spec));
+        for (id, pod) in pods {
+            checks.extend(self.diagnose_pod(id, pod));
         }
         Ok(checks)
     }
 
-    fn diagnose_pod(&self, id: PodId, spec: &PodSpec) -> Vec<Check> {
+    fn diagnose_pod(&self, id: PodId, spec: &Pod) -> Vec<Check> {
         let pod = spec.name.as_str();
-        let mut out = vec![Check::pass(pod, "enrolled", format!("as pod {id}, {:?} dataplane", spec.dataplane.unwrap_or(Dataplane::Ebpf)))];
-        let (policy, net) = match (self.policy(spec), netns::pod_net(&spec.netns)) {
-            (Ok(p), Ok(n)) => (p, n),
-            (Err(e), _) | (_, Err(e)) => {
+        let mut out = vec![Check::pass(pod, "enrolled", format!("as pod {id}, {:?} dataplane", spec.dataplane))];
+        let policy = self.policy(spec);
+        let net = match netns::pod_net(&spec.netns) {
+            Ok(n) => n,
+            Err(e) => {
                 out.push(Check::fail(pod, "pod readable", format!("{e:#}"), "remove the pod and enroll it again"));
                 return out;
             }
         };
-        let settings = crate::agent::pod_settings(&self.state.settings, spec);
+        let settings = spec.settings(&self.state.settings);
         let ipv6 = settings.ipv6.intercepts(&net);
         out.push(Check::pass(
             pod,
@@ -241,8 +242,8 @@ impl Agent {
             },
         ));
         match (spec.dataplane, &self.ebpf) {
-            (Some(Dataplane::Iptables), _) => out.push(check_iptables(pod, spec, &policy, &net, &settings, ipv6)),
-            (_, Some(ebpf)) => {
+            (Dataplane::Iptables, _) => out.push(check_iptables(pod, spec, &policy, &net, &settings, ipv6)),
+            (Dataplane::Ebpf, Some(ebpf)) => {
                 let missing = crate::ebpf::programs::missing(&ebpf.pins, id);
                 out.push(if missing.is_empty() {
                     Check::pass(pod, "programs attached", "connect4, connect6, getsockopt on its cgroup; sk_lookup on its netns".into())
@@ -254,8 +255,7 @@ impl Agent {
                         "the agent re-attaches missing programs within its refresh interval; or `redirect-agent reload`",
                     )
                 });
-                let annotations = spec.validate().unwrap_or_default();
-                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &annotations, &net, &settings, ipv6));
+                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &spec.lists, &net, &settings, ipv6));
                 if ipv6 {
                     out.push(if net.handover_route {
                         Check::pass(pod, "IPv6 hand-over route", format!("local {} dev lo in the pod's netns", netns::handover_net()))
@@ -317,9 +317,11 @@ impl Agent {
                     });
                 }
             }
-            (_, None) => out.push(Check::fail(pod, "dataplane", "an eBPF pod, but eBPF is not available".into(), "restart the agent")),
+            (Dataplane::Ebpf, None) => {
+                out.push(Check::fail(pod, "dataplane", "an eBPF pod, but eBPF is not available".into(), "restart the agent"))
+            }
         }
-        let ebpf_pod = spec.dataplane != Some(Dataplane::Iptables);
+        let ebpf_pod = spec.dataplane == Dataplane::Ebpf;
         for (port, what) in [(settings.outbound_port, "outbound"), (settings.inbound_port, "inbound")] {
             out.push(check_listening(pod, port, what, ebpf_pod, ipv6, netns::listening(&spec.netns, port)));
         }
@@ -333,7 +335,7 @@ impl Agent {
         let _ = writeln!(o, "# TYPE fsm_redirect_events_total counter");
         if let Some(ebpf) = &self.ebpf {
             for (id, spec) in &self.state.pods {
-                if spec.dataplane != Some(Dataplane::Ebpf) {
+                if spec.dataplane != Dataplane::Ebpf {
                     continue;
                 }
                 for (event, value) in ebpf.maps.counters(*id) {
@@ -355,7 +357,7 @@ impl Agent {
         let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
         let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
         for (dp, name) in [(Dataplane::Ebpf, "ebpf"), (Dataplane::Iptables, "iptables")] {
-            let n = self.state.pods.values().filter(|p| p.dataplane == Some(dp)).count();
+            let n = self.state.pods.values().filter(|p| p.dataplane == dp).count();
             let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{name}\"}} {n}");
         }
         o
@@ -521,14 +523,7 @@ fn lacks<T: PartialEq>(diffs: &mut Vec<String>, map: &str, want: &[T], have: &[T
 /// The pod's nat tables (ip6tables' too where its IPv6 is intercepted)
 /// against the rules the lists give: per chain, the same number of rules,
 /// and the jumps into our chains.
-fn check_iptables(
-    pod: &str,
-    spec: &PodSpec,
-    policy: &PodPolicy,
-    net: &PodNet,
-    settings: &crate::settings::ProxySettings,
-    ipv6: bool,
-) -> Check {
+fn check_iptables(pod: &str, spec: &Pod, policy: &PodPolicy, net: &PodNet, settings: &crate::settings::ProxySettings, ipv6: bool) -> Check {
     const WHAT: &str = "iptables rules match the effective lists";
     const FIX: &str = "`redirect-agent reload` re-applies every pod's rules";
     let count = |text: &str, chain: &str| {

@@ -3,9 +3,12 @@
 //! - `config`: MeshConfig, pod annotations, the merged per-pod policy.
 //! - `lists`: that policy as the shared decision's `OutboundLists`.
 //! - `ebpf`: the embedded programs, pins, per-pod attachment, map writes.
-//! - `agent`: enrolled pods and their kernel state; `daemon` its event loop;
-//!   `control` the socket the CLI talks to it over.
-//! - `sandbox`, `demo`: throwaway pods for the demo and the tests.
+//! - `pod`: a pod asked for (`EnrollRequest`) and enrolled (`Pod`).
+//! - `agent`: enrolled pods and their kernel state, one handler per
+//!   dataplane; `daemon` its event loop; `control` the typed protocol of the
+//!   socket the CLI talks to it over; `render` the CLI's tables.
+//! - `sandbox`, `demo` (feature `sandbox`): throwaway pods for the demo and
+//!   the tests; the agent a node runs is built without them.
 
 pub mod agent;
 pub mod cgroup;
@@ -13,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod diagnostics;
 pub mod ebpf;
@@ -23,6 +27,8 @@ pub mod lists;
 pub mod netns;
 pub mod original_dst;
 pub mod pod;
+pub mod render;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod settings;
 pub mod state;

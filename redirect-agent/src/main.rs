@@ -6,13 +6,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use redirect_agent::{
     agent::{self, AgentOptions},
-    control::{Check, Client, Explanation, Query, Status},
+    control::{Check, Client, Explanation, Query},
     daemon,
     dataplane::{Choice, Dataplane},
-    demo,
     ebpf::pins::{self, Pins},
     ipv6::Ipv6Mode,
-    pod::{self, PodSpec},
+    pod::{self, EnrollRequest},
+    render,
     settings::ProxySettings,
     state,
 };
@@ -231,21 +231,37 @@ enum Command {
     },
     /// Remove every trace of the agent: programs, links, maps, pins, state.
     Uninstall,
-    /// Start the agent with a sandboxed demo pod (see README).
+    /// Start the agent with a sandboxed demo pod (see README; built with
+    /// the `sandbox` feature, as `cargo xtask run` does).
+    #[cfg(feature = "sandbox")]
     Demo {
         #[arg(long)]
         log_decisions: bool,
     },
+    #[cfg(feature = "sandbox")]
     #[command(hide = true)]
     DemoProxy {
         #[arg(long)]
         listen: SocketAddr,
     },
+    #[cfg(feature = "sandbox")]
     #[command(hide = true)]
     DemoApp {
         #[arg(long)]
         to: SocketAddr,
     },
+}
+
+impl Command {
+    /// The agent itself (and the demo that runs it), not a CLI call.
+    fn is_long_running(&self) -> bool {
+        match self {
+            Command::Run { .. } => true,
+            #[cfg(feature = "sandbox")]
+            Command::Demo { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -263,7 +279,7 @@ enum Output {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+    if !cli.command.is_long_running() {
         // A CLI whose output goes to `head` should end quietly, not panic.
         // SAFETY: restoring the default disposition of SIGPIPE.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -314,9 +330,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
             let fast_path = fast_path.map(|s| s == Switch::On);
-            let spec = PodSpec { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6 };
-            spec.validate()?;
-            let (id, dataplane) = Client::new(dir).enroll(spec)?;
+            let request = EnrollRequest { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6 };
+            request.validate()?;
+            let (id, dataplane) = Client::new(dir).enroll(request)?;
             println!("enrolled as pod {id} ({} dataplane)", dataplane.name());
             Ok(())
         }
@@ -329,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = Client::new(dir).status()?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print_status(&status),
+                Output::Table => print!("{}", render::status(&status)),
             }
             Ok(())
         }
@@ -347,24 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let e: Explanation = Client::new(dir).explain(pod, query)?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-                Output::Table => {
-                    println!("pod {} ({:?} dataplane): {:?}", e.pod, e.dataplane.unwrap_or(Dataplane::Ebpf), e.query);
-                    if let Some(note) = &e.note {
-                        println!("note:    {note}");
-                    }
-                    println!("verdict: {}  (rule {}: {})", e.config.verdict, e.config.rule, e.config.reason);
-                    if let Some(m) = &e.matched {
-                        println!("matched: {m}");
-                    }
-                    match &e.kernel {
-                        Some(k) if e.agrees => println!("kernel:  agrees (its maps give the same verdict and rule)"),
-                        Some(k) => println!(
-                            "kernel:  DISAGREES: {} (rule {}: {}); run `redirect-agent diagnose {}`",
-                            k.verdict, k.rule, k.reason, e.pod
-                        ),
-                        None => println!("kernel:  iptables rules; `redirect-agent diagnose` compares them with the lists"),
-                    }
-                }
+                Output::Table => print!("{}", render::explanation(&e)),
             }
             Ok(())
         }
@@ -381,14 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
-                Output::Table => {
-                    for c in &checks {
-                        println!("{} {:<24} {:<40} {}", if c.pass { "PASS" } else { "FAIL" }, c.pod, c.check, c.detail);
-                        if let Some(fix) = &c.fix {
-                            println!("     fix: {fix}");
-                        }
-                    }
-                }
+                Output::Table => print!("{}", render::checks(&checks)),
             }
             let failed = checks.iter().filter(|c| !c.pass).count();
             if failed > 0 {
@@ -404,9 +396,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("uninstalled: no programs, links, maps or state left");
             Ok(())
         }
-        Command::Demo { log_decisions } => runtime()?.block_on(demo::run(log_decisions)),
-        Command::DemoProxy { listen } => demo::proxy(listen),
-        Command::DemoApp { to } => demo::app(to),
+        #[cfg(feature = "sandbox")]
+        Command::Demo { log_decisions } => runtime()?.block_on(redirect_agent::demo::run(log_decisions)),
+        #[cfg(feature = "sandbox")]
+        Command::DemoProxy { listen } => redirect_agent::demo::proxy(listen),
+        #[cfg(feature = "sandbox")]
+        Command::DemoApp { to } => redirect_agent::demo::app(to),
     }
 }
 
@@ -459,57 +454,4 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn print_status(s: &Status) {
-    print_pods(s);
-    for p in s.pods.iter().filter(|p| !p.counters.is_empty()) {
-        let nonzero: Vec<String> = p.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-        println!("counters {}: {}", p.name, if nonzero.is_empty() { "none yet".into() } else { nonzero.join(" ") });
-    }
-    if !s.maps.is_empty() {
-        let fill: Vec<String> = s.maps.iter().map(|m| format!("{} {}/{}", m.map, m.entries, m.capacity)).collect();
-        println!("maps: {}", fill.join(", "));
-    }
-}
-
-fn print_pods(s: &Status) {
-    println!(
-        "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}",
-        s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()),
-        s.settings.outbound_port,
-        s.settings.inbound_port,
-        s.settings.proxy_uid,
-    );
-    if let Some(why) = &s.ebpf_unavailable {
-        println!("eBPF dataplane unavailable: {why}");
-    }
-    println!(
-        "{:<4} {:<28} {:<9} {:<9} {:<8} {:<5} {:<22} {:>6} {:>6} {:>6}",
-        "ID", "POD", "DATAPLANE", "ATTACHED", "SOCKOPS", "IPV6", "ADDRESSES", "X-CIDR", "I-CIDR", "X-PORT"
-    );
-    for p in &s.pods {
-        let dataplane = match p.dataplane {
-            Some(Dataplane::Ebpf) => "ebpf",
-            Some(Dataplane::Iptables) => "iptables",
-            None => "-",
-        };
-        println!(
-            "{:<4} {:<28} {:<9} {:<9} {:<8} {:<5} {:<22} {:>6} {:>6} {:>6}",
-            p.id,
-            p.name,
-            dataplane,
-            if p.attached { "yes" } else { "NO" },
-            match p.dataplane {
-                Some(Dataplane::Iptables) => "-",
-                _ if p.sockops => "yes",
-                _ => "no",
-            },
-            if p.ipv6 { "on" } else { "off" },
-            p.local_addrs.join(","),
-            p.excluded_cidrs,
-            p.included_cidrs,
-            p.excluded_ports
-        );
-    }
 }

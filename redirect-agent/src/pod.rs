@@ -1,17 +1,25 @@
 //! A pod as the agent knows it: where its network namespace and cgroup are,
-//! and its annotations.
+//! and its annotations; asked for ([`EnrollRequest`]), then enrolled
+//! ([`Pod`]).
 
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Context as _;
 
 use crate::{
+    cgroup,
     config::{ConfigError, annotations::PodAnnotations},
     dataplane::Dataplane,
+    ipv6::Ipv6Mode,
+    settings::ProxySettings,
 };
 
+/// What `enroll` asks for: the dataplane and the switches maybe chosen
+/// (`None`: the agent's), the annotations as given. Validated by
+/// [`Pod::new`]; the CLI checks it first ([`EnrollRequest::validate`]) so a
+/// mistake is named before the agent is asked.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodSpec {
+pub struct EnrollRequest {
     /// `namespace/name`, or any name unique on the node.
     pub name: String,
     /// Path of the pod's network namespace.
@@ -23,8 +31,7 @@ pub struct PodSpec {
     pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// Which dataplane serves the pod. When enrolling: `None` lets the agent
-    /// choose (its `--dataplane`); once enrolled: the one it chose.
+    /// Which dataplane serves the pod; `None`: the agent's `--dataplane`.
     #[serde(default)]
     pub dataplane: Option<Dataplane>,
     /// The fast path for this pod's local hops; `None`: the agent's
@@ -33,16 +40,81 @@ pub struct PodSpec {
     pub fast_path: Option<bool>,
     /// Whether the pod's IPv6 is intercepted; `None`: the agent's `--ipv6`.
     #[serde(default)]
-    pub ipv6: Option<crate::ipv6::Ipv6Mode>,
+    pub ipv6: Option<Ipv6Mode>,
 }
 
-impl PodSpec {
+impl EnrollRequest {
     /// Checks what can be checked without touching the kernel.
     pub fn validate(&self) -> Result<PodAnnotations, ConfigError> {
         if self.name.trim().is_empty() || self.name.chars().any(char::is_whitespace) {
             return Err(ConfigError::invalid("pod name", &self.name, "must be non-empty without spaces"));
         }
         PodAnnotations::from_map(&self.annotations)
+    }
+}
+
+/// An enrolled pod: its dataplane chosen, its annotations parsed and
+/// validated once. The state file records it as the request it came from,
+/// with the dataplane filled in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "EnrollRequest", into = "EnrollRequest")]
+pub struct Pod {
+    pub name: String,
+    pub netns: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    pub dataplane: Dataplane,
+    /// `None`: the agent's `--fast-path`.
+    pub fast_path: Option<bool>,
+    /// `None`: the agent's `--ipv6`.
+    pub ipv6: Option<Ipv6Mode>,
+    /// The annotations as given.
+    pub annotations: BTreeMap<String, String>,
+    /// What they say, parsed.
+    pub lists: PodAnnotations,
+}
+
+impl Pod {
+    /// The pod of `request`, served by `dataplane`; a bad name or
+    /// annotation is refused by name.
+    pub fn new(request: EnrollRequest, dataplane: Dataplane) -> Result<Self, ConfigError> {
+        let lists = request.validate()?;
+        Ok(Self::validated(request, lists, dataplane))
+    }
+
+    /// The pod of `request`, whose annotations `request.validate()` read as
+    /// `lists` (for a caller that needed them to choose the dataplane).
+    pub(crate) fn validated(request: EnrollRequest, lists: PodAnnotations, dataplane: Dataplane) -> Self {
+        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6 } = request;
+        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists }
+    }
+
+    /// The node's proxy settings with the pod's own fast-path and IPv6
+    /// switches.
+    pub fn settings(&self, node: &ProxySettings) -> ProxySettings {
+        ProxySettings { fast_path: self.fast_path.unwrap_or(node.fast_path), ipv6: self.ipv6.unwrap_or(node.ipv6), ..*node }
+    }
+
+    /// Its cgroup's path in the cgroup2 hierarchy (the eBPF dataplane
+    /// attaches there).
+    pub fn cgroup_path(&self) -> anyhow::Result<PathBuf> {
+        let cgroup = self.cgroup.as_deref().ok_or_else(|| anyhow::anyhow!("pod {}: no cgroup", self.name))?;
+        cgroup::resolve(cgroup)
+    }
+}
+
+impl TryFrom<EnrollRequest> for Pod {
+    type Error = ConfigError;
+
+    fn try_from(request: EnrollRequest) -> Result<Self, ConfigError> {
+        let dataplane = request.dataplane.ok_or_else(|| ConfigError::invalid("dataplane of pod", &request.name, "is not recorded"))?;
+        Pod::new(request, dataplane)
+    }
+}
+
+impl From<Pod> for EnrollRequest {
+    fn from(pod: Pod) -> Self {
+        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _ } = pod;
+        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6 }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Throwaway pods for the demo and the tests: a named network namespace and
 //! a cgroup v2 group, each removed when dropped (also when a test fails),
-//! and a way to start a process inside both, as a given UID.
+//! a way to start a process inside both, as a given UID, and children
+//! killed on drop. Built with the `sandbox` feature only: the agent a node
+//! runs has none of it.
 
 use std::{
     ffi::CString,
@@ -42,6 +44,15 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         ip(&all)
+    }
+
+    /// `sysctl -w` each setting inside the namespace.
+    pub fn sysctls(&self, settings: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw"]).args(settings).output()?;
+        if !out.status.success() {
+            bail!("sysctl {settings:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +135,31 @@ impl Drop for Cgroup {
 /// Makes `cmd` start inside `netns` and `cgroup`, as `uid` (gid the same).
 pub fn enter(cmd: &mut Command, netns: &Path, cgroup: &Path, uid: u32) -> anyhow::Result<()> {
     enter_maybe_cgroup(cmd, netns, Some(cgroup), uid)
+}
+
+/// Makes `cmd` start inside `netns` only, as root: a node's server, or a
+/// host process that is not in the pod's cgroup.
+pub fn enter_netns(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
+    enter_maybe_cgroup(cmd, netns, None, 0)
+}
+
+/// Child processes, killed (and reaped) on drop.
+#[derive(Default)]
+pub struct Children(Vec<std::process::Child>);
+
+impl Children {
+    pub fn push(&mut self, child: std::process::Child) {
+        self.0.push(child);
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// As `enter`, where the cgroup is optional (machines without cgroup v2).

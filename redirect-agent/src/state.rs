@@ -10,16 +10,35 @@ use std::{
 use anyhow::Context as _;
 use redirect_common::maps::PodId;
 
-use crate::{pod::PodSpec, settings::ProxySettings};
+use crate::{
+    pod::{EnrollRequest, Pod},
+    settings::ProxySettings,
+};
 
 pub const DEFAULT_DIR: &str = "/run/fsm-redirect";
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     /// Enrolled pods by their id in the kernel maps.
-    pub pods: BTreeMap<PodId, PodSpec>,
+    #[serde(deserialize_with = "valid_pods")]
+    pub pods: BTreeMap<PodId, Pod>,
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
+}
+
+/// The recorded pods that are still valid: one this agent can't read (an
+/// annotation a newer rule refuses, say) is dropped with a warning rather
+/// than keeping the agent from starting; the agent's start then detaches
+/// its eBPF programs and clears its map entries, as for any unknown pod.
+fn valid_pods<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<PodId, Pod>, D::Error> {
+    let recorded: BTreeMap<PodId, EnrollRequest> = serde::Deserialize::deserialize(d)?;
+    Ok(recorded
+        .into_iter()
+        .filter_map(|(id, request)| {
+            let name = request.name.clone();
+            Pod::try_from(request).map(|pod| (id, pod)).inspect_err(|e| log::warn!("pod {name}: dropped from the state ({e})")).ok()
+        })
+        .collect())
 }
 
 impl State {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use redirect_agent::sandbox::{Bpffs, Cgroup, Netns, enter_maybe_cgroup, veth};
+use redirect_agent::sandbox::{Bpffs, Cgroup, Children, Netns, enter_maybe_cgroup, enter_netns, veth};
 
 pub mod sidecar;
 
@@ -110,25 +110,6 @@ pub fn agent_bin() -> PathBuf {
     workspace_bin("redirect-agent")
 }
 
-/// Child processes, killed on drop.
-#[derive(Default)]
-pub struct Procs(Vec<Child>);
-
-impl Procs {
-    pub fn push(&mut self, c: Child) {
-        self.0.push(c);
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Starts `cmd` and waits for it to print `listening`.
 fn start_listener(mut cmd: Command) -> anyhow::Result<Child> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("spawning netprobe")?;
@@ -150,7 +131,7 @@ pub struct Node {
     pub mesh_config: PathBuf,
     pub ns: Netns,
     /// The destinations' servers, killed on drop.
-    _servers: Procs,
+    _servers: Children,
     run_args: Vec<String>,
 }
 
@@ -168,7 +149,7 @@ impl Node {
         std::fs::write(&mesh_config, mesh_yaml)?;
         let ns = Netns::create(&unique("n"))?;
         // Addresses usable at once, without duplicate address detection.
-        sysctls(&ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        ns.sysctls(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
         for addr in SERVICE_ADDRS {
             ns.exec(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
         }
@@ -176,14 +157,14 @@ impl Node {
             ns.exec(&["addr", "add", &format!("{addr}/128"), "dev", "lo"])?;
         }
         // The node routes between its pods, as a node does.
-        sysctls(&ns, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
-        let mut procs = Procs::default();
+        ns.sysctls(&["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        let mut procs = Children::default();
         let servers = SERVICE_PORTS.iter().map(|p| ("serve", *p)).chain([("http", HTTP_PORT)]);
         for (kind, port) in servers {
             let mut cmd = Command::new(netprobe());
             // Dual-stack: every destination of both families.
             cmd.args([kind, &format!("[::]:{port}"), "direct"]);
-            enter_netns_only(&mut cmd, &ns.path())?;
+            enter_netns(&mut cmd, &ns.path())?;
             procs.push(start_listener(cmd)?);
         }
         let mut node = Node {
@@ -326,32 +307,6 @@ impl Drop for Node {
     }
 }
 
-/// `sysctl -w` each setting inside the namespace.
-pub fn sysctls(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw"]).args(settings).output()?;
-    if !out.status.success() {
-        bail!("sysctl {settings:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// setns only: for the node's servers and for "a host process that is not
-/// in the pod's cgroup".
-pub fn enter_netns_only(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
-    let ns = std::fs::File::open(netns)?;
-    // SAFETY: setns is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
-            use std::os::fd::AsRawFd as _;
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
 /// A pod: netns wired to the node namespace, a cgroup, an app server on
 /// 8080 and a proxy on 15001 (outbound) and 15003 (inbound) as UID 1500.
 /// A dual-stack pod has an IPv6 address too, and its servers and proxy
@@ -363,7 +318,7 @@ pub struct Pod {
     pub ip6: Option<String>,
     /// N of the pod's subnets 10.244.N.0/24 and 10.245.N.0/24.
     net: u32,
-    procs: Procs,
+    procs: Children,
     /// None where the machine has no cgroup v2.
     pub cgroup: Option<Cgroup>,
     pub ns: Netns,
@@ -381,7 +336,7 @@ impl Pod {
         let ip = format!("10.246.{}.{}", n, 2);
         ns.exec(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
         let _ = node;
-        Ok(Pod { name: format!("test/{name}"), ip, ip6: None, procs: Procs::default(), cgroup, ns, net: n })
+        Ok(Pod { name: format!("test/{name}"), ip, ip6: None, procs: Children::default(), cgroup, ns, net: n })
     }
 
     /// A pod whose proxy uses FSM's default ports and UID.
@@ -416,7 +371,7 @@ impl Pod {
             Err(_) => None,
         };
         if ipv6 {
-            sysctls(&ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+            ns.sysctls(&["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
         }
         let ip = format!("10.244.{n}.2");
         let node_if = format!("v{name}");
@@ -433,7 +388,7 @@ impl Pod {
         } else {
             None
         };
-        Ok(Pod { name: format!("test/{name}"), ip, ip6, procs: Procs::default(), cgroup, ns, net: n })
+        Ok(Pod { name: format!("test/{name}"), ip, ip6, procs: Children::default(), cgroup, ns, net: n })
     }
 
     /// The app on 8080, the proxy's listeners and its admin port 15010
@@ -530,7 +485,7 @@ impl Pod {
 
     /// Kills every listener of the pod (app, proxy).
     pub fn stop_listeners(&mut self) {
-        self.procs = Procs::default();
+        self.procs = Children::default();
     }
 
     /// What a client on another host (the node namespace) gets when it
@@ -538,7 +493,7 @@ impl Pod {
     pub fn dial_from(netns: &Netns, to: &str) -> String {
         let mut cmd = Command::new(netprobe());
         cmd.args(["dial", to]);
-        enter_netns_only(&mut cmd, &netns.path()).unwrap();
+        enter_netns(&mut cmd, &netns.path()).unwrap();
         let out = cmd.output().expect("running netprobe");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -556,7 +511,7 @@ impl Pod {
     pub fn spawn_outside_cgroup(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let mut cmd = Command::new(netprobe());
         cmd.args(args);
-        enter_netns_only(&mut cmd, &self.ns.path())?;
+        enter_netns(&mut cmd, &self.ns.path())?;
         self.procs.push(start_listener(cmd)?);
         Ok(())
     }

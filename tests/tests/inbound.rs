@@ -97,7 +97,7 @@ fn a_proxy_that_starts_listening_after_enrolment_is_found_at_once_and_again_afte
             let to = format!("{ip}:{}", 20000 + i);
             let mut cmd = std::process::Command::new(tests::netprobe());
             cmd.args(["dial", &to]).stdout(std::process::Stdio::piped());
-            tests::enter_netns_only(&mut cmd, &node.ns.path()).unwrap();
+            redirect_agent::sandbox::enter_netns(&mut cmd, &node.ns.path()).unwrap();
             (to, cmd.spawn().unwrap())
         })
         .collect();

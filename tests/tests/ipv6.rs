@@ -25,7 +25,7 @@ fn tcp_fast_open_is_intercepted_for_ipv4_mapped_and_ipv6_destinations() {
     let node = Node::start(DEFAULTS).unwrap();
     for (pod, dataplane) in dual_stack_pair(&node) {
         // Client Fast Open without a cookie: the first data rides in the SYN.
-        tests::sysctls(&pod.ns, &["net.ipv4.tcp_fastopen=5"]).unwrap();
+        pod.ns.sysctls(&["net.ipv4.tcp_fastopen=5"]).unwrap();
         for (to, want) in [
             ("10.96.0.10:80", "out 10.96.0.10:80"),
             ("[::ffff:10.96.0.10]:80", "out 10.96.0.10:80"),
@@ -74,7 +74,7 @@ fn processes_outside_the_pod_and_unenrolled_pods_are_untouched_in_every_family()
         // A process in the pod's network namespace but not in its cgroup.
         let mut cmd = std::process::Command::new(tests::netprobe());
         cmd.args(["dial", to]);
-        tests::enter_netns_only(&mut cmd, &pod.ns.path()).unwrap();
+        redirect_agent::sandbox::enter_netns(&mut cmd, &pod.ns.path()).unwrap();
         let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
         assert!(out.starts_with("direct "), "outside the cgroup, {to}: {out}");
     }
@@ -167,11 +167,9 @@ fn auto_follows_a_pods_global_ipv6_address_on_both_dataplanes() {
 fn ipv6_on_for_a_pod_without_ipv6_is_refused_by_name_and_nothing_stays() {
     let node = Node::start(DEFAULTS).unwrap();
     let pod = Pod::create(&node).unwrap();
-    tests::sysctls(
-        &pod.ns,
-        &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"],
-    )
-    .unwrap();
+    pod.ns
+        .sysctls(&["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1"])
+        .unwrap();
     let mut args =
         vec!["enroll".to_owned(), pod.name.clone(), "--netns".into(), pod.ns.path().display().to_string(), "--ipv6".into(), "on".into()];
     args.extend(["--cgroup".into(), pod.cgroup_path().unwrap().display().to_string()]);

@@ -63,7 +63,7 @@ fn unenrolled_pods_and_processes_outside_the_pod_cgroup_are_untouched() {
     // A process in the pod's network namespace but not in its cgroup.
     let mut cmd = std::process::Command::new(tests::netprobe());
     cmd.args(["dial", "10.96.0.10:80"]);
-    tests::enter_netns_only(&mut cmd, &pod.ns.path()).unwrap();
+    redirect_agent::sandbox::enter_netns(&mut cmd, &pod.ns.path()).unwrap();
     let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
     assert_eq!(out.trim(), "direct 10.96.0.10:80");
 }

