@@ -27,13 +27,44 @@ fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
     let mount = cgroup2_mount()?;
     let full = if path.is_absolute() { path.to_owned() } else { mount.join(path) };
-    if !full.starts_with(&mount) {
-        bail!("cgroup {}: not under the cgroup2 mount {}", path.display(), mount.display());
-    }
     if !full.join("cgroup.procs").is_file() {
         bail!("cgroup {}: no such cgroup (no {}/cgroup.procs)", path.display(), full.display());
     }
+    // `..` and symbolic links resolved: one group, one path, so that
+    // nesting and duplicates can be told by comparing paths.
+    let full = full.canonicalize().with_context(|| format!("cgroup {}: resolving", path.display()))?;
+    if !full.starts_with(&mount) {
+        bail!("cgroup {}: not under the cgroup2 mount {}", path.display(), mount.display());
+    }
     Ok(full)
+}
+
+/// Refuses a cgroup that would take in more than one pod: the cgroup2 root
+/// (the whole node), or a group nested with an enrolled pod's (either way).
+pub fn refuse_overlap<'a>(new: &Path, enrolled: impl IntoIterator<Item = (&'a str, PathBuf)>) -> anyhow::Result<()> {
+    if cgroup2_mount().is_ok_and(|m| m == new) {
+        bail!("cgroup {}: the cgroup2 root holds every process of the node, not one pod", new.display());
+    }
+    for (name, other) in enrolled {
+        if other == new {
+            bail!("cgroup {}: already enrolled as pod {name}", new.display());
+        }
+        if other.starts_with(new) {
+            bail!(
+                "cgroup {}: holds the cgroup of pod {name} ({}); a pod's cgroup must not contain another's",
+                new.display(),
+                other.display()
+            );
+        }
+        if new.starts_with(&other) {
+            bail!(
+                "cgroup {}: inside the cgroup of pod {name} ({}); a pod's cgroup must not contain another's",
+                new.display(),
+                other.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` names a cgroup directory, absolute or relative to the

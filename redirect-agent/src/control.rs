@@ -52,14 +52,25 @@ pub enum Request {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum Reply {
-    Enrolled { id: PodId, dataplane: Dataplane },
+    Enrolled {
+        id: PodId,
+        dataplane: Dataplane,
+    },
     Removed,
     Status(Box<Status>),
-    Reloaded,
+    /// Applied to every pod but the `degraded` ones, which keep their
+    /// previous lists and are retried at each refresh.
+    Reloaded {
+        degraded: Vec<Degraded>,
+    },
     Uninstalled,
     Explanation(Box<Explanation>),
-    Checks { checks: Vec<Check> },
-    Metrics { text: String },
+    Checks {
+        checks: Vec<Check>,
+    },
+    Metrics {
+        text: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -89,6 +100,17 @@ pub struct PodStatus {
     pub excluded_ports: usize,
     /// Kernel event counters by name (eBPF pods).
     pub counters: BTreeMap<String, u64>,
+    /// Why its last install failed, while it keeps what the kernel held
+    /// before and is retried at each refresh.
+    #[serde(default)]
+    pub degraded: Option<String>,
+}
+
+/// A pod whose install failed: it keeps its previous state, retried.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Degraded {
+    pub pod: String,
+    pub why: String,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -98,6 +120,9 @@ pub struct Status {
     pub dataplane: Choice,
     pub ebpf_unavailable: Option<String>,
     pub pods: Vec<PodStatus>,
+    /// Pods removed since the agent started because their netns was gone.
+    #[serde(default)]
+    pub removed_netns_gone: u64,
     /// Fill levels of the kernel maps.
     pub maps: Vec<MapFill>,
 }
@@ -180,8 +205,11 @@ impl Client {
 
     /// Sends one request to the running agent.
     fn call(&self, request: &Request) -> anyhow::Result<Reply> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
-            anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display())
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                anyhow!("permission denied on {}: the agent's control socket is root's only; run this as root", self.socket.display())
+            }
+            _ => anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display()),
         })?;
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
@@ -216,9 +244,10 @@ impl Client {
         }
     }
 
-    pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<()> {
+    /// Applies the MeshConfig: the pods that could not take it (degraded).
+    pub fn reload(&self, path: Option<PathBuf>) -> anyhow::Result<Vec<Degraded>> {
         match self.call(&Request::Reload { path })? {
-            Reply::Reloaded => Ok(()),
+            Reply::Reloaded { degraded } => Ok(degraded),
             other => unexpected(other),
         }
     }

@@ -3,11 +3,11 @@
 //! programs' decision logs. Stopping it (Ctrl-C, SIGTERM, SIGKILL) leaves
 //! every pod intercepted: links and maps are pinned.
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::{os::fd::AsFd as _, os::unix::fs::PermissionsExt as _, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -31,6 +31,13 @@ type Job = (Request, oneshot::Sender<Response>);
 
 /// How often the MeshConfig file is looked at.
 const TICK: Duration = Duration::from_secs(1);
+
+/// The longest request line: an enrolment with a few thousand CIDRs in its
+/// annotations fits many times over.
+pub const MAX_REQUEST: usize = 4 << 20;
+
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the daemon runs, beside the agent's own options.
 pub struct DaemonOptions {
@@ -56,7 +63,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     }
     let _ = std::fs::remove_file(&sock);
     let mut agent = Agent::start(opts)?;
-    let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let listener = bind_control_socket(&sock)?;
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
     let (tx, mut rx) = mpsc::channel::<Job>(16);
@@ -122,6 +129,17 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     Ok(())
 }
 
+/// The control socket, root's only: mode 0600 in a directory of mode 0700
+/// (so there is no moment at which another user could connect), and each
+/// peer's credentials are checked again on accept (`serve`).
+fn bind_control_socket(sock: &std::path::Path) -> anyhow::Result<UnixListener> {
+    let dir = sock.parent().context("the control socket has no directory")?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod 0700 {}", dir.display()))?;
+    let listener = UnixListener::bind(sock).with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", sock.display()))?;
+    Ok(listener)
+}
+
 /// Readiness of the decision log; never, without the eBPF dataplane.
 async fn readable(
     logs: &Option<AsyncFd<std::os::fd::OwnedFd>>,
@@ -147,7 +165,7 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
             Reply::Removed
         }),
         Request::Status => Ok(Reply::Status(Box::new(agent.status()))),
-        Request::Reload { path } => agent.reload(path).map(|()| Reply::Reloaded),
+        Request::Reload { path } => agent.reload(path).map(|degraded| Reply::Reloaded { degraded }),
         Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
         Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
         Request::Metrics => Ok(Reply::Metrics { text: agent.metrics() }),
@@ -179,24 +197,50 @@ async fn serve_metrics(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job
     }
 }
 
+/// Serves one client: requests from root (or the agent's own user) only,
+/// each line at most `MAX_REQUEST` bytes, sent within `READ_TIMEOUT`.
 async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+    let own = nix::unistd::geteuid().as_raw();
+    let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if jobs.send((request, tx)).await.is_err() {
-                    return;
+    let refused = match peer {
+        Ok(uid) if uid == 0 || uid == own => None,
+        Ok(uid) => Some(format!("permission denied: the control socket serves root only, not uid {uid}")),
+        Err(e) => Some(format!("permission denied: the peer's credentials can't be read ({e})")),
+    };
+    if let Some(why) = refused {
+        log::warn!("control socket: {why}");
+        let _ = write.write_all(line(&Response::Error(why)).as_bytes()).await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut buf = Vec::new();
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let response = match tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Err(_) => Response::Error(format!("no complete request within {} s: closing", READ_TIMEOUT.as_secs())),
+            Ok(Ok(_)) if buf.len() > MAX_REQUEST => Response::Error(format!("request larger than {MAX_REQUEST} bytes: closing")),
+            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if jobs.send((request, tx)).await.is_err() {
+                        return;
+                    }
+                    rx.await.unwrap_or(Response::Error("the agent is stopping".into()))
                 }
-                rx.await.unwrap_or(Response::Error("the agent is stopping".into()))
-            }
-            Err(e) => Response::Error(format!("bad request: {e}")),
+                Err(e) => Response::Error(format!("bad request: {e}")),
+            },
         };
-        let mut out = serde_json::to_string(&response).unwrap_or_default();
-        out.push('\n');
-        if write.write_all(out.as_bytes()).await.is_err() {
+        let close = matches!(&response, Response::Error(e) if e.ends_with(": closing"));
+        if write.write_all(line(&response).as_bytes()).await.is_err() || close {
             return;
         }
     }
+}
+
+fn line(response: &Response) -> String {
+    let mut out = serde_json::to_string(response).unwrap_or_default();
+    out.push('\n');
+    out
 }

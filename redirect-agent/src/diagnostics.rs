@@ -221,6 +221,14 @@ impl Agent {
     fn diagnose_pod(&self, id: PodId, spec: &Pod) -> Vec<Check> {
         let pod = spec.name.as_str();
         let mut out = vec![Check::pass(pod, "enrolled", format!("as pod {id}, {:?} dataplane", spec.dataplane))];
+        if let Some(why) = self.degraded.get(&id) {
+            out.push(Check::fail(
+                pod,
+                "last install",
+                format!("degraded: {why}; the kernel keeps the pod's previous programs and lists"),
+                "the agent retries at each refresh; fix the cause named here (a full map: see `status`)",
+            ));
+        }
         let policy = self.policy(spec);
         let net = match netns::pod_net(&spec.netns) {
             Ok(n) => n,
@@ -354,6 +362,12 @@ impl Agent {
                 let _ = writeln!(o, "fsm_redirect_map_capacity{{map=\"{}\"}} {}", m.map, m.capacity);
             }
         }
+        let _ = writeln!(o, "# HELP fsm_redirect_pods_degraded Pods whose last install failed (previous state kept, retried).");
+        let _ = writeln!(o, "# TYPE fsm_redirect_pods_degraded gauge");
+        let _ = writeln!(o, "fsm_redirect_pods_degraded {}", self.degraded.len());
+        let _ = writeln!(o, "# HELP fsm_redirect_pods_removed_netns_gone_total Pods removed because their netns was gone.");
+        let _ = writeln!(o, "# TYPE fsm_redirect_pods_removed_netns_gone_total counter");
+        let _ = writeln!(o, "fsm_redirect_pods_removed_netns_gone_total {}", self.removed_gone);
         let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
         let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
         for (dp, name) in [(Dataplane::Ebpf, "ebpf"), (Dataplane::Iptables, "iptables")] {

@@ -24,7 +24,7 @@ pub struct PolicyLists<'a> {
 
 impl PolicyLists<'_> {
     fn iface_excluded(&self, name: &str) -> bool {
-        self.policy.network_interface_exclusions.iter().any(|i| i.value.as_str() == name)
+        self.policy.network_interface_exclusions.iter().any(|i| i.value.matches(name))
     }
 }
 

@@ -350,9 +350,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reload { mesh_config } => {
-            Client::new(dir).reload(mesh_config)?;
-            println!("reloaded");
-            Ok(())
+            let degraded = Client::new(dir).reload(mesh_config)?;
+            if degraded.is_empty() {
+                println!("reloaded");
+                return Ok(());
+            }
+            // The reasons mostly start with the pod's name already.
+            let list: Vec<String> = degraded
+                .iter()
+                .map(|d| if d.why.contains(&d.pod) { format!("  {}", d.why) } else { format!("  pod {}: {}", d.pod, d.why) })
+                .collect();
+            anyhow::bail!(
+                "reloaded, except for {} degraded pod(s), which keep their previous lists and are retried at each refresh:\n{}",
+                degraded.len(),
+                list.join("\n")
+            )
         }
         Command::Iptables { action } => iptables_command(action),
         Command::Explain { pod, to, uid, inbound, port, iface, inbound_ipv6, output } => {

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
@@ -22,6 +22,34 @@ pub fn open(path: &Path) -> anyhow::Result<File> {
         .map_err(|_| anyhow::anyhow!("netns check thread panicked"))?
         .map_err(|e| anyhow::anyhow!("netns {}: not a network namespace ({e})", path.display()))?;
     Ok(file)
+}
+
+/// What tells network namespaces apart, whatever path names them: the
+/// nsfs device and inode (`ip netns identify` compares the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+/// The identity of the namespace at `path`.
+pub fn identity(path: &Path) -> anyhow::Result<Identity> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).with_context(|| format!("netns {}: can't stat", path.display()))?;
+    Ok(Identity { dev: m.dev(), ino: m.ino() })
+}
+
+/// Refuses the node's own network namespace (init's, and the agent's: on a
+/// node the agent runs with the host network): interception there would
+/// redirect, or lock out, the whole node.
+pub fn refuse_host(path: &Path) -> anyhow::Result<()> {
+    let new = identity(path)?;
+    for host in ["/proc/1/ns/net", "/proc/self/ns/net"] {
+        if identity(Path::new(host)).is_ok_and(|h| h == new) {
+            bail!("netns {}: the node's own network namespace ({host}), not a pod's", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on a thread that has entered the namespace; the agent's own

@@ -48,6 +48,14 @@ pub fn status(s: &Status) -> String {
             p.excluded_ports
         );
     }
+    for p in &s.pods {
+        if let Some(why) = &p.degraded {
+            let _ = writeln!(o, "DEGRADED {}: {why} (previous state kept, retried at each refresh)", p.name);
+        }
+    }
+    if s.removed_netns_gone > 0 {
+        let _ = writeln!(o, "pods removed because their netns was gone: {}", s.removed_netns_gone);
+    }
     for p in s.pods.iter().filter(|p| !p.counters.is_empty()) {
         let nonzero: Vec<String> = p.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "counters {}: {}", p.name, if nonzero.is_empty() { "none yet".into() } else { nonzero.join(" ") });
@@ -112,6 +120,7 @@ mod tests {
             included_cidrs: 0,
             excluded_ports: 0,
             counters: [("redirect_outbound".to_owned(), 3), ("direct_uid".to_owned(), 0)].into(),
+            degraded: None,
         }
     }
 
@@ -124,8 +133,13 @@ mod tests {
             ebpf_unavailable: None,
             pods: vec![
                 pod("ns/app", Dataplane::Ebpf, true),
-                PodStatus { counters: Default::default(), ..pod("ns/old", Dataplane::Iptables, false) },
+                PodStatus {
+                    counters: Default::default(),
+                    degraded: Some("EXCLUDED_PORTS: map full".into()),
+                    ..pod("ns/old", Dataplane::Iptables, false)
+                },
             ],
+            removed_netns_gone: 0,
             maps: vec![],
         };
         let text = status(&s);
@@ -134,6 +148,8 @@ mod tests {
         assert_eq!(rows[1][1..5], ["ns/old", "iptables", "yes", "-"], "{text}");
         assert!(text.contains("counters ns/app: redirect_outbound=3\n"), "{text}");
         assert!(!text.contains("counters ns/old"), "{text}");
+        assert!(text.contains("DEGRADED ns/old: EXCLUDED_PORTS: map full"), "{text}");
+        assert!(!text.contains("DEGRADED ns/app"), "{text}");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct Node {
     /// The destinations' servers, killed on drop.
     _servers: Children,
     run_args: Vec<String>,
+    /// Extra environment of the agent from its next start (a `PATH` with a
+    /// failing `iptables-restore` in front, say).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -176,6 +179,7 @@ impl Node {
             _servers: procs,
             _bpffs: bpffs,
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
+            agent_env: Vec::new(),
         };
         node.start_agent()?;
         Ok(node)
@@ -190,6 +194,7 @@ impl Node {
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let mut cmd = self.agent_cmd();
         cmd.arg("run").arg("--mesh-config").arg(&self.mesh_config).args(&self.run_args);
+        cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the agent")?;
@@ -545,6 +550,22 @@ impl Pod {
         let out = self.dial_cmd(to, uid, &[]).output().expect("running netprobe");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+}
+
+/// A loopback address for an agent's `--metrics-listen`, free right now.
+pub fn metrics_listen() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// The Prometheus text an agent serves on `listen`, HTTP status line first.
+pub fn metrics(listen: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(listen).expect("the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }
 
 /// Creates a map with the given definition and pins it at `path` (a

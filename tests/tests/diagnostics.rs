@@ -1,8 +1,6 @@
 //! diagnose, explain, status counters and metrics: each diagnose check made
 //! to fail on purpose and seen to fail with the right message.
 
-use std::io::{Read as _, Write as _};
-
 use tests::{APP_UID, Node, PROXY_UID, Pod};
 
 const MESH: &str = "spec:\n  traffic:\n    outboundPortExclusionList: [6379]\n    outboundIPRangeExclusionList: [10.97.0.0/16]\n";
@@ -143,11 +141,7 @@ fn clear_errors_when_the_agent_is_down_or_the_pod_unknown() {
 
 #[test]
 fn status_counts_verdicts_and_metrics_serve_them() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = tests::metrics_listen();
     let node = Node::start_with(MESH, &["--metrics-listen", &listen]).unwrap();
     let pod = Pod::create(&node).unwrap();
     node.enroll(&pod, &[]).unwrap();
@@ -167,10 +161,7 @@ fn status_counts_verdicts_and_metrics_serve_them() {
     assert_eq!(c["inbound_redirected"], 1);
     assert_eq!(c["original_dst_answered"], 4);
     assert!(status["maps"].as_array().unwrap().iter().any(|m| m["map"] == "EXCLUDED_CIDRS" && m["entries"] == 1), "{status:#}");
-    let mut s = std::net::TcpStream::connect(&listen).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = tests::metrics(&listen);
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let line = format!("fsm_redirect_events_total{{pod=\"{}\",event=\"outbound_redirected\"}} 3", pod.name);
     assert!(body.contains(&line), "{body}");

@@ -47,18 +47,29 @@ impl PodHandler for IptablesPods {
         };
         let wanted = (input(Family::V4)?, if *ipv6 { Some(input(Family::V6)?) } else { None });
         let applied = self.applied.get(id);
-        if applied.map(|a| &a.0) != Some(&wanted.0) {
-            iptables::apply::apply(&pod.netns, Family::V4, &wanted.0)
-                .with_context(|| format!("pod {}: applying iptables rules", pod.name))?;
-        }
-        if applied.map(|a| &a.1) != Some(&wanted.1) {
-            match &wanted.1 {
-                Some(rules) => iptables::apply::apply(&pod.netns, Family::V6, rules),
-                None => iptables::apply::remove(&pod.netns, Family::V6),
+        let result = (|| {
+            if applied.map(|a| &a.0) != Some(&wanted.0) {
+                iptables::apply::apply(&pod.netns, Family::V4, &wanted.0)
+                    .with_context(|| format!("pod {}: applying iptables rules", pod.name))?;
             }
-            .with_context(|| format!("pod {}: applying ip6tables rules", pod.name))?;
-        }
-        self.applied.insert(*id, wanted);
+            if applied.map(|a| &a.1) != Some(&wanted.1) {
+                match &wanted.1 {
+                    Some(rules) => iptables::apply::apply(&pod.netns, Family::V6, rules),
+                    None => iptables::apply::remove(&pod.netns, Family::V6),
+                }
+                .with_context(|| format!("pod {}: applying ip6tables rules", pod.name))?;
+            }
+            anyhow::Ok(())
+        })();
+        match result {
+            Ok(()) => self.applied.insert(*id, wanted),
+            // What the netns holds is unknown now: the next install (the
+            // refresh's retry) writes both families again.
+            Err(e) => {
+                self.applied.remove(id);
+                return Err(e);
+            }
+        };
         Ok(())
     }
 

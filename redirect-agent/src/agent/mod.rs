@@ -10,7 +10,10 @@ pub mod ebpf_pods;
 pub mod handler;
 pub mod iptables_pods;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use redirect_common::{addr::Family as _, maps::PodId};
@@ -23,7 +26,7 @@ use self::{
 use crate::{
     cgroup,
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
-    control::{PodStatus, Status},
+    control::{Degraded, PodStatus, Status},
     dataplane::{Choice, Dataplane},
     ebpf::{entries::SlotEntries, pins::Pins},
     netns,
@@ -46,7 +49,18 @@ pub struct Agent {
     pub(crate) bpffs_dir: PathBuf,
     pub(crate) state: State,
     pub(crate) mesh: MeshConfig,
+    /// The MeshConfig file's mtime when it was last applied.
     mesh_mtime: Option<std::time::SystemTime>,
+    /// The mtime of a file version that was refused, so that it is logged
+    /// once; it is tried again at each refresh all the same.
+    mesh_refused: Option<std::time::SystemTime>,
+    /// Pods whose last install failed, with why: they keep what the kernel
+    /// held before (pins, previous lists) and are tried again at each
+    /// refresh. Never dropped for it.
+    pub(crate) degraded: BTreeMap<PodId, String>,
+    /// Pods removed because their netns was gone (a pod deleted without
+    /// `remove`: a crashed kubelet, a missed CNI DEL).
+    pub(crate) removed_gone: u64,
     choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
     pub(crate) ebpf_unavailable: Option<String>,
@@ -105,6 +119,9 @@ impl Agent {
             state,
             mesh,
             mesh_mtime,
+            mesh_refused: None,
+            degraded: BTreeMap::new(),
+            removed_gone: 0,
             choice: opts.dataplane,
             ebpf_unavailable,
             ebpf,
@@ -115,35 +132,85 @@ impl Agent {
     }
 
     /// Brings the kernel in line with the recorded state after a start:
-    /// pods whose netns or cgroup is gone are dropped, missing links are
-    /// attached, pinned leftovers of unknown pods are removed. Links that are
-    /// already there are left alone: interception never pauses.
+    /// pods whose netns is gone are removed, missing links are attached,
+    /// pinned leftovers of unknown pods are removed. Links that are already
+    /// there are left alone: interception never pauses. A pod that can't be
+    /// installed now (a full map, a program the kernel refuses after an
+    /// upgrade, a process exiting during the listener scan) keeps its pins
+    /// and previous lists, is marked degraded, and is tried again at each
+    /// refresh.
     fn reconcile(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         self.sync_mesh()?;
         let reattach = self.ebpf.as_mut().is_some_and(EbpfPods::take_reattach_all);
+        let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         for id in ids {
-            let pod = &self.state.pods[&id];
-            let result = if !pod.netns.exists() {
-                Err(anyhow!("its netns is gone"))
-            } else {
-                let reattached = match (&mut self.ebpf, pod.dataplane) {
-                    (Some(ebpf), Dataplane::Ebpf) if reattach => ebpf.reattach(id, pod),
-                    _ => Ok(()),
-                };
-                reattached.and_then(|()| self.install(id, true))
-            };
-            if let Err(e) = result {
-                let pod = self.state.pods.remove(&id).expect("a recorded pod");
-                log::warn!("pod {}: dropped ({e:#})", pod.name);
-                self.uninstall_best_effort(id, &pod);
+            if self.remove_if_gone(id) {
+                continue;
             }
+            let pod = &self.state.pods[&id];
+            let reattached = match (&mut self.ebpf, pod.dataplane) {
+                (Some(ebpf), Dataplane::Ebpf) if reattach => ebpf.reattach(id, pod),
+                _ => Ok(()),
+            };
+            let result = reattached.and_then(|()| self.install(id, true));
+            self.record_install(id, result);
         }
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.finish_mesh();
             ebpf.remove_unknown(|id| self.state.pods.contains_key(&id))?;
         }
         self.state.save(&self.state_dir)
+    }
+
+    /// Removes a pod whose netns no longer exists (logged and counted);
+    /// whether it did.
+    fn remove_if_gone(&mut self, id: PodId) -> bool {
+        if self.state.pods[&id].netns.exists() {
+            return false;
+        }
+        let pod = self.state.pods.remove(&id).expect("a recorded pod");
+        log::warn!("pod {}: its netns {} is gone: removed (deleted without `remove`?)", pod.name, pod.netns.display());
+        self.uninstall_best_effort(id, &pod);
+        self.degraded.remove(&id);
+        self.removed_gone += 1;
+        true
+    }
+
+    /// Notes how a pod's install went: a failure marks it degraded (logged
+    /// when it starts failing or fails otherwise), a success clears that.
+    fn record_install(&mut self, id: PodId, result: anyhow::Result<()>) {
+        let name = &self.state.pods[&id].name;
+        match result {
+            Ok(()) => {
+                if self.degraded.remove(&id).is_some() {
+                    log::info!("pod {name}: installed again, no longer degraded");
+                }
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.degraded.get(&id) != Some(&why) {
+                    log::warn!("pod {name}: degraded, keeping what the kernel held before, retried at each refresh: {why}");
+                }
+                self.degraded.insert(id, why);
+            }
+        }
+    }
+
+    /// Refuses what would enroll more than one pod at once, or the node: the
+    /// host's netns, a netns already enrolled (under any path or name), the
+    /// cgroup2 root, a cgroup nested with an enrolled pod's.
+    fn refuse_overlap(&self, request: &EnrollRequest) -> anyhow::Result<()> {
+        netns::open(&request.netns)?;
+        netns::refuse_host(&request.netns)?;
+        let identity = netns::identity(&request.netns)?;
+        if let Some(other) = self.state.pods.values().find(|p| netns::identity(&p.netns).is_ok_and(|i| i == identity)) {
+            bail!("netns {}: already enrolled as pod {} (netns {})", request.netns.display(), other.name, other.netns.display());
+        }
+        if let Some(cg) = request.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
+            let enrolled = self.state.pods.values().filter_map(|p| Some((p.name.as_str(), p.cgroup_path().ok()?)));
+            cgroup::refuse_overlap(&cg, enrolled)?;
+        }
+        Ok(())
     }
 
     /// The dataplane for a new pod, and why.
@@ -224,13 +291,7 @@ impl Agent {
         if self.state.pod_id(&request.name).is_some() {
             bail!("pod {}: already enrolled (remove it first)", request.name);
         }
-        netns::open(&request.netns)?;
-        if let Some(cg) = request.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
-            let taken = self.state.pods.values().find(|p| p.cgroup_path().ok().as_ref() == Some(&cg));
-            if let Some(other) = taken {
-                bail!("cgroup {}: already enrolled as pod {}", cg.display(), other.name);
-            }
-        }
+        self.refuse_overlap(&request)?;
         let (dataplane, why) = self.choose(&request, &lists)?;
         let pod = Pod::validated(request, lists, dataplane);
         let id = self.state.free_id();
@@ -261,66 +322,88 @@ impl Agent {
         self.state.save(&self.state_dir)
     }
 
-    /// Switches every pod to `mesh`. All pods' new policies are computed
-    /// first; if one can't be written, the pods already switched go back.
-    pub fn set_mesh_config(&mut self, mesh: MeshConfig, source: Option<PathBuf>) -> anyhow::Result<()> {
+    /// Switches every pod to `mesh`. The MeshConfig's own slot is written
+    /// first: if that fails, nothing changed. Then each pod: one that fails
+    /// is marked degraded and tried again at each refresh, while the others
+    /// get the change (one broken pod never holds back the node); one whose
+    /// netns is gone is removed. Returns the pods that are degraded.
+    pub fn set_mesh_config(&mut self, mesh: MeshConfig, source: Option<PathBuf>) -> anyhow::Result<Vec<Degraded>> {
         let old = std::mem::replace(&mut self.mesh, mesh);
-        let result = self.apply_all(false);
-        if result.is_err() {
+        if let Err(e) = self.sync_mesh() {
             self.mesh = old;
-            if let Err(e) = self.apply_all(false) {
-                log::error!("restoring the previous MeshConfig failed: {e:#}");
-            }
-            return result;
+            return Err(e);
         }
+        self.apply_all(false);
         self.mesh_mtime = source.as_deref().and_then(mtime);
+        self.mesh_refused = None;
         self.state.mesh_config = source;
-        self.state.save(&self.state_dir)
+        self.state.save(&self.state_dir)?;
+        Ok(self.degraded_pods())
     }
 
-    fn apply_all(&mut self, find_listeners: bool) -> anyhow::Result<()> {
+    /// The degraded pods by name, with why.
+    pub fn degraded_pods(&self) -> Vec<Degraded> {
+        self.degraded.iter().map(|(id, why)| Degraded { pod: self.state.pods[id].name.clone(), why: why.clone() }).collect()
+    }
+
+    /// Installs every pod's policy, each on its own (`set_mesh_config`).
+    fn apply_all(&mut self, find_listeners: bool) {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
-        self.sync_mesh()?;
         for id in ids {
-            self.install(id, find_listeners).with_context(|| format!("pod {}", self.state.pods[&id].name))?;
+            if self.remove_if_gone(id) {
+                continue;
+            }
+            let result = self.install(id, find_listeners);
+            self.record_install(id, result);
         }
-        // Every pod points to the MeshConfig's new slot now: clear the old.
+        // Every pod that could be moved points to the MeshConfig's new slot:
+        // the old one goes once no pod points to it.
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.finish_mesh();
         }
-        Ok(())
+        if let Err(e) = self.state.save(&self.state_dir) {
+            log::error!("saving the state: {e:#}");
+        }
     }
 
     /// Re-reads the MeshConfig file if it changed since it was applied.
-    /// Returns whether it was applied; a bad file is refused and the
-    /// previous lists stay.
+    /// Returns whether it was applied; a bad file is refused, the previous
+    /// lists stay, and it is reported once (until the file changes again).
     pub fn reload_if_changed(&mut self) -> anyhow::Result<bool> {
         let Some(path) = self.state.mesh_config.clone() else { return Ok(false) };
         let now = mtime(&path);
-        if now == self.mesh_mtime {
+        if now == self.mesh_mtime || now == self.mesh_refused {
             return Ok(false);
         }
-        // Remember the attempt, so a bad file is reported once, not every tick.
-        self.mesh_mtime = now;
-        let mesh = MeshConfig::load(&path)?;
-        self.set_mesh_config(mesh, Some(path))?;
+        self.retry_mesh_config(&path, now)?;
         Ok(true)
     }
 
+    /// Applies the file's MeshConfig; on failure remembers the version, so
+    /// that `reload_if_changed` reports it once and `refresh` retries it.
+    fn retry_mesh_config(&mut self, path: &Path, version: Option<std::time::SystemTime>) -> anyhow::Result<()> {
+        let result = MeshConfig::load(path).map_err(anyhow::Error::from).and_then(|mesh| self.set_mesh_config(mesh, Some(path.to_owned())));
+        if result.is_err() {
+            self.mesh_refused = version;
+        }
+        result.map(|_| ())
+    }
+
     /// Re-reads the MeshConfig and rewrites every pod's policy, also where
-    /// nothing changed (repairs kernel state changed behind the agent's back).
-    pub fn reload(&mut self, path: Option<PathBuf>) -> anyhow::Result<()> {
+    /// nothing changed (repairs kernel state changed behind the agent's
+    /// back). Returns the pods that are degraded (retried at each refresh).
+    pub fn reload(&mut self, path: Option<PathBuf>) -> anyhow::Result<Vec<Degraded>> {
+        let path = path.or_else(|| self.state.mesh_config.clone());
+        let mesh = match &path {
+            Some(p) => MeshConfig::load(p)?,
+            None => MeshConfig::fsm_default(),
+        };
         if let Some(ebpf) = &mut self.ebpf {
             for id in self.state.pods.keys() {
                 ebpf.force_rewrite(*id);
             }
         }
         self.iptables.forget_applied();
-        let path = path.or_else(|| self.state.mesh_config.clone());
-        let mesh = match &path {
-            Some(p) => MeshConfig::load(p)?,
-            None => MeshConfig::fsm_default(),
-        };
         self.set_mesh_config(mesh, path)
     }
 
@@ -332,11 +415,25 @@ impl Agent {
         }
     }
 
-    /// Follows pod address changes (a pod IP added later, say).
+    /// Follows pod address changes (a pod IP added later, say), removes
+    /// pods whose netns is gone, retries degraded pods and a MeshConfig
+    /// file version that failed to apply.
     pub fn refresh(&mut self) {
-        if let Err(e) = self.apply_all(true) {
-            log::warn!("refreshing pod addresses: {e:#}");
+        if let Some(path) = self.state.mesh_config.clone() {
+            let now = mtime(&path);
+            if now != self.mesh_mtime {
+                match self.retry_mesh_config(&path, now) {
+                    Ok(()) => return log::info!("MeshConfig applied on retry"),
+                    // The previous lists stay; the pods are refreshed with them.
+                    Err(e) => log::debug!("MeshConfig still refused: {e:#}"),
+                }
+            }
         }
+        if let Err(e) = self.sync_mesh() {
+            log::warn!("refreshing the MeshConfig's lists: {e:#}");
+            return;
+        }
+        self.apply_all(true);
     }
 
     /// The handler of a pod's dataplane, to read.
@@ -377,6 +474,7 @@ impl Agent {
                     included_cidrs: [written, mesh].iter().map(|e| e.included_cidrs.len() + e.included_cidrs6.len()).sum(),
                     excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
                     counters: ebpf.map(|e| e.maps.counters(*id)).unwrap_or_default(),
+                    degraded: self.degraded.get(id).cloned(),
                 }
             })
             .collect();
@@ -386,6 +484,7 @@ impl Agent {
             dataplane: self.choice,
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
+            removed_netns_gone: self.removed_gone,
             maps: self.ebpf.as_ref().map(|e| e.maps.fill()).unwrap_or_default(),
         }
     }

@@ -53,9 +53,9 @@ impl MeshConfig {
     /// Parses YAML or JSON (JSON is read as YAML, which it is).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let doc: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::invalid("MeshConfig", first_line(text), format!("is not valid YAML or JSON: {e}")))?;
+            .map_err(|e| ConfigError::invalid("MeshConfig", shape(text), format!("is not valid YAML or JSON: {e}")))?;
         if !doc.is_mapping() {
-            return Err(ConfigError::invalid("MeshConfig", first_line(text), "is not a YAML/JSON object"));
+            return Err(ConfigError::invalid("MeshConfig", shape(text), "is not a YAML/JSON object"));
         }
         if let Some(kind) = doc.get("kind")
             && kind.as_str() != Some("MeshConfig")
@@ -130,8 +130,11 @@ fn render(v: &Value) -> String {
     }
 }
 
-fn first_line(text: &str) -> String {
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(60).collect()
+/// What a document that is not a MeshConfig is named by in errors: its
+/// size, never its text (`reload --mesh-config` reads any file root can, and
+/// its contents must not reach the caller or the log).
+fn shape(text: &str) -> String {
+    format!("a document of {} line(s), {} byte(s)", text.lines().count(), text.len())
 }
 
 #[cfg(test)]

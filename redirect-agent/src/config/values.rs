@@ -66,25 +66,46 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// A network interface name as the kernel accepts it.
+/// A network interface name, or iptables' prefix pattern `eth+` (every
+/// interface whose name starts with `eth`), as both dataplanes read it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct InterfaceName(String);
 
 impl InterfaceName {
-    /// IFNAMSIZ is 16 with the NUL; `/`, whitespace and `:` are refused by
-    /// the kernel's `dev_valid_name`.
+    /// At most 15 bytes (IFNAMSIZ with its NUL), of letters, digits, `_`,
+    /// `.` and `-`: what interface names are in practice. The kernel would
+    /// take more (`$`, `;`, quotes), but the name reaches iptables and the
+    /// shell of the printed fsm-init script, where those are syntax.
     pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
-        let ok = !text.is_empty()
-            && text.len() < 16
-            && text != "."
-            && text != ".."
-            && !text.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-        if ok { Ok(InterfaceName(text.to_owned())) } else { Err(ConfigError::invalid(field, text, "is not a network interface name")) }
+        let name = text.strip_suffix('+').unwrap_or(text);
+        let ok = text.len() < 16
+            && !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if ok {
+            Ok(InterfaceName(text.to_owned()))
+        } else {
+            Err(ConfigError::invalid(
+                field,
+                text,
+                "is not a network interface name (1-15 of A-Z a-z 0-9 _ . -, or a prefix ending in + such as eth+)",
+            ))
+        }
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the interface `name` is this one, or starts with this prefix
+    /// (`eth+`), as iptables' `-i`/`-o` match.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.0.strip_suffix('+') {
+            Some(prefix) => name.starts_with(prefix),
+            None => self.0 == name,
+        }
     }
 }
 
@@ -124,9 +145,21 @@ mod tests {
 
     #[test]
     fn interface_names_follow_the_kernel_rules() {
-        assert!(InterfaceName::parse("f", "net1").is_ok());
-        for bad in ["", "a/b", "a b", "0123456789abcdef", "eth0:1", ".."] {
-            assert!(InterfaceName::parse("f", bad).is_err(), "{bad}");
+        for good in ["net1", "eth0.100", "flannel.1", "br-1a2b", "cali_x", "eth+", "0123456789abcde"] {
+            assert!(InterfaceName::parse("f", good).is_ok(), "{good}");
         }
+        for bad in ["", "+", "a/b", "a b", "0123456789abcdef", "eth0:1", "..", "$(reboot)", "a;b", "a'b", "eth+x", "e\nth"] {
+            let err = InterfaceName::parse("f", bad).unwrap_err().to_string();
+            assert!(err.starts_with("f: ") && err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_trailing_plus_matches_every_interface_with_that_prefix() {
+        let wildcard = InterfaceName::parse("f", "eth+").unwrap();
+        assert!(wildcard.matches("eth0") && wildcard.matches("eth") && wildcard.matches("eth1.5"));
+        assert!(!wildcard.matches("net1") && !wildcard.matches("veth0"));
+        let exact = InterfaceName::parse("f", "eth0").unwrap();
+        assert!(exact.matches("eth0") && !exact.matches("eth01"));
     }
 }

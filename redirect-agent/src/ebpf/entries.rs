@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use redirect_common::maps::{Ip6, List, PolicyAddr, PolicyAddr6, PolicyId, PolicyIface, PolicyPort, direction};
 
 use crate::{
-    config::{Cidr, MeshConfig, Port, annotations::PodAnnotations},
+    config::{Cidr, InterfaceName, MeshConfig, Port, annotations::PodAnnotations},
     netns::PodNet,
 };
 
@@ -159,8 +159,7 @@ impl PodEntries {
             &pod.outbound_port_exclusions,
             &pod.inbound_port_exclusions,
         );
-        let ifaces: Vec<&str> = mesh.network_interface_exclusions.iter().map(|i| i.as_str()).collect();
-        own.pod_net(&ifaces, net);
+        own.pod_net(&mesh.network_interface_exclusions, net);
         own.inclusion = !mesh.outbound_ip_range_inclusions.is_empty() || !pod.outbound_ip_range_inclusions.is_empty();
         own.ipv6 = ipv6;
         own
@@ -219,8 +218,8 @@ impl SlotEntries {
 
     /// What belongs to the pod's network namespace: addresses, excluded
     /// interfaces by index, routes.
-    fn pod_net(&mut self, excluded_ifaces: &[&str], net: &PodNet) {
-        let excluded = |name: &str| excluded_ifaces.contains(&name);
+    fn pod_net(&mut self, excluded_ifaces: &[InterfaceName], net: &PodNet) {
+        let excluded = |name: &str| excluded_ifaces.iter().any(|i| i.matches(name));
         // Two routes to one prefix (metrics): the kernel uses the first; so
         // do we (a stable sort keeps the kernel's order among equals). Only
         // routes matter when some device is excluded.
@@ -311,5 +310,20 @@ mod tests {
         }
         back.sort();
         assert_eq!(back, SlotEntries { inclusion: false, ipv6: false, ..e.own.clone() });
+    }
+
+    #[test]
+    fn an_interface_prefix_excludes_every_interface_it_starts() {
+        let mesh = MeshConfig::parse("spec:\n  traffic:\n    networkInterfaceExclusionList: [net+]\n").unwrap();
+        let route = |net: &str, iface: &str| Route { net: net.parse().unwrap(), iface: iface.into() };
+        let net = PodNet {
+            addrs: vec!["10.244.1.2".parse().unwrap()],
+            ifaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("net1".into(), 3), ("net2".into(), 4), ("veth-net".into(), 5)],
+            routes: vec![route("0.0.0.0/0", "eth0"), route("10.1.0.0/16", "net1"), route("10.2.0.0/16", "net2")],
+            handover_route: false,
+        };
+        let e = PodEntries::new(&mesh, &PodAnnotations::default(), &net, false);
+        assert_eq!(e.own.excluded_ifaces, [3, 4]);
+        assert_eq!(e.own.routes, [([0, 0, 0, 0], 0, false), ([10, 1, 0, 0], 16, true), ([10, 2, 0, 0], 16, true)]);
     }
 }

@@ -1,8 +1,8 @@
 //! Applying and removing the rules inside a pod's network namespace.
 //!
-//! Idempotent: applying first removes what an earlier apply left (the jumps
-//! from PREROUTING/OUTPUT, the PodIP DNAT rule, the four chains), so
-//! running it twice leaves one copy of each rule.
+//! Idempotent: applying replaces what an earlier apply left (the jumps from
+//! PREROUTING/OUTPUT, the PodIP DNAT rule, the four chains) in the same
+//! transaction, so running it twice leaves one copy of each rule.
 
 use std::{
     io::Write as _,
@@ -73,21 +73,38 @@ pub fn remove(netns: &Path, family: Family) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces the pod's rules with `restore_input` (from `rules::restore_input`).
+/// Replaces the pod's rules with `restore_input` (from
+/// `rules::restore_input`) in one `iptables-restore` transaction: the
+/// chains' declarations flush them, the jumps and DNAT rule of the previous
+/// apply are deleted, the new rules added, all committed at once. Either
+/// the new rules are in place or the old ones still are: the pod is never
+/// without rules, at a change or at an agent's start.
 pub fn apply(netns: &Path, family: Family, restore_input: &str) -> anyhow::Result<()> {
-    remove(netns, family)?;
+    let mut deletions = String::new();
+    for chain in ["PREROUTING", "OUTPUT"] {
+        for rule in our_rules(netns, family, chain)? {
+            deletions.push_str(&format!("-D {chain} {}\n", rule.join(" ")));
+        }
+    }
+    let input = replacing(restore_input, &deletions);
     let program = format!("{}-restore", family.iptables());
     let mut cmd = in_netns(netns, &program)?;
     cmd.args(["-w", "--noflush"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {program} (is iptables installed?)"))?;
-    child.stdin.take().unwrap().write_all(restore_input.as_bytes())?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        // Leave nothing half-applied.
-        let _ = remove(netns, family);
-        bail!("{program} refused the rules: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{program} refused the rules (the previous ones stay): {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// `restore_input` with `deletions` after the chain declarations, before
+/// the first rule: inside the same `*nat` ... `COMMIT`.
+fn replacing(restore_input: &str, deletions: &str) -> String {
+    let at = restore_input.lines().take_while(|l| !l.starts_with('-')).map(|l| l.len() + 1).sum::<usize>();
+    let at = at.min(restore_input.len());
+    format!("{}{deletions}{}", &restore_input[..at], &restore_input[at..])
 }
 
 /// `iptables-save -t nat` of the pod, for people and diagnostics.
@@ -96,4 +113,17 @@ pub fn save(netns: &Path, family: Family) -> anyhow::Result<String> {
     cmd.args(["-t", "nat"]);
     let out = output(cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deletions_go_between_the_declarations_and_the_rules() {
+        let input = "# c\n*nat\n:A - [0:0]\n-A A -j RETURN\nCOMMIT\n";
+        assert_eq!(
+            super::replacing(input, "-D OUTPUT -p tcp -j A\n"),
+            "# c\n*nat\n:A - [0:0]\n-D OUTPUT -p tcp -j A\n-A A -j RETURN\nCOMMIT\n"
+        );
+        assert_eq!(super::replacing(input, ""), input);
+    }
 }

@@ -134,6 +134,9 @@ pub fn restore_input(policy: &PodPolicy, s: &ProxySettings, family: Family, pod_
 }
 
 /// The shell script fsm-init runs: the restore input in a here-document.
+/// Unquoted, as fsm-init's, so that the shell expands `$POD_IP`; nothing
+/// else in it can be expanded, because every value is validated to have
+/// no shell syntax (`InterfaceName`, `Cidr`, `Port`).
 pub fn fsm_init_script(policy: &PodPolicy, s: &ProxySettings, family: Family, pod_ip: PodIp) -> String {
     format!("{}-restore --noflush <<EOF\n{}EOF\n", family.iptables(), restore_input(policy, s, family, pod_ip))
 }

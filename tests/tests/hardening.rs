@@ -1,0 +1,296 @@
+//! Hardening: no restart, failure, stale pod or hostile request may
+//! silently un-mesh a pod or take in the whole node. Needs root and
+//! cgroup v2, like the other kernel tests.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHash, Map, MapData};
+use redirect_common::maps::{PodConfig, PolicyAddr, names};
+use tests::{APP_UID, Node, Pod, scaled};
+
+const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
+
+/// Polls `f` until it returns true or `limit` (scaled) has passed.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + scaled(limit);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+fn pod_status(node: &Node, pod: &Pod) -> Option<serde_json::Value> {
+    node.status()["pods"].as_array().into_iter().flatten().find(|p| p["name"] == pod.name.as_str()).cloned()
+}
+
+fn enroll_args(node: &Node, name: &str, netns: &Path, cgroup: &Path) -> (bool, String) {
+    node.cli(&["enroll", name, "--netns", &netns.display().to_string(), "--cgroup", &cgroup.display().to_string()])
+}
+
+/// A cgroup made by a test, removed (after its children) on drop.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn enroll_refuses_the_node_and_anything_that_overlaps_an_enrolled_pod() {
+    let node = Node::start(NO_LISTS).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    let spare = Pod::bare(&node).unwrap();
+    let pod_cg = pod.cgroup_path().unwrap().to_owned();
+    let spare_cg = spare.cgroup_path().unwrap().to_owned();
+    let root = redirect_agent::cgroup::cgroup2_mount().unwrap();
+    let inner = Dir(pod_cg.join("inner"));
+    std::fs::create_dir(&inner.0).unwrap();
+    // The pod's netns under another name: a process's /proc/PID/ns/net.
+    let mut sleeper = pod.command("sleep", APP_UID).arg("60").stdout(Stdio::null()).spawn().unwrap();
+    let same_netns = format!("/proc/{}/ns/net", sleeper.id());
+    // The agent's own (the test's): the node's.
+    let host_netns = std::path::PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+
+    let cases: [(&Path, &Path, &str); 5] = [
+        (&spare.ns.path(), &root, "the cgroup2 root holds every process of the node"),
+        (&host_netns, &spare_cg, "the node's own network namespace"),
+        (&spare.ns.path(), &pod_cg, "already enrolled as pod"),
+        (&spare.ns.path(), &inner.0, "inside the cgroup of pod"),
+        (Path::new(&same_netns), &spare_cg, "already enrolled as pod"),
+    ];
+    for (netns, cgroup, why) in cases {
+        let (ok, out) = enroll_args(&node, "test/intruder", netns, cgroup);
+        assert!(!ok && out.contains(why), "netns {netns:?} cgroup {cgroup:?}: {out}");
+        let named = out.contains(&netns.display().to_string()) || out.contains(&cgroup.display().to_string());
+        assert!(named, "the error names the value: {out}");
+    }
+    // A cgroup that holds an enrolled pod's: enroll a pod inside a parent
+    // group, then try the parent.
+    let parent = Dir(spare_cg.join("outer"));
+    std::fs::create_dir(&parent.0).unwrap();
+    let child = Dir(parent.0.join("pod"));
+    std::fs::create_dir(&child.0).unwrap();
+    let third = Pod::bare(&node).unwrap();
+    let (ok, out) = enroll_args(&node, "test/nested", &third.ns.path(), &child.0);
+    assert!(ok, "{out}");
+    let (ok, out) = enroll_args(&node, "test/intruder", &spare.ns.path(), &parent.0);
+    assert!(!ok && out.contains("holds the cgroup of pod test/nested"), "{out}");
+
+    // Nothing was half-applied: the two pods and nothing else.
+    let names: Vec<String> = node.status()["pods"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, [pod.name.clone(), "test/nested".to_owned()]);
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let (ok, out) = node.cli(&["remove", "test/nested"]);
+    assert!(ok, "{out}");
+    drop(child);
+}
+
+#[test]
+fn a_pod_whose_netns_vanished_is_removed_and_does_not_hold_back_a_meshconfig_change() {
+    let listen = tests::metrics_listen();
+    let node = Node::start_with(NO_LISTS, &["--metrics-listen", &listen]).unwrap();
+    let gone = Pod::create(&node).unwrap();
+    let ebpf = Pod::create(&node).unwrap();
+    let iptables = Pod::create(&node).unwrap();
+    node.enroll(&gone, &[]).unwrap();
+    node.enroll(&ebpf, &[]).unwrap();
+    node.enroll_with(&iptables, &[], &["--dataplane", "iptables"]).unwrap();
+    for pod in [&ebpf, &iptables] {
+        assert_eq!(pod.dial("10.96.0.10:8080", APP_UID), "out 10.96.0.10:8080");
+    }
+    // Deleted without `remove` (a crashed kubelet, a missed CNI DEL): its
+    // processes still hold the namespace, but no path names it.
+    redirect_agent::sandbox::ip(&["netns", "del", &gone.ns.name]).unwrap();
+    // A changed file, not a `reload`: the agent notices on its own.
+    std::fs::write(&node.mesh_config, "kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [8080]\n").unwrap();
+    let reached = eventually(Duration::from_secs(10), || {
+        ebpf.dial("10.96.0.10:8080", APP_UID) == "direct 10.96.0.10:8080"
+            && iptables.dial("10.96.0.10:8080", APP_UID) == "direct 10.96.0.10:8080"
+    });
+    assert!(reached, "the change reached the other pods\n{}", node.agent_log());
+    let status = node.status();
+    assert!(pod_status(&node, &gone).is_none(), "{status}");
+    assert_eq!(status["removed_netns_gone"], 1, "{status}");
+    let metrics = tests::metrics(&listen);
+    assert!(metrics.contains("fsm_redirect_pods_removed_netns_gone_total 1"), "{metrics}");
+    assert!(node.agent_log().contains("is gone: removed"), "logged");
+}
+
+/// The pinned `LOCAL_ADDRS` map of a node, filled by a test.
+struct Filled {
+    map: BpfHash<MapData, PolicyAddr, u8>,
+    keys: Vec<PolicyAddr>,
+}
+
+impl Filled {
+    /// Fills the map up with addresses of `policy` (an enrolled pod's slot,
+    /// which the agent keeps), as a node full of pods would.
+    fn fill(node: &Node, policy: u32) -> Self {
+        let path = node.bpffs_dir.join("maps").join(names::LOCAL_ADDRS);
+        let mut map = BpfHash::try_from(Map::HashMap(MapData::from_pin(&path).unwrap())).unwrap();
+        let mut keys = Vec::new();
+        for n in 0u32.. {
+            let key = PolicyAddr { policy, addr: (0x0a63_0000 + n).to_be_bytes() };
+            if map.insert(&key, &1, 0).is_err() {
+                break;
+            }
+            keys.push(key);
+        }
+        assert!(keys.len() > 1000, "filled {} entries", keys.len());
+        Filled { map, keys }
+    }
+
+    fn drain(&mut self) {
+        for key in self.keys.drain(..) {
+            let _ = self.map.remove(&key);
+        }
+    }
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+#[test]
+fn a_pod_that_cannot_be_installed_at_restart_stays_intercepted_degraded_and_is_retried() {
+    let listen = tests::metrics_listen();
+    let mut node = Node::start_with(NO_LISTS, &["--refresh-interval", "1", "--metrics-listen", &listen]).unwrap();
+    let stuck = Pod::create(&node).unwrap();
+    let neighbour = Pod::create(&node).unwrap();
+    node.enroll(&stuck, &[]).unwrap();
+    node.enroll(&neighbour, &[]).unwrap();
+    let neighbour_id = pod_status(&node, &neighbour).unwrap()["id"].as_u64().unwrap() as u32;
+    node.kill_agent();
+    // While the agent is away the pod gets an address (its policy must be
+    // written again), and the node's LOCAL_ADDRS map fills up.
+    stuck.ns.exec(&["addr", "add", "10.250.0.7/32", "dev", "lo"]).unwrap();
+    let pod_config = node.bpffs_dir.join("maps").join(names::POD_CONFIG);
+    let configs: BpfHash<MapData, u32, PodConfig> = BpfHash::try_from(Map::HashMap(MapData::from_pin(&pod_config).unwrap())).unwrap();
+    let mut filled = Filled::fill(&node, configs.get(&neighbour_id, 0).unwrap().policy);
+    node.start_agent().unwrap();
+
+    // Kept, with its previous policy, and said so everywhere.
+    let status = pod_status(&node, &stuck).expect("the pod is still enrolled");
+    assert!(status["degraded"].as_str().is_some_and(|w| w.contains("LOCAL_ADDRS")), "{status}");
+    assert_eq!(status["attached"], true, "{status}");
+    assert_eq!(stuck.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    let (ok, out) = node.cli(&["diagnose", &stuck.name]);
+    assert!(!ok && out.contains("degraded"), "{out}");
+    // The neighbour too: its slot holds the filling, not its own lists, so
+    // it must be written again, and can't be either.
+    assert!(pod_status(&node, &neighbour).unwrap()["degraded"].is_string());
+    assert_eq!(neighbour.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    let metrics = tests::metrics(&listen);
+    assert!(metrics.contains("fsm_redirect_pods_degraded 2"), "{metrics}");
+
+    // Room again: the next refresh installs it.
+    filled.drain();
+    let healed = eventually(Duration::from_secs(10), || {
+        [&stuck, &neighbour].iter().all(|p| pod_status(&node, p).is_some_and(|s| s["degraded"].is_null()))
+    });
+    assert!(healed, "{}", node.agent_log());
+    let local = pod_status(&node, &stuck).unwrap()["local_addrs"].clone();
+    assert!(local.as_array().unwrap().iter().any(|a| a == "10.250.0.7"), "{local}");
+    assert_eq!(stuck.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+}
+
+#[test]
+fn the_control_socket_serves_root_alone_and_bounds_each_request() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
+    };
+    let node = Node::start(NO_LISTS).unwrap();
+    let sock = redirect_agent::state::State::socket(node.state_dir.path());
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    let as_user = || {
+        let out = node.agent_cmd().arg("status").uid(APP_UID).output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Another user is told what stops them, not that the agent is down.
+    let said = as_user();
+    assert!(said.contains("permission denied") && said.contains("root") && !said.contains("not running"), "{said}");
+    // With the file modes opened by hand, the peer's credentials still
+    // keep them out.
+    let dir = node.state_dir.path();
+    let dir_mode = std::fs::metadata(dir).unwrap().permissions();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let said = as_user();
+    std::fs::set_permissions(dir, dir_mode).unwrap();
+    assert!(said.contains(&format!("serves root only, not uid {APP_UID}")), "{said}");
+
+    let answer = |stream: UnixStream| {
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    };
+    // An endless request line is cut off at the limit, and answered.
+    let mut big = UnixStream::connect(&sock).unwrap();
+    big.write_all(&vec![b'x'; redirect_agent::daemon::MAX_REQUEST + 2]).unwrap();
+    assert!(answer(big).contains("request larger than"));
+    // A client that never finishes its request is let go.
+    let idle = UnixStream::connect(&sock).unwrap();
+    let started = Instant::now();
+    assert!(answer(idle).contains("no complete request within"));
+    assert!(started.elapsed() < scaled(Duration::from_secs(30)));
+    // And the agent still answers everyone else.
+    assert!(node.status()["pods"].is_array());
+}
+
+#[test]
+fn a_failed_iptables_restore_keeps_the_previous_rules_and_is_retried() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut node =
+        Node::start_with("kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [6379]\n", &["--refresh-interval", "1"])
+            .unwrap();
+    // An iptables-restore that fails while a flag file exists (as a held
+    // xtables lock or a missing kernel module would make it fail).
+    let shims = tempfile::tempdir().unwrap();
+    let flag = shims.path().join("fail");
+    let real = ["/usr/sbin/iptables-restore", "/sbin/iptables-restore"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+    let shim = shims.path().join("iptables-restore");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\nif [ -e {} ]; then echo 'simulated failure' >&2; exit 4; fi\nexec {real} \"$@\"\n", flag.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    node.kill_agent();
+    node.agent_env.push(("PATH".into(), format!("{}:{}", shims.path().display(), std::env::var("PATH").unwrap())));
+    node.start_agent().unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll_with(&pod, &[], &["--dataplane", "iptables"]).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(&node.mesh_config, "kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [7070]\n").unwrap();
+    let (ok, out) = node.cli(&["reload"]);
+    assert!(!ok && out.contains("degraded") && out.contains(&pod.name) && out.contains("simulated failure"), "{out}");
+    // The previous rules, whole: intercepted, and the old exclusion.
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+    assert_eq!(pod.dial("10.96.0.10:7070", APP_UID), "out 10.96.0.10:7070");
+
+    // The cause goes away: the next refresh applies the new lists.
+    std::fs::remove_file(&flag).unwrap();
+    let applied = eventually(Duration::from_secs(10), || pod.dial("10.96.0.10:7070", APP_UID) == "direct 10.96.0.10:7070");
+    assert!(applied, "{}", node.agent_log());
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "out 10.96.0.10:6379");
+    assert!(pod_status(&node, &pod).unwrap()["degraded"].is_null());
+}
