@@ -76,6 +76,14 @@ pub fn exists(path: &Path) -> bool {
     cgroup2_mount().is_ok_and(|m| m.join(path).join("cgroup.procs").is_file())
 }
 
+/// The cgroup v2 group of process `pid`, as a path under the cgroup2
+/// mount (from the `0::` line of /proc/PID/cgroup).
+pub fn of_process(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(cgroup2_mount().ok()?.join(rel.trim_start_matches('/')))
+}
+
 pub fn open(path: &Path) -> anyhow::Result<File> {
     File::open(path).with_context(|| format!("cgroup {}: can't open", path.display()))
 }

@@ -12,12 +12,39 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-/// Completes on Ctrl-C or SIGTERM.
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal), caught from
+/// the moment this is made: one that arrives before `wait` is awaited is
+/// kept, not fatal, so that whatever was set up by then is cleaned up.
+pub struct Termination([tokio::signal::unix::Signal; 3]);
+
+impl Termination {
+    /// Must run inside the runtime.
+    pub fn catch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+        let [a, b, c] = kinds.map(signal);
+        Ok(Termination([a.context("catching SIGINT")?, b.context("catching SIGTERM")?, c.context("catching SIGHUP")?]))
+    }
+
+    /// Completes at the first of the signals (at once if one came already).
+    pub async fn wait(&mut self) {
+        let [a, b, c] = &mut self.0;
+        tokio::select! {
+            _ = a.recv() => {}
+            _ = b.recv() => {}
+            _ = c.recv() => {}
+        }
+    }
+}
+
+/// Completes on Ctrl-C, SIGTERM or SIGHUP.
 pub async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match Termination::catch() {
+        Ok(mut t) => t.wait().await,
+        Err(e) => {
+            log::error!("{e:#}: stop the agent with SIGKILL");
+            std::future::pending().await
+        }
     }
 }
 

@@ -27,6 +27,9 @@ use crate::{
 const SERVICE: &str = "10.96.0.10:80";
 
 pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
+    // Before anything is made: a Ctrl-C during set-up (from `./x run` too,
+    // which gets it as well) must not kill the demo before it cleans up.
+    let mut stop = crate::daemon::Termination::catch()?;
     let tag = format!("fsm-demo-{}", std::process::id());
     let state_dir = PathBuf::from(format!("/run/{tag}"));
     // Declared first, dropped last: the namespaces, cgroup and bpffs outlive
@@ -52,7 +55,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
     let agent = tokio::spawn(crate::daemon::run(opts, crate::daemon::DaemonOptions::default(), async move {
         let _ = stop_rx.await;
     }));
-    let result = demo(&pod_ns, &cgroup, &state_dir).await;
+    let result = demo(&pod_ns, &cgroup, &state_dir, &mut stop).await;
     // Whatever happened: remove every trace of the agent.
     let _ = tokio::task::spawn_blocking({
         let dir = state_dir.clone();
@@ -68,7 +71,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
     result
 }
 
-async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path, stop: &mut crate::daemon::Termination) -> anyhow::Result<()> {
     let sock = crate::state::State::socket(state_dir);
     for _ in 0..100 {
         if sock.exists() {
@@ -105,7 +108,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path) -> a
     children.push(proxy.spawn().context("starting the demo proxy")?);
     children.push(app.spawn().context("starting the demo app")?);
     println!("demo: the app (uid 1000) dials {SERVICE}; the proxy (uid 1500) listens on 15001. Ctrl-C to stop and clean up.");
-    crate::daemon::termination().await;
+    stop.wait().await;
     Ok(())
 }
 

@@ -264,6 +264,7 @@ impl Agent {
                     )
                 });
                 out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &spec.lists, &net, &settings, ipv6));
+                out.push(check_outsiders(pod, spec));
                 if ipv6 {
                     out.push(if net.handover_route {
                         Check::pass(pod, "IPv6 hand-over route", format!("local {} dev lo in the pod's netns", netns::handover_net()))
@@ -375,6 +376,37 @@ impl Agent {
             let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{name}\"}} {n}");
         }
         o
+    }
+}
+
+/// Processes in the pod's network namespace but outside its cgroup
+/// (`nsenter`, `ip netns exec`, a runtime's helper): the eBPF programs hang
+/// on the cgroup and never see their sockets, while fsm-init's rules, on
+/// the netns, would catch them.
+fn check_outsiders(pod: &str, spec: &Pod) -> Check {
+    const CHECK: &str = "every process of the netns in the pod's cgroup";
+    let (Ok(ns), Ok(cg)) = (netns::identity(&spec.netns), spec.cgroup_path()) else {
+        return Check::fail(pod, CHECK, "the pod's netns or cgroup can't be read".into(), "see `status`");
+    };
+    let outside: Vec<String> = netns::processes_in(ns)
+        .into_iter()
+        .filter_map(|pid| {
+            let theirs = crate::cgroup::of_process(pid)?;
+            (!theirs.starts_with(&cg)).then(|| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                format!("{pid} ({}) in {}", comm.trim(), theirs.display())
+            })
+        })
+        .collect();
+    if outside.is_empty() {
+        Check::pass(pod, CHECK, format!("all in {}", cg.display()))
+    } else {
+        Check::fail(
+            pod,
+            CHECK,
+            format!("not intercepted by eBPF, as they are outside the pod's cgroup: {}", outside.join(", ")),
+            "run them in the pod's cgroup (a container of the pod, not nsenter or ip netns exec), or enroll the pod with --dataplane iptables",
+        )
     }
 }
 

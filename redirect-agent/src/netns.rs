@@ -39,6 +39,18 @@ pub fn identity(path: &Path) -> anyhow::Result<Identity> {
     Ok(Identity { dev: m.dev(), ino: m.ino() })
 }
 
+/// The processes whose network namespace is `ns` (a scan of /proc; a
+/// process that exits meanwhile is skipped).
+pub fn processes_in(ns: Identity) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| identity(Path::new(&format!("/proc/{pid}/ns/net"))).is_ok_and(|i| i == ns))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Refuses the node's own network namespace (init's, and the agent's: on a
 /// node the agent runs with the host network): interception there would
 /// redirect, or lock out, the whole node.

@@ -102,8 +102,15 @@ fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// The test client and servers. Its proxies and apps run as other users
+/// (UIDs 1500 and 1000), who may not reach a checkout under a private
+/// directory (root's home is mode 0700 on Debian): `./x test` puts a copy
+/// where they can and names it in `REDIRECT_TEST_BINS`.
 pub fn netprobe() -> PathBuf {
-    workspace_bin("netprobe")
+    match std::env::var_os("REDIRECT_TEST_BINS") {
+        Some(dir) => PathBuf::from(dir).join("netprobe"),
+        None => workspace_bin("netprobe"),
+    }
 }
 
 pub fn agent_bin() -> PathBuf {

@@ -42,6 +42,24 @@ fn diagnose_passes_on_a_healthy_pod_and_names_a_detached_program() {
 }
 
 #[test]
+fn diagnose_names_a_process_in_the_pods_netns_outside_its_cgroup() {
+    let node = Node::start_with(MESH, NO_REFRESH).unwrap();
+    let mut pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    assert!(diagnose(&node, &pod).0);
+    // As `nsenter --net` or `ip netns exec` would start it: eBPF misses
+    // its connections (fsm-init's rules would not).
+    pod.spawn_outside_cgroup(&["serve", "9090", "outsider"]).unwrap();
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:9090", pod.ip)).split(' ').next(), Some("in"));
+    let (ok, checks) = diagnose(&node, &pod);
+    let failed = failed(&checks);
+    assert!(!ok);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(failed[0].starts_with("every process of the netns in the pod's cgroup: not intercepted by eBPF"), "{failed:#?}");
+    assert!(failed[0].contains("(netprobe)"), "{failed:#?}");
+}
+
+#[test]
 fn diagnose_names_a_map_entry_removed_by_hand_and_reload_repairs_it() {
     use aya::maps::{HashMap, Map, MapData};
     use redirect_common::maps::{PodConfig, PolicyPort};

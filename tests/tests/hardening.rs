@@ -294,3 +294,47 @@ fn a_failed_iptables_restore_keeps_the_previous_rules_and_is_retried() {
     assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "out 10.96.0.10:6379");
     assert!(pod_status(&node, &pod).unwrap()["degraded"].is_null());
 }
+
+/// What a demo of process `pid` leaves behind, if anything.
+fn demo_traces(pid: u32) -> Vec<String> {
+    let tag = format!("fsm-demo-{pid}");
+    let mut left = Vec::new();
+    for ns in [tag.clone(), format!("{tag}-svc")] {
+        if Path::new("/var/run/netns").join(&ns).exists() {
+            left.push(format!("netns {ns}"));
+        }
+    }
+    if redirect_agent::cgroup::cgroup2_mount().unwrap().join(&tag).exists() {
+        left.push(format!("cgroup {tag}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    left.extend(mounts.lines().filter(|l| l.contains(&tag)).map(|l| format!("mount {l}")));
+    left
+}
+
+/// Removes what `demo_traces` found (after a failed check).
+fn remove_demo_traces(pid: u32) {
+    let tag = format!("fsm-demo-{pid}");
+    for ns in [tag.clone(), format!("{tag}-svc")] {
+        let _ = redirect_agent::sandbox::ip(&["netns", "del", &ns]);
+    }
+    let _ = nix::mount::umount2(Path::new(&format!("/run/{tag}-bpffs")), nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(format!("/run/{tag}-bpffs"));
+    let _ = std::fs::remove_dir_all(format!("/run/{tag}"));
+    let _ = std::fs::remove_dir(redirect_agent::cgroup::cgroup2_mount().unwrap().join(&tag));
+}
+
+#[test]
+fn ctrl_c_at_any_moment_of_the_demo_leaves_nothing_behind() {
+    // Early in set-up, later in set-up, and once it runs.
+    for delay in [30, 150, 400, 3000] {
+        let mut demo =
+            std::process::Command::new(tests::agent_bin()).arg("demo").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(demo.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = demo.wait().unwrap();
+        let left = demo_traces(demo.id());
+        remove_demo_traces(demo.id());
+        assert!(left.is_empty(), "SIGINT after {delay} ms ({status}) left {left:?}");
+    }
+}

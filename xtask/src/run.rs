@@ -13,5 +13,12 @@ pub fn demo(root: &Path, log_decisions: bool) -> anyhow::Result<()> {
     if log_decisions {
         cmd.arg("--log-decisions");
     }
+    // Ctrl-C in a terminal reaches the whole foreground group. The demo
+    // catches it and cleans up; xtask ignores it and waits for that, so the
+    // prompt comes back only once the demo's namespaces and cgroup are gone.
+    // The demo inherits the ignoring until it catches the signal itself,
+    // so a Ctrl-C at any moment of its start-up is not fatal either.
+    // SAFETY: signal() with SIG_IGN; xtask has no threads here.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     run(&mut cmd)
 }

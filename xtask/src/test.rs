@@ -18,11 +18,42 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     unsafe { std::env::set_var("REDIRECT_ENVOY", &envoy) };
     // The integration tests start these binaries.
     cargo(&["build", "--bins"])?;
+    let staged = StagedBins::new()?;
+    // SAFETY: as above, before any thread.
+    unsafe { std::env::set_var("REDIRECT_TEST_BINS", &staged.0) };
     // The default members: everything but the eBPF crate, which only
     // builds for BPF. Doc tests are left out: there are none.
     let mut all = vec!["test", "--lib", "--bins", "--tests", "--"];
     all.extend(args.iter().map(String::as_str));
     test_with_summary(&all)
+}
+
+/// A copy of the binaries that the tests run as other users (netprobe as
+/// the proxy's UID 1500 and the app's 1000), in a directory of mode 0755
+/// under /tmp: the tests don't depend on where the checkout lives (under a
+/// mode 0700 home, those users can't reach target/). Removed on drop.
+struct StagedBins(PathBuf);
+
+impl StagedBins {
+    fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("fsm-redirect-test-bins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let staged = StagedBins(dir);
+        std::fs::set_permissions(&staged.0, std::fs::Permissions::from_mode(0o755))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::process::workspace_root().join("target"), PathBuf::from);
+        let from = target.join("debug/netprobe");
+        let to = staged.0.join("netprobe");
+        std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        Ok(staged)
+    }
+}
+
+impl Drop for StagedBins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What the integration tests run besides the project's binaries: HAProxy
