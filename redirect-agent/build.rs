@@ -8,6 +8,10 @@ mod toolchain_file;
 fn main() -> anyhow::Result<()> {
     let path = "../redirect-ebpf/rust-toolchain.toml";
     println!("cargo::rerun-if-changed={path}");
+    // The programs are built from redirect-common too (the decision table,
+    // map layouts, the hand-over): aya-build watches redirect-ebpf alone,
+    // and a change there alone would leave a stale object embedded.
+    println!("cargo::rerun-if-changed=../redirect-common");
     let text = std::fs::read_to_string(path).context(path)?;
     // The one place the eBPF toolchain is named: `channel = "..."` there.
     let channel = toolchain_file::channel(&text).ok_or_else(|| anyhow!("{path}: no `channel = \"...\"` line"))?.to_owned();

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use redirect_common::maps::PodId;
+use redirect_common::maps::{PodId, capacity};
 
 use crate::{
     pod::{EnrollRequest, Pod},
@@ -24,6 +24,10 @@ pub struct State {
     pub pods: BTreeMap<PodId, Pod>,
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
+    /// The pod id given out last: ids go round (`take_id`), so a removed
+    /// pod's id comes back only after every other one was given out.
+    #[serde(default)]
+    pub last_id: PodId,
 }
 
 /// The recorded pods that are still valid: one this agent can't read (an
@@ -73,7 +77,67 @@ impl State {
     }
 
     /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
-    pub fn free_id(&self) -> PodId {
-        (1..).find(|id| !self.pods.contains_key(id)).expect("fewer than 2^32 pods")
+    /// An id for a new pod: the next one after the last given out that no
+    /// pod holds, going round 1..PODS. Not the smallest free one: records a
+    /// removed pod left in the kernel under its id (hand-over slots,
+    /// inbound records, all tagged with the id) then stay unreachable to
+    /// newer pods for as long as possible.
+    pub fn take_id(&mut self) -> anyhow::Result<PodId> {
+        let last = self.last_id.clamp(0, capacity::PODS - 1);
+        let id = (last + 1..capacity::PODS)
+            .chain(1..=last)
+            .find(|id| !self.pods.contains_key(id))
+            .ok_or_else(|| anyhow::anyhow!("{} pods are enrolled: the node's maps hold no more", self.pods.len()))?;
+        self.last_id = id;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::Dataplane, pod::EnrollRequest};
+
+    fn pod(name: &str) -> Pod {
+        let request = EnrollRequest {
+            name: name.into(),
+            netns: "/var/run/netns/x".into(),
+            cgroup: None,
+            annotations: Default::default(),
+            dataplane: Some(Dataplane::Iptables),
+            fast_path: None,
+            ipv6: None,
+        };
+        Pod::try_from(request).unwrap()
+    }
+
+    #[test]
+    fn ids_go_round_so_a_removed_pods_id_comes_back_last() {
+        let mut s = State::default();
+        for name in ["a", "b", "c"] {
+            let id = s.take_id().unwrap();
+            s.pods.insert(id, pod(name));
+        }
+        assert_eq!(s.pods.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        s.pods.remove(&2);
+        assert_eq!(s.take_id().unwrap(), 4, "not the smallest free id");
+        // At the end of the range: round to the first free one.
+        s.last_id = capacity::PODS - 1;
+        assert_eq!(s.take_id().unwrap(), 2);
+        // A state written before ids went round starts from 1.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("last_id").expect("recorded");
+        let old: State = serde_json::from_value(old).unwrap();
+        assert_eq!(old.last_id, 0);
+    }
+
+    #[test]
+    fn a_full_node_refuses_a_new_id_by_saying_so() {
+        let mut s = State::default();
+        for id in 1..capacity::PODS {
+            s.pods.insert(id, pod(&format!("p{id}")));
+        }
+        let err = s.take_id().unwrap_err().to_string();
+        assert!(err.contains("4095 pods are enrolled"), "{err}");
     }
 }

@@ -44,7 +44,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::{
     addr::Ip6,
-    maps::{Ipv4Be, PodId, capacity},
+    maps::{Ipv4Be, PodConfig, PodId, capacity},
 };
 
 /// 127.128.0.0/10 (host byte order): within loopback's 127.0.0.0/8, clear
@@ -179,8 +179,56 @@ impl Handover6 {
 // SAFETY: `#[repr(C)]` plain data without padding holes (bytemuck's derive checks).
 unsafe impl aya::Pod for Handover6 {}
 
+/// Which record an accepted socket's `SO_ORIGINAL_DST` would be read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// `HANDOVER`/`HANDOVER6`: a connection connect4/connect6 redirected
+    /// (to the outbound listener, or the inbound one for the proxy's own
+    /// connection to its pod IP).
+    Handover,
+    /// `INBOUND_ORIG`/`INBOUND_ORIG6`: a connection sk_lookup steered to
+    /// the inbound listener.
+    Inbound,
+}
+
+/// Whether `SO_ORIGINAL_DST` may be answered to a caller with `uid`, on an
+/// accepted socket whose local port is `local_port`, from `record`: only
+/// the pod's proxy, and from a hand-over record only on a socket of its
+/// listeners' ports. Conntrack answers a socket only about its own
+/// connection; without this a process of the pod could listen on an
+/// address of 127.128.0.0/10 itself, connect to it, and read the
+/// destination of another container's connection (or, with a recycled pod
+/// id, of an earlier pod's). An inbound record needs no port check: it is
+/// keyed by the connection's whole 4-tuple, and the socket sk_lookup
+/// steered keeps its original local port (the app's, not 15003).
+#[inline(always)]
+pub const fn may_answer(config: &PodConfig, uid: u32, local_port: u16, record: Record) -> bool {
+    if uid != config.proxy_uid {
+        return false;
+    }
+    match record {
+        Record::Handover => local_port == config.outbound_port || local_port == config.inbound_port,
+        Record::Inbound => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{Record, may_answer};
+    use crate::maps::PodConfig;
+
+    #[test]
+    fn only_the_proxy_on_its_listeners_gets_an_original_destination() {
+        let c = PodConfig { policy: 0, mesh_policy: 0, proxy_uid: 1500, outbound_port: 15001, inbound_port: 15003, flags: 0 };
+        assert!(may_answer(&c, 1500, 15001, Record::Handover));
+        assert!(may_answer(&c, 1500, 15003, Record::Handover), "the proxy dialling its own pod IP");
+        assert!(may_answer(&c, 1500, 8080, Record::Inbound), "a steered socket keeps the app's port");
+        assert!(!may_answer(&c, 1000, 8080, Record::Inbound));
+        assert!(!may_answer(&c, 1000, 15001, Record::Handover), "another container of the pod");
+        assert!(!may_answer(&c, 0, 15001, Record::Handover), "not even root: conntrack answers only about a socket's own connection");
+        assert!(!may_answer(&c, 1500, 9999, Record::Handover), "a socket the proxy accepted elsewhere");
+    }
+
     use super::*;
 
     const LOOPBACK: u32 = 0x7F00_0001;

@@ -10,7 +10,11 @@
 //!   `sockaddr_in6`.
 //!
 //! Conntrack answers neither question for the other family's connection
-//! (its tuple has the wrong family: ENOENT); neither do we.
+//! (its tuple has the wrong family: ENOENT); neither do we. And it answers
+//! a socket only about its own connection: we answer only the pod's proxy
+//! (its UID), on a socket accepted by its listeners' ports
+//! (`handover::may_answer`), so that no other process of the pod can read
+//! a destination by accepting a connection to an address of its choosing.
 //!
 //! Every other call must look exactly as if no program were attached. For
 //! those we set `optlen` to 0, which tells the kernel to keep its own answer
@@ -23,16 +27,28 @@
 //! VM matrix). Merbridge once clamped every option on the node by getting
 //! this wrong.
 
-use aya_ebpf::{bindings::bpf_sock, macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_current_uid_gid, macros::cgroup_sockopt, programs::SockoptContext};
 use redirect_common::{
-    IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, handover,
+    IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
+    handover::{self, Record},
     maps::{ConnKey, ConnKey6, OrigDst, OrigDst6, counter},
 };
 
 use crate::{
     fields::read_ip6,
-    maps::{HANDOVER, HANDOVER6, INBOUND_ORIG, INBOUND_ORIG6, count},
+    maps::{HANDOVER, HANDOVER6, INBOUND_ORIG, INBOUND_ORIG6, POD_CONFIG, count},
 };
+
+/// Whether the caller may be told the original destination of `sk`'s
+/// connection, read from `record` (see `handover::may_answer`).
+#[inline(always)]
+unsafe fn may_answer(sk: *const bpf_sock, record: Record) -> bool {
+    // SAFETY: the map value is read whole; `sk` is the context's.
+    unsafe {
+        let Some(config) = POD_CONFIG.get(&crate::pod_id()) else { return false };
+        handover::may_answer(config, bpf_get_current_uid_gid() as u32, ports(sk).0, record)
+    }
+}
 
 /// Let the call return (0 would turn it into EPERM).
 const CONTINUE: i32 = 1;
@@ -89,7 +105,11 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             return false;
         }
         let local_addr = u32::from_be((*sk).src_ip4);
-        let orig = match handover::slot_of(local_addr) {
+        let slot = handover::slot_of(local_addr);
+        if !may_answer(sk, if slot.is_some() { Record::Handover } else { Record::Inbound }) {
+            return false;
+        }
+        let orig = match slot {
             // Sent here by connect4: the slot its address names, if it still
             // holds this pod's connection. One 8-byte load (see handover.rs).
             Some(slot) => match HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), local_addr)) {
@@ -133,7 +153,11 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         if local.to_mapped_v4().is_some() {
             return false;
         }
-        let (addr, port) = match handover::cookie_of6(local) {
+        let cookie = handover::cookie_of6(local);
+        if !may_answer(sk, if cookie.is_some() { Record::Handover } else { Record::Inbound }) {
+            return false;
+        }
+        let (addr, port) = match cookie {
             // Sent here by connect6: the entry of the cookie its address
             // carries, if it is this pod's.
             Some(cookie) => match HANDOVER6.get(&cookie).and_then(|h| h.orig_for(crate::pod_id())) {

@@ -338,3 +338,20 @@ fn ctrl_c_at_any_moment_of_the_demo_leaves_nothing_behind() {
         assert!(left.is_empty(), "SIGINT after {delay} ms ({status}) left {left:?}");
     }
 }
+
+#[test]
+fn only_the_proxy_on_its_listener_learns_an_original_destination() {
+    let node = Node::start(NO_LISTS).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    // Another container of the pod (or root in it) accepting, on an address
+    // of the hand-over range it listens on itself, a connection it made:
+    // conntrack would tell it nothing, and neither do we.
+    for uid in [APP_UID, 0] {
+        let out = pod.netprobe(&["peek", "10.96.0.10:80", "9977"], uid);
+        assert!(out.starts_with("peek 127.1") && out.ends_with(" refused 2"), "uid {uid}: {out}");
+    }
+    // The proxy still learns its connections' destinations.
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
+}

@@ -294,7 +294,7 @@ impl Agent {
         self.refuse_overlap(&request)?;
         let (dataplane, why) = self.choose(&request, &lists)?;
         let pod = Pod::validated(request, lists, dataplane);
-        let id = self.state.free_id();
+        let id = self.state.take_id()?;
         if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
             ebpf.reset_counters(id)?;
         }

@@ -19,6 +19,11 @@
 //!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
 //!   run inside an enrolled pod with one outside.
+//! - `peek ADDR PORT`: what a process of the pod that is not its proxy
+//!   could learn: dials ADDR (if redirected, its peer is a hand-over
+//!   address), listens on that peer's IP at PORT itself, connects there and
+//!   asks `SO_ORIGINAL_DST` on the socket it accepted; prints `peek IP
+//!   answered ORIG` or `peek IP refused ERRNO`.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -203,6 +208,7 @@ fn main() {
         ["http", port, tag] => http(bind_addr(port), tag),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
         ["sockopts"] => sockopts(),
+        ["peek", addr, port] => peek(addr.parse().unwrap(), port.parse().unwrap()),
         ["connrate", addr, millis] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), None),
         ["connrate", addr, millis, expect] => connrate(addr.parse().unwrap(), millis.parse().unwrap(), Some(expect)),
         ["pingpong", addr, n] => pingpong(addr.parse().unwrap(), n.parse().unwrap(), 1024),
@@ -217,6 +223,20 @@ fn main() {
         println!("error: {e}");
         std::process::exit(1);
     }
+}
+
+fn peek(addr: SocketAddr, port: u16) -> Result<(), String> {
+    let first = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let via = first.peer_addr().map_err(|e| e.to_string())?.ip();
+    let listener = TcpListener::bind((via, port)).map_err(|e| format!("bind {via}:{port}: {e}"))?;
+    let _client = TcpStream::connect((via, port)).map_err(|e| format!("connect {via}:{port}: {e}"))?;
+    let (accepted, _) = listener.accept().map_err(|e| e.to_string())?;
+    match redirect_agent::original_dst::original_dst_any(&accepted) {
+        Ok(orig) => println!("peek {via} answered {orig}"),
+        Err(e) => println!("peek {via} refused {}", e.raw_os_error().unwrap_or(0)),
+    }
+    drop(first);
+    Ok(())
 }
 
 /// `PORT` (on 0.0.0.0) or `ADDR:PORT`.
