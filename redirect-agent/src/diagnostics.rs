@@ -145,6 +145,19 @@ fn matched_entry(policy: &PodPolicy, net: &PodNet, query: &Query, rule: &Decisio
             .find(|p| p.value.get() == *port)
             .map(|p| format!("port {} ({})", p.value, source(p.source))),
         (Query::Inbound { iface: Some(i), .. }, 2) => Some(format!("{i} (networkInterfaceExclusionList)")),
+        (Query::Outbound { to, uid }, 3) if policy.local_proxy_mode == crate::config::LocalProxyMode::PodIP => {
+            use redirect_common::decision::{Outbound, OutboundRule, to_pod_ip};
+            let ip = decided_ip(to);
+            let goes = match ip {
+                IpAddr::V4(a) => to_pod_ip(OutboundRule::ProxyUid, &Outbound { dst: u32::from(a), dst_port: to.port(), uid: *uid }),
+                IpAddr::V6(a) => to_pod_ip(
+                    OutboundRule::ProxyUid,
+                    &Outbound { dst: redirect_common::addr::Ip6::from_octets(a.octets()), dst_port: to.port(), uid: *uid },
+                ),
+            };
+            let pod_ip = net.pod_ip(ip.is_ipv6())?;
+            goes.then(|| format!("localProxyMode PodIP (MeshConfig): sent to the pod IP, {}", SocketAddr::new(pod_ip, to.port())))
+        }
         _ => None,
     }
 }

@@ -130,6 +130,17 @@ impl PodNet {
         })
     }
 
+    /// The pod IP of a family, which `localProxyMode: PodIP` needs on both
+    /// dataplanes (the target of the proxy's loopback connections).
+    pub fn pod_ip_for_local_proxy(&self, v6: bool, pod: &str) -> anyhow::Result<IpAddr> {
+        self.pod_ip(v6).ok_or_else(|| {
+            anyhow::anyhow!(
+                "pod {pod}: localProxyMode PodIP needs a pod IP of each family it intercepts, and its netns has no {} one",
+                if v6 { "IPv6" } else { "IPv4" }
+            )
+        })
+    }
+
     /// Whether the pod has a global IPv6 address (what `--ipv6 auto` asks).
     pub fn has_global_v6(&self) -> bool {
         self.pod_ip(true).is_some()

@@ -165,6 +165,17 @@ pub trait AddrLists<A>: PodLists {
     fn cidr_included(&self, addr: A) -> bool;
 }
 
+/// Whether a connection the table sent direct by row 3 (the proxy's own)
+/// goes to the pod IP instead, in `localProxyMode: PodIP`: fsm-init's
+/// `-I OUTPUT -o lo -d 127.0.0.1 --uid-owner 1500 -j DNAT --to-destination
+/// $POD_IP` (`::1` and `$POD_IPV6` in the ip6tables variant), which comes
+/// before the jump to its outbound chain. Only 127.0.0.1 (`::1`), never the
+/// rest of loopback; an IPv4-mapped `::ffff:127.0.0.1` is IPv4.
+#[inline(always)]
+pub fn to_pod_ip<A: Address>(rule: OutboundRule, conn: &Outbound<A>) -> bool {
+    matches!(rule, OutboundRule::ProxyUid) && conn.dst.routed().is_loopback_one()
+}
+
 /// The outbound table, first match wins.
 #[inline(always)]
 pub fn decide_outbound<A: Address, L: AddrLists<A>>(conn: &Outbound<A>, lists: &L) -> OutboundRule {
@@ -335,4 +346,22 @@ pub fn decide_inbound<L: InboundLists>(conn: &Inbound, lists: &L) -> InboundRule
         return InboundRule::ProxyPort;
     }
     InboundRule::Redirect
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Outbound, OutboundRule, to_pod_ip};
+    use crate::addr::Ip6;
+
+    #[test]
+    fn podip_mode_moves_only_the_proxys_connections_to_127_0_0_1() {
+        let v4 = |dst: [u8; 4]| Outbound { dst: u32::from_be_bytes(dst), dst_port: 8080, uid: 1500 };
+        assert!(to_pod_ip(OutboundRule::ProxyUid, &v4([127, 0, 0, 1])));
+        assert!(to_pod_ip(OutboundRule::ProxyUid, &v4([0, 0, 0, 0])), "0.0.0.0 is routed to 127.0.0.1");
+        assert!(!to_pod_ip(OutboundRule::ProxyUid, &v4([127, 0, 0, 2])), "-d 127.0.0.1/32 only");
+        assert!(!to_pod_ip(OutboundRule::ProxyUid, &v4([10, 96, 0, 10])));
+        assert!(!to_pod_ip(OutboundRule::AppToLocal, &v4([127, 0, 0, 1])), "not an app's");
+        assert!(!to_pod_ip(OutboundRule::Ipv6Off, &Outbound { dst: Ip6::LOOPBACK, dst_port: 8080, uid: 1500 }));
+        assert!(to_pod_ip(OutboundRule::ProxyUid, &Outbound { dst: Ip6::LOOPBACK, dst_port: 8080, uid: 1500 }));
+    }
 }

@@ -74,12 +74,14 @@ pub mod names {
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// The fast path's decision per local socket (LRU).
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
+    /// The pod IPs of pods in `localProxyMode: PodIP`.
+    pub const POD_IPS: &str = "POD_IPS";
     /// Per pod, not shared: a pod's local sockets for the fast path (see
     /// [`super::fast_path`]). Pinned in the pod's own directory.
     pub const FAST_PATH: &str = "FAST_PATH";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 19] = [
+    pub const SHARED: [&str; 20] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
@@ -99,6 +101,7 @@ pub mod names {
         INBOUND_ORIG6,
         AYA_LOGS,
         FAST_PATH_STATE,
+        POD_IPS,
     ];
 }
 
@@ -452,6 +455,19 @@ pub struct ConnKey6 {
     pub dst_port: u16,
 }
 
+/// The addresses the proxy's loopback connections go to in
+/// `localProxyMode: PodIP` (fsm-init's `-j DNAT --to-destination $POD_IP`),
+/// keyed by [`PodId`] in `POD_IPS`: present only for pods in that mode. An
+/// all-zero address: none of that family (its loopback connections stay).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PodIps {
+    /// The IPv4 pod IP.
+    pub v4: Ipv4Be,
+    /// The IPv6 pod IP, where the pod's IPv6 is intercepted.
+    pub v6: Ip6,
+}
+
 /// Where an IPv6 connection steered to the proxy was going. Value of
 /// `INBOUND_ORIG6`.
 #[repr(C)]
@@ -512,6 +528,7 @@ mod user {
     unsafe impl aya::Pod for PolicyPort {}
     unsafe impl aya::Pod for PolicyIface {}
     unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for PodIps {}
     unsafe impl aya::Pod for ConnKey {}
 }
 

@@ -15,14 +15,14 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use redirect_common::{
     addr::{Address, Ip6},
-    decision::{AddrLists, Dest6, Outbound, OutboundRule, Verdict, decide_outbound},
+    decision::{AddrLists, Dest6, Outbound, OutboundRule, Verdict, decide_outbound, to_pod_ip},
     handover::{self, Handover, Handover6},
     maps::{PodConfig, counter, pod_flags},
 };
 
 use crate::{
     fields::{read_ip6, write_ip6},
-    maps::{HANDOVER, HANDOVER6, POD_CONFIG, count},
+    maps::{HANDOVER, HANDOVER6, POD_CONFIG, POD_IPS, count},
     policy::MapLists,
 };
 
@@ -89,6 +89,31 @@ fn hand_over_v4(cookie: u64, conn: &Outbound<u32>) -> u32 {
     handover::address(cookie)
 }
 
+/// Where a connection the table left direct goes in `localProxyMode:
+/// PodIP` (`decision::to_pod_ip`): the pod IP, same port. None: where it
+/// was going.
+#[inline(always)]
+fn pod_ip_v4(rule: OutboundRule, conn: &Outbound<u32>) -> Option<(u32, u16)> {
+    if !to_pod_ip(rule, conn) {
+        return None;
+    }
+    // SAFETY: the value is copied out.
+    let ips = unsafe { POD_IPS.get(&crate::pod_id()) }.copied()?;
+    let ip = u32::from_be_bytes(ips.v4);
+    (ip != 0).then_some((ip, conn.dst_port))
+}
+
+/// [`pod_ip_v4`] for `::1`.
+#[inline(always)]
+fn pod_ip_v6(rule: OutboundRule, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
+    if !to_pod_ip(rule, conn) {
+        return None;
+    }
+    // SAFETY: the value is copied out.
+    let ips = unsafe { POD_IPS.get(&crate::pod_id()) }.copied()?;
+    (!ips.v6.same(Ip6::UNSPECIFIED)).then_some((ips.v6, conn.dst_port))
+}
+
 #[inline(always)]
 fn uid() -> u32 {
     bpf_get_current_uid_gid() as u32
@@ -113,7 +138,7 @@ fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) 
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
         log_v4(ctx, config, conn, None, rule);
-        return None;
+        return pod_ip_v4(rule, conn);
     };
     let to = hand_over_v4(cookie(ctx), conn);
     log_v4(ctx, config, conn, Some((to, port)), rule);
@@ -126,7 +151,7 @@ fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) 
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
         log_v6(ctx, config, conn, None, rule);
-        return None;
+        return pod_ip_v6(rule, conn);
     };
     let cookie = cookie(ctx);
     // Whole-entry update: a reader sees this entry or none. If it can't be

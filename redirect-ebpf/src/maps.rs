@@ -8,8 +8,8 @@ use aya_ebpf::{
 use redirect_common::{
     handover::{Handover, Handover6},
     maps::{
-        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort, capacity,
-        counter,
+        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort,
+        capacity, counter,
     },
 };
 
@@ -18,6 +18,10 @@ const NO_PREALLOC: u32 = 1;
 
 #[map]
 pub static POD_CONFIG: HashMap<PodId, PodConfig> = HashMap::with_max_entries(capacity::PODS, 0);
+
+/// The pod IPs of pods in `localProxyMode: PodIP` (none for the others).
+#[map]
+pub static POD_IPS: HashMap<PodId, PodIps> = HashMap::with_max_entries(capacity::PODS, 0);
 
 #[map]
 pub static LOCAL_ADDRS: HashMap<PolicyAddr, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);

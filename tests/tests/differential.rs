@@ -230,6 +230,38 @@ const SCENARIOS: &[Scenario] = &[
         ],
         net1: false,
     },
+    Scenario {
+        name: "localProxyMode PodIP: the proxy's connections to 127.0.0.1 go to the pod IP",
+        mesh: "spec:\n  sidecar:\n    localProxyMode: PodIP\n",
+        annotations: &[],
+        pods: Pods::V4,
+        dials: &[
+            (PROXY, "127.0.0.1:8080"),
+            (PROXY, "0.0.0.0:8080"),
+            (PROXY, "127.0.0.2:8080"),
+            (APP, "127.0.0.1:8080"),
+            (PROXY, "{POD}:8080"),
+            (PROXY, "10.96.0.10:80"),
+            (APP, "10.96.0.10:80"),
+        ],
+        net1: false,
+    },
+    Scenario {
+        name: "dual-stack, localProxyMode PodIP: ::1 too, where IPv6 is intercepted",
+        mesh: "spec:\n  sidecar:\n    localProxyMode: PodIP\n",
+        annotations: &[],
+        pods: IPV6_AUTO,
+        dials: &[(PROXY, "[::1]:8080"), (PROXY, "127.0.0.1:8080"), (APP, "[::1]:8080"), (PROXY, "[{POD6}]:8080")],
+        net1: false,
+    },
+    Scenario {
+        name: "dual-stack, localProxyMode PodIP with --ipv6 off: ::1 stays",
+        mesh: "spec:\n  sidecar:\n    localProxyMode: PodIP\n",
+        annotations: &[],
+        pods: IPV6_OFF,
+        dials: &[(PROXY, "[::1]:8080"), (PROXY, "127.0.0.1:8080")],
+        net1: false,
+    },
 ];
 
 /// Scenarios with a second interface; the eBPF side needs the interface of

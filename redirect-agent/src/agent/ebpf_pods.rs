@@ -8,11 +8,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use redirect_common::maps::PodId;
+use redirect_common::{
+    addr::Ip6,
+    maps::{PodId, PodIps},
+};
 
 use super::handler::{Install, PodHandler};
 use crate::{
-    config::MeshConfig,
+    config::{LocalProxyMode, MeshConfig},
     dataplane::Dataplane,
     ebpf::{
         entries::PodEntries,
@@ -147,6 +150,28 @@ impl EbpfPods {
     }
 }
 
+/// Where the proxy's loopback connections go in `localProxyMode: PodIP`:
+/// the pod IP of each family it intercepts, which must exist (as the
+/// iptables dataplane needs it for its DNAT rule). `None` in `Localhost`.
+fn pod_ips(cx: &Install<'_>) -> anyhow::Result<Option<PodIps>> {
+    if cx.mesh.local_proxy_mode != LocalProxyMode::PodIP {
+        return Ok(None);
+    }
+    let ip = |v6: bool| cx.net.pod_ip_for_local_proxy(v6, &cx.pod.name);
+    let v4 = match ip(false)? {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(_) => unreachable!("pod_ip(false) is IPv4"),
+    };
+    let v6 = match cx.ipv6 {
+        true => match ip(true)? {
+            std::net::IpAddr::V6(a) => Ip6::from_octets(a.octets()),
+            std::net::IpAddr::V4(_) => unreachable!("pod_ip(true) is IPv6"),
+        },
+        false => Ip6::UNSPECIFIED,
+    };
+    Ok(Some(PodIps { v4, v6 }))
+}
+
 impl PodHandler for EbpfPods {
     fn install(&mut self, cx: &Install<'_>) -> anyhow::Result<()> {
         let Install { id, pod, net, settings, ipv6, .. } = cx;
@@ -164,7 +189,9 @@ impl PodHandler for EbpfPods {
             netns::set_handover_route(&pod.netns, true)
                 .with_context(|| format!("pod {}: intercepting its IPv6 ({:?})", pod.name, settings.ipv6))?;
         }
+        let pod_ips = pod_ips(cx)?;
         self.maps.apply(id, PodEntries::own(cx.mesh, &pod.lists, net, ipv6), settings)?;
+        self.maps.set_pod_ips(id, pod_ips)?;
         if !ipv6 && net.handover_route {
             netns::set_handover_route(&pod.netns, false)?;
         }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use redirect_common::maps::PodId;
 
 use super::handler::{Install, PodHandler};
@@ -37,11 +37,8 @@ impl PodHandler for IptablesPods {
         let policy = PodPolicy::merge(cx.mesh, &pod.lists);
         let input = |family: Family| -> anyhow::Result<String> {
             let pod_ip = net.pod_ip(family == Family::V6);
-            if policy.local_proxy_mode == LocalProxyMode::PodIP && pod_ip.is_none() {
-                bail!(
-                    "pod {}: localProxyMode PodIP needs a pod IP of each family it intercepts, and its netns has no {family:?} one",
-                    pod.name
-                );
+            if policy.local_proxy_mode == LocalProxyMode::PodIP {
+                net.pod_ip_for_local_proxy(family == Family::V6, &pod.name)?;
             }
             Ok(iptables::rules::restore_input(&policy, settings, family, pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr)))
         };

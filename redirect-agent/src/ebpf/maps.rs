@@ -16,7 +16,7 @@ use aya::maps::{
 use redirect_common::{
     handover::Handover6,
     maps::{
-        ConnKey, ConnKey6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PolicyAddr, PolicyAddr6, PolicyId,
+        ConnKey, ConnKey6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyId,
         PolicyIface, PolicyPort, capacity, counter, lpm_prefix_len, names, pod_flags, policy_id,
     },
 };
@@ -58,6 +58,7 @@ pub struct SharedMaps {
     inbound_orig6: HashMap<MapData, ConnKey6, OrigDst6>,
     handover6: HashMap<MapData, u64, Handover6>,
     fast_path_state: HashMap<MapData, ConnKey, u8>,
+    pod_ips: HashMap<MapData, PodId, PodIps>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
     /// What each pod's own active slot holds, so a change deletes exactly that.
     written: StdHashMap<PodId, (PolicyId, SlotEntries)>,
@@ -111,6 +112,7 @@ impl SharedMaps {
             inbound_orig6: take(ebpf, names::INBOUND_ORIG6)?.try_into()?,
             handover6: take(ebpf, names::HANDOVER6)?.try_into()?,
             fast_path_state: take(ebpf, names::FAST_PATH_STATE)?.try_into()?,
+            pod_ips: take(ebpf, names::POD_IPS)?.try_into()?,
             counters: take(ebpf, names::COUNTERS)?.try_into()?,
             written: StdHashMap::new(),
             mesh: None,
@@ -317,6 +319,7 @@ impl SharedMaps {
             n(self.inbound_orig6.keys().count(), names::INBOUND_ORIG6, capacity::INBOUND_CONNECTIONS),
             n(self.handover6.keys().count(), names::HANDOVER6, capacity::HANDOVER6),
             n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
+            n(self.pod_ips.keys().count(), names::POD_IPS, capacity::PODS),
         ]
     }
 
@@ -444,11 +447,29 @@ impl SharedMaps {
     /// programs see no pod from then on) and removes its entries.
     pub fn remove(&mut self, pod: PodId) {
         let _ = self.pod_config.remove(&pod);
+        let _ = self.pod_ips.remove(&pod);
         let _ = self.proxy_listeners.remove(&ListenerKey::v4(pod));
         let _ = self.proxy_listeners.remove(&ListenerKey::v6(pod));
         if let Some((slot, entries)) = self.written.remove(&pod) {
             self.delete(slot, &entries);
         }
+    }
+
+    /// Where the proxy's loopback connections go in `localProxyMode: PodIP`
+    /// (`None`: the pod is not in that mode), unless already so.
+    pub fn set_pod_ips(&mut self, pod: PodId, ips: Option<PodIps>) -> anyhow::Result<()> {
+        if self.pod_ips.get(&pod, 0).ok() == ips {
+            return Ok(());
+        }
+        match ips {
+            Some(ips) => self.pod_ips.insert(&pod, &ips, 0).context("POD_IPS"),
+            None => self.pod_ips.remove(&pod).context("POD_IPS"),
+        }
+    }
+
+    /// What `set_pod_ips` last wrote for the pod, read from the kernel.
+    pub fn pod_ips(&self, pod: PodId) -> Option<PodIps> {
+        self.pod_ips.get(&pod, 0).ok()
     }
 
     fn write(&mut self, slot: PolicyId, e: &SlotEntries) -> anyhow::Result<()> {
