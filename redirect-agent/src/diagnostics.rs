@@ -265,7 +265,14 @@ impl Agent {
         match (spec.dataplane, &self.ebpf) {
             (Dataplane::Iptables, _) => out.push(check_iptables(pod, spec, &policy, &net, &settings, ipv6)),
             (Dataplane::Ebpf, Some(ebpf)) => {
-                let missing = crate::ebpf::programs::missing(&ebpf.pins, id);
+                let mut missing: Vec<String> = crate::ebpf::programs::missing(&ebpf.pins, id).iter().map(|p| p.to_string()).collect();
+                if let Ok(cg) = spec.cgroup_path() {
+                    missing.extend(
+                        crate::ebpf::programs::misplaced(&ebpf.pins, id, &cg, &spec.netns)
+                            .iter()
+                            .map(|p| format!("{p} (on a cgroup or netns that is gone)")),
+                    );
+                }
                 out.push(if missing.is_empty() {
                     Check::pass(pod, "programs attached", "connect4, connect6, getsockopt on its cgroup; sk_lookup on its netns".into())
                 } else {

@@ -32,6 +32,13 @@ pub struct Identity {
     ino: u64,
 }
 
+impl Identity {
+    /// The namespace's inode number (what a netns bpf_link reports).
+    pub fn ino(self) -> u64 {
+        self.ino
+    }
+}
+
 /// The identity of the namespace at `path`.
 pub fn identity(path: &Path) -> anyhow::Result<Identity> {
     use std::os::unix::fs::MetadataExt as _;

@@ -355,3 +355,28 @@ fn only_the_proxy_on_its_listener_learns_an_original_destination() {
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
     assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
 }
+
+#[test]
+fn a_netns_made_again_under_the_same_path_is_attached_again() {
+    let node = Node::start_with(NO_LISTS, &["--refresh-interval", "1"]).unwrap();
+    let mut pod = Pod::bare(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    // The pod's sandbox dies and a new one gets the same netns path (a
+    // runtime that names namespaces after the pod).
+    let path = pod.ns.path().display().to_string();
+    redirect_agent::sandbox::ip(&["netns", "del", &pod.ns.name]).unwrap();
+    redirect_agent::sandbox::ip(&["netns", "add", &pod.ns.name]).unwrap();
+    pod.ns.exec(&["link", "set", "lo", "up"]).unwrap();
+    pod.ns.exec(&["addr", "add", &format!("{}/32", pod.ip), "dev", "lo"]).unwrap();
+    let node_end = tests::unique("v");
+    redirect_agent::sandbox::veth(&node.ns, &node_end, "10.247.9.1/24", &pod.ns, "eth0", "10.247.9.2/24").unwrap();
+    pod.start_processes(15001, 15003, tests::PROXY_UID).unwrap();
+    // A connection arriving from the node goes through the proxy's inbound
+    // listener once sk_lookup is on the new namespace.
+    let to = "10.247.9.2:8080";
+    let attached = eventually(Duration::from_secs(10), || Pod::dial_from(&node.ns, to) == format!("in {to}"));
+    assert!(attached, "netns {path}: {}\n{}", Pod::dial_from(&node.ns, to), node.agent_log());
+    assert!(node.agent_log().contains("attached to a cgroup or netns that is gone"));
+    // Outbound too, from the pod's processes in the new netns.
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID).split(' ').next(), Some("out"));
+}

@@ -151,6 +151,13 @@ fn a_starting_agent_replaces_maps_whose_layout_changed_and_reattaches_every_pod(
     // What an agent before IPv6 left: no connect6 link, counters of 20
     // slots per pod, listeners keyed by the pod id alone.
     let (pod_dir, maps) = (node.bpffs_dir.join("pods").join(id.to_string()), node.bpffs_dir.join("maps"));
+    let links = ["connect4", "getsockopt", "sk_lookup"];
+    let info = |pin: &str| {
+        use std::os::fd::AsFd as _;
+        let fd = redirect_agent::ebpf::link::get(&pod_dir.join(pin)).unwrap();
+        redirect_agent::ebpf::link::info(fd.as_fd()).unwrap()
+    };
+    let before: Vec<_> = links.iter().map(|l| info(l)).collect();
     std::fs::remove_file(pod_dir.join("connect6")).unwrap();
     for (name, map_type, key_size, value_size, max_entries) in [("COUNTERS", 6, 4, 8, 4096 * 20), ("PROXY_LISTENERS", 18, 4, 4, 4096)] {
         std::fs::remove_file(maps.join(name)).unwrap();
@@ -160,6 +167,13 @@ fn a_starting_agent_replaces_maps_whose_layout_changed_and_reattaches_every_pod(
     assert!(node.agent_log().contains("replacing it"), "{}", node.agent_log());
     assert!(pod_dir.join("connect6").exists());
     assert_eq!(node.status()["pods"][0]["attached"], true);
+    // The same links, running the new programs: updated in place, so
+    // that no connect met no program in between.
+    for (link, old) in links.iter().zip(&before) {
+        let now = info(link);
+        assert_eq!(now.id, old.id, "{link}: a new link replaced the old one");
+        assert_ne!(now.prog_id, old.prog_id, "{link}: still the old program");
+    }
     // The re-attached programs count into the new map and find the
     // re-registered listener.
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");

@@ -195,7 +195,15 @@ impl PodHandler for EbpfPods {
         if !ipv6 && net.handover_route {
             netns::set_handover_route(&pod.netns, false)?;
         }
-        if !programs::is_attached(&self.pins, id) {
+        let misplaced = programs::misplaced(&self.pins, id, &cg, &pod.netns);
+        if !misplaced.is_empty() {
+            log::warn!(
+                "pod {}: {} attached to a cgroup or netns that is gone (made again under the same path): attaching to the new one",
+                pod.name,
+                misplaced.join(", ")
+            );
+        }
+        if !programs::is_attached(&self.pins, id) || !misplaced.is_empty() {
             programs::attach(&self.pins, id, &cg, &pod.netns)?;
         }
         let mut listeners = self.maps.listeners(id);

@@ -17,7 +17,12 @@ use anyhow::Context as _;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `enum bpf_link_type`.
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+const BPF_LINK_TYPE_NETNS: u32 = 5;
 
 /// `enum bpf_attach_type` values of the hooks we use.
 #[derive(Clone, Copy, Debug)]
@@ -84,4 +89,53 @@ pub fn get(path: &Path) -> anyhow::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the kernel just returned this new descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_UPDATE`: the link runs `prog` from now on, in place of its
+/// program, with no moment in between where neither runs (cgroup links
+/// from Linux 5.7, network namespace links from 5.8).
+pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut attr = [0u64; 8];
+    // { link_fd: u32, new_prog_fd: u32 }, { flags: u32, old_prog_fd: u32 }
+    attr[0] = u64::from(link.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// What the kernel says of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// The link's id: the same link for as long as it lives, whatever
+    /// program `update` gives it.
+    pub id: u32,
+    /// The program it runs.
+    pub prog_id: u32,
+    /// What a cgroup or network namespace link is attached to: the cgroup's
+    /// id (its directory's inode number) or the namespace's inode number. 0:
+    /// its target is gone (the cgroup removed, the namespace freed), and the
+    /// link with it. `None`: another kind of link.
+    pub target: Option<u64>,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of a link.
+pub fn info(link: BorrowedFd<'_>) -> std::io::Result<Info> {
+    // struct bpf_link_info { u32 type, id, prog_id; union (8-aligned, at
+    // offset 16) { cgroup: { u64 cgroup_id; u32 attach_type }, netns: {
+    // u32 netns_ino; u32 attach_type }, ... } }
+    let mut info = [0u64; 8];
+    let mut attr = [0u64; 8];
+    // { bpf_fd: u32, info_len: u32 }, { info: u64 }
+    attr[0] = u64::from(link.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let target = match info[0] as u32 {
+        BPF_LINK_TYPE_CGROUP => Some(info[2]),
+        BPF_LINK_TYPE_NETNS => Some(info[2] & 0xffff_ffff),
+        _ => None,
+    };
+    Ok(Info { id: (info[0] >> 32) as u32, prog_id: info[1] as u32, target })
+}
+
+/// [`Info::target`] of a link.
+pub fn target_id(link: BorrowedFd<'_>) -> std::io::Result<Option<u64>> {
+    info(link).map(|i| i.target)
 }

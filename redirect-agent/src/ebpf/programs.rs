@@ -111,21 +111,44 @@ pub fn load_replacing_changed_maps(pins: &Pins) -> anyhow::Result<(Ebpf, Vec<Str
 }
 
 /// Attaches the pod's programs to its cgroup (and sk_lookup to its network
-/// namespace) and pins the links, in place of whatever the pod had attached
-/// (an older agent's programs). Everything is loaded and verified first, so
-/// the pod's connects go unexamined only for the few syscalls of the
-/// switch, not for the verifier's tens of milliseconds. If loading fails,
-/// what the pod had stays; if attaching fails, nothing stays attached.
+/// namespace) and pins the links. Where the pod has a link already (an
+/// older agent's programs, or this agent's on maps it replaced), the link
+/// is given the new program in place (`BPF_LINK_UPDATE`): every connect
+/// meets the old program or the new one, never none. A link whose cgroup
+/// or namespace is gone (made again under the same path) is replaced.
+/// Everything is loaded and verified first; if loading fails, what the pod
+/// had stays, and if one link fails, the others are done all the same.
 pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
     let loaded = Loaded::prepare(pins, pod)?;
     let dir = pins.pod_dir(pod);
-    super::pins::remove_dir(&dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = loaded.attach(pins, pod, cgroup, netns);
-    if result.is_err() {
-        let _ = super::pins::remove_dir(&dir);
-    }
-    result
+    loaded.attach(pins, pod, cgroup, netns)
+}
+
+/// What the pod's cgroup links and its netns link must be attached to: the
+/// cgroup's id (its directory's inode) and the namespace's inode.
+fn target_ids(cgroup: &Path, netns: &Path) -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cg = std::fs::metadata(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?.ino();
+    Ok((cg, crate::netns::identity(netns)?.ino()))
+}
+
+/// The pod's links that are pinned but attached to a cgroup or network
+/// namespace that is not the pod's any more (removed, and made again under
+/// the same path): they intercept nothing. Empty where they can't be read.
+pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'static str> {
+    let Ok((cg, ns)) = target_ids(cgroup, netns) else { return Vec::new() };
+    PROGRAMS
+        .iter()
+        .map(|(pin, _, attach_type)| (*pin, *attach_type))
+        .chain([(SOCKOPS.0, AttachType::CgroupSockOps)])
+        .filter(|(pin, attach_type)| {
+            let Ok(fd) = link::get(&pins.link(pod, pin)) else { return false };
+            let want = if matches!(attach_type, AttachType::SkLookup) { ns } else { cg };
+            matches!(link::target_id(fd.as_fd()), Ok(Some(id)) if id != want)
+        })
+        .map(|(pin, _)| pin)
+        .collect()
 }
 
 /// Loads (verifies) one program of the object into the kernel.
@@ -177,20 +200,63 @@ impl Loaded {
     fn attach(self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
         // The pin is what keeps the sk_msg program attached: the kernel
         // detaches a sockhash's programs when the last file descriptor or pin
-        // of the map goes, even while sockops still uses the map.
-        link::pin(fast_path_map(&self.ebpf)?, &pins.link(pod, FAST_PATH_PIN))?;
-        link::pin(&self.sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
+        // of the map goes, even while sockops still uses the map. Sockets in
+        // the previous instance's sockhash keep its sk_msg program.
+        replace_pin(fast_path_map(&self.ebpf)?, &pins.link(pod, FAST_PATH_PIN))?;
+        replace_pin(&self.sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
         let cg = crate::cgroup::open(cgroup)?;
         let ns = crate::netns::open(netns)?;
-        for (pin, prog, attach_type) in &self.programs {
-            let (target, what) = match attach_type {
-                AttachType::SkLookup => (ns.as_fd(), netns),
-                _ => (cg.as_fd(), cgroup),
+        let (cg_id, ns_id) = target_ids(cgroup, netns)?;
+        let mut links: Vec<(&str, BorrowedFd<'_>, AttachType)> =
+            self.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type)).collect();
+        // sockops only where it is attached now (`set_sockops` decides).
+        if pins.link(pod, SOCKOPS.0).exists() {
+            links.push((SOCKOPS.0, self.sockops.as_fd(), AttachType::CgroupSockOps));
+        }
+        let mut failed = Vec::new();
+        for (pin, prog, attach_type) in links {
+            let (target, what, id) = match attach_type {
+                AttachType::SkLookup => (ns.as_fd(), netns, ns_id),
+                _ => (cg.as_fd(), cgroup, cg_id),
             };
-            link_and_pin(prog.as_fd(), target, *attach_type, what, &pins.link(pod, pin))?;
+            if let Err(e) = replace_link(prog, target, id, attach_type, what, &pins.link(pod, pin)) {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("{}", failed.join("; "));
         }
         Ok(())
     }
+}
+
+/// Pins `object` at `pin`, in place of what was pinned there.
+fn replace_pin(object: impl AsFd, pin: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(pin) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("unpinning {}", pin.display())),
+        _ => {}
+    }
+    link::pin(object, pin)
+}
+
+/// Makes the link pinned at `pin` run `prog` on `target` (whose id is
+/// `target_id`): updated in place if it is attached there, else attached
+/// anew (a link whose target is gone is unpinned first: it is detached).
+fn replace_link(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    target_id: u64,
+    attach_type: AttachType,
+    what: &Path,
+    pin: &Path,
+) -> anyhow::Result<()> {
+    if let Ok(existing) = link::get(pin) {
+        if matches!(link::target_id(existing.as_fd()), Ok(Some(id)) if id == target_id) {
+            return link::update(existing.as_fd(), prog).with_context(|| format!("updating {} in place", pin.display()));
+        }
+        std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+    }
+    link_and_pin(prog, target, attach_type, what, pin)
 }
 
 /// Attaches `prog` to `target` (`what`, for the error) and pins the link
