@@ -241,8 +241,11 @@ fn stray_segments_of_closed_redirected_connections_are_not_taken_for_inbound_one
     // Short connections closed with RST while the proxy may still be
     // sending: its late segments find no socket and go through sk_lookup,
     // from the proxy's side of the connection (the hand-over prefix).
+    // Long enough for a hundred connections on an emulated machine too
+    // (what matters is their number, not their rate).
+    let millis = tests::scaled(std::time::Duration::from_millis(500)).as_millis().to_string();
     for to in ["[fd00:96::10]:80", "10.96.0.10:80"] {
-        let out = pod.netprobe(&["connrate", to, "500"], APP_UID);
+        let out = pod.netprobe(&["connrate", to, &millis], APP_UID);
         assert!(out.contains("errors=0"), "{to}: {out}");
     }
     let c = node.counters(&pod);
