@@ -104,8 +104,9 @@ fn workspace_bin(name: &str) -> PathBuf {
 
 /// The test client and servers. Its proxies and apps run as other users
 /// (UIDs 1500 and 1000), who may not reach a checkout under a private
-/// directory (root's home is mode 0700 on Debian): `./x test` puts a copy
-/// where they can and names it in `REDIRECT_TEST_BINS`.
+/// directory (root's home is mode 0700 on Debian): `./x test` puts copies
+/// of both binaries where they can and names the directory in
+/// `REDIRECT_TEST_BINS`.
 pub fn netprobe() -> PathBuf {
     match std::env::var_os("REDIRECT_TEST_BINS") {
         Some(dir) => PathBuf::from(dir).join("netprobe"),
@@ -113,8 +114,13 @@ pub fn netprobe() -> PathBuf {
     }
 }
 
+/// The agent (see `netprobe` for `REDIRECT_TEST_BINS`: a test runs its
+/// CLI as another user).
 pub fn agent_bin() -> PathBuf {
-    workspace_bin("redirect-agent")
+    match std::env::var_os("REDIRECT_TEST_BINS") {
+        Some(dir) => PathBuf::from(dir).join("redirect-agent"),
+        None => workspace_bin("redirect-agent"),
+    }
 }
 
 /// Starts `cmd` and waits for it to print `listening`.

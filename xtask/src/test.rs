@@ -29,7 +29,7 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// A copy of the binaries that the tests run as other users (netprobe as
-/// the proxy's UID 1500 and the app's 1000), in a directory of mode 0755
+/// the proxy's UID 1500 and the app's 1000, the agent's CLI), in a directory of mode 0755
 /// under /tmp: the tests don't depend on where the checkout lives (under a
 /// mode 0700 home, those users can't reach target/). Removed on drop.
 struct StagedBins(PathBuf);
@@ -42,10 +42,13 @@ impl StagedBins {
         let staged = StagedBins(dir);
         std::fs::set_permissions(&staged.0, std::fs::Permissions::from_mode(0o755))?;
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::process::workspace_root().join("target"), PathBuf::from);
-        let from = target.join("debug/netprobe");
-        let to = staged.0.join("netprobe");
-        std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        // netprobe runs as the proxy's and the app's users; the agent's CLI
+        // as another user, to see it turned away.
+        for bin in ["netprobe", "redirect-agent"] {
+            let (from, to) = (target.join("debug").join(bin), staged.0.join(bin));
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        }
         Ok(staged)
     }
 }
