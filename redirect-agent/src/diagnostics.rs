@@ -389,6 +389,12 @@ impl Agent {
         let _ = writeln!(o, "# HELP fsm_redirect_pods_removed_netns_gone_total Pods removed because their netns was gone.");
         let _ = writeln!(o, "# TYPE fsm_redirect_pods_removed_netns_gone_total counter");
         let _ = writeln!(o, "fsm_redirect_pods_removed_netns_gone_total {}", self.removed_gone);
+        let _ = writeln!(
+            o,
+            "# HELP fsm_redirect_enrolments_refused_over_limit_total Enrolments refused for annotations over --max-annotation-entries."
+        );
+        let _ = writeln!(o, "# TYPE fsm_redirect_enrolments_refused_over_limit_total counter");
+        let _ = writeln!(o, "fsm_redirect_enrolments_refused_over_limit_total {}", self.refused_over_limit);
         let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
         let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
         for (dp, name) in [(Dataplane::Ebpf, "ebpf"), (Dataplane::Iptables, "iptables")] {

@@ -155,6 +155,11 @@ enum Command {
         /// routes (missing programs are re-attached then too).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         refresh_interval: u64,
+        /// The most entries each of a pod's four list annotations may hold;
+        /// a pod with more is refused at enrolment (the node's policy maps
+        /// are shared by every pod).
+        #[arg(long, default_value_t = redirect_agent::settings::DEFAULT_MAX_ANNOTATION_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
+        max_annotation_entries: u32,
     },
     /// Why a connection is (or is not) intercepted: the verdict and the rule,
     /// from the configured lists and from the kernel's state.
@@ -309,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ipv6,
             metrics_listen,
             refresh_interval,
+            max_annotation_entries,
         } => {
             let opts = AgentOptions {
                 state_dir: cli.state_dir.clone(),
@@ -322,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     inbound: true,
                     fast_path: fast_path == Switch::On,
                     ipv6,
+                    max_annotation_entries,
                 },
                 dataplane,
             };

@@ -20,6 +20,18 @@ pub struct ProxySettings {
     /// Whose IPv6 is intercepted (`--ipv6`).
     #[serde(default)]
     pub ipv6: Ipv6Mode,
+    /// The most entries each of a pod's four list annotations may hold
+    /// (`--max-annotation-entries`): the node's policy maps are shared.
+    #[serde(default = "default_max_annotation_entries")]
+    pub max_annotation_entries: u32,
+}
+
+/// 256: a pod's annotations then take at most 512 of the 64 Ki entries of
+/// the CIDR tries, and of the ports map; FSM's examples hold a handful.
+pub const DEFAULT_MAX_ANNOTATION_ENTRIES: u32 = 256;
+
+fn default_max_annotation_entries() -> u32 {
+    DEFAULT_MAX_ANNOTATION_ENTRIES
 }
 
 fn yes() -> bool {
@@ -37,6 +49,7 @@ impl Default for ProxySettings {
             inbound: true,
             fast_path: false,
             ipv6: Ipv6Mode::default(),
+            max_annotation_entries: DEFAULT_MAX_ANNOTATION_ENTRIES,
         }
     }
 }

@@ -284,6 +284,14 @@ const INTERFACE_SCENARIOS: &[Scenario] = &[
         net1: true,
     },
     Scenario {
+        name: "an interface prefix (net+, iptables' wildcard), both directions",
+        mesh: "spec:\n  traffic:\n    networkInterfaceExclusionList: [net+]\n",
+        annotations: &[],
+        pods: Pods::V4,
+        dials: &[(NODE, "{NET1}:8080"), (NODE, "{POD}:8080"), (APP, "{NET1PEER}:80"), (APP, "10.96.0.10:80")],
+        net1: true,
+    },
+    Scenario {
         name: "a second interface that is not excluded",
         mesh: DEFAULTS,
         annotations: &[],

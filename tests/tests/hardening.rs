@@ -380,3 +380,20 @@ fn a_netns_made_again_under_the_same_path_is_attached_again() {
     // Outbound too, from the pod's processes in the new netns.
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID).split(' ').next(), Some("out"));
 }
+
+#[test]
+fn annotations_over_the_nodes_per_pod_limit_are_refused_by_name_and_counted() {
+    let listen = tests::metrics_listen();
+    let node = Node::start_with(NO_LISTS, &["--metrics-listen", &listen, "--max-annotation-entries", "100"]).unwrap();
+    let greedy = Pod::bare(&node).unwrap();
+    let cidrs: Vec<String> = (0..101).map(|i| format!("10.{}.{}.0/24", 100 + i / 250, i % 250)).collect();
+    let annotation = format!("flomesh.io/outbound-ip-range-exclusion-list={}", cidrs.join(","));
+    let err = node.enroll(&greedy, &[&annotation]).unwrap_err().to_string();
+    assert!(err.contains("flomesh.io/outbound-ip-range-exclusion-list: \"101 entries\" is more than this node's limit of 100"), "{err}");
+    assert!(node.status()["pods"].as_array().unwrap().is_empty());
+    assert!(tests::metrics(&listen).contains("fsm_redirect_enrolments_refused_over_limit_total 1"));
+    // At the limit: enrolled, with every entry in the kernel.
+    let annotation = format!("flomesh.io/outbound-ip-range-exclusion-list={}", cidrs[..100].join(","));
+    node.enroll(&greedy, &[&annotation]).unwrap();
+    assert_eq!(pod_status(&node, &greedy).unwrap()["excluded_cidrs"], 100);
+}

@@ -61,6 +61,8 @@ pub struct Agent {
     /// Pods removed because their netns was gone (a pod deleted without
     /// `remove`: a crashed kubelet, a missed CNI DEL).
     pub(crate) removed_gone: u64,
+    /// Enrolments refused for annotations over the per-pod limit.
+    pub(crate) refused_over_limit: u64,
     choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
     pub(crate) ebpf_unavailable: Option<String>,
@@ -122,6 +124,7 @@ impl Agent {
             mesh_refused: None,
             degraded: BTreeMap::new(),
             removed_gone: 0,
+            refused_over_limit: 0,
             choice: opts.dataplane,
             ebpf_unavailable,
             ebpf,
@@ -288,6 +291,10 @@ impl Agent {
     /// Enrolls a pod: its id, and the dataplane chosen for it.
     pub fn enroll(&mut self, request: EnrollRequest) -> anyhow::Result<(PodId, Dataplane)> {
         let lists = request.validate()?;
+        if let Err(e) = lists.within(self.state.settings.max_annotation_entries) {
+            self.refused_over_limit += 1;
+            return Err(anyhow::Error::from(e).context(format!("pod {}: not enrolled", request.name)));
+        }
         if self.state.pod_id(&request.name).is_some() {
             bail!("pod {}: already enrolled (remove it first)", request.name);
         }

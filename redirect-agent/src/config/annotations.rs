@@ -39,6 +39,27 @@ impl PodAnnotations {
             outbound_ip_range_inclusions: cidrs(OUTBOUND_IP_RANGE_INCLUSION)?,
         })
     }
+
+    /// Refuses annotations whose lists hold more than `max` entries each:
+    /// the node's policy maps are shared by every pod (64 Ki CIDRs, 64 Ki
+    /// ports), and one pod's annotations must not fill them for the others.
+    /// Names the annotation, its count and the limit.
+    pub fn within(&self, max: u32) -> Result<(), ConfigError> {
+        let counts = [
+            (OUTBOUND_PORT_EXCLUSION, self.outbound_port_exclusions.len()),
+            (INBOUND_PORT_EXCLUSION, self.inbound_port_exclusions.len()),
+            (OUTBOUND_IP_RANGE_EXCLUSION, self.outbound_ip_range_exclusions.len()),
+            (OUTBOUND_IP_RANGE_INCLUSION, self.outbound_ip_range_inclusions.len()),
+        ];
+        match counts.into_iter().find(|(_, n)| *n > max as usize) {
+            Some((key, n)) => Err(ConfigError::invalid(
+                key,
+                format!("{n} entries"),
+                format!("is more than this node's limit of {max} per annotation (redirect-agent run --max-annotation-entries)"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +92,14 @@ mod tests {
         assert_eq!(err.to_string(), format!("{OUTBOUND_PORT_EXCLUSION}: \"0\" is not a port number (1-65535)"));
         let err = PodAnnotations::from_map(&map(&[(OUTBOUND_IP_RANGE_INCLUSION, "10.0.0.0/8,banana")])).unwrap_err();
         assert!(err.to_string().starts_with(&format!("{OUTBOUND_IP_RANGE_INCLUSION}: \"banana\"")), "{err}");
+    }
+
+    #[test]
+    fn a_list_longer_than_the_nodes_limit_is_refused_by_name_and_count() {
+        let ports: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        let a = PodAnnotations::from_map(&map(&[(INBOUND_PORT_EXCLUSION, &ports.join(","))])).unwrap();
+        let err = a.within(256).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{INBOUND_PORT_EXCLUSION}: \"300 entries\" is more than this node's limit of 256")), "{err}");
+        assert!(a.within(300).is_ok());
     }
 }
