@@ -213,9 +213,15 @@ impl Client {
         })?;
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
-        stream.write_all(line.as_bytes()).context("writing to the agent")?;
+        // An agent that turns the caller away answers and closes at once,
+        // maybe before the request is written: its answer is still there.
+        let written = stream.write_all(line.as_bytes());
         let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
+        let read = BufReader::new(stream).read_line(&mut answer);
+        if answer.is_empty() {
+            written.context("writing to the agent")?;
+            read.context("reading the agent's answer")?;
+        }
         match serde_json::from_str(&answer).context("the agent's answer is not a reply")? {
             Response::Ok(reply) => Ok(reply),
             Response::Error(e) => Err(anyhow!(e)),
