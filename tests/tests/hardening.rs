@@ -196,6 +196,26 @@ fn a_pod_that_cannot_be_installed_at_restart_stays_intercepted_degraded_and_is_r
     let metrics = tests::metrics(&listen);
     assert!(metrics.contains("fsm_redirect_pods_degraded 2"), "{metrics}");
 
+    // Degraded pods still follow MeshConfig changes, one after another
+    // (their PodConfig is pointed at each new list slot).
+    for (excluded, redirected) in [("7070", "6379"), ("6379", "7070")] {
+        let yaml = format!("kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [{excluded}]\n");
+        std::fs::write(&node.mesh_config, yaml).unwrap();
+        let (ok, out) = node.cli(&["reload"]);
+        assert!(!ok && out.contains("degraded"), "{out}");
+        for pod in [&stuck, &neighbour] {
+            assert_eq!(pod.dial(&format!("10.96.0.10:{excluded}"), APP_UID), format!("direct 10.96.0.10:{excluded}"));
+            assert_eq!(pod.dial(&format!("10.96.0.10:{redirected}"), APP_UID), format!("out 10.96.0.10:{redirected}"));
+        }
+    }
+    // A degraded pod removed: the next change must not trip over it. (Its
+    // slot held the filling, so the map has room again too.)
+    let (ok, out) = node.cli(&["remove", &neighbour.name]);
+    assert!(ok, "{out}");
+    let (ok, out) = node.cli(&["reload"]);
+    assert!(ok && out.contains("reloaded"), "{out}\n{}", node.agent_log());
+    node.enroll(&neighbour, &[]).unwrap();
+
     // Room again: the next refresh installs it.
     filled.drain();
     let healed = eventually(Duration::from_secs(10), || {

@@ -38,7 +38,12 @@ impl StagedBins {
     fn new() -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("fsm-redirect-test-bins-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Made afresh, never one found there (under /tmp anyone could have
+        // made it first).
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let staged = StagedBins(dir);
         std::fs::set_permissions(&staged.0, std::fs::Permissions::from_mode(0o755))?;
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::process::workspace_root().join("target"), PathBuf::from);

@@ -71,6 +71,12 @@ impl EbpfPods {
         self.maps.begin_mesh(&PodEntries::mesh(mesh))
     }
 
+    /// Points a pod whose install failed at the MeshConfig's new lists
+    /// (`SharedMaps::follow_mesh`).
+    pub fn follow_mesh(&mut self, id: PodId) -> anyhow::Result<()> {
+        self.maps.follow_mesh(id)
+    }
+
     /// Every pod points at the MeshConfig's new slot: clears the old one.
     pub fn finish_mesh(&mut self) {
         self.maps.finish_mesh();

@@ -190,6 +190,12 @@ impl Agent {
                 }
             }
             Err(e) => {
+                // It still follows the MeshConfig, whatever failed.
+                if let (Some(ebpf), Dataplane::Ebpf) = (&mut self.ebpf, self.state.pods[&id].dataplane)
+                    && let Err(e) = ebpf.follow_mesh(id)
+                {
+                    log::warn!("pod {name}: pointing it at the MeshConfig's lists: {e:#}");
+                }
                 let why = format!("{e:#}");
                 if self.degraded.get(&id) != Some(&why) {
                     log::warn!("pod {name}: degraded, keeping what the kernel held before, retried at each refresh: {why}");
@@ -306,6 +312,7 @@ impl Agent {
             ebpf.reset_counters(id)?;
         }
         // Installed as recorded; unrecorded again if that fails.
+        self.degraded.remove(&id);
         self.state.pods.insert(id, pod);
         if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, true)) {
             let pod = self.state.pods.remove(&id).expect("just recorded");
@@ -326,6 +333,7 @@ impl Agent {
         let pod = &self.state.pods[&id];
         handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane)?.uninstall(id, pod)?;
         self.state.pods.remove(&id);
+        self.degraded.remove(&id);
         self.state.save(&self.state_dir)
     }
 
@@ -350,7 +358,10 @@ impl Agent {
 
     /// The degraded pods by name, with why.
     pub fn degraded_pods(&self) -> Vec<Degraded> {
-        self.degraded.iter().map(|(id, why)| Degraded { pod: self.state.pods[id].name.clone(), why: why.clone() }).collect()
+        self.degraded
+            .iter()
+            .filter_map(|(id, why)| Some(Degraded { pod: self.state.pods.get(id)?.name.clone(), why: why.clone() }))
+            .collect()
     }
 
     /// Installs every pod's policy, each on its own (`set_mesh_config`).

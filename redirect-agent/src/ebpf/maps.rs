@@ -166,6 +166,17 @@ impl SharedMaps {
                 self.mesh = Some((slot, e));
                 return Ok(());
             }
+            // A pod still on it (one that could follow no change, not even
+            // by `follow_mesh`) would read the new lists with flags of the
+            // old: refuse, and keep both, until it moves or goes.
+            let stranded: Vec<PodId> =
+                self.pod_config.iter().filter_map(Result::ok).filter(|(_, c)| c.mesh_policy == slot).map(|(pod, _)| pod).collect();
+            if !stranded.is_empty() {
+                self.retired_mesh = Some((slot, e));
+                anyhow::bail!(
+                    "pod id(s) {stranded:?} still use the MeshConfig before last (their installs fail): the change waits for them"
+                );
+            }
             self.delete(slot, &e);
         }
         let next = match &self.mesh {
@@ -178,6 +189,32 @@ impl SharedMaps {
         }
         self.retired_mesh = self.mesh.replace((next, entries.clone()));
         Ok(())
+    }
+
+    /// Points a pod whose install failed at the MeshConfig's active slot,
+    /// changing only its `POD_CONFIG` entry (the slot, and the flags that
+    /// depend on the MeshConfig's lists); its own slot stays as it was. So
+    /// a pod that can't be installed still follows MeshConfig changes, and
+    /// the previous slot can go.
+    pub fn follow_mesh(&mut self, pod: PodId) -> anyhow::Result<()> {
+        let (Some((active, mesh)), Some(mut config)) = (self.mesh.clone(), self.pod_config(pod)) else { return Ok(()) };
+        if config.mesh_policy == active {
+            return Ok(());
+        }
+        let own = self.written.get(&pod).map(|(_, e)| e.clone()).unwrap_or_default();
+        let includes = |e: &SlotEntries| !e.included_cidrs.is_empty() || !e.included_cidrs6.is_empty();
+        config.mesh_policy = active;
+        config.flags &= !pod_flags::INCLUSION;
+        if includes(&mesh) || includes(&own) {
+            config.flags |= pod_flags::INCLUSION;
+        }
+        for list in List::ALL {
+            config.flags &= !list.flag(true);
+            if mesh.holds(list) {
+                config.flags |= list.flag(true);
+            }
+        }
+        self.pod_config.insert(&pod, &config, 0).context("POD_CONFIG")
     }
 
     /// Clears the previous MeshConfig slot once no pod points to it.
