@@ -367,8 +367,10 @@ impl Agent {
     /// Installs every pod's policy, each on its own (`set_mesh_config`).
     fn apply_all(&mut self, find_listeners: bool) {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        let mut removed = false;
         for id in ids {
             if self.remove_if_gone(id) {
+                removed = true;
                 continue;
             }
             let result = self.install(id, find_listeners);
@@ -379,7 +381,9 @@ impl Agent {
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.finish_mesh();
         }
-        if let Err(e) = self.state.save(&self.state_dir) {
+        // The state changes here only when a pod went; this runs at every
+        // refresh, which must not rewrite the state file each time.
+        if removed && let Err(e) = self.state.save(&self.state_dir) {
             log::error!("saving the state: {e:#}");
         }
     }
