@@ -179,16 +179,21 @@ impl Handover6 {
 // SAFETY: `#[repr(C)]` plain data without padding holes (bytemuck's derive checks).
 unsafe impl aya::Pod for Handover6 {}
 
-/// Which record an accepted socket's `SO_ORIGINAL_DST` would be read from.
+/// Where the answer to an accepted socket's `SO_ORIGINAL_DST` comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
     /// `HANDOVER`/`HANDOVER6`: a connection connect4/connect6 redirected
     /// (to the outbound listener, or the inbound one for the proxy's own
     /// connection to its pod IP).
     Handover,
-    /// `INBOUND_ORIG`/`INBOUND_ORIG6`: a connection sk_lookup steered to
-    /// the inbound listener.
-    Inbound,
+    /// The socket's own local address: a connection sk_lookup steered to
+    /// the inbound listener keeps the address and port it was dialled at
+    /// (nothing is rewritten), and for a connection that was not steered
+    /// conntrack answers that same address. So no record is kept per
+    /// inbound connection, and nothing another pod does (a SYN flood) can
+    /// make one missing. The caller learns nothing `getsockname` would not
+    /// tell it.
+    OwnAddress,
 }
 
 /// Whether `SO_ORIGINAL_DST` may be answered to a caller with `uid`, on an
@@ -198,9 +203,7 @@ pub enum Record {
 /// connection; without this a process of the pod could listen on an
 /// address of 127.128.0.0/10 itself, connect to it, and read the
 /// destination of another container's connection (or, with a recycled pod
-/// id, of an earlier pod's). An inbound record needs no port check: it is
-/// keyed by the connection's whole 4-tuple, and the socket sk_lookup
-/// steered keeps its original local port (the app's, not 15003).
+/// id, of an earlier pod's).
 #[inline(always)]
 pub const fn may_answer(config: &PodConfig, uid: u32, local_port: u16, record: Record) -> bool {
     if uid != config.proxy_uid {
@@ -208,7 +211,7 @@ pub const fn may_answer(config: &PodConfig, uid: u32, local_port: u16, record: R
     }
     match record {
         Record::Handover => local_port == config.outbound_port || local_port == config.inbound_port,
-        Record::Inbound => true,
+        Record::OwnAddress => true,
     }
 }
 
@@ -222,8 +225,8 @@ mod tests {
         let c = PodConfig { policy: 0, mesh_policy: 0, proxy_uid: 1500, outbound_port: 15001, inbound_port: 15003, flags: 0 };
         assert!(may_answer(&c, 1500, 15001, Record::Handover));
         assert!(may_answer(&c, 1500, 15003, Record::Handover), "the proxy dialling its own pod IP");
-        assert!(may_answer(&c, 1500, 8080, Record::Inbound), "a steered socket keeps the app's port");
-        assert!(!may_answer(&c, 1000, 8080, Record::Inbound));
+        assert!(may_answer(&c, 1500, 8080, Record::OwnAddress), "a steered socket keeps the app's port");
+        assert!(!may_answer(&c, 1000, 8080, Record::OwnAddress));
         assert!(!may_answer(&c, 1000, 15001, Record::Handover), "another container of the pod");
         assert!(!may_answer(&c, 0, 15001, Record::Handover), "not even root: conntrack answers only about a socket's own connection");
         assert!(!may_answer(&c, 1500, 9999, Record::Handover), "a socket the proxy accepted elsewhere");

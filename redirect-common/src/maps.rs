@@ -60,10 +60,9 @@ pub mod names {
     pub const IFACE_ROUTES6: &str = "IFACE_ROUTES6";
     /// The proxies' inbound listening sockets (sockhash).
     pub const PROXY_LISTENERS: &str = "PROXY_LISTENERS";
-    /// Original destinations of inbound IPv4 connections (LRU).
-    pub const INBOUND_ORIG: &str = "INBOUND_ORIG";
-    /// Original destinations of inbound IPv6 connections (LRU).
-    pub const INBOUND_ORIG6: &str = "INBOUND_ORIG6";
+    /// The proxies' own outgoing sockets (socket-local storage: each
+    /// entry lives and dies with its socket).
+    pub const PROXY_DIALLED: &str = "PROXY_DIALLED";
     /// The per-CPU event counters.
     pub const COUNTERS: &str = "COUNTERS";
     /// The IPv4 outbound hand-over (array).
@@ -81,7 +80,7 @@ pub mod names {
     pub const FAST_PATH: &str = "FAST_PATH";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 20] = [
+    pub const SHARED: [&str; 19] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
@@ -97,8 +96,7 @@ pub mod names {
         PROXY_LISTENERS,
         HANDOVER,
         HANDOVER6,
-        INBOUND_ORIG,
-        INBOUND_ORIG6,
+        PROXY_DIALLED,
         AYA_LOGS,
         FAST_PATH_STATE,
         POD_IPS,
@@ -128,10 +126,6 @@ pub mod capacity {
     /// still ask for, node-wide ([`crate::handover`]): the least recently
     /// used entry goes first, about 64Ki redirected IPv6 connections later.
     pub const HANDOVER6: u32 = 64 * 1024;
-    /// Inbound connections steered to the proxy, from the SYN until the
-    /// least recently used one is evicted, per family. Apart from the
-    /// outbound hand-over, so a SYN flood can't touch outbound connections.
-    pub const INBOUND_CONNECTIONS: u32 = 64 * 1024;
     /// The proxies' inbound listening sockets: one per pod and family.
     pub const LISTENERS: u32 = 2 * PODS;
     /// Excluded interfaces of all pods.
@@ -407,20 +401,7 @@ pub struct PolicyIface {
     pub ifindex: u32,
 }
 
-/// Where a connection steered to the proxy was going. Value of
-/// `INBOUND_ORIG`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct OrigDst {
-    /// The address.
-    pub addr: Ipv4Be,
-    /// Host byte order.
-    pub port: u16,
-    /// Zero.
-    pub _pad: u16,
-}
-
-/// Key of `INBOUND_ORIG` and of the fast path's maps: one connection, seen
+/// Key of the fast path's maps: one connection, seen
 /// from its client's side (source = the connecting socket), qualified by the
 /// pod so that two pods' connections with the same 4-tuple at the same
 /// moment never see each other's entry.
@@ -439,22 +420,6 @@ pub struct ConnKey {
     pub dst_port: u16,
 }
 
-/// [`ConnKey`] for IPv6: key of `INBOUND_ORIG6`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ConnKey6 {
-    /// The pod.
-    pub pod: PodId,
-    /// The connecting side's address.
-    pub src_addr: Ip6,
-    /// The accepting side's address.
-    pub dst_addr: Ip6,
-    /// Host byte order.
-    pub src_port: u16,
-    /// Host byte order.
-    pub dst_port: u16,
-}
-
 /// The addresses the proxy's loopback connections go to in
 /// `localProxyMode: PodIP` (fsm-init's `-j DNAT --to-destination $POD_IP`),
 /// keyed by [`PodId`] in `POD_IPS`: present only for pods in that mode. An
@@ -466,19 +431,6 @@ pub struct PodIps {
     pub v4: Ipv4Be,
     /// The IPv6 pod IP, where the pod's IPv6 is intercepted.
     pub v6: Ip6,
-}
-
-/// Where an IPv6 connection steered to the proxy was going. Value of
-/// `INBOUND_ORIG6`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct OrigDst6 {
-    /// The address.
-    pub addr: Ip6,
-    /// Host byte order.
-    pub port: u16,
-    /// Zero.
-    pub _pad: u16,
 }
 
 /// Key of `PROXY_LISTENERS`: a pod's inbound listening socket of one
@@ -522,12 +474,9 @@ mod user {
     unsafe impl aya::Pod for PodConfig {}
     unsafe impl aya::Pod for PolicyAddr {}
     unsafe impl aya::Pod for PolicyAddr6 {}
-    unsafe impl aya::Pod for ConnKey6 {}
-    unsafe impl aya::Pod for OrigDst6 {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for PolicyPort {}
     unsafe impl aya::Pod for PolicyIface {}
-    unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for PodIps {}
     unsafe impl aya::Pod for ConnKey {}
 }

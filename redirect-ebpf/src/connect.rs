@@ -46,7 +46,9 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// The pod's config, if this is a TCP connect of an enrolled pod.
+/// The pod's config, if this is a TCP connect of an enrolled pod. A
+/// socket its proxy dials is marked as such on the way (see
+/// `maps::PROXY_DIALLED`): its `SO_ORIGINAL_DST` is not its own address.
 #[inline(always)]
 unsafe fn tcp_config(ctx: &SockAddrContext) -> Option<PodConfig> {
     // SAFETY: `sock_addr` is the context pointer; protocol is readable here.
@@ -54,7 +56,11 @@ unsafe fn tcp_config(ctx: &SockAddrContext) -> Option<PodConfig> {
         return None;
     }
     // SAFETY: the value is copied out before any other map access.
-    unsafe { POD_CONFIG.get(&crate::pod_id()) }.copied()
+    let config = unsafe { POD_CONFIG.get(&crate::pod_id()) }.copied()?;
+    if uid() == config.proxy_uid {
+        crate::maps::mark_dialled(ctx);
+    }
+    Some(config)
 }
 
 /// Runs the table, counts the rule, and says which proxy port a redirect

@@ -2,15 +2,13 @@
 //! where each map's behaviour when full is written down.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use redirect_common::{
     handover::{Handover, Handover6},
-    maps::{
-        ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort,
-        capacity, counter,
-    },
+    maps::{ConnKey, ListenerKey, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort, capacity, counter},
 };
 
 /// `BPF_F_NO_PREALLOC`: required by LPM tries.
@@ -68,18 +66,13 @@ pub static IFACE_ROUTES6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries(c
 #[map]
 pub static PROXY_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(capacity::LISTENERS, 0);
 
-/// Inbound connection steered to the proxy (client's 4-tuple + pod) → the
-/// address the client dialled, from its SYN on. sk_lookup also runs for
-/// stray segments of connections already gone (a late FIN or ACK); their
-/// entries, like those of closed connections, age out of this LRU. No
-/// entry is ever wrong: the value is the key's own destination, which a
-/// later connection with the same 4-tuple shares.
-#[map]
-pub static INBOUND_ORIG: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
-
-/// `INBOUND_ORIG` for connections that arrived over IPv6.
-#[map]
-pub static INBOUND_ORIG6: LruHashMap<ConnKey6, OrigDst6> = LruHashMap::with_max_entries(capacity::INBOUND_CONNECTIONS, 0);
+/// The proxy's own outgoing TCP sockets, marked by connect4/connect6: an
+/// accepted socket's `SO_ORIGINAL_DST` is its own local address (see
+/// `redirect_common::handover::Record`), a dialled one's is not. Storage on
+/// the socket itself: it goes with the socket, so nothing ages out and no
+/// pod's traffic can crowd out another's.
+#[btf_map]
+pub static PROXY_DIALLED: SkStorage<u8> = SkStorage::new();
 
 /// Event counters per pod (see `redirect_common::maps::counter`), per CPU so
 /// that counting never contends.
@@ -103,3 +96,21 @@ pub static FAST_PATH: SockHash<ConnKey> = SockHash::with_max_entries(capacity::F
 /// Fast-path decision of each local socket (`redirect_common::maps::fast_path`).
 #[map]
 pub static FAST_PATH_STATE: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(capacity::FAST_PATH_DECISIONS, 0);
+
+/// Marks the socket of this `connect()` as one the proxy dialled (see
+/// `PROXY_DIALLED`). If the kernel can't allocate the mark, the socket
+/// would be answered as an accepted one: its own address.
+#[inline(always)]
+pub fn mark_dialled(ctx: &aya_ebpf::programs::SockAddrContext) {
+    let _ = PROXY_DIALLED.get_or_insert_ptr_mut(ctx, None);
+}
+
+/// Whether the proxy dialled `sk` itself.
+#[inline(always)]
+pub fn dialled(sk: *mut aya_ebpf::bindings::bpf_sock) -> bool {
+    // aya-ebpf's SkStorage reads only from a connect's context: the helper
+    // itself takes any socket of a getsockopt's context too.
+    let map = core::ptr::from_ref(&PROXY_DIALLED).cast_mut().cast();
+    // SAFETY: a lookup without creation; `sk` is the context's socket.
+    !unsafe { aya_ebpf::helpers::bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.is_null()
+}

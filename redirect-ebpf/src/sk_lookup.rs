@@ -5,10 +5,8 @@
 //! the proxy's listening socket on the inbound port (found in
 //! `PROXY_LISTENERS`), so the accepted socket's local address is the one the
 //! client dialled, replies leave from pod-IP:port as they would, and no
-//! per-packet state exists. The dialled address is recorded in
-//! `INBOUND_ORIG` for the proxy's `SO_ORIGINAL_DST` (where the accepted
-//! socket's own local address would say the same: the record says that
-//! this connection was steered, as iptables' conntrack entry does).
+//! per-packet or per-connection state exists: the proxy's `SO_ORIGINAL_DST`
+//! is answered from the accepted socket's own local address (sockopt.rs).
 
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
@@ -19,12 +17,12 @@ use redirect_common::{
     addr::Address,
     decision::{Inbound, Verdict, decide_inbound},
     handover,
-    maps::{ConnKey, ConnKey6, ListenerKey, OrigDst, OrigDst6, counter, pod_flags},
+    maps::{ListenerKey, counter, pod_flags},
 };
 
 use crate::{
     fields::read_ip6,
-    maps::{INBOUND_ORIG, INBOUND_ORIG6, POD_CONFIG, PROXY_LISTENERS, count},
+    maps::{POD_CONFIG, PROXY_LISTENERS, count},
     policy::MapLists,
 };
 
@@ -35,12 +33,6 @@ const AF_INET6: u32 = 10;
 pub fn redirect_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel passes a valid bpf_sk_lookup for this hook.
     unsafe { try_sk_lookup(&ctx) }
-}
-
-/// The connection's record for the proxy's `SO_ORIGINAL_DST`, by family.
-enum Record {
-    V4(ConnKey),
-    V6(ConnKey6),
 }
 
 unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
@@ -87,31 +79,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         if rule.verdict() == Verdict::Direct {
             return SK_PASS;
         }
-        // remote_port: network order in the low 16 bits (read as the 32-bit
-        // field of kernels before 5.19).
-        let remote_port_field = core::ptr::addr_of!((*l).remote_port).cast::<u32>();
-        let remote_port = u16::from_be(*remote_port_field as u16);
         let pod = crate::pod_id();
-        let record = if ipv6 {
-            let (src_addr, dst_addr) = (read_ip6(&raw const (*l).remote_ip6), read_ip6(&raw const (*l).local_ip6));
-            let key = ConnKey6 { pod, src_addr, dst_addr, src_port: remote_port, dst_port: local_port };
-            if INBOUND_ORIG6.insert(&key, &OrigDst6 { addr: dst_addr, port: local_port, _pad: 0 }, 0).is_err() {
-                return SK_DROP;
-            }
-            Record::V6(key)
-        } else {
-            let key = ConnKey {
-                pod,
-                src_addr: (*l).remote_ip4.to_ne_bytes(),
-                dst_addr: (*l).local_ip4.to_ne_bytes(),
-                src_port: remote_port,
-                dst_port: local_port,
-            };
-            if INBOUND_ORIG.insert(&key, &OrigDst { addr: (*l).local_ip4.to_ne_bytes(), port: local_port, _pad: 0 }, 0).is_err() {
-                return SK_DROP;
-            }
-            Record::V4(key)
-        };
         // An IPv4 connection goes to the IPv4 listener, or else to a
         // dual-stack `[::]` one (registered as IPv6; a v6-only socket
         // refuses it, and the connection is refused).
@@ -126,10 +94,6 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         }
         // No proxy listening: refuse rather than let the connection reach
         // the application around the proxy (fail closed).
-        let _ = match record {
-            Record::V4(key) => INBOUND_ORIG.remove(&key),
-            Record::V6(key) => INBOUND_ORIG6.remove(&key),
-        };
         count(counter::INBOUND_NO_PROXY);
         SK_DROP
     }

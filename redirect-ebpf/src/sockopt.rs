@@ -9,12 +9,20 @@
 //! - `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 connection: a
 //!   `sockaddr_in6`.
 //!
+//! A connection connect4/connect6 redirected is answered from the hand-over
+//! its local address names; any other connection the proxy accepted, from
+//! the socket's own local address (an inbound connection sk_lookup steered
+//! keeps the address it was dialled at; see `handover::Record`).
+//!
 //! Conntrack answers neither question for the other family's connection
 //! (its tuple has the wrong family: ENOENT); neither do we. And it answers
 //! a socket only about its own connection: we answer only the pod's proxy
-//! (its UID), on a socket accepted by its listeners' ports
-//! (`handover::may_answer`), so that no other process of the pod can read
-//! a destination by accepting a connection to an address of its choosing.
+//! (its UID), from a hand-over only on a socket accepted by its listeners'
+//! ports (`handover::may_answer`), so that no other process of the pod can
+//! read a destination by accepting a connection to an address of its
+//! choosing. The proxy's own outgoing sockets (marked by connect4/connect6
+//! in `PROXY_DIALLED`), listening sockets and sockets not connected are
+//! left to the kernel.
 //!
 //! Every other call must look exactly as if no program were attached. For
 //! those we set `optlen` to 0, which tells the kernel to keep its own answer
@@ -31,12 +39,12 @@ use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_current_uid_gid, macros::cgr
 use redirect_common::{
     IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
     handover::{self, Record},
-    maps::{ConnKey, ConnKey6, OrigDst, OrigDst6, counter},
+    maps::counter,
 };
 
 use crate::{
     fields::read_ip6,
-    maps::{HANDOVER, HANDOVER6, INBOUND_ORIG, INBOUND_ORIG6, POD_CONFIG, count},
+    maps::{HANDOVER, HANDOVER6, POD_CONFIG, count},
 };
 
 /// Whether the caller may be told the original destination of `sk`'s
@@ -46,13 +54,25 @@ unsafe fn may_answer(sk: *const bpf_sock, record: Record) -> bool {
     // SAFETY: the map value is read whole; `sk` is the context's.
     unsafe {
         let Some(config) = POD_CONFIG.get(&crate::pod_id()) else { return false };
-        handover::may_answer(config, bpf_get_current_uid_gid() as u32, ports(sk).0, record)
+        handover::may_answer(config, bpf_get_current_uid_gid() as u32, local_port(sk), record)
     }
+}
+
+/// Whether `sk` is a connection the proxy accepted: a TCP socket with a
+/// peer that it did not dial itself.
+#[inline(always)]
+unsafe fn accepted(sk: *mut bpf_sock) -> bool {
+    // SAFETY: `sk` is the context's; the storage is only looked up.
+    unsafe { (*sk).protocol == IPPROTO_TCP && (*sk).state != TCP_LISTEN && (*sk).state != TCP_CLOSE && !crate::maps::dialled(sk) }
 }
 
 /// Let the call return (0 would turn it into EPERM).
 const CONTINUE: i32 = 1;
 const AF_INET: u16 = 2;
+const IPPROTO_TCP: u32 = 6;
+/// `bpf_sock.state` values (the kernel's `TCP_*` states).
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
 const AF_INET6: u16 = 10;
 /// `sizeof(struct sockaddr_in)`.
 const SOCKADDR_IN_LEN: usize = 16;
@@ -78,16 +98,11 @@ pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
     CONTINUE
 }
 
-/// The socket's own port (host order) and its peer's, read as the 32-bit
-/// `dst_port` field that kernels before 5.18 define and later ones still
-/// allow (network order in its low 16 bits).
+/// The socket's own port, host order.
 #[inline(always)]
-unsafe fn ports(sk: *const bpf_sock) -> (u16, u16) {
+unsafe fn local_port(sk: *const bpf_sock) -> u16 {
     // SAFETY: `sk` is a valid bpf_sock of the context.
-    unsafe {
-        let dst_port_field = core::ptr::addr_of!((*sk).dst_port).cast::<u32>();
-        ((*sk).src_port as u16, u16::from_be(*dst_port_field as u16))
-    }
+    unsafe { (*sk).src_port as u16 }
 }
 
 /// `SOL_IP`: an IPv4 connection, on an AF_INET socket or in mapped form on
@@ -106,36 +121,22 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         }
         let local_addr = u32::from_be((*sk).src_ip4);
         let slot = handover::slot_of(local_addr);
-        if !may_answer(sk, if slot.is_some() { Record::Handover } else { Record::Inbound }) {
+        if !may_answer(sk, if slot.is_some() { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
-        let orig = match slot {
+        let (a, port) = match slot {
             // Sent here by connect4: the slot its address names, if it still
             // holds this pod's connection. One 8-byte load (see handover.rs).
             Some(slot) => match HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), local_addr)) {
-                Some(Some((addr, port))) => OrigDst { addr, port, _pad: 0 },
+                Some(Some(orig)) => orig,
                 _ => return false,
             },
-            // Steered here by sk_lookup, if at all.
-            None => {
-                let (local_port, peer_port) = ports(sk);
-                let key = ConnKey {
-                    pod: crate::pod_id(),
-                    src_addr: (*sk).dst_ip4.to_ne_bytes(),
-                    dst_addr: (*sk).src_ip4.to_ne_bytes(),
-                    src_port: peer_port,
-                    dst_port: local_port,
-                };
-                match INBOUND_ORIG.get(&key) {
-                    Some(orig) => *orig,
-                    None => return false,
-                }
-            }
+            None if accepted(sk) => ((*sk).src_ip4.to_ne_bytes(), local_port(sk)),
+            None => return false,
         };
         // struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }
         let family = AF_INET.to_ne_bytes();
-        let port = orig.port.to_be_bytes();
-        let a = orig.addr;
+        let port = port.to_be_bytes();
         let bytes: [u8; SOCKADDR_IN_LEN] = [family[0], family[1], port[0], port[1], a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0];
         write_answer(so, &bytes, counter::ORIGINAL_DST_ANSWERED)
     }
@@ -154,7 +155,7 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             return false;
         }
         let cookie = handover::cookie_of6(local);
-        if !may_answer(sk, if cookie.is_some() { Record::Handover } else { Record::Inbound }) {
+        if !may_answer(sk, if cookie.is_some() { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
         let (addr, port) = match cookie {
@@ -164,20 +165,8 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
                 Some(orig) => orig,
                 None => return false,
             },
-            None => {
-                let (local_port, peer_port) = ports(sk);
-                let key = ConnKey6 {
-                    pod: crate::pod_id(),
-                    src_addr: read_ip6(&raw const (*sk).dst_ip6),
-                    dst_addr: local,
-                    src_port: peer_port,
-                    dst_port: local_port,
-                };
-                match INBOUND_ORIG6.get(&key) {
-                    Some(OrigDst6 { addr, port, .. }) => (*addr, *port),
-                    None => return false,
-                }
-            }
+            None if accepted(sk) => (local, local_port(sk)),
+            None => return false,
         };
         // struct sockaddr_in6 { sa_family_t; in_port_t (BE); u32 flowinfo;
         // in6_addr; u32 scope_id }. Conntrack gives the socket's own flow

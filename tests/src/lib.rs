@@ -501,6 +501,13 @@ impl Pod {
         self.spawn_listener(&["proxy", bind, tag], proxy_uid)
     }
 
+    /// Starts an inbound proxy listener that asks `SO_ORIGINAL_DST` only
+    /// once the client has sent a line (netprobe `proxy-asked`).
+    pub fn start_slow_inbound_proxy(&mut self, inbound_port: u16, proxy_uid: u32) -> anyhow::Result<()> {
+        let bind = self.bind(inbound_port);
+        self.spawn_listener(&["proxy-asked", &bind, "in"], proxy_uid)
+    }
+
     /// Kills every listener of the pod (app, proxy).
     pub fn stop_listeners(&mut self) {
         self.procs = Children::default();

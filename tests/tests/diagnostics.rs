@@ -183,7 +183,7 @@ fn status_counts_verdicts_and_metrics_serve_them() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let line = format!("fsm_redirect_events_total{{pod=\"{}\",event=\"outbound_redirected\"}} 3", pod.name);
     assert!(body.contains(&line), "{body}");
-    assert!(body.contains("fsm_redirect_map_capacity{map=\"INBOUND_ORIG\"} 65536"), "{body}");
+    assert!(body.contains("fsm_redirect_map_capacity{map=\"EXCLUDED_CIDRS\"} 65536"), "{body}");
 }
 
 #[test]

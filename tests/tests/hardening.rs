@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHash, Map, MapData};
 use redirect_common::maps::{PodConfig, PolicyAddr, names};
-use tests::{APP_UID, Node, Pod, scaled};
+use tests::{APP_UID, Node, PROXY_UID, Pod, scaled};
 
 const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
 
@@ -416,4 +416,59 @@ fn annotations_over_the_nodes_per_pod_limit_are_refused_by_name_and_counted() {
     let annotation = format!("flomesh.io/outbound-ip-range-exclusion-list={}", cidrs[..100].join(","));
     node.enroll(&greedy, &[&annotation]).unwrap();
     assert_eq!(pod_status(&node, &greedy).unwrap()["excluded_cidrs"], 100);
+}
+
+/// Item 8: a SYN flood at one pod leaves another pod's proxy the original
+/// destinations of its connections. (They used to be records in one
+/// node-wide LRU of 64 Ki, written at each SYN: a flood evicted them, and
+/// the proxy got ENOENT.) B's connection is made before the flood and its
+/// proxy asks after it.
+#[test]
+fn a_syn_flood_at_one_pod_leaves_another_pods_original_destinations_alone() {
+    const SYNS: u32 = 160 * 1024;
+    let node = Node::start(NO_LISTS).unwrap();
+    let a = Pod::create(&node).unwrap();
+    let mut b = Pod::wired(&node, false).unwrap();
+    b.start_app("serve", PROXY_UID).unwrap();
+    b.start_proxy("15001", "out", PROXY_UID).unwrap();
+    b.start_slow_inbound_proxy(15003, PROXY_UID).unwrap();
+    node.enroll(&a, &[]).unwrap();
+    node.enroll(&b, &[]).unwrap();
+    let redirected = |pod: &Pod| node.counters(pod).get("inbound_redirected").copied().unwrap_or(0);
+    let before = redirected(&a);
+
+    let mut flood = std::process::Command::new(tests::netprobe());
+    flood.args(["ask-after-flood", &format!("{}:8080", b.ip), &format!("{}:8080", a.ip), &SYNS.to_string()]);
+    redirect_agent::sandbox::enter_netns(&mut flood, &node.ns.path()).unwrap();
+    let out = flood.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+
+    // The flood reached A's inbound decision, SYN by SYN (more than the
+    // old LRU held)...
+    assert!(text.contains(&format!("sent {SYNS} SYNs")), "{text}");
+    let flooded = redirected(&a) - before;
+    assert!(flooded > 2 * 64 * 1024, "only {flooded} of {SYNS} SYNs reached pod A's sk_lookup");
+    // ...and B's proxy, asking afterwards, learns where its connection went.
+    assert_eq!(text.lines().last(), Some(format!("in {}:8080", b.ip).as_str()), "{text}");
+    // A itself still serves new connections.
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", a.ip)), format!("in {}:8080", a.ip));
+}
+
+/// The proxy's answer on an accepted socket is the socket's own local
+/// address; on a socket it dialled itself it is not: that is left to the
+/// kernel (conntrack, where it runs, answers the destination; without it,
+/// an error), never the socket's own address.
+#[test]
+fn the_proxys_own_outgoing_sockets_are_not_answered_as_accepted_ones() {
+    let node = Node::start(NO_LISTS).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    for to in ["10.96.0.10:80".to_owned(), format!("{}:8080", pod.ip)] {
+        let out = pod.dial_cmd(&to, PROXY_UID, &["--ask"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        assert!(lines.next().is_some_and(|l| l.ends_with(&to)), "{to}: {text}");
+        assert!(lines.next().is_some_and(|l| l.starts_with("asked none:")), "{to}: {text}");
+    }
 }

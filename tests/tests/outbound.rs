@@ -140,6 +140,22 @@ fn a_starting_agent_replaces_an_older_agents_pins() {
     assert!(pod_dir.join("sockops_program").exists());
     assert_eq!(node.status()["pods"][0]["attached"], true);
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+
+    // An agent before inbound answers came from the socket left its
+    // records' LRU: its programs, which the pod still runs, used it.
+    node.kill_agent();
+    let stale = node.bpffs_dir.join("maps").join("INBOUND_ORIG");
+    tests::pin_new_map(&stale, 9, 16, 8, 65536).unwrap();
+    let program = || {
+        use std::os::fd::AsFd as _;
+        let fd = redirect_agent::ebpf::link::get(&pod_dir.join("getsockopt")).unwrap();
+        redirect_agent::ebpf::link::info(fd.as_fd()).unwrap().prog_id
+    };
+    let old = program();
+    node.start_agent().unwrap();
+    assert!(!stale.exists(), "a map pin no program of this agent uses stays");
+    assert_ne!(program(), old, "the pod still runs the older agent's programs");
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 }
 
 #[test]

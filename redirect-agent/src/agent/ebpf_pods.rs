@@ -35,8 +35,9 @@ pub struct EbpfPods {
     pub(crate) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
     pub logger: aya_log::EbpfLogger<&'static dyn log::Log>,
-    /// Shared maps were replaced at start (their layout changed): every
-    /// pod's programs still use the old ones until attached again.
+    /// Shared maps were replaced at start (their layout changed), or an
+    /// older agent's maps removed: every pod's programs still use the old
+    /// ones until attached again.
     reattach_all: bool,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: HashSet<PodId>,
@@ -47,11 +48,11 @@ impl EbpfPods {
     /// layout changed), removing pinned maps this agent doesn't know.
     pub fn open(pins: Pins) -> anyhow::Result<Self> {
         pins.prepare()?;
-        pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
+        let removed = pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
         let maps = SharedMaps::open(&mut object)?;
-        Ok(EbpfPods { pins, maps, logger, reattach_all: !replaced.is_empty(), sockops_failing: HashSet::new() })
+        Ok(EbpfPods { pins, maps, logger, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new() })
     }
 
     /// Whether every pod must be attached again (once, after `open`).

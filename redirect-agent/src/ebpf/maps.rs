@@ -16,8 +16,8 @@ use aya::maps::{
 use redirect_common::{
     handover::Handover6,
     maps::{
-        ConnKey, ConnKey6, List, ListenerKey, MESH_OWNER, OrigDst, OrigDst6, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyId,
-        PolicyIface, PolicyPort, capacity, counter, lpm_prefix_len, names, pod_flags, policy_id,
+        ConnKey, List, ListenerKey, MESH_OWNER, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyId, PolicyIface, PolicyPort,
+        capacity, counter, lpm_prefix_len, names, pod_flags, policy_id,
     },
 };
 
@@ -53,9 +53,7 @@ pub struct SharedMaps {
     iface_routes: LpmTrie<MapData, PolicyAddr, u8>,
     iface_routes6: LpmTrie<MapData, PolicyAddr6, u8>,
     proxy_listeners: aya::maps::SockHash<MapData, ListenerKey>,
-    /// LRU hashes in the kernel; aya's `HashMap` reads both kinds.
-    inbound_orig: HashMap<MapData, ConnKey, OrigDst>,
-    inbound_orig6: HashMap<MapData, ConnKey6, OrigDst6>,
+    /// LRU hashes in the kernel (these two); aya's `HashMap` reads both kinds.
     handover6: HashMap<MapData, u64, Handover6>,
     fast_path_state: HashMap<MapData, ConnKey, u8>,
     pod_ips: HashMap<MapData, PodId, PodIps>,
@@ -108,8 +106,6 @@ impl SharedMaps {
             iface_routes: take(ebpf, names::IFACE_ROUTES)?.try_into()?,
             iface_routes6: take(ebpf, names::IFACE_ROUTES6)?.try_into()?,
             proxy_listeners: take(ebpf, names::PROXY_LISTENERS)?.try_into()?,
-            inbound_orig: take(ebpf, names::INBOUND_ORIG)?.try_into()?,
-            inbound_orig6: take(ebpf, names::INBOUND_ORIG6)?.try_into()?,
             handover6: take(ebpf, names::HANDOVER6)?.try_into()?,
             fast_path_state: take(ebpf, names::FAST_PATH_STATE)?.try_into()?,
             pod_ips: take(ebpf, names::POD_IPS)?.try_into()?,
@@ -352,8 +348,6 @@ impl SharedMaps {
             n(self.excluded_ifaces.keys().count(), names::EXCLUDED_IFACES, capacity::IFACES),
             n(self.iface_routes.keys().count(), names::IFACE_ROUTES, capacity::ROUTES),
             n(self.iface_routes6.keys().count(), names::IFACE_ROUTES6, capacity::ROUTES),
-            n(self.inbound_orig.keys().count(), names::INBOUND_ORIG, capacity::INBOUND_CONNECTIONS),
-            n(self.inbound_orig6.keys().count(), names::INBOUND_ORIG6, capacity::INBOUND_CONNECTIONS),
             n(self.handover6.keys().count(), names::HANDOVER6, capacity::HANDOVER6),
             n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
             n(self.pod_ips.keys().count(), names::POD_IPS, capacity::PODS),

@@ -68,18 +68,22 @@ impl Pins {
 
     /// Unpins maps that no program of this agent uses (an older agent's,
     /// say `ORIG_DST` before the outbound hand-over moved into the redirect
-    /// address): their memory goes once the last program still holding them
-    /// is detached.
-    pub fn remove_unknown_maps(&self, known: &[&str]) -> anyhow::Result<()> {
+    /// address, or `INBOUND_ORIG` before inbound answers came from the
+    /// socket): their memory goes once the last program still holding them
+    /// is detached. Returns whether there were any: then the pods still run
+    /// an older agent's programs.
+    pub fn remove_unknown_maps(&self, known: &[&str]) -> anyhow::Result<bool> {
         let dir = self.root.join("maps");
+        let mut removed = false;
         for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
             let path = entry?.path();
             if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| known.contains(&n)) {
                 log::info!("unpinning {}, which this agent does not use", path.display());
                 std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                removed = true;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Pod ids that have a directory of links.

@@ -7,14 +7,21 @@
 //! - `proxy PORT TAG`: an unmodified proxy: answers `TAG <SO_ORIGINAL_DST>`
 //!   (`IP6T_SO_ORIGINAL_DST` on an IPv6 connection, as Envoy asks), or
 //!   `TAG none:<errno>`, then echoes lines until EOF.
+//! - `proxy-asked PORT TAG`: `proxy`, but it asks `SO_ORIGINAL_DST` only
+//!   once the client has sent a line: a proxy slow to ask.
+//! - `ask-after-flood VICTIM TARGET N`: connects to VICTIM (a `proxy-asked`
+//!   listener), then sends N TCP SYNs to TARGET from raw sockets, each from
+//!   another source address and port (that nobody answers), then sends a
+//!   line and prints the first line VICTIM answers.
 //! - `http PORT TAG`: an HTTP/1.1 server whose every response (header
 //!   `server: netprobe`) has the body `TAG <local addr>`.
 //! - `dial ADDR [--bind PORT] [--hold SECS] [--delay-ms MS] [--fastopen]
-//!   [--socket-first MS]`: connects (from source PORT; with TCP Fast Open:
+//!   [--socket-first MS] [--ask]`: connects (from source PORT; with TCP Fast Open:
 //!   `sendto(MSG_FASTOPEN)` carrying a first line, no `connect()`; with
 //!   --socket-first, the socket is made MS before it connects), (waits MS),
 //!   prints the first line it gets; with --hold, keeps pinging for SECS and
-//!   prints `held ok N` or `held broken: ...`.
+//!   prints `held ok N` or `held broken: ...`; with --ask, then prints
+//!   `asked ORIG` (its own socket's `SO_ORIGINAL_DST`) or `asked none:ERRNO`.
 //! - `connrate`, `pingpong`, `burst`, `stream`: load generators for the
 //!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
@@ -203,8 +210,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match a.as_slice() {
-        ["serve", port, tag] => serve(bind_addr(port), tag, false),
-        ["proxy", port, tag] => serve(bind_addr(port), tag, true),
+        ["serve", port, tag] => serve(bind_addr(port), tag, Serve::Local),
+        ["proxy", port, tag] => serve(bind_addr(port), tag, Serve::Proxy),
+        ["proxy-asked", port, tag] => serve(bind_addr(port), tag, Serve::ProxyWhenAsked),
+        ["ask-after-flood", victim, target, n] => ask_after_flood(victim.parse().unwrap(), target.parse().unwrap(), n.parse().unwrap()),
         ["http", port, tag] => http(bind_addr(port), tag),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
         ["sockopts"] => sockopts(),
@@ -239,6 +248,81 @@ fn peek(addr: SocketAddr, port: u16) -> Result<(), String> {
     Ok(())
 }
 
+fn ask_after_flood(victim: SocketAddr, target: std::net::SocketAddrV4, n: u32) -> Result<(), String> {
+    let mut s = TcpStream::connect(victim).map_err(|e| format!("connect {victim}: {e}"))?;
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    let sent = syn_flood(target, n)?;
+    s.write_all(b"ask\n").map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+    println!("sent {sent} SYNs");
+    println!("{}", line.trim());
+    Ok(())
+}
+
+/// Sends `n` SYNs to `target`, from 10.250.0.0/16 (addresses nobody here
+/// has: the SYN-ACKs go nowhere), each from its own address and port.
+/// Returns how many the kernel took.
+fn syn_flood(target: std::net::SocketAddrV4, n: u32) -> Result<u32, String> {
+    // SAFETY: a raw socket we own; every buffer passed is valid for its length.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+        }
+        let dst = target.ip().octets();
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst) },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for i in 0..n {
+            let src = [10, 250, (i >> 8 & 0xff) as u8, (i & 0xff) as u8];
+            let sport = 1024 + (i >> 16) as u16;
+            let packet = syn_packet(src, dst, sport, target.port(), i);
+            let rc =
+                libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&raw const to).cast(), size_of::<libc::sockaddr_in>() as u32);
+            if rc > 0 {
+                sent += 1;
+            }
+        }
+        libc::close(fd);
+        Ok(sent)
+    }
+}
+
+/// An IPv4 packet holding a TCP SYN (the kernel fills in the IP checksum).
+fn syn_packet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let tcp = &mut p[20..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    // The checksum over the pseudo-header (addresses, protocol, length) and the segment.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| b.chunks(2).for_each(|w| sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])));
+    add(&src);
+    add(&dst);
+    add(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    add(&p[20..]);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[36..38].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
 /// `PORT` (on 0.0.0.0) or `ADDR:PORT`.
 fn bind_addr(arg: &str) -> SocketAddr {
     arg.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], arg.parse::<u16>().unwrap())))
@@ -250,25 +334,40 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-fn serve(addr: SocketAddr, tag: &str, proxy: bool) -> Result<(), String> {
+/// What a `serve` listener answers a connection with.
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    /// Its local address.
+    Local,
+    /// Its `SO_ORIGINAL_DST`, at once.
+    Proxy,
+    /// Its `SO_ORIGINAL_DST`, once the client has sent a line.
+    ProxyWhenAsked,
+}
+
+fn serve(addr: SocketAddr, tag: &str, mode: Serve) -> Result<(), String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     println!("listening");
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
         let tag = tag.to_owned();
         std::thread::spawn(move || {
-            let line = if proxy {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut buf = String::new();
+            if mode == Serve::ProxyWhenAsked && !r.read_line(&mut buf).is_ok_and(|n| n > 0) {
+                return;
+            }
+            let line = if mode == Serve::Local {
+                format!("{tag} {}", canonical(s.local_addr().unwrap()))
+            } else {
                 match redirect_agent::original_dst::original_dst_any(&s) {
                     Ok(orig) => format!("{tag} {orig}"),
                     Err(e) => format!("{tag} none:{}", e.raw_os_error().unwrap_or(0)),
                 }
-            } else {
-                format!("{tag} {}", canonical(s.local_addr().unwrap()))
             };
             let _ = writeln!(s, "{line}");
             // Echo until the client closes.
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut buf = String::new();
+            buf.clear();
             while r.read_line(&mut buf).map(|n| n > 0).unwrap_or(false) {
                 let _ = s.write_all(buf.as_bytes());
                 buf.clear();
@@ -354,11 +453,13 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
     let mut hold = None;
     let mut delay = 0;
     let mut fastopen = false;
+    let mut ask = false;
     let mut socket_first = 0;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
-        if *flag == "--fastopen" {
-            fastopen = true;
+        if *flag == "--fastopen" || *flag == "--ask" {
+            fastopen |= *flag == "--fastopen";
+            ask |= *flag == "--ask";
             continue;
         }
         let v = it.next().ok_or("flag without value")?;
@@ -377,6 +478,12 @@ fn dial(addr: SocketAddr, rest: &[&str]) -> Result<(), String> {
     let mut first = String::new();
     r.read_line(&mut first).map_err(|e| format!("read: {e}"))?;
     println!("{}", first.trim());
+    if ask {
+        match redirect_agent::original_dst::original_dst_any(&s) {
+            Ok(orig) => println!("asked {orig}"),
+            Err(e) => println!("asked none:{}", e.raw_os_error().unwrap_or(0)),
+        }
+    }
     let _ = std::io::stdout().flush();
     if let Some(secs) = hold {
         let end = Instant::now() + Duration::from_secs(secs);
