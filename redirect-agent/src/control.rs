@@ -46,6 +46,19 @@ pub enum Request {
     },
     /// Prometheus text.
     Metrics,
+    /// The CNI plugin's ADD: enroll the pod if FSM meshes it.
+    CniAdd {
+        add: crate::cni::CniAdd,
+    },
+    /// The CNI plugin's DEL: remove the pod its ADD enrolled, if any.
+    CniDel {
+        container_id: String,
+    },
+    /// The CNI plugin's CHECK: is the pod intercepted if FSM meshes it?
+    CniCheck {
+        container_id: String,
+        pod: crate::cni::spec::KubernetesPod,
+    },
 }
 
 /// The agent's answer to each request, one variant per request.
@@ -71,6 +84,11 @@ pub enum Reply {
     Metrics {
         text: String,
     },
+    CniAdded(crate::cni::CniAdded),
+    CniDeleted {
+        removed: bool,
+    },
+    CniChecked,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -201,6 +219,33 @@ pub struct Client {
 impl Client {
     pub fn new(state_dir: &Path) -> Self {
         Client { socket: State::socket(state_dir) }
+    }
+
+    /// A client of the agent listening on `socket`.
+    pub fn at(socket: PathBuf) -> Self {
+        Client { socket }
+    }
+
+    pub fn cni_add(&self, add: crate::cni::CniAdd) -> anyhow::Result<crate::cni::CniAdded> {
+        match self.call(&Request::CniAdd { add })? {
+            Reply::CniAdded(added) => Ok(added),
+            other => unexpected(other),
+        }
+    }
+
+    /// Whether there was a pod to remove.
+    pub fn cni_del(&self, container_id: &str) -> anyhow::Result<bool> {
+        match self.call(&Request::CniDel { container_id: container_id.to_owned() })? {
+            Reply::CniDeleted { removed } => Ok(removed),
+            other => unexpected(other),
+        }
+    }
+
+    pub fn cni_check(&self, container_id: &str, pod: &crate::cni::spec::KubernetesPod) -> anyhow::Result<()> {
+        match self.call(&Request::CniCheck { container_id: container_id.to_owned(), pod: pod.clone() })? {
+            Reply::CniChecked => Ok(()),
+            other => unexpected(other),
+        }
     }
 
     /// Sends one request to the running agent.

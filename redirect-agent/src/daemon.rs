@@ -196,6 +196,9 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
         Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
         Request::Metrics => Ok(Reply::Metrics { text: agent.metrics() }),
+        Request::CniAdd { add } => agent.cni_add(add).map(Reply::CniAdded),
+        Request::CniDel { container_id } => agent.cni_del(&container_id).map(|removed| Reply::CniDeleted { removed }),
+        Request::CniCheck { container_id, pod } => agent.cni_check(&container_id, &pod).map(|()| Reply::CniChecked),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
 }

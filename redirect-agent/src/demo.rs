@@ -50,6 +50,9 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         mesh_config: None,
         settings,
         dataplane: crate::dataplane::Choice::Auto,
+        pods_file: None,
+        kubelet_cgroup_root: "/".into(),
+        cni_install: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(crate::daemon::run(opts, crate::daemon::DaemonOptions::default(), async move {
@@ -87,6 +90,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path, stop
         dataplane: None,
         fast_path: None,
         ipv6: None,
+        container_id: None,
     };
     let dir = state_dir.to_owned();
     let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(request)).await??;

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;

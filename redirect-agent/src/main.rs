@@ -160,6 +160,27 @@ enum Command {
         /// are shared by every pod).
         #[arg(long, default_value_t = redirect_agent::settings::DEFAULT_MAX_ANNOTATION_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
         max_annotation_entries: u32,
+        /// The node's pods, for the CNI plugin's enrolments: a PodList in
+        /// JSON, as `kubectl get pods -A -o json --field-selector
+        /// spec.nodeName=NODE` prints it, read at each CNI ADD. Pods with
+        /// FSM's `fsm-proxy-uuid` label are enrolled; without this option
+        /// the plugin's pods are left alone.
+        #[arg(long)]
+        pods_file: Option<PathBuf>,
+        /// The kubelet's --cgroup-root: pods' cgroups are found below it
+        /// (kubepods/…/pod<UID> or kubepods.slice/…-pod<UID>.slice).
+        #[arg(long, default_value = "/")]
+        kubelet_cgroup_root: String,
+        /// Install the CNI plugin: chain it at the end of the primary
+        /// network configuration in this directory (the runtime's CNI conf
+        /// dir, e.g. /etc/cni/net.d), restore the entry at each refresh if
+        /// the primary CNI rewrote the file; `uninstall` takes it out.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// Where the plugin's binary is copied with --cni-conf-dir (the
+        /// runtime's CNI bin dir).
+        #[arg(long, default_value = "/opt/cni/bin", requires = "cni_conf_dir")]
+        cni_bin_dir: PathBuf,
     },
     /// Why a connection is (or is not) intercepted: the verdict and the rule,
     /// from the configured lists and from the kernel's state.
@@ -315,6 +336,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
             refresh_interval,
             max_annotation_entries,
+            pods_file,
+            kubelet_cgroup_root,
+            cni_conf_dir,
+            cni_bin_dir,
         } => {
             let opts = AgentOptions {
                 state_dir: cli.state_dir.clone(),
@@ -331,13 +356,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_annotation_entries,
                 },
                 dataplane,
+                pods_file,
+                kubelet_cgroup_root,
+                cni_install: cni_conf_dir.map(|conf_dir| redirect_agent::cni::install::CniInstall {
+                    conf_dir,
+                    bin_dir: cni_bin_dir,
+                    socket: redirect_agent::state::State::socket(&cli.state_dir),
+                }),
             };
             let daemon_opts = daemon::DaemonOptions { refresh: std::time::Duration::from_secs(refresh_interval), metrics_listen };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
             let fast_path = fast_path.map(|s| s == Switch::On);
-            let request = EnrollRequest { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6 };
+            let request =
+                EnrollRequest { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6, container_id: None };
             request.validate()?;
             let (id, dataplane) = Client::new(dir).enroll(request)?;
             println!("enrolled as pod {id} ({} dataplane)", dataplane.name());

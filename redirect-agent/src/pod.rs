@@ -41,6 +41,9 @@ pub struct EnrollRequest {
     /// Whether the pod's IPv6 is intercepted; `None`: the agent's `--ipv6`.
     #[serde(default)]
     pub ipv6: Option<Ipv6Mode>,
+    /// The sandbox whose CNI ADD enrolled it (its DEL removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 impl EnrollRequest {
@@ -71,6 +74,8 @@ pub struct Pod {
     pub annotations: BTreeMap<String, String>,
     /// What they say, parsed.
     pub lists: PodAnnotations,
+    /// The sandbox whose CNI ADD enrolled it.
+    pub container_id: Option<String>,
 }
 
 impl Pod {
@@ -84,8 +89,8 @@ impl Pod {
     /// The pod of `request`, whose annotations `request.validate()` read as
     /// `lists` (for a caller that needed them to choose the dataplane).
     pub(crate) fn validated(request: EnrollRequest, lists: PodAnnotations, dataplane: Dataplane) -> Self {
-        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6 } = request;
-        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists }
+        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6, container_id } = request;
+        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id }
     }
 
     /// The node's proxy settings with the pod's own fast-path and IPv6
@@ -113,8 +118,8 @@ impl TryFrom<EnrollRequest> for Pod {
 
 impl From<Pod> for EnrollRequest {
     fn from(pod: Pod) -> Self {
-        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _ } = pod;
-        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6 }
+        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id } = pod;
+        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6, container_id }
     }
 }
 

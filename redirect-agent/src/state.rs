@@ -28,6 +28,9 @@ pub struct State {
     /// pod's id comes back only after every other one was given out.
     #[serde(default)]
     pub last_id: PodId,
+    /// Where the CNI plugin was installed (`run --cni-conf-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<crate::cni::install::CniInstall>,
 }
 
 /// The recorded pods that are still valid: one this agent can't read (an
@@ -107,6 +110,7 @@ mod tests {
             dataplane: Some(Dataplane::Iptables),
             fast_path: None,
             ipv6: None,
+            container_id: None,
         };
         Pod::try_from(request).unwrap()
     }

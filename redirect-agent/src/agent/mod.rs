@@ -6,6 +6,7 @@
 //! ([`handler::PodHandler`]): [`ebpf_pods::EbpfPods`] and
 //! [`iptables_pods::IptablesPods`].
 
+mod cni;
 pub mod ebpf_pods;
 pub mod handler;
 pub mod iptables_pods;
@@ -42,6 +43,13 @@ pub struct AgentOptions {
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
     pub dataplane: Choice,
+    /// Where the node's pods are read from for CNI enrolment (a `PodList`
+    /// in JSON); `None`: the CNI plugin's pods are left alone.
+    pub pods_file: Option<PathBuf>,
+    /// kubelet's `--cgroup-root` (`/`), under which it puts pods' cgroups.
+    pub kubelet_cgroup_root: String,
+    /// Install the CNI plugin there, and keep its conflist entry.
+    pub cni_install: Option<crate::cni::install::CniInstall>,
 }
 
 pub struct Agent {
@@ -68,6 +76,8 @@ pub struct Agent {
     pub(crate) ebpf_unavailable: Option<String>,
     pub ebpf: Option<EbpfPods>,
     pub(crate) iptables: IptablesPods,
+    pods_file: Option<PathBuf>,
+    kubelet_cgroup_root: String,
 }
 
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
@@ -96,6 +106,14 @@ impl Agent {
             state.mesh_config = opts.mesh_config.clone();
         }
         state.settings = opts.settings;
+        if let Some(install) = opts.cni_install {
+            let source = plugin_binary()?;
+            match install.install(&source)? {
+                Some(conf) => log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display()),
+                None => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
+            }
+            state.cni = Some(install);
+        }
         let mesh = match &state.mesh_config {
             Some(path) => MeshConfig::load(path)?,
             None => MeshConfig::fsm_default(),
@@ -126,6 +144,8 @@ impl Agent {
             removed_gone: 0,
             refused_over_limit: 0,
             choice: opts.dataplane,
+            pods_file: opts.pods_file,
+            kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
             ebpf,
             iptables: IptablesPods::default(),
@@ -441,6 +461,13 @@ impl Agent {
     /// pods whose netns is gone, retries degraded pods and a MeshConfig
     /// file version that failed to apply.
     pub fn refresh(&mut self) {
+        if let Some(install) = &self.state.cni {
+            match install.ensure_chained() {
+                Ok(Some(conf)) => log::warn!("the CNI plugin's entry was missing from {}: restored", conf.display()),
+                Ok(None) => {}
+                Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
+            }
+        }
         if let Some(path) = self.state.mesh_config.clone() {
             let now = mtime(&path);
             if now != self.mesh_mtime {
@@ -516,10 +543,24 @@ impl Agent {
         for (id, pod) in std::mem::take(&mut self.state.pods) {
             self.uninstall_best_effort(id, &pod);
         }
+        if let Some(install) = &self.state.cni {
+            install.uninstall()?;
+        }
         let Agent { state_dir, bpffs_dir, ebpf, .. } = self;
         drop(ebpf);
         uninstall(&Pins::new(bpffs_dir), &state_dir)
     }
+}
+
+/// The CNI plugin built next to the agent (`cargo xtask build` puts both in
+/// target/release; an image, both in one directory).
+fn plugin_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the agent's own path")?;
+    let plugin = exe.with_file_name(crate::cni::install::PLUGIN_TYPE);
+    if !plugin.exists() {
+        bail!("--cni-conf-dir: {} is missing (it is built and shipped next to the agent)", plugin.display());
+    }
+    Ok(plugin)
 }
 
 /// Removes every trace of an agent, running or not: the pins (which
@@ -528,6 +569,9 @@ pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
     if let Ok(Some(state)) = State::load(state_dir) {
         for pod in state.pods.values().filter(|p| p.dataplane == Dataplane::Iptables && p.netns.exists()) {
             iptables_pods::remove_rules(&pod.name, &pod.netns)?;
+        }
+        if let Some(install) = &state.cni {
+            install.uninstall()?;
         }
     }
     pins.remove_all()?;

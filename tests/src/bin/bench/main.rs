@@ -14,7 +14,9 @@
 //!   a long-lived connection through the local proxy hop: plain loopback,
 //!   iptables, eBPF, eBPF with the sockmap fast path;
 //! - kernel map memory (memlock) per map, per pod and per connection, and
-//!   the agent's resident memory with 100 pods.
+//!   the agent's resident memory with 100 pods;
+//! - the CNI plugin: ADD to enrolled, per pod one at a time and with 110
+//!   pods (kubelet's default maximum per node) added at once.
 //!
 //! Writes `bench.md` and `bench.json` to the output directory, and with
 //! `--png` the scaling curves as `bench.png`. Benchmarks
@@ -504,9 +506,132 @@ fn main() -> anyhow::Result<()> {
     drop(watched);
     drop(node);
 
+    // 5. CNI ADD -> enrolled.
+    interrupt::check()?;
+    let (one, all) = cni_adds(if smoke { 3 } else { 30 }, if smoke { 10 } else { 110 })?;
+    md.push_str(
+        "\n## CNI ADD to enrolled (`fsm-redirect-cni`, eBPF)\n\n| | pods | p50 ms | p99 ms | all done in ms |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (what, r) in [("one at a time", &one), ("all at once", &all)] {
+        let _ = writeln!(md, "| {what} | {} | {:.1} | {:.1} | {:.0} |", r.pods, r.p50_ms, r.p99_ms, r.total_ms);
+    }
+    md.push_str("\nEach ADD: the plugin started as a runtime starts it, the agent reading the pods file, finding the pod's kubelet cgroup, loading and attaching the pod's programs, and answering.\n");
+    json.insert("cni_add", serde_json::json!({"one_at_a_time": one.json(), "all_at_once": all.json()}));
+
     std::fs::write(out_dir.join("bench.md"), &md)?;
     std::fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
     println!("{md}");
     eprintln!("bench: wrote {}/bench.md and bench.json", out_dir.display());
     Ok(())
+}
+
+/// Latencies of CNI ADDs, from starting the plugin to its answer.
+struct AddTimes {
+    pods: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    total_ms: f64,
+}
+
+impl AddTimes {
+    fn of(mut ms: Vec<f64>, total_ms: f64) -> Self {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+        AddTimes { pods: ms.len(), p50_ms: at(0.5), p99_ms: at(0.99), total_ms }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"pods": self.pods, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "total_ms": self.total_ms})
+    }
+}
+
+/// `one` pods added one after the other, then `all` at once, each a meshed
+/// pod with its own netns and kubelet-made cgroup, through the plugin
+/// binary with a `prevResult` as a bridge plugin would give it.
+fn cni_adds(one: usize, all: usize) -> anyhow::Result<(AddTimes, AddTimes)> {
+    use serde_json::json;
+    let mut kubelet = tests::Kubelet::new(tests::Driver::Cgroupfs);
+    let dir = tempfile::tempdir()?;
+    let pods_file = dir.path().join("pods.json");
+    let node = Node::start_with(
+        "kind: MeshConfig\nspec: {}\n",
+        &["--pods-file", pods_file.to_str().unwrap(), "--kubelet-cgroup-root", &kubelet.root],
+    )?;
+    let socket = redirect_agent::state::State::socket(node.state_dir.path());
+    let n = one + all;
+    let mut sandboxes = Vec::new();
+    let mut objects = Vec::new();
+    for i in 0..n {
+        interrupt::check()?;
+        let uid = format!("be7c0000-0000-4000-8000-{i:012x}");
+        kubelet.pod(&uid);
+        let ns = redirect_agent::sandbox::Netns::create(&tests::unique("cb"))?;
+        objects.push(json!({"metadata": {"namespace": "bench", "name": format!("p{i}"), "uid": uid, "labels": {"fsm-proxy-uuid": "x"}}}));
+        sandboxes.push((format!("p{i}"), uid, ns));
+    }
+    std::fs::write(&pods_file, json!({"kind": "PodList", "items": objects}).to_string())?;
+    let spawn = |i: usize, command: &str| -> anyhow::Result<std::process::Child> {
+        let (name, uid, ns) = &sandboxes[i];
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "bench", "type": "fsm-redirect-cni", "socket": socket,
+            "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": ns.path()}],
+                           "ips": [{"address": format!("10.250.{}.{}/16", i / 250, i % 250 + 2), "interface": 0}]}
+        });
+        let mut child = Command::new(tests::cni_plugin_bin())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("{i:064x}"))
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={name};K8S_POD_UID={uid}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes())?;
+        Ok(child)
+    };
+    let finish = |child: std::process::Child| -> anyhow::Result<()> {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("CNI ADD failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(())
+    };
+    let mut single = Vec::new();
+    let start = Instant::now();
+    for i in 0..one {
+        let t = Instant::now();
+        finish(spawn(i, "ADD")?)?;
+        single.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let one_times = AddTimes::of(single, start.elapsed().as_secs_f64() * 1000.0);
+    // All at once: each waited for on its own thread, so that its time is
+    // its own.
+    let start = Instant::now();
+    let times: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (one..n)
+            .map(|i| {
+                let (spawn, finish) = (&spawn, &finish);
+                s.spawn(move || -> anyhow::Result<f64> {
+                    let t = Instant::now();
+                    finish(spawn(i, "ADD")?)?;
+                    Ok(t.elapsed().as_secs_f64() * 1000.0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect::<anyhow::Result<Vec<f64>>>()
+    })?;
+    let all_times = AddTimes::of(times, start.elapsed().as_secs_f64() * 1000.0);
+    let enrolled = node.status()["pods"].as_array().map_or(0, Vec::len);
+    if enrolled != n {
+        bail!("{enrolled} of {n} pods enrolled");
+    }
+    for i in 0..n {
+        finish(spawn(i, "DEL")?)?;
+    }
+    drop(node);
+    drop(sandboxes);
+    Ok((one_times, all_times))
 }

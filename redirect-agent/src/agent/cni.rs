@@ -1,0 +1,85 @@
+//! The agent's side of the CNI plugin (`crate::cni`): ADD enrolls a pod FSM
+//! meshes, with the cgroup the kubelet made for it; DEL removes what an
+//! ADD enrolled.
+
+use anyhow::{Context as _, bail};
+
+use super::Agent;
+use crate::{
+    cni::{CniAdd, CniAdded, kubelet, pods::PodList, spec::KubernetesPod},
+    pod::EnrollRequest,
+};
+
+impl Agent {
+    pub fn cni_add(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
+        let key = add.pod.key();
+        let Some(pods_file) = self.pods_file.clone() else {
+            return Ok(CniAdded::NotMeshed { why: "the agent has no pod source (run --pods-file)".into() });
+        };
+        let list = PodList::read(&pods_file)?;
+        let Some(pod) = list.find(&add.pod.namespace, &add.pod.name, &add.pod.uid) else {
+            return Ok(CniAdded::NotMeshed { why: format!("pod {key} (UID {}) is not in {}", add.pod.uid, pods_file.display()) });
+        };
+        if !pod.meshed() {
+            return Ok(CniAdded::NotMeshed { why: format!("pod {key} has no {} label", crate::cni::pods::INJECTED_LABEL) });
+        }
+        if let Some(id) = self.state.pod_id(&key) {
+            let enrolled = &self.state.pods[&id];
+            // ADD again for the same sandbox (the runtime retried): done.
+            if enrolled.container_id.as_deref() == Some(add.container_id.as_str()) {
+                return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane });
+            }
+            // A new sandbox for the pod whose old one went without a DEL
+            // that reached us: the old enrolment goes with its netns.
+            if enrolled.netns.exists() {
+                bail!("pod {key}: already enrolled for sandbox {:?}, whose netns is still there", enrolled.container_id);
+            }
+            log::info!("pod {key}: sandbox {:?} gone without a DEL; enrolling sandbox {}", enrolled.container_id, add.container_id);
+            self.remove(&key)?;
+        }
+        let root = crate::cgroup::cgroup2_mount()?;
+        let cgroup = kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, &add.pod.uid).with_context(|| format!("pod {key}"))?;
+        log::info!("CNI ADD of pod {key} (sandbox {}, IPs {:?}): cgroup {}", add.container_id, add.ips, cgroup.display());
+        let request = EnrollRequest {
+            name: key,
+            netns: add.netns,
+            cgroup: Some(cgroup),
+            annotations: add.annotations.unwrap_or_else(|| pod.metadata.annotations.clone()),
+            dataplane: None,
+            fast_path: None,
+            ipv6: None,
+            container_id: Some(add.container_id),
+        };
+        let (id, dataplane) = self.enroll(request)?;
+        Ok(CniAdded::Enrolled { id, dataplane })
+    }
+
+    /// Whether a pod was removed.
+    pub fn cni_del(&mut self, container_id: &str) -> anyhow::Result<bool> {
+        let name = self.state.pods.values().find(|p| p.container_id.as_deref() == Some(container_id)).map(|p| p.name.clone());
+        match name {
+            Some(name) => self.remove(&name).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Fails if FSM meshes the pod and this sandbox's pod is not enrolled
+    /// with its programs attached.
+    pub fn cni_check(&mut self, container_id: &str, pod: &KubernetesPod) -> anyhow::Result<()> {
+        let Some(pods_file) = self.pods_file.clone() else { return Ok(()) };
+        if !PodList::read(&pods_file)?.find(&pod.namespace, &pod.name, &pod.uid).is_some_and(|p| p.meshed()) {
+            return Ok(());
+        }
+        let Some((&id, enrolled)) = self.state.pods.iter().find(|(_, p)| p.container_id.as_deref() == Some(container_id)) else {
+            bail!("pod {} is meshed but not enrolled", pod.key());
+        };
+        if let Some(why) = self.degraded.get(&id) {
+            bail!("pod {}: degraded: {why}", enrolled.name);
+        }
+        let status = self.status();
+        if !status.pods.iter().any(|p| p.id == id && p.attached) {
+            bail!("pod {}: its programs are not attached (see `redirect-agent diagnose {}`)", enrolled.name, enrolled.name);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Installing the plugin on a node: its binary into the CNI bin dir, and its
+//! entry at the end of the primary network's conflist in the CNI conf dir
+//! (the file the runtime reads: the lexically first `.conf`, `.conflist`
+//! or `.json`, as libcni and containerd pick it). The agent checks the entry
+//! at each refresh: a primary CNI that rewrites its file (Calico and
+//! Cilium do, at their own restarts) would drop it, and with it the
+//! interception of every pod created afterwards.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// The plugin's binary name, which is its `type` in a conflist.
+pub const PLUGIN_TYPE: &str = "fsm-redirect-cni";
+
+/// Where the plugin goes, recorded in the state file so that `uninstall`
+/// can take it out again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CniInstall {
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// The control socket the entry names.
+    pub socket: PathBuf,
+}
+
+impl CniInstall {
+    /// Copies the plugin binary (`source`) into the bin dir (replacing it
+    /// in one rename, so that a runtime never runs half a file) and chains
+    /// the entry. Returns the conflist changed, if any.
+    pub fn install(&self, source: &Path) -> anyhow::Result<Option<PathBuf>> {
+        let target = self.bin_dir.join(PLUGIN_TYPE);
+        let tmp = self.bin_dir.join(format!(".{PLUGIN_TYPE}.tmp"));
+        std::fs::copy(source, &tmp).with_context(|| format!("copying {} to {}", source.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
+        self.ensure_chained()
+    }
+
+    /// Puts the entry at the end of the primary conflist if it is not
+    /// there as it should be. Returns the file changed, if any.
+    pub fn ensure_chained(&self) -> anyhow::Result<Option<PathBuf>> {
+        let path = primary_conf(&self.conf_dir)?;
+        let conf = read_json(&path)?;
+        let entry = entry(&self.socket);
+        let mut list = as_conflist(conf)?;
+        let plugins = list["plugins"].as_array_mut().expect("made by as_conflist");
+        if plugins.last() == Some(&entry) && plugins.iter().filter(|p| is_ours(p)).count() == 1 {
+            return Ok(None);
+        }
+        plugins.retain(|p| !is_ours(p));
+        plugins.push(entry);
+        Ok(Some(write_conflist(&path, &list)?))
+    }
+
+    /// Takes the entry out of the primary conflist and the binary out of
+    /// the bin dir; what is already gone is fine.
+    pub fn uninstall(&self) -> anyhow::Result<()> {
+        if let Ok(path) = primary_conf(&self.conf_dir) {
+            let mut conf = read_json(&path)?;
+            if let Some(plugins) = conf.get_mut("plugins").and_then(Value::as_array_mut)
+                && plugins.iter().any(is_ours)
+            {
+                plugins.retain(|p| !is_ours(p));
+                write_json(&path, &conf)?;
+            }
+        }
+        match std::fs::remove_file(self.bin_dir.join(PLUGIN_TYPE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("removing the plugin binary"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The plugin's entry.
+pub fn entry(socket: &Path) -> Value {
+    json!({
+        "type": PLUGIN_TYPE,
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "socket": socket,
+    })
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+/// The file the runtime reads: the lexically first network configuration.
+pub fn primary_conf(conf_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)
+        .with_context(|| format!("CNI conf dir {}", conf_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "conf" || x == "conflist" || x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("CNI conf dir {}: no network configuration yet (the primary CNI writes one)", conf_dir.display()))
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read(path).with_context(|| format!("{}: can't read", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{}: not a JSON network configuration", path.display()))
+}
+
+/// A conflist as it is, or a single plugin's `.conf` made one.
+fn as_conflist(conf: Value) -> anyhow::Result<Value> {
+    if conf.get("plugins").is_some_and(Value::is_array) {
+        return Ok(conf);
+    }
+    let Some(obj) = conf.as_object().filter(|o| o.contains_key("type")) else {
+        bail!("not a network configuration: neither `plugins` nor `type`");
+    };
+    let mut plugin = obj.clone();
+    let version = plugin.remove("cniVersion").unwrap_or_else(|| "1.0.0".into());
+    let name = plugin.remove("name").unwrap_or_else(|| "k8s-pod-network".into());
+    Ok(json!({"cniVersion": version, "name": name, "plugins": [plugin]}))
+}
+
+/// Writes `list` for the runtime in place of `path` (a `.conf` becomes the
+/// `.conflist` of the same name, which sorts at the same place). Returns
+/// the file written.
+fn write_conflist(path: &Path, list: &Value) -> anyhow::Result<PathBuf> {
+    let target = if path.extension().is_some_and(|x| x == "conflist") { path.to_owned() } else { path.with_extension("conflist") };
+    write_json(&target, list)?;
+    if target != path {
+        std::fs::remove_file(path).with_context(|| format!("removing {} (now {})", path.display(), target.display()))?;
+    }
+    Ok(target)
+}
+
+/// One rename: a runtime reads the old file or the new one.
+fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("conf");
+    // A name the runtime ignores (no .conf/.conflist/.json ending).
+    let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(dir: &Path) -> CniInstall {
+        let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        CniInstall { conf_dir, bin_dir, socket: "/run/fsm-redirect/agent.sock".into() }
+    }
+
+    fn plugins(path: &Path) -> Vec<String> {
+        read_json(path).unwrap()["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn the_entry_goes_last_in_the_primary_conflist_once_and_comes_back_after_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = install(dir.path());
+        let primary = i.conf_dir.join("10-calico.conflist");
+        let original = r#"{"cniVersion":"0.3.1","name":"k8s-pod-network","plugins":[{"type":"calico"},{"type":"portmap"}]}"#;
+        std::fs::write(&primary, original).unwrap();
+        std::fs::write(i.conf_dir.join("99-other.conflist"), original).unwrap();
+        let source = dir.path().join("plugin");
+        std::fs::write(&source, "#!/bin/sh\n").unwrap();
+
+        assert_eq!(i.install(&source).unwrap(), Some(primary.clone()));
+        assert!(i.bin_dir.join(PLUGIN_TYPE).exists());
+        assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
+        assert_eq!(plugins(&i.conf_dir.join("99-other.conflist")), ["calico", "portmap"], "not the primary one");
+        assert_eq!(i.ensure_chained().unwrap(), None, "already there: untouched");
+
+        // The primary CNI writes its file again, without us.
+        std::fs::write(&primary, original).unwrap();
+        assert_eq!(i.ensure_chained().unwrap(), Some(primary.clone()));
+        assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
+
+        i.uninstall().unwrap();
+        assert_eq!(plugins(&primary), ["calico", "portmap"]);
+        assert!(!i.bin_dir.join(PLUGIN_TYPE).exists());
+        i.uninstall().unwrap();
+    }
+
+    #[test]
+    fn a_single_plugin_conf_becomes_a_conflist_and_nothing_is_written_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = install(dir.path());
+        assert!(i.ensure_chained().unwrap_err().to_string().contains("no network configuration yet"));
+        let conf = i.conf_dir.join("10-bridge.conf");
+        std::fs::write(&conf, r#"{"cniVersion":"1.0.0","name":"net","type":"bridge","bridge":"cni0"}"#).unwrap();
+        let written = i.ensure_chained().unwrap().unwrap();
+        assert_eq!(written, i.conf_dir.join("10-bridge.conflist"));
+        assert!(!conf.exists());
+        let list = read_json(&written).unwrap();
+        assert_eq!((list["cniVersion"].as_str(), list["name"].as_str()), (Some("1.0.0"), Some("net")));
+        assert_eq!(list["plugins"][0], json!({"type": "bridge", "bridge": "cni0"}));
+        assert_eq!(plugins(&written), ["bridge", PLUGIN_TYPE]);
+        std::fs::write(i.conf_dir.join("00-broken.conflist"), "{").unwrap();
+        assert!(i.ensure_chained().unwrap_err().to_string().contains("00-broken.conflist"));
+    }
+}

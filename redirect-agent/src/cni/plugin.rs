@@ -1,0 +1,114 @@
+//! The plugin's commands, as `fsm-redirect-cni` runs them: each asks the
+//! agent over its control socket.
+
+use super::{
+    CniAdd, CniAdded,
+    spec::{self, CniError, Command, Env, KubernetesPod, NetConf, code},
+};
+use crate::control::Client;
+
+/// One invocation: what to print on stdout on success.
+pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+    if env.command == Command::Version {
+        return Ok(spec::version_info(stdin));
+    }
+    let conf = NetConf::parse(stdin)?;
+    let client =
+        Client::at(conf.socket.clone().unwrap_or_else(|| crate::state::State::socket(std::path::Path::new(crate::state::DEFAULT_DIR))));
+    match env.command {
+        Command::Add => add(env, &conf, &client),
+        Command::Del => del(env, &client).map(|()| String::new()),
+        Command::Check => check(env, &conf, &client).map(|()| String::new()),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+fn kubernetes_pod(env: &Env) -> Result<KubernetesPod, CniError> {
+    env.kubernetes_pod().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "CNI_ARGS lacks K8S_POD_NAMESPACE, K8S_POD_NAME or K8S_POD_UID",
+            "fsm-redirect serves Kubernetes pods",
+        )
+    })
+}
+
+fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
+    // Checked first: a misplaced plugin fails whatever the agent says.
+    let result = spec::pass_through(conf)?;
+    let pod = kubernetes_pod(env)?;
+    let request = CniAdd {
+        container_id: env.container_id.clone(),
+        netns: env.netns.clone().expect("required for ADD"),
+        pod: pod.clone(),
+        ips: conf.pod_ips(),
+        annotations: conf.runtime_config.pod_annotations.clone(),
+    };
+    match client.cni_add(request) {
+        Ok(CniAdded::Enrolled { id, dataplane }) => {
+            eprintln!("fsm-redirect: pod {} enrolled as {id} ({dataplane:?})", pod.key());
+            Ok(result)
+        }
+        Ok(CniAdded::NotMeshed { why }) => {
+            eprintln!("fsm-redirect: pod {} left alone: {why}", pod.key());
+            Ok(result)
+        }
+        Err(e) if conf.fail_open => {
+            eprintln!("fsm-redirect: pod {} NOT intercepted (failOpen): {e:#}", pod.key());
+            Ok(result)
+        }
+        Err(e) => Err(agent_error(&pod, e)),
+    }
+}
+
+/// Whether the agent could not be asked at all (as `Client` words it).
+fn unreachable(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("the agent is not running") || text.contains("permission denied on")
+}
+
+/// Unreachable agent: try again later; a refusal: ours, with why.
+fn agent_error(pod: &KubernetesPod, e: anyhow::Error) -> CniError {
+    let text = format!("{e:#}");
+    if unreachable(&e) {
+        CniError::new(code::TRY_AGAIN_LATER, format!("pod {}: the fsm-redirect agent can't be reached", pod.key()), text)
+    } else {
+        CniError::new(code::ENROLMENT_REFUSED, format!("pod {}: the fsm-redirect agent refused it", pod.key()), text)
+    }
+}
+
+/// Succeeds when there is nothing to remove (the spec: DEL may come
+/// twice, or after a failed ADD), and when the agent can't be reached:
+/// failing would stop the runtime's DEL before the other plugins free the
+/// pod's interface and address, and hold the pod's deletion until the
+/// agent is back, while the agent removes a pod whose netns is gone at its
+/// next refresh anyway. An agent that fails to remove the pod is an error.
+fn del(env: &Env, client: &Client) -> Result<(), CniError> {
+    match client.cni_del(&env.container_id) {
+        Ok(_) => Ok(()),
+        Err(e) if unreachable(&e) => {
+            eprintln!("fsm-redirect: container {}: agent unreachable ({e:#}); it removes the pod once its netns is gone", env.container_id);
+            Ok(())
+        }
+        Err(e) => Err(CniError::new(
+            code::ENROLMENT_REFUSED,
+            format!("container {}: the fsm-redirect agent failed to remove it", env.container_id),
+            format!("{e:#}"),
+        )),
+    }
+}
+
+/// A meshed pod must be enrolled with its programs attached.
+fn check(env: &Env, conf: &NetConf, client: &Client) -> Result<(), CniError> {
+    if !conf.has_check() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CHECK needs cniVersion 0.4.0 or later, not {}", conf.cni_version),
+            "",
+        ));
+    }
+    let pod = kubernetes_pod(env)?;
+    client
+        .cni_check(&env.container_id, &pod)
+        .map_err(|e| CniError::new(code::NOT_INTERCEPTED, format!("pod {}: not intercepted", pod.key()), format!("{e:#}")))
+}

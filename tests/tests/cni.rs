@@ -1,0 +1,489 @@
+//! The chained CNI plugin, `fsm-redirect-cni`, driven as a runtime drives a
+//! conflist (the CNI spec: the environment, stdin, `prevResult` from one
+//! plugin to the next, DEL in reverse order), after Debian's real `bridge`
+//! plugin with `host-local` IPAM, in network namespaces and a
+//! kubelet-shaped cgroup tree that each test makes and removes. The agent
+//! learns which pods FSM meshes from a `PodList` file (`--pods-file`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use redirect_agent::sandbox::{Cgroup, Netns, enter_netns};
+use serde_json::{Value, json};
+use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, scaled};
+
+const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
+
+/// A conflist (bridge + host-local, then ours) and what running it needs.
+struct Chain {
+    conflist: Value,
+    /// Holds `fsm-redirect-cni` for `CNI_PATH`, and host-local's data.
+    dir: tempfile::TempDir,
+    /// The plugins run in the node's namespace (the bridge is made there).
+    node_ns: PathBuf,
+}
+
+/// One plugin's outcome: exit status and stdout.
+struct Run {
+    ok: bool,
+    stdout: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+impl Chain {
+    fn new(node: &Node, subnet: u8, ours: Value) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(tests::cni_plugin_bin(), dir.path().join("fsm-redirect-cni")).unwrap();
+        let bridge = json!({
+            "type": "bridge",
+            "bridge": format!("cnibr{subnet}"),
+            "isGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": format!("10.247.{subnet}.0/24")}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.path().join("ipam"),
+            }
+        });
+        let mut ours = ours;
+        ours["type"] = "fsm-redirect-cni".into();
+        ours["capabilities"] = json!({"io.kubernetes.cri.pod-annotations": true});
+        ours["socket"] = redirect_agent::state::State::socket(node.state_dir.path()).display().to_string().into();
+        let conflist = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [bridge, ours]});
+        Chain { conflist, dir, node_ns: node.ns.path() }
+    }
+
+    fn set(&mut self, key: &str, value: Value) {
+        self.conflist["plugins"][1][key] = value;
+    }
+
+    /// One plugin, as libcni runs it.
+    fn invoke(&self, plugin: &Value, command: &str, sandbox: &Sandbox, prev: Option<&Value>) -> Run {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        conf["name"] = self.conflist["name"].clone();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        if plugin["capabilities"]["io.kubernetes.cri.pod-annotations"] == true {
+            conf["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": sandbox.annotations});
+        }
+        let kind = plugin["type"].as_str().unwrap();
+        let bin = if kind == "fsm-redirect-cni" { self.dir.path().join(kind) } else { Path::new(tests::CNI_BIN_DIR).join(kind) };
+        let mut cmd = Command::new(bin);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &sandbox.container_id)
+            .env("CNI_NETNS", sandbox.netns_path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", format!("{}:{}", tests::CNI_BIN_DIR, self.dir.path().display()))
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                    sandbox.namespace, sandbox.name, sandbox.container_id, sandbox.uid
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        enter_netns(&mut cmd, &self.node_ns).unwrap();
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        eprintln!("{kind} {command}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Run { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned() }
+    }
+
+    /// ADD through every plugin, each given the previous one's result: the
+    /// last plugin's run (the final result, or the failure).
+    fn add(&self, sandbox: &Sandbox) -> Run {
+        let mut prev: Option<Value> = None;
+        let plugins = self.conflist["plugins"].as_array().unwrap();
+        for (i, plugin) in plugins.iter().enumerate() {
+            let run = self.invoke(plugin, "ADD", sandbox, prev.as_ref());
+            if !run.ok || i == plugins.len() - 1 {
+                return run;
+            }
+            prev = Some(run.json());
+        }
+        unreachable!()
+    }
+
+    /// DEL through every plugin in reverse order, with the cached result:
+    /// whether every one succeeded.
+    fn del(&self, sandbox: &Sandbox, result: Option<&Value>) -> bool {
+        let plugins = self.conflist["plugins"].as_array().unwrap();
+        plugins.iter().rev().all(|p| self.invoke(p, "DEL", sandbox, result).ok)
+    }
+
+    fn ours(&self) -> Value {
+        self.conflist["plugins"][1].clone()
+    }
+}
+
+/// What the kubelet knows of a pod and what its runtime made for it.
+struct Sandbox {
+    namespace: String,
+    name: String,
+    uid: String,
+    container_id: String,
+    annotations: Value,
+    ns: Netns,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Self {
+        let n = std::process::id() % 10_000;
+        Sandbox {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("7e1d{n:04}-0000-4000-8000-{:012x}", rand_suffix()),
+            container_id: format!("{:064x}", rand_suffix()),
+            annotations: json!({}),
+            ns: Netns::create(&tests::unique("cni")).unwrap(),
+        }
+    }
+
+    /// Another sandbox for the same pod (the kubelet makes one when the
+    /// first is lost).
+    fn again(&self) -> Self {
+        Sandbox {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            container_id: format!("{:064x}", rand_suffix() ^ 1),
+            annotations: self.annotations.clone(),
+            ns: Netns::create(&tests::unique("cni")).unwrap(),
+        }
+    }
+
+    fn netns_path(&self) -> String {
+        self.ns.path().display().to_string()
+    }
+
+    /// The pod's processes, in `container`: they see the namespace by
+    /// another handle (the first one to go deletes it).
+    fn pod(&self, ip: &str, container: Cgroup) -> Pod {
+        Pod::adopt(&self.key(), ip, Netns { name: self.ns.name.clone() }, container)
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The pod as the API lists it; `meshed`: with the injector's label.
+    fn pod_object(&self, meshed: bool) -> Value {
+        let mut labels = json!({"app": self.name});
+        if meshed {
+            labels["fsm-proxy-uuid"] = "0b6c3f9e-6a4d-4f8e-9a51-3d5c1e2f7a10".into();
+        }
+        json!({"metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid, "labels": labels,
+               "annotations": {"flomesh.io/outbound-port-exclusion-list": "6379"}}})
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish() & 0xffff_ffff_ffff
+}
+
+fn write_pods(path: &Path, pods: &[Value]) {
+    std::fs::write(path, json!({"kind": "PodList", "apiVersion": "v1", "items": pods}).to_string()).unwrap();
+}
+
+/// A node whose agent reads the pods from a file (returned) and looks for
+/// their cgroups under `kubelet`'s root.
+fn node_with_pods(kubelet: &Kubelet, extra: &[&str]) -> (Node, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods.json");
+    write_pods(&pods, &[]);
+    let mut args = vec!["--pods-file", pods.to_str().unwrap(), "--kubelet-cgroup-root", &kubelet.root];
+    args.extend_from_slice(extra);
+    let node = Node::start_with(NO_LISTS, &args).unwrap();
+    (node, dir, pods)
+}
+
+fn enrolled(node: &Node, name: &str) -> Option<Value> {
+    node.status()["pods"].as_array().into_iter().flatten().find(|p| p["name"] == name).cloned()
+}
+
+fn pod_ip(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn a_meshed_pod_added_through_the_chain_is_intercepted_from_its_first_connect() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let mut sandbox = Sandbox::new("cart-0");
+    let pod_group = kubelet.pod(&sandbox.uid);
+    write_pods(&pods, &[sandbox.pod_object(true)]);
+    sandbox.annotations = json!({"flomesh.io/outbound-port-exclusion-list": "6379"});
+    let chain = Chain::new(&node, 41, json!({}));
+
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}", add.stdout);
+    // The bridge's result goes on unchanged.
+    let result = add.json();
+    let ip = pod_ip(&result);
+    assert!(ip.starts_with("10.247.41."), "{result}");
+    assert_eq!(result["interfaces"].as_array().map(Vec::len), Some(3), "{result}");
+    let status = enrolled(&node, &sandbox.key()).expect("enrolled by ADD");
+    assert_eq!(status["cgroup"], pod_group.display().to_string());
+    assert_eq!(status["attached"], true, "{status}");
+    assert_eq!(status["excluded_ports"], 1, "the runtime's annotations: {status}");
+
+    // The containers start after ADD, in groups below the pod's.
+    let mut pod = sandbox.pod(&ip, kubelet.container(&pod_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"));
+
+    // ADD again for the same sandbox (a runtime retrying): still enrolled.
+    let again = chain.invoke(&chain.ours(), "ADD", &sandbox, Some(&result));
+    assert!(again.ok, "{}", again.stdout);
+    assert_eq!(again.json(), result);
+
+    // DEL: the pod is removed; a second DEL succeeds too.
+    assert!(chain.del(&sandbox, Some(&result)));
+    assert!(enrolled(&node, &sandbox.key()).is_none());
+    // No programs, and no interface either (the bridge's DEL took it).
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "error: connect: Network is unreachable (os error 101)");
+    assert!(chain.del(&sandbox, Some(&result)), "a repeated DEL");
+}
+
+#[test]
+fn a_pod_fsm_does_not_mesh_is_left_alone() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let plain = Sandbox::new("db-0");
+    let unknown = Sandbox::new("batch-0");
+    let pod_group = kubelet.pod(&plain.uid);
+    kubelet.pod(&unknown.uid);
+    // db-0 is listed without the injector's label; batch-0 is not listed.
+    write_pods(&pods, &[plain.pod_object(false)]);
+    let chain = Chain::new(&node, 42, json!({}));
+    let add = chain.add(&plain);
+    assert!(add.ok, "{}", add.stdout);
+    let ip = pod_ip(&add.json());
+    let other = chain.add(&unknown);
+    assert!(other.ok, "{}", other.stdout);
+    assert_eq!(node.status()["pods"].as_array().map(Vec::len), Some(0));
+    let mut pod = plain.pod(&ip, kubelet.container(&pod_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+    assert!(chain.del(&unknown, None));
+    assert!(chain.del(&plain, None));
+}
+
+#[test]
+fn with_the_agent_down_add_fails_so_the_kubelet_retries_unless_the_config_says_fail_open() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Systemd);
+    let (mut node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let sandbox = Sandbox::new("cart-1");
+    let pod_group = kubelet.pod(&sandbox.uid);
+    write_pods(&pods, &[sandbox.pod_object(true)]);
+    let mut chain = Chain::new(&node, 43, json!({}));
+    node.kill_agent();
+
+    let add = chain.add(&sandbox);
+    assert!(!add.ok);
+    let error = add.json();
+    assert_eq!(error["code"], 11, "try again later: {error}");
+    assert!(error["msg"].as_str().unwrap().contains("can't be reached"), "{error}");
+    // The runtime cleans up after a failed ADD: DEL goes through every
+    // plugin even with the agent down (which removes a pod once its netns
+    // is gone), freeing the interface and address.
+    assert!(chain.del(&sandbox, None));
+
+    chain.set("failOpen", true.into());
+    let open = chain.add(&sandbox);
+    assert!(open.ok, "{}", open.stdout);
+    assert!(open.json()["ips"].is_array());
+    chain.set("failOpen", false.into());
+    assert!(chain.del(&sandbox, None), "{}", node.agent_log());
+
+    // The agent back: ADD enrolls, in the systemd driver's layout.
+    node.start_agent().unwrap();
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}", add.stdout);
+    let status = enrolled(&node, &sandbox.key()).unwrap();
+    assert_eq!(status["cgroup"], pod_group.display().to_string());
+
+    // CHECK (0.4.0 and later): fine while intercepted, an error once not.
+    let result = add.json();
+    assert!(chain.invoke(&chain.ours(), "CHECK", &sandbox, Some(&result)).ok);
+    let (removed, out) = node.cli(&["remove", &sandbox.key()]);
+    assert!(removed, "{out}");
+    let check = chain.invoke(&chain.ours(), "CHECK", &sandbox, Some(&result));
+    assert!(!check.ok);
+    assert_eq!(check.json()["code"], 101, "{}", check.stdout);
+    assert!(chain.del(&sandbox, Some(&result)));
+}
+
+#[test]
+fn a_pod_whose_sandbox_went_without_del_is_removed_and_the_others_survive_an_agent_restart() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (mut node, _dir, pods) = node_with_pods(&kubelet, &["--refresh-interval", "1"]);
+    let kept = Sandbox::new("cart-2");
+    let gone = Sandbox::new("cart-3");
+    let kept_group = kubelet.pod(&kept.uid);
+    kubelet.pod(&gone.uid);
+    write_pods(&pods, &[kept.pod_object(true), gone.pod_object(true)]);
+    let chain = Chain::new(&node, 44, json!({}));
+    let add = chain.add(&kept);
+    assert!(add.ok, "{}", add.stdout);
+    let ip = pod_ip(&add.json());
+    let add = chain.add(&gone);
+    assert!(add.ok, "{}", add.stdout);
+
+    // The agent restarts with both pods running: they stay intercepted.
+    node.kill_agent();
+    node.start_agent().unwrap();
+    assert!(enrolled(&node, &kept.key()).is_some());
+    let mut pod = kept.pod(&ip, kubelet.container(&kept_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+
+    // The runtime lost cart-3's sandbox without a DEL: its netns goes.
+    let gone_key = gone.key();
+    drop(gone);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
+    while enrolled(&node, &gone_key).is_some() {
+        assert!(std::time::Instant::now() < deadline, "a pod whose netns is gone stays enrolled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(enrolled(&node, &kept.key()).is_some());
+    assert!(chain.del(&kept, None));
+}
+
+#[test]
+fn a_new_sandbox_replaces_one_that_went_without_a_del_but_not_one_still_there() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let first = Sandbox::new("cart-4");
+    kubelet.pod(&first.uid);
+    write_pods(&pods, &[first.pod_object(true)]);
+    let chain = Chain::new(&node, 45, json!({}));
+    assert!(chain.add(&first).ok);
+    let second = first.again();
+    let refused = chain.add(&second);
+    assert!(!refused.ok);
+    assert_eq!(refused.json()["code"], 100, "{}", refused.stdout);
+    assert!(chain.del(&second, None), "the runtime cleans up the failed ADD");
+
+    // The first sandbox goes without a DEL reaching the agent.
+    let key = first.key();
+    drop(first);
+    let add = chain.add(&second);
+    assert!(add.ok, "{}", add.stdout);
+    assert_eq!(enrolled(&node, &key).unwrap()["netns"], second.netns_path());
+    assert!(chain.del(&second, Some(&add.json())));
+    assert!(enrolled(&node, &key).is_none());
+}
+
+#[test]
+fn the_agent_chains_the_plugin_in_the_primary_conflist_keeps_it_there_and_uninstall_takes_it_out() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (conf_dir, bin_dir) = (dir.path().join("net.d"), dir.path().join("bin"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let primary = conf_dir.join("10-calico.conflist");
+    let calico = r#"{"cniVersion":"0.3.1","name":"k8s-pod-network","plugins":[{"type":"calico"},{"type":"portmap"}]}"#;
+    std::fs::write(&primary, calico).unwrap();
+    let types = || -> Vec<String> {
+        let v: Value = serde_json::from_slice(&std::fs::read(&primary).unwrap()).unwrap();
+        v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_owned()).collect()
+    };
+    let args = ["--cni-conf-dir", conf_dir.to_str().unwrap(), "--cni-bin-dir", bin_dir.to_str().unwrap(), "--refresh-interval", "1"];
+    let mut node = Node::start_with(NO_LISTS, &args).unwrap();
+    assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
+    let installed = bin_dir.join("fsm-redirect-cni");
+    // The installed copy runs (a runtime finds it by its type).
+    let version = Command::new(&installed).env("CNI_COMMAND", "VERSION").stdin(Stdio::null()).output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains("supportedVersions"), "{version:?}");
+
+    // The primary CNI writes its file again, without the entry.
+    std::fs::write(&primary, calico).unwrap();
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
+    while types().len() != 3 {
+        assert!(std::time::Instant::now() < deadline, "the entry was not restored: {:?}", types());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.agent_log().contains("restored"), "{}", node.agent_log());
+
+    let (ok, out) = node.cli(&["uninstall"]);
+    assert!(ok, "{out}");
+    node.kill_agent();
+    assert_eq!(types(), ["calico", "portmap"]);
+    assert!(!installed.exists());
+}
+
+#[test]
+fn the_plugin_speaks_the_cni_versions_and_reports_errors_as_the_spec_says() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let run = |env: &[(&str, &str)], stdin: &str| {
+        let mut cmd = Command::new(tests::cni_plugin_bin());
+        cmd.env_clear().envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            // (The plugin may refuse before it reads.)
+            let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let (ok, v) = run(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
+    assert!(ok);
+    assert_eq!(v, json!({"cniVersion": "0.4.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}));
+    let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
+    let (ok, v) = run(&add[..3], "{}");
+    assert!(!ok);
+    assert_eq!((v["code"].as_u64(), v["msg"].as_str().unwrap().contains("CNI_IFNAME")), (Some(4), true), "{v}");
+    let (ok, v) = run(&add, "{not json");
+    assert_eq!((ok, v["code"].as_u64()), (false, Some(6)), "{v}");
+    let (ok, v) = run(&add, r#"{"cniVersion":"0.2.0","name":"n","type":"fsm-redirect-cni"}"#);
+    assert_eq!((ok, v["code"].as_u64()), (false, Some(1)), "{v}");
+    // First in a chain, or alone: there is no interface to pass on.
+    let (ok, v) = run(&add, r#"{"cniVersion":"1.0.0","name":"n","type":"fsm-redirect-cni"}"#);
+    assert_eq!((ok, v["code"].as_u64()), (false, Some(7)), "{v}");
+    // CHECK before 0.4.0 does not exist.
+    let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
+    let (ok, v) = run(&check, r#"{"cniVersion":"0.3.1","name":"n","type":"fsm-redirect-cni","prevResult":{}}"#);
+    assert_eq!((ok, v["code"].as_u64()), (false, Some(1)), "{v}");
+}
