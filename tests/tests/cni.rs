@@ -428,21 +428,30 @@ fn the_agent_chains_the_plugin_in_the_primary_conflist_keeps_it_there_and_uninst
         v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_owned()).collect()
     };
     let args = ["--cni-conf-dir", conf_dir.to_str().unwrap(), "--cni-bin-dir", bin_dir.to_str().unwrap(), "--refresh-interval", "1"];
+    let wait_for_entry = || {
+        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
+        while types().last().map(String::as_str) != Some("fsm-redirect-cni") {
+            assert!(std::time::Instant::now() < deadline, "the entry was not chained: {:?}", types());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The agent starts before the primary CNI wrote its configuration (a
+    // node booting): the binary is there at once, the entry once the file is.
+    std::fs::remove_file(&primary).unwrap();
     let mut node = Node::start_with(NO_LISTS, &args).unwrap();
-    assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
     let installed = bin_dir.join("fsm-redirect-cni");
     // The installed copy runs (a runtime finds it by its type).
     let version = Command::new(&installed).env("CNI_COMMAND", "VERSION").stdin(Stdio::null()).output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).contains("supportedVersions"), "{version:?}");
+    std::fs::write(&primary, calico).unwrap();
+    wait_for_entry();
+    assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
 
     // The primary CNI writes its file again, without the entry.
     std::fs::write(&primary, calico).unwrap();
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-    while types().len() != 3 {
-        assert!(std::time::Instant::now() < deadline, "the entry was not restored: {:?}", types());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(node.agent_log().contains("restored"), "{}", node.agent_log());
+    wait_for_entry();
+    assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
+    assert!(node.agent_log().contains("chained again"), "{}", node.agent_log());
 
     let (ok, out) = node.cli(&["uninstall"]);
     assert!(ok, "{out}");

@@ -107,10 +107,13 @@ impl Agent {
         }
         state.settings = opts.settings;
         if let Some(install) = opts.cni_install {
-            let source = plugin_binary()?;
-            match install.install(&source)? {
-                Some(conf) => log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display()),
-                None => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
+            install.install_binary(&plugin_binary()?)?;
+            // The primary CNI may not have written its configuration yet
+            // (a node booting): the entry is tried again at each refresh.
+            match install.ensure_chained() {
+                Ok(Some(conf)) => log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display()),
+                Ok(None) => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
+                Err(e) => log::warn!("CNI plugin installed into {}, not chained yet: {e:#}", install.bin_dir.display()),
             }
             state.cni = Some(install);
         }
@@ -463,7 +466,7 @@ impl Agent {
     pub fn refresh(&mut self) {
         if let Some(install) = &self.state.cni {
             match install.ensure_chained() {
-                Ok(Some(conf)) => log::warn!("the CNI plugin's entry was missing from {}: restored", conf.display()),
+                Ok(Some(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
                 Ok(None) => {}
                 Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
             }

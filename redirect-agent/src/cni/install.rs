@@ -25,15 +25,13 @@ pub struct CniInstall {
 }
 
 impl CniInstall {
-    /// Copies the plugin binary (`source`) into the bin dir (replacing it
-    /// in one rename, so that a runtime never runs half a file) and chains
-    /// the entry. Returns the conflist changed, if any.
-    pub fn install(&self, source: &Path) -> anyhow::Result<Option<PathBuf>> {
+    /// Copies the plugin binary (`source`) into the bin dir, replacing it
+    /// in one rename, so that a runtime never runs half a file.
+    pub fn install_binary(&self, source: &Path) -> anyhow::Result<()> {
         let target = self.bin_dir.join(PLUGIN_TYPE);
         let tmp = self.bin_dir.join(format!(".{PLUGIN_TYPE}.tmp"));
         std::fs::copy(source, &tmp).with_context(|| format!("copying {} to {}", source.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
-        self.ensure_chained()
+        std::fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))
     }
 
     /// Puts the entry at the end of the primary conflist if it is not
@@ -165,7 +163,8 @@ mod tests {
         let source = dir.path().join("plugin");
         std::fs::write(&source, "#!/bin/sh\n").unwrap();
 
-        assert_eq!(i.install(&source).unwrap(), Some(primary.clone()));
+        i.install_binary(&source).unwrap();
+        assert_eq!(i.ensure_chained().unwrap(), Some(primary.clone()));
         assert!(i.bin_dir.join(PLUGIN_TYPE).exists());
         assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
         assert_eq!(plugins(&i.conf_dir.join("99-other.conflist")), ["calico", "portmap"], "not the primary one");
