@@ -211,6 +211,20 @@ impl Check {
     }
 }
 
+/// The agent could not be asked at all: nothing listens on its control
+/// socket, or the caller may not connect to it. (An agent that answered
+/// with an error is not this.)
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// The CLI's side of the control socket: one connection per request.
 pub struct Client {
     socket: PathBuf,
@@ -250,11 +264,13 @@ impl Client {
 
     /// Sends one request to the running agent.
     fn call(&self, request: &Request) -> anyhow::Result<Reply> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => {
-                anyhow!("permission denied on {}: the agent's control socket is root's only; run this as root", self.socket.display())
-            }
-            _ => anyhow!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display()),
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
+            Unreachable(match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("permission denied on {}: the agent's control socket is root's only; run this as root", self.socket.display())
+                }
+                _ => format!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display()),
+            })
         })?;
         let mut line = serde_json::to_string(request)?;
         line.push('\n');

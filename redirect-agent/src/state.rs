@@ -79,6 +79,11 @@ impl State {
         self.pods.iter().find(|(_, p)| p.name == name).map(|(id, _)| *id)
     }
 
+    /// The pod a CNI ADD of sandbox `container_id` enrolled.
+    pub fn pod_of_sandbox(&self, container_id: &str) -> Option<PodId> {
+        self.pods.iter().find(|(_, p)| p.container_id.as_deref() == Some(container_id)).map(|(id, _)| *id)
+    }
+
     /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
     /// An id for a new pod: the next one after the last given out that no
     /// pod holds, going round 1..PODS. Not the smallest free one: records a

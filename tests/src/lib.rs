@@ -36,6 +36,18 @@ pub fn scaled(d: Duration) -> Duration {
     d * scale.max(1)
 }
 
+/// Polls `f` until it returns true or `limit` (scaled) has passed.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + scaled(limit);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
 /// What some tests need of the machine.
 #[derive(Clone, Copy, Debug)]
 pub enum Feature {

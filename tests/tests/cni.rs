@@ -13,7 +13,7 @@ use std::{
 
 use redirect_agent::sandbox::{Cgroup, Netns, enter_netns};
 use serde_json::{Value, json};
-use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, scaled};
+use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, eventually};
 
 const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
 
@@ -374,11 +374,7 @@ fn a_pod_whose_sandbox_went_without_del_is_removed_and_the_others_survive_an_age
     // The runtime lost cart-3's sandbox without a DEL: its netns goes.
     let gone_key = gone.key();
     drop(gone);
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-    while enrolled(&node, &gone_key).is_some() {
-        assert!(std::time::Instant::now() < deadline, "a pod whose netns is gone stays enrolled");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(eventually(Duration::from_secs(10), || enrolled(&node, &gone_key).is_none()), "a pod whose netns is gone stays enrolled");
     assert!(enrolled(&node, &kept.key()).is_some());
     assert!(chain.del(&kept, None));
 }
@@ -429,11 +425,8 @@ fn the_agent_chains_the_plugin_in_the_primary_conflist_keeps_it_there_and_uninst
     };
     let args = ["--cni-conf-dir", conf_dir.to_str().unwrap(), "--cni-bin-dir", bin_dir.to_str().unwrap(), "--refresh-interval", "1"];
     let wait_for_entry = || {
-        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-        while types().last().map(String::as_str) != Some("fsm-redirect-cni") {
-            assert!(std::time::Instant::now() < deadline, "the entry was not chained: {:?}", types());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let chained = eventually(Duration::from_secs(10), || types().last().map(String::as_str) == Some("fsm-redirect-cni"));
+        assert!(chained, "the entry was not chained: {:?}", types());
     };
     // The agent starts before the primary CNI wrote its configuration (a
     // node booting): the binary is there at once, the entry once the file is.

@@ -10,21 +10,9 @@ use std::{
 
 use aya::maps::{HashMap as BpfHash, Map, MapData};
 use redirect_common::maps::{PodConfig, PolicyAddr, names};
-use tests::{APP_UID, Node, PROXY_UID, Pod, scaled};
+use tests::{APP_UID, Node, PROXY_UID, Pod, eventually, scaled};
 
 const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
-
-/// Polls `f` until it returns true or `limit` (scaled) has passed.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + scaled(limit);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    f()
-}
 
 fn pod_status(node: &Node, pod: &Pod) -> Option<serde_json::Value> {
     node.status()["pods"].as_array().into_iter().flatten().find(|p| p["name"] == pod.name.as_str()).cloned()

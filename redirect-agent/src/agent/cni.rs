@@ -6,23 +6,35 @@ use anyhow::{Context as _, bail};
 
 use super::Agent;
 use crate::{
-    cni::{CniAdd, CniAdded, kubelet, pods::PodList, spec::KubernetesPod},
+    cni::{
+        CniAdd, CniAdded, kubelet,
+        pods::{INJECTED_LABEL, PodList, PodObject},
+        spec::KubernetesPod,
+    },
     pod::EnrollRequest,
 };
 
 impl Agent {
+    /// The pod as the pod source has it if FSM meshes it, or why not.
+    fn meshed(&self, pod: &KubernetesPod) -> anyhow::Result<Result<PodObject, String>> {
+        let key = pod.key();
+        let Some(pods_file) = &self.pods_file else {
+            return Ok(Err("the agent has no pod source (run --pods-file)".into()));
+        };
+        let list = PodList::read(pods_file)?;
+        Ok(match list.find(&pod.namespace, &pod.name, &pod.uid) {
+            None => Err(format!("pod {key} (UID {}) is not in {}", pod.uid, pods_file.display())),
+            Some(p) if !p.meshed() => Err(format!("pod {key} has no {INJECTED_LABEL} label")),
+            Some(p) => Ok(p.clone()),
+        })
+    }
+
     pub fn cni_add(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
         let key = add.pod.key();
-        let Some(pods_file) = self.pods_file.clone() else {
-            return Ok(CniAdded::NotMeshed { why: "the agent has no pod source (run --pods-file)".into() });
+        let pod = match self.meshed(&add.pod)? {
+            Ok(pod) => pod,
+            Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
-        let list = PodList::read(&pods_file)?;
-        let Some(pod) = list.find(&add.pod.namespace, &add.pod.name, &add.pod.uid) else {
-            return Ok(CniAdded::NotMeshed { why: format!("pod {key} (UID {}) is not in {}", add.pod.uid, pods_file.display()) });
-        };
-        if !pod.meshed() {
-            return Ok(CniAdded::NotMeshed { why: format!("pod {key} has no {} label", crate::cni::pods::INJECTED_LABEL) });
-        }
         if let Some(id) = self.state.pod_id(&key) {
             let enrolled = &self.state.pods[&id];
             // ADD again for the same sandbox (the runtime retried): done.
@@ -44,7 +56,7 @@ impl Agent {
             name: key,
             netns: add.netns,
             cgroup: Some(cgroup),
-            annotations: add.annotations.unwrap_or_else(|| pod.metadata.annotations.clone()),
+            annotations: add.annotations.unwrap_or(pod.metadata.annotations),
             dataplane: None,
             fast_path: None,
             ipv6: None,
@@ -56,9 +68,8 @@ impl Agent {
 
     /// Whether a pod was removed.
     pub fn cni_del(&mut self, container_id: &str) -> anyhow::Result<bool> {
-        let name = self.state.pods.values().find(|p| p.container_id.as_deref() == Some(container_id)).map(|p| p.name.clone());
-        match name {
-            Some(name) => self.remove(&name).map(|()| true),
+        match self.state.pod_of_sandbox(container_id) {
+            Some(id) => self.remove(&self.state.pods[&id].name.clone()).map(|()| true),
             None => Ok(false),
         }
     }
@@ -66,18 +77,17 @@ impl Agent {
     /// Fails if FSM meshes the pod and this sandbox's pod is not enrolled
     /// with its programs attached.
     pub fn cni_check(&mut self, container_id: &str, pod: &KubernetesPod) -> anyhow::Result<()> {
-        let Some(pods_file) = self.pods_file.clone() else { return Ok(()) };
-        if !PodList::read(&pods_file)?.find(&pod.namespace, &pod.name, &pod.uid).is_some_and(|p| p.meshed()) {
+        if self.meshed(pod)?.is_err() {
             return Ok(());
         }
-        let Some((&id, enrolled)) = self.state.pods.iter().find(|(_, p)| p.container_id.as_deref() == Some(container_id)) else {
+        let Some(id) = self.state.pod_of_sandbox(container_id) else {
             bail!("pod {} is meshed but not enrolled", pod.key());
         };
+        let enrolled = &self.state.pods[&id];
         if let Some(why) = self.degraded.get(&id) {
             bail!("pod {}: degraded: {why}", enrolled.name);
         }
-        let status = self.status();
-        if !status.pods.iter().any(|p| p.id == id && p.attached) {
+        if !self.handler(enrolled.dataplane).is_some_and(|h| h.attached(id)) {
             bail!("pod {}: its programs are not attached (see `redirect-agent diagnose {}`)", enrolled.name, enrolled.name);
         }
         Ok(())

@@ -5,7 +5,7 @@ use super::{
     CniAdd, CniAdded,
     spec::{self, CniError, Command, Env, KubernetesPod, NetConf, code},
 };
-use crate::control::Client;
+use crate::control::{Client, Unreachable};
 
 /// One invocation: what to print on stdout on success.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
@@ -61,10 +61,9 @@ fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
     }
 }
 
-/// Whether the agent could not be asked at all (as `Client` words it).
+/// Whether the agent could not be asked at all.
 fn unreachable(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("the agent is not running") || text.contains("permission denied on")
+    e.downcast_ref::<Unreachable>().is_some()
 }
 
 /// Unreachable agent: try again later; a refusal: ours, with why.
