@@ -122,6 +122,10 @@ pub struct PodStatus {
     /// before and is retried at each refresh.
     #[serde(default)]
     pub degraded: Option<String>,
+    /// Its processes ran before the agent enrolled it (found by
+    /// reconciling): connections they opened before are not intercepted.
+    #[serde(default)]
+    pub started_unintercepted: bool,
 }
 
 /// A pod whose install failed: it keeps its previous state, retried.

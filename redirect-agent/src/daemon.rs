@@ -50,7 +50,9 @@ pub async fn termination() {
 
 use crate::{
     agent::{Agent, AgentOptions},
+    cni::pods::PodSource,
     control::{Reply, Request, Response},
+    kubernetes::{self, KubernetesOptions, MeshConfigSeen, Watches},
     state::State,
 };
 
@@ -73,13 +75,22 @@ pub struct DaemonOptions {
     pub refresh: Duration,
     /// Serve Prometheus text on this address (`/metrics`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Watch the node's pods and FSM's MeshConfig in the Kubernetes API.
+    pub kubernetes: Option<KubernetesOptions>,
 }
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { refresh: Duration::from_secs(5), metrics_listen: None }
+        DaemonOptions { refresh: Duration::from_secs(5), metrics_listen: None, kubernetes: None }
     }
 }
+
+/// How long a starting agent waits for the API's first answers (then it
+/// goes on with what it kept, and applies them when they come).
+const FIRST_LIST: Duration = Duration::from_secs(10);
+
+/// How long a CNI ADD waits for the pod to reach the agent's watch.
+const POD_ARRIVAL: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` completes (or an uninstall request).
 pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
@@ -89,7 +100,31 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         anyhow::bail!("another agent is already running (it answers on {})", sock.display());
     }
     let _ = std::fs::remove_file(&sock);
+    let mut opts = opts;
+    let watches = match &daemon.kubernetes {
+        Some(k) => {
+            let mut w = kubernetes::start(k).await?;
+            opts.pods = PodSource::Api(w.pods.clone());
+            if kubernetes::first_mesh_config(&mut w.mesh_config, FIRST_LIST).await == MeshConfigSeen::Unknown {
+                log::warn!("FSM's MeshConfig was not listed within {FIRST_LIST:?}: starting with the lists applied last");
+            }
+            if tokio::time::timeout(FIRST_LIST, w.pods.wait_until_ready()).await.is_err() {
+                log::warn!("the node's pods were not listed within {FIRST_LIST:?}: reconciling once they are");
+            }
+            Some(w)
+        }
+        None => None,
+    };
+    let pods = opts.pods.clone();
     let mut agent = Agent::start(opts)?;
+    let (pods_changed, mut mesh_config) = match watches {
+        Some(Watches { pods: _, pods_changed, mesh_config }) => (Some(pods_changed), Some(mesh_config)),
+        None => (None, None),
+    };
+    if let Some(rx) = &mut mesh_config {
+        apply_mesh_config(&mut agent, &rx.borrow_and_update());
+    }
+    agent.sync_pods();
     let listener = bind_control_socket(&sock)?;
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
@@ -101,7 +136,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     }
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, tx.clone()));
+            tokio::spawn(serve(stream, tx.clone(), pods.clone()));
         }
     });
     // Only readiness is awaited here; reading goes through the logger.
@@ -148,6 +183,12 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 }
             }
             _ = refresh.tick() => agent.refresh(),
+            () = notified(&pods_changed) => agent.sync_pods(),
+            Ok(()) = changed(&mut mesh_config) => {
+                if let Some(rx) = &mut mesh_config {
+                    apply_mesh_config(&mut agent, &rx.borrow_and_update());
+                }
+            }
             () = &mut stop => break,
         }
     }
@@ -165,6 +206,30 @@ fn bind_control_socket(sock: &std::path::Path) -> anyhow::Result<UnixListener> {
     let listener = UnixListener::bind(sock).with_context(|| format!("binding {}", sock.display()))?;
     std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", sock.display()))?;
     Ok(listener)
+}
+
+/// A change among the node's pods; never, without the API.
+async fn notified(pods_changed: &Option<std::sync::Arc<tokio::sync::Notify>>) {
+    match pods_changed {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A change of the API's MeshConfig; never, without the API.
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<MeshConfigSeen>>) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply_mesh_config(agent: &mut Agent, seen: &MeshConfigSeen) {
+    match agent.apply_api_mesh_config(seen) {
+        Ok(true) => log::info!("MeshConfig changed in the API: every pod's lists updated"),
+        Ok(false) => {}
+        Err(e) => log::error!("MeshConfig change refused, previous lists kept: {e:#}"),
+    }
 }
 
 /// Readiness of the decision log; never, without the eBPF dataplane.
@@ -229,7 +294,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job
 
 /// Serves one client: requests from root (or the agent's own user) only,
 /// each line at most `MAX_REQUEST` bytes, sent within `READ_TIMEOUT`.
-async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>, pods: PodSource) {
     let own = nix::unistd::geteuid().as_raw();
     let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
@@ -253,6 +318,11 @@ async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>) {
             Ok(Ok(_)) if buf.len() > MAX_REQUEST => Response::Error(format!("request larger than {MAX_REQUEST} bytes: closing")),
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
                 Ok(request) => {
+                    // Waited for here, not in the agent's loop, which
+                    // goes on serving meanwhile.
+                    if let Request::CniAdd { add } = &request {
+                        pods.wait_for(&add.pod, POD_ARRIVAL).await;
+                    }
                     let (tx, rx) = oneshot::channel();
                     if jobs.send((request, tx)).await.is_err() {
                         return;

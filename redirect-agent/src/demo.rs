@@ -50,7 +50,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         mesh_config: None,
         settings,
         dataplane: crate::dataplane::Choice::Auto,
-        pods_file: None,
+        pods: crate::cni::pods::PodSource::None,
         kubelet_cgroup_root: "/".into(),
         cni_install: None,
     };
@@ -91,6 +91,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path, stop
         fast_path: None,
         ipv6: None,
         container_id: None,
+        started_unintercepted: false,
     };
     let dir = state_dir.to_owned();
     let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(request)).await??;

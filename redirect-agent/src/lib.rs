@@ -23,6 +23,7 @@ pub mod diagnostics;
 pub mod ebpf;
 pub mod iptables;
 pub mod ipv6;
+pub mod kubernetes;
 pub mod listener;
 pub mod lists;
 pub mod netns;

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use redirect_agent::{
     agent::{self, AgentOptions},
+    cni::pods::PodSource,
     control::{Check, Client, Explanation, Query},
     daemon,
     dataplane::{Choice, Dataplane},
@@ -116,6 +117,40 @@ enum IptablesCommand {
     },
 }
 
+/// Where the node's pods and FSM's MeshConfig come from on Kubernetes.
+#[derive(clap::Args)]
+struct KubernetesArgs {
+    /// Watch this node's pods and FSM's MeshConfig in the Kubernetes API
+    /// (in-cluster credentials, or --kubeconfig): meshed pods are enrolled
+    /// by the CNI plugin or, if they run already, by reconciling; changed
+    /// annotations and MeshConfig apply live.
+    #[arg(long, requires = "node_name")]
+    kubernetes: bool,
+    /// A kubeconfig file instead of in-cluster credentials.
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (spec.nodeName), e.g. from the downward API.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// FSM's namespace, where its MeshConfig is.
+    #[arg(long, default_value = "fsm-system", env = "FSM_NAMESPACE")]
+    fsm_namespace: String,
+    /// The name of FSM's MeshConfig.
+    #[arg(long, default_value = "fsm-mesh-config")]
+    mesh_config_name: String,
+}
+
+impl KubernetesArgs {
+    fn options(self) -> Option<redirect_agent::kubernetes::KubernetesOptions> {
+        self.kubernetes.then(|| redirect_agent::kubernetes::KubernetesOptions {
+            kubeconfig: self.kubeconfig,
+            node_name: self.node_name.unwrap_or_default(),
+            fsm_namespace: self.fsm_namespace,
+            mesh_config_name: self.mesh_config_name,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (until Ctrl-C or SIGTERM; interception goes on
@@ -124,10 +159,12 @@ enum Command {
         /// FSM MeshConfig, as `kubectl get meshconfig fsm-mesh-config -o yaml`
         /// (or -o json) prints it. Re-read when it changes. Without it: the
         /// file of the previous run, or FSM's defaults.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kubernetes")]
         mesh_config: Option<PathBuf>,
         #[command(flatten)]
         proxy: ProxyArgs,
+        #[command(flatten)]
+        kubernetes: KubernetesArgs,
         /// Log every interception decision the kernel takes.
         #[arg(long)]
         log_decisions: bool,
@@ -165,7 +202,7 @@ enum Command {
         /// spec.nodeName=NODE` prints it, read at each CNI ADD. Pods with
         /// FSM's `fsm-proxy-uuid` label are enrolled; without this option
         /// the plugin's pods are left alone.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kubernetes")]
         pods_file: Option<PathBuf>,
         /// The kubelet's --cgroup-root: pods' cgroups are found below it
         /// (kubepods/…/pod<UID> or kubepods.slice/…-pod<UID>.slice).
@@ -329,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             mesh_config,
             proxy: ProxyArgs { outbound_port, inbound_port, proxy_uid },
+            kubernetes,
             log_decisions,
             fast_path,
             dataplane,
@@ -356,7 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_annotation_entries,
                 },
                 dataplane,
-                pods_file,
+                pods: pods_file.map_or(PodSource::None, PodSource::File),
                 kubelet_cgroup_root,
                 cni_install: cni_conf_dir.map(|conf_dir| redirect_agent::cni::install::CniInstall {
                     conf_dir,
@@ -364,13 +402,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     socket: redirect_agent::state::State::socket(&cli.state_dir),
                 }),
             };
-            let daemon_opts = daemon::DaemonOptions { refresh: std::time::Duration::from_secs(refresh_interval), metrics_listen };
+            let daemon_opts = daemon::DaemonOptions {
+                refresh: std::time::Duration::from_secs(refresh_interval),
+                metrics_listen,
+                kubernetes: kubernetes.options(),
+            };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
             let fast_path = fast_path.map(|s| s == Switch::On);
-            let request =
-                EnrollRequest { name, netns, cgroup, annotations: annotations.collect()?, dataplane, fast_path, ipv6, container_id: None };
+            let request = EnrollRequest {
+                name,
+                netns,
+                cgroup,
+                annotations: annotations.collect()?,
+                dataplane,
+                fast_path,
+                ipv6,
+                container_id: None,
+                started_unintercepted: false,
+            };
             request.validate()?;
             let (id, dataplane) = Client::new(dir).enroll(request)?;
             println!("enrolled as pod {id} ({} dataplane)", dataplane.name());

@@ -44,6 +44,9 @@ pub struct EnrollRequest {
     /// The sandbox whose CNI ADD enrolled it (its DEL removes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// Found running by reconciling, not enrolled before it started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started_unintercepted: bool,
 }
 
 impl EnrollRequest {
@@ -76,6 +79,8 @@ pub struct Pod {
     pub lists: PodAnnotations,
     /// The sandbox whose CNI ADD enrolled it.
     pub container_id: Option<String>,
+    /// Its processes ran before it was enrolled.
+    pub started_unintercepted: bool,
 }
 
 impl Pod {
@@ -89,8 +94,9 @@ impl Pod {
     /// The pod of `request`, whose annotations `request.validate()` read as
     /// `lists` (for a caller that needed them to choose the dataplane).
     pub(crate) fn validated(request: EnrollRequest, lists: PodAnnotations, dataplane: Dataplane) -> Self {
-        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6, container_id } = request;
-        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id }
+        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6, container_id, started_unintercepted } =
+            request;
+        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id, started_unintercepted }
     }
 
     /// The node's proxy settings with the pod's own fast-path and IPv6
@@ -118,8 +124,8 @@ impl TryFrom<EnrollRequest> for Pod {
 
 impl From<Pod> for EnrollRequest {
     fn from(pod: Pod) -> Self {
-        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id } = pod;
-        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6, container_id }
+        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id, started_unintercepted } = pod;
+        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6, container_id, started_unintercepted }
     }
 }
 

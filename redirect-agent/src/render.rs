@@ -52,6 +52,13 @@ pub fn status(s: &Status) -> String {
         if let Some(why) = &p.degraded {
             let _ = writeln!(o, "DEGRADED {}: {why} (previous state kept, retried at each refresh)", p.name);
         }
+        if p.started_unintercepted {
+            let _ = writeln!(
+                o,
+                "{} started unintercepted: enrolled when found running (reconciling); connections opened before are not intercepted, restart the pod to have all",
+                p.name
+            );
+        }
     }
     if s.removed_netns_gone > 0 {
         let _ = writeln!(o, "pods removed because their netns was gone: {}", s.removed_netns_gone);
@@ -121,6 +128,7 @@ mod tests {
             excluded_ports: 0,
             counters: [("redirect_outbound".to_owned(), 3), ("direct_uid".to_owned(), 0)].into(),
             degraded: None,
+            started_unintercepted: false,
         }
     }
 

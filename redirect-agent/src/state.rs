@@ -116,6 +116,7 @@ mod tests {
             fast_path: None,
             ipv6: None,
             container_id: None,
+            started_unintercepted: false,
         };
         Pod::try_from(request).unwrap()
     }

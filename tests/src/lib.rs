@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use redirect_agent::sandbox::{Bpffs, Cgroup, Children, Netns, enter_maybe_cgroup, enter_netns, veth};
 
+pub mod kube_api;
 pub mod sidecar;
 
 pub const APP_UID: u32 = 1000;
@@ -234,7 +235,12 @@ impl Node {
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let mut cmd = self.agent_cmd();
-        cmd.arg("run").arg("--mesh-config").arg(&self.mesh_config).args(&self.run_args);
+        cmd.arg("run");
+        // On Kubernetes the MeshConfig comes from the API.
+        if !self.run_args.iter().any(|a| a == "--kubernetes") {
+            cmd.arg("--mesh-config").arg(&self.mesh_config);
+        }
+        cmd.args(&self.run_args);
         cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;

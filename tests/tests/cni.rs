@@ -3,7 +3,8 @@
 //! plugin to the next, DEL in reverse order), after Debian's real `bridge`
 //! plugin with `host-local` IPAM, in network namespaces and a
 //! kubelet-shaped cgroup tree that each test makes and removes. The agent
-//! learns which pods FSM meshes from a `PodList` file (`--pods-file`).
+//! learns which pods FSM meshes from a `PodList` file (`--pods-file`), or
+//! from an in-process Kubernetes API server (`tests::kube_api`).
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,9 @@ use serde_json::{Value, json};
 use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, eventually};
 
 const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
+
+/// The node the tests' pods run on.
+const NODE_NAME: &str = "node-a";
 
 /// A conflist (bridge + host-local, then ours) and what running it needs.
 struct Chain {
@@ -188,8 +192,10 @@ impl Sandbox {
         if meshed {
             labels["fsm-proxy-uuid"] = "0b6c3f9e-6a4d-4f8e-9a51-3d5c1e2f7a10".into();
         }
-        json!({"metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid, "labels": labels,
-               "annotations": {"flomesh.io/outbound-port-exclusion-list": "6379"}}})
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid, "labels": labels,
+                            "annotations": {"flomesh.io/outbound-port-exclusion-list": "6379"}},
+               "spec": {"nodeName": NODE_NAME, "containers": []}})
     }
 }
 
@@ -261,7 +267,9 @@ fn a_meshed_pod_added_through_the_chain_is_intercepted_from_its_first_connect() 
     assert!(again.ok, "{}", again.stdout);
     assert_eq!(again.json(), result);
 
-    // DEL: the pod is removed; a second DEL succeeds too.
+    // DEL: the pod is removed; a second DEL succeeds too. (The runtime
+    // stops the containers first.)
+    pod.stop_listeners();
     assert!(chain.del(&sandbox, Some(&result)));
     assert!(enrolled(&node, &sandbox.key()).is_none());
     // No programs, and no interface either (the bridge's DEL took it).
@@ -488,4 +496,150 @@ fn the_plugin_speaks_the_cni_versions_and_reports_errors_as_the_spec_says() {
     let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
     let (ok, v) = run(&check, r#"{"cniVersion":"0.3.1","name":"n","type":"fsm-redirect-cni","prevResult":{}}"#);
     assert_eq!((ok, v["code"].as_u64()), (false, Some(1)), "{v}");
+}
+
+/// What a pod's app gets dialling each of these ports of 10.96.0.10:
+/// "out" (through the proxy) or "direct".
+fn verdicts(pod: &Pod, ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| {
+            let got = pod.dial(&format!("10.96.0.10:{p}"), APP_UID);
+            format!("{p} {}", got.split_whitespace().next().unwrap_or_default())
+        })
+        .collect()
+}
+
+fn expect(ports: &[(u16, &str)]) -> Vec<String> {
+    ports.iter().map(|(p, v)| format!("{p} {v}")).collect()
+}
+
+#[test]
+fn a_meshed_pod_running_before_the_agent_is_enrolled_by_reconciling_and_status_says_so() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Systemd);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &["--refresh-interval", "1"]);
+    let chain = Chain::new(&node, 46, json!({}));
+    let bridge = chain.conflist["plugins"][0].clone();
+    // Both pods were set up by the primary CNI alone (the agent was not on
+    // the node yet) and run.
+    let meshed = Sandbox::new("cart-6");
+    let plain = Sandbox::new("db-6");
+    let mut running = Vec::new();
+    for sandbox in [&meshed, &plain] {
+        let group = kubelet.pod(&sandbox.uid);
+        let add = chain.invoke(&bridge, "ADD", sandbox, None);
+        assert!(add.ok, "{}", add.stdout);
+        let mut pod = sandbox.pod(&pod_ip(&add.json()), kubelet.container(&group, "app"));
+        pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+        assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80", "not intercepted yet");
+        running.push((group, pod));
+    }
+
+    // The node's pods become known (here: the pods file; the API's watch
+    // does the same): the meshed one is enrolled at the next refresh.
+    write_pods(&pods, &[meshed.pod_object(true), plain.pod_object(false)]);
+    assert!(eventually(Duration::from_secs(10), || enrolled(&node, &meshed.key()).is_some()), "{}", node.agent_log());
+    let status = enrolled(&node, &meshed.key()).unwrap();
+    assert_eq!(status["started_unintercepted"], true, "{status}");
+    assert_eq!(status["netns"], meshed.netns_path(), "the runtime's netns, found by its processes");
+    assert_eq!(status["cgroup"], running[0].0.display().to_string());
+    assert_eq!(status["excluded_ports"], 1, "the pod's annotations: {status}");
+    assert_eq!(verdicts(&running[0].1, &[80, 6379]), expect(&[(80, "out"), (6379, "direct")]));
+    let (ok, table) = node.cli(&["status"]);
+    assert!(ok && table.contains("started unintercepted"), "{table}");
+
+    // The pod FSM does not mesh stays untouched.
+    assert!(enrolled(&node, &plain.key()).is_none());
+    assert_eq!(running[1].1.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+
+    for ((_, mut pod), sandbox) in running.into_iter().zip([&meshed, &plain]) {
+        pod.stop_listeners();
+        assert!(chain.invoke(&bridge, "DEL", sandbox, None).ok);
+    }
+}
+
+#[test]
+fn from_the_kubernetes_api_pods_and_the_meshconfig_are_watched_and_apply_live() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    use tests::kube_api::FakeApi;
+    let api = FakeApi::start().unwrap();
+    let mesh_config = |port: u16| {
+        json!({"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+               "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"},
+               "spec": {"traffic": {"outboundPortExclusionList": [port]}}})
+    };
+    api.apply_mesh_config(mesh_config(7070));
+    let sandbox = Sandbox::new("cart-7");
+    let mut object = sandbox.pod_object(true);
+    api.apply_pod(object.clone());
+    // A meshed pod of another node, that the field selector keeps away.
+    let mut elsewhere = Sandbox::new("cart-8").pod_object(true);
+    elsewhere["spec"]["nodeName"] = "node-b".into();
+    api.apply_pod(elsewhere);
+
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let kubeconfig = api.kubeconfig.path().to_str().unwrap().to_owned();
+    let args = ["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE_NAME, "--kubelet-cgroup-root", &kubelet.root];
+    let node = Node::start_with(NO_LISTS, &args).unwrap();
+    let group = kubelet.pod(&sandbox.uid);
+    let mut chain = Chain::new(&node, 47, json!({}));
+    // This runtime passes no annotations: the agent takes the API's.
+    chain.set("capabilities", json!({}));
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}\n{}", add.stdout, node.agent_log());
+    let mut pod = sandbox.pod(&pod_ip(&add.json()), kubelet.container(&group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    let ports = [80, 6379, 7070, 8080];
+    assert_eq!(verdicts(&pod, &ports), expect(&[(80, "out"), (6379, "direct"), (7070, "direct"), (8080, "out")]));
+
+    let requests = api.requests();
+    let pods: Vec<_> = requests.iter().filter(|r| r.path == "/api/v1/pods").collect();
+    assert!(pods.iter().all(|r| r.query.get("fieldSelector").map(String::as_str) == Some("spec.nodeName=node-a")), "{pods:?}");
+    let meshes: Vec<_> = requests.iter().filter(|r| r.path.ends_with("/namespaces/fsm-system/meshconfigs")).collect();
+    assert!(
+        !meshes.is_empty()
+            && meshes.iter().all(|r| r.query.get("fieldSelector").map(String::as_str) == Some("metadata.name=fsm-mesh-config"))
+    );
+    assert!(pods.iter().any(|r| r.is_watch() && r.query.get("allowWatchBookmarks").map(String::as_str) == Some("true")), "{pods:?}");
+    assert!(enrolled(&node, "shop/cart-8").is_none());
+
+    // The MeshConfig changes: applied live, and kept for a restart.
+    api.apply_mesh_config(mesh_config(8080));
+    let want = expect(&[(80, "out"), (6379, "direct"), (7070, "out"), (8080, "direct")]);
+    assert!(eventually(Duration::from_secs(10), || verdicts(&pod, &ports) == want), "{:?}\n{}", verdicts(&pod, &ports), node.agent_log());
+
+    // The pod's annotation changes: applied live.
+    object["metadata"]["annotations"]["flomesh.io/outbound-port-exclusion-list"] = "80".into();
+    api.apply_pod(object.clone());
+    let want = expect(&[(80, "direct"), (6379, "out"), (7070, "out"), (8080, "direct")]);
+    assert!(eventually(Duration::from_secs(10), || verdicts(&pod, &ports) == want), "{:?}\n{}", verdicts(&pod, &ports), node.agent_log());
+
+    // A bookmark moves the watch on: the next watch starts from it.
+    let bookmark = api.bookmark_pods();
+    std::thread::sleep(Duration::from_millis(200));
+    api.end_pod_watches();
+    let from_bookmark = || {
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/pods" && r.is_watch() && r.query.get("resourceVersion") == Some(&bookmark.to_string()))
+    };
+    assert!(eventually(Duration::from_secs(10), from_bookmark), "{:?}", api.requests());
+
+    // A change the watch never heard of, then 410 Gone: the agent lists
+    // again and applies it.
+    let lists_before = api.requests().iter().filter(|r| r.path == "/api/v1/pods" && !r.is_watch()).count();
+    object["metadata"]["annotations"]["flomesh.io/outbound-port-exclusion-list"] = "6379".into();
+    api.change_pod_unheard_then_expire(object.clone());
+    let want = expect(&[(80, "out"), (6379, "direct"), (7070, "out"), (8080, "direct")]);
+    assert!(eventually(Duration::from_secs(15), || verdicts(&pod, &ports) == want), "{:?}\n{}", verdicts(&pod, &ports), node.agent_log());
+    assert!(api.requests().iter().filter(|r| r.path == "/api/v1/pods" && !r.is_watch()).count() > lists_before);
+
+    pod.stop_listeners();
+    assert!(chain.del(&sandbox, Some(&add.json())));
+    assert!(enrolled(&node, &sandbox.key()).is_none());
 }

@@ -6,32 +6,14 @@ use anyhow::{Context as _, bail};
 
 use super::Agent;
 use crate::{
-    cni::{
-        CniAdd, CniAdded, kubelet,
-        pods::{INJECTED_LABEL, PodList, PodObject},
-        spec::KubernetesPod,
-    },
+    cni::{CniAdd, CniAdded, kubelet, spec::KubernetesPod},
     pod::EnrollRequest,
 };
 
 impl Agent {
-    /// The pod as the pod source has it if FSM meshes it, or why not.
-    fn meshed(&self, pod: &KubernetesPod) -> anyhow::Result<Result<PodObject, String>> {
-        let key = pod.key();
-        let Some(pods_file) = &self.pods_file else {
-            return Ok(Err("the agent has no pod source (run --pods-file)".into()));
-        };
-        let list = PodList::read(pods_file)?;
-        Ok(match list.find(&pod.namespace, &pod.name, &pod.uid) {
-            None => Err(format!("pod {key} (UID {}) is not in {}", pod.uid, pods_file.display())),
-            Some(p) if !p.meshed() => Err(format!("pod {key} has no {INJECTED_LABEL} label")),
-            Some(p) => Ok(p.clone()),
-        })
-    }
-
     pub fn cni_add(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
         let key = add.pod.key();
-        let pod = match self.meshed(&add.pod)? {
+        let pod = match self.pods.meshed(&add.pod)? {
             Ok(pod) => pod,
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
@@ -56,11 +38,12 @@ impl Agent {
             name: key,
             netns: add.netns,
             cgroup: Some(cgroup),
-            annotations: add.annotations.unwrap_or(pod.metadata.annotations),
+            annotations: add.annotations.unwrap_or_else(|| pod.metadata.annotations.unwrap_or_default()),
             dataplane: None,
             fast_path: None,
             ipv6: None,
             container_id: Some(add.container_id),
+            started_unintercepted: false,
         };
         let (id, dataplane) = self.enroll(request)?;
         Ok(CniAdded::Enrolled { id, dataplane })
@@ -77,7 +60,7 @@ impl Agent {
     /// Fails if FSM meshes the pod and this sandbox's pod is not enrolled
     /// with its programs attached.
     pub fn cni_check(&mut self, container_id: &str, pod: &KubernetesPod) -> anyhow::Result<()> {
-        if self.meshed(pod)?.is_err() {
+        if self.pods.meshed(pod)?.is_err() {
             return Ok(());
         }
         let Some(id) = self.state.pod_of_sandbox(container_id) else {

@@ -6,6 +6,7 @@
 //! ([`handler::PodHandler`]): [`ebpf_pods::EbpfPods`] and
 //! [`iptables_pods::IptablesPods`].
 
+mod cluster;
 mod cni;
 pub mod ebpf_pods;
 pub mod handler;
@@ -26,6 +27,7 @@ use self::{
 };
 use crate::{
     cgroup,
+    cni::pods::PodSource,
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
     control::{Degraded, PodStatus, Status},
     dataplane::{Choice, Dataplane},
@@ -43,9 +45,9 @@ pub struct AgentOptions {
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
     pub dataplane: Choice,
-    /// Where the node's pods are read from for CNI enrolment (a `PodList`
-    /// in JSON); `None`: the CNI plugin's pods are left alone.
-    pub pods_file: Option<PathBuf>,
+    /// Where the node's pods are read from, for CNI enrolment and
+    /// reconciling; `PodSource::None`: the CNI plugin's pods are left alone.
+    pub pods: PodSource,
     /// kubelet's `--cgroup-root` (`/`), under which it puts pods' cgroups.
     pub kubelet_cgroup_root: String,
     /// Install the CNI plugin there, and keep its conflist entry.
@@ -71,12 +73,15 @@ pub struct Agent {
     pub(crate) removed_gone: u64,
     /// Enrolments refused for annotations over the per-pod limit.
     pub(crate) refused_over_limit: u64,
-    choice: Choice,
+    pub(crate) choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
     pub(crate) ebpf_unavailable: Option<String>,
     pub ebpf: Option<EbpfPods>,
     pub(crate) iptables: IptablesPods,
-    pods_file: Option<PathBuf>,
+    pub(crate) pods: PodSource,
+    /// Meshed pods that reconciling could not enroll, by UID, with why
+    /// (logged when it changes).
+    pub(crate) unadoptable: BTreeMap<String, String>,
     kubelet_cgroup_root: String,
 }
 
@@ -147,7 +152,8 @@ impl Agent {
             removed_gone: 0,
             refused_over_limit: 0,
             choice: opts.dataplane,
-            pods_file: opts.pods_file,
+            pods: opts.pods,
+            unadoptable: BTreeMap::new(),
             kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
             ebpf,
@@ -462,7 +468,8 @@ impl Agent {
 
     /// Follows pod address changes (a pod IP added later, say), removes
     /// pods whose netns is gone, retries degraded pods and a MeshConfig
-    /// file version that failed to apply.
+    /// file version that failed to apply, and reconciles the node's meshed
+    /// pods with the pod source (`sync_pods`).
     pub fn refresh(&mut self) {
         if let Some(install) = &self.state.cni {
             match install.ensure_chained() {
@@ -486,6 +493,7 @@ impl Agent {
             return;
         }
         self.apply_all(true);
+        self.sync_pods();
     }
 
     /// The handler of a pod's dataplane, to read.
@@ -527,6 +535,7 @@ impl Agent {
                     excluded_ports: written.excluded_ports.len() + mesh.excluded_ports.len(),
                     counters: ebpf.map(|e| e.maps.counters(*id)).unwrap_or_default(),
                     degraded: self.degraded.get(id).cloned(),
+                    started_unintercepted: pod.started_unintercepted,
                 }
             })
             .collect();

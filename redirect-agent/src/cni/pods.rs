@@ -1,78 +1,153 @@
 //! Which pods FSM meshes. Its injector labels every pod it injected with
 //! `fsm-proxy-uuid` (FSM's own code calls that label the reliable way to
 //! select injected pods); labels don't reach CNI, so the agent reads the
-//! pods of its node: from a file holding a `PodList` (what `kubectl get
-//! pods -A -o json --field-selector spec.nodeName=NODE` prints).
+//! pods of its node: from the Kubernetes API (`crate::kubernetes` keeps
+//! them in a store), or from a file holding a `PodList` (what `kubectl get
+//! pods -A -o json --field-selector spec.nodeName=NODE` prints) on a node
+//! without one.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use k8s_openapi::{List, api::core::v1::Pod};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::spec::KubernetesPod;
 
 /// The label FSM's injector puts on every pod it injected.
 pub const INJECTED_LABEL: &str = "fsm-proxy-uuid";
 
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct PodList {
-    #[serde(default)]
-    pub items: Vec<PodObject>,
+/// Where the agent learns the node's pods.
+#[derive(Clone, Default)]
+pub enum PodSource {
+    /// None: no pod is meshed (enrolments are by hand only).
+    #[default]
+    None,
+    /// A `PodList` file, read at each use.
+    File(PathBuf),
+    /// The API's pods of this node, as the watch last had them.
+    Api(Store<Pod>),
 }
 
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct PodObject {
-    #[serde(default)]
-    pub metadata: Metadata,
+/// Whether FSM meshes the pod: the pod as the source has it, or why not.
+pub type Meshed = Result<Pod, String>;
+
+pub fn is_meshed(pod: &Pod) -> bool {
+    pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(INJECTED_LABEL))
 }
 
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct Metadata {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub uid: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+fn uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or_default()
 }
 
-impl PodObject {
-    pub fn meshed(&self) -> bool {
-        self.metadata.labels.contains_key(INJECTED_LABEL)
+/// The pod's key in the agent: `namespace/name`.
+pub fn key(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
+}
+
+impl PodSource {
+    /// Whether FSM meshes the pod the runtime named: the one with its
+    /// namespace, name and UID (a pod deleted and made again under its name
+    /// has another UID).
+    pub fn meshed(&self, pod: &KubernetesPod) -> anyhow::Result<Meshed> {
+        let key = pod.key();
+        let found = match self {
+            PodSource::None => return Ok(Err("the agent has no pod source (run --kubernetes or --pods-file)".into())),
+            PodSource::File(path) => read_file(path)?.into_iter().find(|p| self::key(p) == key),
+            PodSource::Api(store) => store.get(&ObjectRef::new(&pod.name).within(&pod.namespace)).map(|p| (*p).clone()),
+        };
+        Ok(match found {
+            None => Err(format!("pod {key} is not among the node's pods ({})", self.describe())),
+            Some(p) if uid(&p) != pod.uid => Err(format!("pod {key}: UID {} is not the runtime's {}", uid(&p), pod.uid)),
+            Some(p) if !is_meshed(&p) => Err(format!("pod {key} has no {INJECTED_LABEL} label")),
+            Some(p) => Ok(p),
+        })
+    }
+
+    /// The node's pods that FSM meshes (for reconciling).
+    pub fn meshed_pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let all = match self {
+            PodSource::None => Vec::new(),
+            PodSource::File(path) => read_file(path)?,
+            PodSource::Api(store) => store.state().iter().map(|p| (**p).clone()).collect(),
+        };
+        Ok(all.into_iter().filter(is_meshed).collect())
+    }
+
+    /// Waits until the API's watch has the pod (up to `limit`): the kubelet
+    /// learns of a pod from its own watch, and can run the pod's CNI ADD
+    /// before ours delivered it. Files and pods never seen are left to
+    /// `meshed`.
+    pub async fn wait_for(&self, pod: &KubernetesPod, limit: Duration) {
+        let PodSource::Api(store) = self else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        if tokio::time::timeout_at(deadline, store.wait_until_ready()).await.is_err() {
+            log::warn!("pod {}: the API's pods were not listed within {limit:?}", pod.key());
+            return;
+        }
+        let wanted = ObjectRef::new(&pod.name).within(&pod.namespace);
+        while store.get(&wanted).is_none_or(|p| uid(&p) != pod.uid) {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PodSource::None => "none".into(),
+            PodSource::File(path) => path.display().to_string(),
+            PodSource::Api(_) => "the Kubernetes API".into(),
+        }
     }
 }
 
-impl PodList {
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read(path).with_context(|| format!("pods file {}: can't read", path.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("pods file {}: not a PodList in JSON", path.display()))
-    }
-
-    /// The pod with this namespace and name, if it is the one with `uid`
-    /// (a pod deleted and made again under its name has another).
-    pub fn find(&self, namespace: &str, name: &str, uid: &str) -> Option<&PodObject> {
-        self.items.iter().find(|p| p.metadata.namespace == namespace && p.metadata.name == name && p.metadata.uid == uid)
-    }
+fn read_file(path: &Path) -> anyhow::Result<Vec<Pod>> {
+    let text = std::fs::read(path).with_context(|| format!("pods file {}: can't read", path.display()))?;
+    let list: List<Pod> = serde_json::from_slice(&text).with_context(|| format!("pods file {}: not a PodList in JSON", path.display()))?;
+    Ok(list.items)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn runtime(name: &str, uid: &str) -> KubernetesPod {
+        KubernetesPod { namespace: "shop".into(), name: name.into(), uid: uid.into() }
+    }
+
     #[test]
     fn only_pods_with_the_injectors_label_are_meshed() {
-        let list: PodList = serde_json::from_str(
-            r#"{"kind":"PodList","apiVersion":"v1","items":[
-              {"metadata":{"name":"cart-0","namespace":"shop","uid":"u1","labels":{"app":"cart","fsm-proxy-uuid":"9c1"},
-               "annotations":{"flomesh.io/outbound-port-exclusion-list":"6379"}},"spec":{"nodeName":"n1"}},
-              {"metadata":{"name":"db-0","namespace":"shop","uid":"u2","labels":{"app":"db"}}}]}"#,
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[
+              {"apiVersion":"v1","kind":"Pod","metadata":{"name":"cart-0","namespace":"shop","uid":"u1","labels":{"app":"cart","fsm-proxy-uuid":"9c1"},
+               "annotations":{"flomesh.io/outbound-port-exclusion-list":"6379"}},"spec":{"nodeName":"n1","containers":[]}},
+              {"apiVersion":"v1","kind":"Pod","metadata":{"name":"db-0","namespace":"shop","uid":"u2","labels":{"app":"db"}}}]}"#,
         )
         .unwrap();
-        let cart = list.find("shop", "cart-0", "u1").unwrap();
-        assert!(cart.meshed());
-        assert_eq!(cart.metadata.annotations["flomesh.io/outbound-port-exclusion-list"], "6379");
-        assert!(!list.find("shop", "db-0", "u2").unwrap().meshed());
-        assert!(list.find("shop", "cart-0", "other-uid").is_none(), "a pod made again under the same name");
+        let source = PodSource::File(file.path().to_owned());
+        let cart = source.meshed(&runtime("cart-0", "u1")).unwrap().unwrap();
+        assert_eq!(cart.metadata.annotations.unwrap()["flomesh.io/outbound-port-exclusion-list"], "6379");
+        let db = source.meshed(&runtime("db-0", "u2")).unwrap().unwrap_err();
+        assert!(db.contains("no fsm-proxy-uuid label"), "{db}");
+        let again = source.meshed(&runtime("cart-0", "other-uid")).unwrap().unwrap_err();
+        assert!(again.contains("is not the runtime's other-uid"), "a pod made again under the same name: {again}");
+        let missing = source.meshed(&runtime("web-0", "u3")).unwrap().unwrap_err();
+        assert!(missing.contains("not among the node's pods"), "{missing}");
+        assert_eq!(source.meshed_pods().unwrap().iter().map(key).collect::<Vec<_>>(), ["shop/cart-0"]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_pod_list_is_named() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "{\"items\": 3}").unwrap();
+        let e = PodSource::File(file.path().to_owned()).meshed(&runtime("a", "b")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a PodList in JSON"), "{e:#}");
     }
 }
