@@ -125,6 +125,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         apply_mesh_config(&mut agent, &rx.borrow_and_update());
     }
     agent.sync_pods();
+    agent.prepare_ahead();
     let listener = bind_control_socket(&sock)?;
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
@@ -166,6 +167,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                     return Ok(());
                 }
                 let _ = reply.send(handle(&mut agent, request));
+                agent.prepare_ahead();
             }
             guard = readable(&logs) => {
                 let mut guard = guard?;
@@ -176,6 +178,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
             }
             _ = tick.tick() => {
                 agent.watch_listeners();
+                agent.prepare_ahead();
                 match agent.reload_if_changed() {
                     Ok(true) => log::info!("MeshConfig changed: every pod's lists updated"),
                     Ok(false) => {}

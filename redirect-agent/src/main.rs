@@ -197,11 +197,12 @@ enum Command {
         /// are shared by every pod).
         #[arg(long, default_value_t = redirect_agent::settings::DEFAULT_MAX_ANNOTATION_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
         max_annotation_entries: u32,
-        /// The node's pods, for the CNI plugin's enrolments: a PodList in
-        /// JSON, as `kubectl get pods -A -o json --field-selector
-        /// spec.nodeName=NODE` prints it, read at each CNI ADD. Pods with
-        /// FSM's `fsm-proxy-uuid` label are enrolled; without this option
-        /// the plugin's pods are left alone.
+        /// The node's pods, on a node without the API (else --kubernetes):
+        /// a PodList in JSON, as `kubectl get pods -A -o json
+        /// --field-selector spec.nodeName=NODE` prints it, read at each CNI
+        /// ADD and refresh. Pods with FSM's `fsm-proxy-uuid` label are
+        /// enrolled (by the CNI plugin, or found running by reconciling);
+        /// without a pod source the plugin's pods are left alone.
         #[arg(long, conflicts_with = "kubernetes")]
         pods_file: Option<PathBuf>,
         /// The kubelet's --cgroup-root: pods' cgroups are found below it

@@ -84,6 +84,26 @@ impl State {
         self.pods.iter().find(|(_, p)| p.container_id.as_deref() == Some(container_id)).map(|(id, _)| *id)
     }
 
+    /// The ids the next `n` calls of `take_id` will return, if no pod is
+    /// removed meanwhile (fewer where the maps are nearly full).
+    pub fn next_ids(&self, n: usize) -> Vec<PodId> {
+        let mut next: Vec<PodId> = Vec::with_capacity(n);
+        let mut last = self.last_id;
+        while next.len() < n {
+            let Some(id) = self.free_after(last, &next) else { break };
+            next.push(id);
+            last = id;
+        }
+        next
+    }
+
+    /// The first id after `last`, going round, that no pod holds and that
+    /// is not in `also_taken`.
+    fn free_after(&self, last: PodId, also_taken: &[PodId]) -> Option<PodId> {
+        let last = last.clamp(0, capacity::PODS - 1);
+        (last + 1..capacity::PODS).chain(1..=last).find(|id| !self.pods.contains_key(id) && !also_taken.contains(id))
+    }
+
     /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
     /// An id for a new pod: the next one after the last given out that no
     /// pod holds, going round 1..PODS. Not the smallest free one: records a
@@ -91,10 +111,8 @@ impl State {
     /// inbound records, all tagged with the id) then stay unreachable to
     /// newer pods for as long as possible.
     pub fn take_id(&mut self) -> anyhow::Result<PodId> {
-        let last = self.last_id.clamp(0, capacity::PODS - 1);
-        let id = (last + 1..capacity::PODS)
-            .chain(1..=last)
-            .find(|id| !self.pods.contains_key(id))
+        let id = self
+            .free_after(self.last_id, &[])
             .ok_or_else(|| anyhow::anyhow!("{} pods are enrolled: the node's maps hold no more", self.pods.len()))?;
         self.last_id = id;
         Ok(id)
@@ -139,6 +157,27 @@ mod tests {
         old.as_object_mut().unwrap().remove("last_id").expect("recorded");
         let old: State = serde_json::from_value(old).unwrap();
         assert_eq!(old.last_id, 0);
+    }
+
+    #[test]
+    fn next_ids_are_the_ids_take_id_gives_next() {
+        let mut s = State::default();
+        for name in ["a", "b", "c", "d"] {
+            let id = s.take_id().unwrap();
+            s.pods.insert(id, pod(name));
+        }
+        s.pods.remove(&2);
+        s.last_id = capacity::PODS - 3;
+        let predicted = s.next_ids(4);
+        let taken: Vec<PodId> = (0..4)
+            .map(|i| {
+                let id = s.take_id().unwrap();
+                s.pods.insert(id, pod(&format!("n{i}")));
+                id
+            })
+            .collect();
+        assert_eq!(predicted, taken);
+        assert_eq!(taken, [capacity::PODS - 2, capacity::PODS - 1, 2, 5]);
     }
 
     #[test]

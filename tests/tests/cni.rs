@@ -608,6 +608,20 @@ fn from_the_kubernetes_api_pods_and_the_meshconfig_are_watched_and_apply_live() 
     assert!(pods.iter().any(|r| r.is_watch() && r.query.get("allowWatchBookmarks").map(String::as_str) == Some("true")), "{pods:?}");
     assert!(enrolled(&node, "shop/cart-8").is_none());
 
+    // A pod whose ADD comes before the watch delivered it: the ADD waits
+    // for it (the kubelet saw it first), and enrolls it.
+    let late = Sandbox::new("cart-10");
+    kubelet.pod(&late.uid);
+    let late_add = std::thread::scope(|s| {
+        let adding = s.spawn(|| chain.add(&late));
+        std::thread::sleep(Duration::from_millis(300));
+        api.apply_pod(late.pod_object(true));
+        adding.join().unwrap()
+    });
+    assert!(late_add.ok, "{}", late_add.stdout);
+    assert!(enrolled(&node, &late.key()).is_some());
+    assert!(chain.del(&late, Some(&late_add.json())));
+
     // The MeshConfig changes: applied live, and kept for a restart.
     api.apply_mesh_config(mesh_config(8080));
     let want = expect(&[(80, "out"), (6379, "direct"), (7070, "out"), (8080, "direct")]);
@@ -642,4 +656,43 @@ fn from_the_kubernetes_api_pods_and_the_meshconfig_are_watched_and_apply_live() 
     pod.stop_listeners();
     assert!(chain.del(&sandbox, Some(&add.json())));
     assert!(enrolled(&node, &sandbox.key()).is_none());
+}
+
+/// The programs whose descriptors the process holds (what bpftool reads).
+fn programs_held(pid: u32) -> std::collections::BTreeSet<u32> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Default::default() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok())))
+        .collect()
+}
+
+#[test]
+fn add_attaches_programs_verified_before_it_came() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let sandbox = Sandbox::new("cart-9");
+    kubelet.pod(&sandbox.uid);
+    write_pods(&pods, &[sandbox.pod_object(true)]);
+    let chain = Chain::new(&node, 48, json!({}));
+    // The agent verifies the next pods' programs while it waits: six per
+    // pod, for the next few pod ids.
+    let pid = node.agent_pid().unwrap();
+    assert!(eventually(Duration::from_secs(20), || programs_held(pid).len() >= 12), "{:?}", programs_held(pid));
+    let before = programs_held(pid);
+
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}", add.stdout);
+    let id = enrolled(&node, &sandbox.key()).unwrap()["id"].as_u64().unwrap() as u32;
+    let pins = redirect_agent::ebpf::pins::Pins::new(&node.bpffs_dir);
+    for program in ["connect4", "connect6", "getsockopt", "sk_lookup"] {
+        let link = redirect_agent::ebpf::link::get(&pins.link(id, program)).unwrap();
+        let attached = redirect_agent::ebpf::link::info(std::os::fd::AsFd::as_fd(&link)).unwrap().prog_id;
+        assert!(before.contains(&attached), "{program}: program {attached} was loaded by the ADD, not before it ({before:?})");
+    }
+    assert!(chain.del(&sandbox, Some(&add.json())));
 }

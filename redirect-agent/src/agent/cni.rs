@@ -23,6 +23,17 @@ impl Agent {
             if enrolled.container_id.as_deref() == Some(add.container_id.as_str()) {
                 return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane });
             }
+            // Reconciling found the sandbox running first (a runtime that
+            // starts the sandbox's process before its network): the same
+            // namespace, now known by its sandbox id, for DEL.
+            let same_netns =
+                matches!((crate::netns::identity(&enrolled.netns), crate::netns::identity(&add.netns)), (Ok(a), Ok(b)) if a == b);
+            if enrolled.container_id.is_none() && same_netns {
+                let dataplane = enrolled.dataplane;
+                self.state.pods.get_mut(&id).expect("enrolled").container_id = Some(add.container_id);
+                self.state.save(&self.state_dir)?;
+                return Ok(CniAdded::Enrolled { id, dataplane });
+            }
             // A new sandbox for the pod whose old one went without a DEL
             // that reached us: the old enrolment goes with its netns.
             if enrolled.netns.exists() {
@@ -45,7 +56,8 @@ impl Agent {
             container_id: Some(add.container_id),
             started_unintercepted: false,
         };
-        let (id, dataplane) = self.enroll(request)?;
+        // ADD runs before any container of the pod: no proxy listens yet.
+        let (id, dataplane) = self.enroll_scanning(request, false)?;
         Ok(CniAdded::Enrolled { id, dataplane })
     }
 

@@ -22,6 +22,7 @@ use crate::{
         features,
         maps::{Listeners, SharedMaps},
         pins::Pins,
+        prewarm::Prewarm,
         programs,
     },
     netns,
@@ -41,6 +42,8 @@ pub struct EbpfPods {
     reattach_all: bool,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: HashSet<PodId>,
+    /// Instances for the next enrolments, verified ahead.
+    pub(crate) prewarm: Prewarm,
 }
 
 impl EbpfPods {
@@ -52,7 +55,8 @@ impl EbpfPods {
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
         let maps = SharedMaps::open(&mut object)?;
-        Ok(EbpfPods { pins, maps, logger, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new() })
+        let prewarm = Prewarm::start(pins.clone());
+        Ok(EbpfPods { pins, maps, logger, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new(), prewarm })
     }
 
     /// Whether every pod must be attached again (once, after `open`).
@@ -63,7 +67,7 @@ impl EbpfPods {
     /// Replaces the pod's programs with new instances of this agent's, on
     /// the maps it has now (see `programs::load_replacing_changed_maps`).
     pub fn reattach(&mut self, id: PodId, pod: &Pod) -> anyhow::Result<()> {
-        programs::attach(&self.pins, id, &pod.cgroup_path()?, &pod.netns)
+        programs::attach(&self.pins, id, &pod.cgroup_path()?, &pod.netns, None)
     }
 
     /// Writes the MeshConfig's lists into their shared slot if they changed:
@@ -211,7 +215,8 @@ impl PodHandler for EbpfPods {
             );
         }
         if !programs::is_attached(&self.pins, id) || !misplaced.is_empty() {
-            programs::attach(&self.pins, id, &cg, &pod.netns)?;
+            let prepared = self.prewarm.take(id);
+            programs::attach(&self.pins, id, &cg, &pod.netns, prepared)?;
         }
         let mut listeners = self.maps.listeners(id);
         // A proxy that was listening before it was enrolled.

@@ -325,6 +325,13 @@ impl Agent {
 
     /// Enrolls a pod: its id, and the dataplane chosen for it.
     pub fn enroll(&mut self, request: EnrollRequest) -> anyhow::Result<(PodId, Dataplane)> {
+        self.enroll_scanning(request, true)
+    }
+
+    /// `scan_listeners`: look for a proxy already listening (a scan of
+    /// /proc); needless for a sandbox whose processes have not started
+    /// (CNI ADD), where sockops registers the proxy's listener as it comes.
+    fn enroll_scanning(&mut self, request: EnrollRequest, scan_listeners: bool) -> anyhow::Result<(PodId, Dataplane)> {
         let lists = request.validate()?;
         if let Err(e) = lists.within(self.state.settings.max_annotation_entries) {
             self.refused_over_limit += 1;
@@ -343,7 +350,7 @@ impl Agent {
         // Installed as recorded; unrecorded again if that fails.
         self.degraded.remove(&id);
         self.state.pods.insert(id, pod);
-        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, true)) {
+        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, scan_listeners)) {
             let pod = self.state.pods.remove(&id).expect("just recorded");
             self.uninstall_best_effort(id, &pod);
             return Err(e.context(format!("pod {}: not enrolled", pod.name)));
@@ -456,6 +463,14 @@ impl Agent {
         }
         self.iptables.forget_applied();
         self.set_mesh_config(mesh, path)
+    }
+
+    /// Has the instances of the next enrolments' pod ids verified ahead
+    /// (`ebpf::prewarm`); cheap when they are.
+    pub fn prepare_ahead(&mut self) {
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.prewarm.want(&self.state.next_ids(crate::ebpf::prewarm::AHEAD));
+        }
     }
 
     /// Keeps each eBPF pod's sockops attached exactly while it is needed

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use k8s_openapi::{List, api::core::v1::Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -51,19 +52,32 @@ pub fn key(pod: &Pod) -> String {
 impl PodSource {
     /// Whether FSM meshes the pod the runtime named: the one with its
     /// namespace, name and UID (a pod deleted and made again under its name
-    /// has another UID).
+    /// has another UID). From the API, a pod the watch has not shown (yet)
+    /// is an error, not "not meshed": the kubelet runs only pods the API
+    /// has, so the watch lags, and the ADD must fail and be retried rather
+    /// than let a meshed pod start unintercepted. A file is what it says.
     pub fn meshed(&self, pod: &KubernetesPod) -> anyhow::Result<Meshed> {
         let key = pod.key();
         let found = match self {
             PodSource::None => return Ok(Err("the agent has no pod source (run --kubernetes or --pods-file)".into())),
-            PodSource::File(path) => read_file(path)?.into_iter().find(|p| self::key(p) == key),
-            PodSource::Api(store) => store.get(&ObjectRef::new(&pod.name).within(&pod.namespace)).map(|p| (*p).clone()),
+            PodSource::File(path) => match read_file(path)?.into_iter().find(|p| self::key(p) == key) {
+                Some(p) => p,
+                None => return Ok(Err(format!("pod {key} is not among the node's pods in {}", path.display()))),
+            },
+            PodSource::Api(store) => {
+                if !store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+                    anyhow::bail!("the node's pods are not listed from the Kubernetes API yet: try again");
+                }
+                match store.get(&ObjectRef::new(&pod.name).within(&pod.namespace)) {
+                    Some(p) if uid(&p) == pod.uid => (*p).clone(),
+                    _ => anyhow::bail!("pod {key} (UID {}): not in the agent's watch of the node's pods yet: try again", pod.uid),
+                }
+            }
         };
         Ok(match found {
-            None => Err(format!("pod {key} is not among the node's pods ({})", self.describe())),
-            Some(p) if uid(&p) != pod.uid => Err(format!("pod {key}: UID {} is not the runtime's {}", uid(&p), pod.uid)),
-            Some(p) if !is_meshed(&p) => Err(format!("pod {key} has no {INJECTED_LABEL} label")),
-            Some(p) => Ok(p),
+            p if uid(&p) != pod.uid => Err(format!("pod {key}: UID {} is not the runtime's {}", uid(&p), pod.uid)),
+            p if !is_meshed(&p) => Err(format!("pod {key} has no {INJECTED_LABEL} label")),
+            p => Ok(p),
         })
     }
 
@@ -94,14 +108,6 @@ impl PodSource {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            PodSource::None => "none".into(),
-            PodSource::File(path) => path.display().to_string(),
-            PodSource::Api(_) => "the Kubernetes API".into(),
         }
     }
 }
@@ -139,7 +145,35 @@ mod tests {
         let again = source.meshed(&runtime("cart-0", "other-uid")).unwrap().unwrap_err();
         assert!(again.contains("is not the runtime's other-uid"), "a pod made again under the same name: {again}");
         let missing = source.meshed(&runtime("web-0", "u3")).unwrap().unwrap_err();
-        assert!(missing.contains("not among the node's pods"), "{missing}");
+        assert!(missing.contains("not among the node's pods in"), "{missing}");
+        assert_eq!(source.meshed_pods().unwrap().iter().map(key).collect::<Vec<_>>(), ["shop/cart-0"]);
+    }
+
+    fn api_pod(name: &str, uid: &str, meshed: bool) -> Pod {
+        let labels = if meshed { serde_json::json!({INJECTED_LABEL: "9c1"}) } else { serde_json::json!({}) };
+        serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "uid": uid, "labels": labels}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn from_the_api_a_pod_the_watch_has_not_shown_fails_the_add_rather_than_pass_unmeshed() {
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let source = PodSource::Api(store);
+        let e = source.meshed(&runtime("cart-0", "u1")).unwrap_err();
+        assert!(format!("{e}").contains("not listed from the Kubernetes API yet"), "{e}");
+        for event in
+            [Event::Init, Event::InitApply(api_pod("cart-0", "u1", true)), Event::InitApply(api_pod("db-0", "u2", false)), Event::InitDone]
+        {
+            writer.apply_watcher_event(&event);
+        }
+        assert!(source.meshed(&runtime("cart-0", "u1")).unwrap().is_ok());
+        assert!(source.meshed(&runtime("db-0", "u2")).unwrap().unwrap_err().contains("no fsm-proxy-uuid label"));
+        for (name, uid) in [("web-0", "u3"), ("cart-0", "u9")] {
+            let e = source.meshed(&runtime(name, uid)).unwrap_err();
+            assert!(format!("{e}").contains("not in the agent's watch of the node's pods yet: try again"), "{e}");
+        }
         assert_eq!(source.meshed_pods().unwrap().iter().map(key).collect::<Vec<_>>(), ["shop/cart-0"]);
     }
 

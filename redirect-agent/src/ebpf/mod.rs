@@ -1,6 +1,6 @@
 //! The eBPF dataplane: the embedded object, what the kernel can do
 //! (`features`, `probe`), where its state is pinned (`pins`), how a pod's programs are
-//! attached (`programs`, `link`), and a policy in map terms (`entries`)
+//! attached (`programs`, `link`; verified ahead of need: `prewarm`), and a policy in map terms (`entries`)
 //! written to the maps (`maps`).
 
 pub mod entries;
@@ -8,6 +8,7 @@ pub mod features;
 pub mod link;
 pub mod maps;
 pub mod pins;
+pub mod prewarm;
 pub mod probe;
 pub mod programs;
 

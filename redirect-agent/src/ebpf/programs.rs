@@ -118,8 +118,13 @@ pub fn load_replacing_changed_maps(pins: &Pins) -> anyhow::Result<(Ebpf, Vec<Str
 /// or namespace is gone (made again under the same path) is replaced.
 /// Everything is loaded and verified first; if loading fails, what the pod
 /// had stays, and if one link fails, the others are done all the same.
-pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
-    let loaded = Loaded::prepare(pins, pod)?;
+/// `prepared`: an instance verified ahead for this pod id (`prewarm`),
+/// else one is loaded now.
+pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, prepared: Option<Prepared>) -> anyhow::Result<()> {
+    let loaded = match prepared {
+        Some(p) if p.pod == pod => p,
+        _ => Prepared::new(pins, pod)?,
+    };
     let dir = pins.pod_dir(pod);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     loaded.attach(pins, pod, cgroup, netns)
@@ -174,15 +179,17 @@ where
 }
 
 /// One pod's instance, loaded and verified, not yet attached.
-struct Loaded {
+pub struct Prepared {
+    /// The id baked into it.
+    pod: PodId,
     /// Holds the instance's maps (the fast path's sockhash) until pinned.
     ebpf: Ebpf,
     sockops: OwnedFd,
     programs: Vec<(&'static str, OwnedFd, AttachType)>,
 }
 
-impl Loaded {
-    fn prepare(pins: &Pins, pod: PodId) -> anyhow::Result<Self> {
+impl Prepared {
+    pub fn new(pins: &Pins, pod: PodId) -> anyhow::Result<Self> {
         let mut ebpf = load(pins, pod)?;
         // Before sockops can run: a socket takes the sockhash's sk_msg
         // program when it joins, not later.
@@ -194,7 +201,7 @@ impl Loaded {
         for (pin, name, attach_type) in PROGRAMS {
             programs.push((pin, load_program(&mut ebpf, name, attach_type)?, attach_type));
         }
-        Ok(Loaded { ebpf, sockops, programs })
+        Ok(Prepared { pod, ebpf, sockops, programs })
     }
 
     fn attach(self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
