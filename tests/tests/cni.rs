@@ -492,6 +492,14 @@ fn the_plugin_speaks_the_cni_versions_and_reports_errors_as_the_spec_says() {
     // First in a chain, or alone: there is no interface to pass on.
     let (ok, v) = run(&add, r#"{"cniVersion":"1.0.0","name":"n","type":"fsm-redirect-cni"}"#);
     assert_eq!((ok, v["code"].as_u64()), (false, Some(7)), "{v}");
+    // A container that is not a Kubernetes pod (`ctr run --cni`: no
+    // K8S_POD_* in CNI_ARGS) goes through untouched, without the agent.
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/none"}],
+                      "ips": [{"address": "10.4.0.2/24", "interface": 0}]});
+    let conf =
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "fsm-redirect-cni", "socket": "/nonexistent/agent.sock", "prevResult": prev});
+    let (ok, v) = run(&add, &conf.to_string());
+    assert_eq!((ok, &v), (true, &prev));
     // CHECK before 0.4.0 does not exist.
     let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
     let (ok, v) = run(&check, r#"{"cniVersion":"0.3.1","name":"n","type":"fsm-redirect-cni","prevResult":{}}"#);

@@ -23,20 +23,16 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
     }
 }
 
-fn kubernetes_pod(env: &Env) -> Result<KubernetesPod, CniError> {
-    env.kubernetes_pod().ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENV,
-            "CNI_ARGS lacks K8S_POD_NAMESPACE, K8S_POD_NAME or K8S_POD_UID",
-            "fsm-redirect serves Kubernetes pods",
-        )
-    })
-}
-
 fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
     // Checked first: a misplaced plugin fails whatever the agent says.
     let result = spec::pass_through(conf)?;
-    let pod = kubernetes_pod(env)?;
+    // FSM meshes Kubernetes pods only: a container another client runs
+    // through the node's network (`ctr run --cni`, nerdctl) has no pod
+    // in CNI_ARGS, and its network is none of our business.
+    let Some(pod) = env.kubernetes_pod() else {
+        eprintln!("fsm-redirect: container {} is not a Kubernetes pod (no K8S_POD_* in CNI_ARGS): left alone", env.container_id);
+        return Ok(result);
+    };
     let request = CniAdd {
         container_id: env.container_id.clone(),
         netns: env.netns.clone().expect("required for ADD"),
@@ -106,7 +102,7 @@ fn check(env: &Env, conf: &NetConf, client: &Client) -> Result<(), CniError> {
             "",
         ));
     }
-    let pod = kubernetes_pod(env)?;
+    let Some(pod) = env.kubernetes_pod() else { return Ok(()) };
     client
         .cni_check(&env.container_id, &pod)
         .map_err(|e| CniError::new(code::NOT_INTERCEPTED, format!("pod {}: not intercepted", pod.key()), format!("{e:#}")))
