@@ -64,6 +64,8 @@ pub enum Feature {
     /// /usr/lib/cni) and our `fsm-redirect-cni` next to the tests (the VM
     /// images carry neither).
     CniPlugins,
+    /// Debian's containerd, ctr and runc, besides the CNI plugins.
+    Containerd,
 }
 
 impl Feature {
@@ -72,6 +74,11 @@ impl Feature {
             Feature::SkLookupIngressIfindex => redirect_agent::ebpf::features::sees_ingress_interface(),
             Feature::NativeSpeed => scaled(Duration::from_secs(1)) == Duration::from_secs(1),
             Feature::CniPlugins => Path::new(CNI_BIN_DIR).join("bridge").exists() && try_workspace_bin("fsm-redirect-cni").is_some(),
+            Feature::Containerd => {
+                Feature::CniPlugins.available()
+                    && ["containerd", "ctr", "runc", "containerd-shim-runc-v2"].iter().all(|tool| on_path(tool))
+                    && Path::new("/bin/busybox").exists()
+            }
         }
     }
 
@@ -80,8 +87,16 @@ impl Feature {
             Feature::SkLookupIngressIfindex => "sk_lookup-ingress_ifindex(5.17)",
             Feature::NativeSpeed => "native-speed(26 Envoy starts; Envoy runs in real_proxies)",
             Feature::CniPlugins => "cni-plugins(/usr/lib/cni from containernetworking-plugins)",
+            Feature::Containerd => "containerd(Debian's containerd, runc and a static /bin/busybox)",
         }
     }
+}
+
+/// Whether `tool` is a file in one of `$PATH`'s directories (or /usr/sbin,
+/// where Debian puts runc).
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]).any(|dir| dir.join(tool).is_file())
 }
 
 /// `true` if the kernel has `feature`; otherwise records that the calling

@@ -79,6 +79,10 @@ fn agent_error(pod: &KubernetesPod, e: anyhow::Error) -> CniError {
 /// agent is back, while the agent removes a pod whose netns is gone at its
 /// next refresh anyway. An agent that fails to remove the pod is an error.
 fn del(env: &Env, client: &Client) -> Result<(), CniError> {
+    // Not a pod: its ADD enrolled nothing.
+    if env.kubernetes_pod().is_none() {
+        return Ok(());
+    }
     match client.cni_del(&env.container_id) {
         Ok(_) => Ok(()),
         Err(e) if unreachable(&e) => {
