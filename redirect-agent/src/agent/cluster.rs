@@ -27,12 +27,15 @@ const API_MESH_CONFIG: &str = "meshconfig-from-api.json";
 impl Agent {
     /// Brings the node's meshed pods in line with the pod source: enrolled
     /// ones get annotation changes, running ones that are not enrolled are
-    /// enrolled. Pods that are not meshed are never touched.
+    /// enrolled (also one removed by hand: the source says it is meshed).
+    /// Pods that are not meshed are never touched.
     pub fn sync_pods(&mut self) {
         let pods = match self.pods.meshed_pods() {
             Ok(pods) => pods,
             Err(e) => return log::warn!("reading the node's pods: {e:#}"),
         };
+        // Failures are remembered for the pods there still are.
+        self.unadoptable.retain(|uid, _| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid.as_str())));
         for pod in pods {
             let key = pods::key(&pod);
             let annotations = pod.metadata.annotations.clone().unwrap_or_default();
