@@ -77,11 +77,64 @@ pub fn exists(path: &Path) -> bool {
 }
 
 /// The cgroup v2 group of process `pid`, as a path under the cgroup2
-/// mount (from the `0::` line of /proc/PID/cgroup).
+/// mount (from the `0::` line of /proc/PID/cgroup). That line is relative
+/// to the reader's cgroup namespace: an agent in a container of its own
+/// (on Kubernetes, cgroup v2) reads a pod's process as
+/// `/../../kubepods/…`, which is resolved from where its own namespace
+/// starts in the node's hierarchy (`own_namespace_root`).
 pub fn of_process(pid: u32) -> Option<PathBuf> {
+    let mount = cgroup2_mount().ok()?;
+    let rel = group_line(pid)?;
+    if !rel.starts_with("/..") {
+        return Some(mount.join(rel.trim_start_matches('/')));
+    }
+    let mut path = own_namespace_root(&mount)?;
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        if part == ".." {
+            path.pop();
+        } else {
+            path.push(part);
+        }
+    }
+    Some(mount.join(path))
+}
+
+/// The `0::` line of /proc/PID/cgroup.
+fn group_line(pid: impl std::fmt::Display) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(cgroup2_mount().ok()?.join(rel.trim_start_matches('/')))
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
+/// Where the agent's cgroup namespace starts, relative to the cgroup2
+/// mount: its own group, found in the mounted hierarchy by its pid, less
+/// what /proc/self/cgroup says below the namespace's root. Found once.
+fn own_namespace_root(mount: &Path) -> Option<PathBuf> {
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let pid = std::process::id().to_string();
+        let own = find_group_of(mount, &pid)?;
+        let below = group_line("self")?;
+        let mut root = own.strip_prefix(mount).ok()?.to_owned();
+        for _ in below.split('/').filter(|p| !p.is_empty()) {
+            root.pop();
+        }
+        Some(root)
+    })
+    .clone()
+}
+
+/// The group under `dir` whose `cgroup.procs` lists `pid`.
+fn find_group_of(dir: &Path, pid: &str) -> Option<PathBuf> {
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        if std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| t.lines().any(|l| l.trim() == pid)) {
+            return Some(dir);
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    None
 }
 
 pub fn open(path: &Path) -> anyhow::Result<File> {

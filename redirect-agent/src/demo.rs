@@ -53,6 +53,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         pods: crate::cni::pods::PodSource::None,
         kubelet_cgroup_root: "/".into(),
         cni_install: None,
+        mount_bpffs: true,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(crate::daemon::run(opts, crate::daemon::DaemonOptions::default(), async move {

@@ -402,6 +402,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bin_dir: cni_bin_dir,
                     socket: redirect_agent::state::State::socket(&cli.state_dir),
                 }),
+                // On Kubernetes the agent runs in a container.
+                mount_bpffs: !kubernetes.kubernetes,
             };
             let daemon_opts = daemon::DaemonOptions {
                 refresh: std::time::Duration::from_secs(refresh_interval),

@@ -193,6 +193,9 @@ pub struct Node {
     /// Extra environment of the agent from its next start (a `PATH` with a
     /// failing `iptables-restore` in front, say).
     pub agent_env: Vec<(String, String)>,
+    /// A command the agent runs under from its next start (`unshare -C`:
+    /// in a cgroup namespace of its own, as in a container).
+    pub agent_wrapper: Vec<String>,
 }
 
 impl Node {
@@ -237,6 +240,7 @@ impl Node {
             _bpffs: bpffs,
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
             agent_env: Vec::new(),
+            agent_wrapper: Vec::new(),
         };
         node.start_agent()?;
         Ok(node)
@@ -249,7 +253,14 @@ impl Node {
     }
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
-        let mut cmd = self.agent_cmd();
+        let mut cmd = match self.agent_wrapper.split_first() {
+            None => self.agent_cmd(),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin()).arg("--state-dir").arg(self.state_dir.path()).arg("--bpffs-dir").arg(&self.bpffs_dir);
+                c
+            }
+        };
         cmd.arg("run");
         // On Kubernetes the MeshConfig comes from the API.
         if !self.run_args.iter().any(|a| a == "--kubernetes") {

@@ -57,6 +57,7 @@ impl Drop for GlobalDirs {
 struct Containerd {
     child: Child,
     dir: tempfile::TempDir,
+    namespace: String,
 }
 
 impl Containerd {
@@ -73,7 +74,7 @@ impl Containerd {
         .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new("containerd").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let containerd = Containerd { child, dir };
+        let containerd = Containerd { child, dir, namespace: tests::unique("redirect-test-ctr") };
         assert!(
             eventually(Duration::from_secs(10), || containerd.ctr(&["version"]).status().is_ok_and(|s| s.success())),
             "containerd did not come up: {}",
@@ -82,9 +83,12 @@ impl Containerd {
         containerd
     }
 
+    /// ctr in the test's own containerd namespace (runc names its
+    /// containers' cgroups after it).
     fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(self.dir.path().join("sock")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("--address").arg(self.dir.path().join("sock")).args(["--namespace", &self.namespace]);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
 }
@@ -93,6 +97,25 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // runc leaves the namespace's group in every cgroup hierarchy (v1
+        // ones too, on a hybrid layout) once its containers are gone.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for mount in mounts.lines().filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
+        }) {
+            remove_groups(&mount.join(&self.namespace));
+        }
+    }
+}
+
+/// Removes an empty group and the empty groups below it, deepest first.
+fn remove_groups(group: &Path) {
+    if let Ok(entries) = std::fs::read_dir(group) {
+        for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            remove_groups(&entry.path());
+        }
+        let _ = std::fs::remove_dir(group);
     }
 }
 

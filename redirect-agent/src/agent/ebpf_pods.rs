@@ -49,8 +49,8 @@ pub struct EbpfPods {
 impl EbpfPods {
     /// Loads the programs and opens the pinned maps (replacing those whose
     /// layout changed), removing pinned maps this agent doesn't know.
-    pub fn open(pins: Pins) -> anyhow::Result<Self> {
-        pins.prepare()?;
+    pub fn open(pins: Pins, may_mount: bool) -> anyhow::Result<Self> {
+        pins.prepare(may_mount)?;
         let removed = pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;

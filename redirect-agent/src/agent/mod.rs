@@ -52,6 +52,9 @@ pub struct AgentOptions {
     pub kubelet_cgroup_root: String,
     /// Install the CNI plugin there, and keep its conflist entry.
     pub cni_install: Option<crate::cni::install::CniInstall>,
+    /// Mount a bpffs at /sys/fs/bpf if the node has none (not in a
+    /// container: see `Pins::prepare`).
+    pub mount_bpffs: bool,
 }
 
 pub struct Agent {
@@ -131,7 +134,7 @@ impl Agent {
             choice => match crate::ebpf::probe::probe_ebpf() {
                 Ok(what) => {
                     log::info!("eBPF dataplane available: {what}");
-                    (Some(EbpfPods::open(Pins::new(&opts.bpffs_dir))?), None)
+                    (Some(EbpfPods::open(Pins::new(&opts.bpffs_dir), opts.mount_bpffs)?), None)
                 }
                 Err(why) if choice == Choice::Auto => {
                     log::warn!("eBPF dataplane unavailable ({why}): pods get iptables rules");

@@ -16,7 +16,7 @@ use redirect_common::maps::PodId;
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/fsm-redirect";
 const STANDARD_BPFFS: &str = "/sys/fs/bpf";
 
-fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+pub fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let st = nix::sys::statfs::statfs(path).with_context(|| format!("bpffs {}: can't stat", path.display()))?;
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
@@ -51,9 +51,19 @@ impl Pins {
     /// Creates the directories, checking that the root is on a bpffs. The
     /// standard bpffs at /sys/fs/bpf is mounted if it isn't (as Cilium and
     /// bpfman do); anywhere else the user must have mounted one.
-    pub fn prepare(&self) -> anyhow::Result<()> {
+    /// `may_mount`: mount a bpffs at /sys/fs/bpf if none is there; not in
+    /// a container (`run --kubernetes`), whose mount would go, with every
+    /// pin, when the container does.
+    pub fn prepare(&self, may_mount: bool) -> anyhow::Result<()> {
         let parent = self.root.parent().unwrap_or(Path::new("/"));
         if !is_bpffs(parent)? && parent == Path::new(STANDARD_BPFFS) {
+            if !may_mount {
+                bail!(
+                    "{STANDARD_BPFFS}: not a BPF file system. On Kubernetes the node must have mounted its own (systemd does at boot; \
+                     else `mount -t bpf bpf {STANDARD_BPFFS}` on the node), which the DaemonSet mounts into the agent's container: \
+                     one mounted in the container would take the pins with it when the container goes"
+                );
+            }
             nix::mount::mount(Some("bpf"), STANDARD_BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
                 .with_context(|| format!("mounting a bpffs at {STANDARD_BPFFS}"))?;
         }
