@@ -1,14 +1,19 @@
-//! `cargo xtask build | run | test | bench | vm-test`: the project's
-//! commands, one module each. Each first makes sure the machine has what the
-//! build needs (`tools`) and installs what is missing, or stops with one
-//! message saying what to do.
+//! `cargo xtask build | run | test | bench | vm-test | image | deploy-check`:
+//! the project's commands, one module each. Each first makes sure the
+//! machine has what the build needs (`tools`) and installs what is missing,
+//! or stops with one message saying what to do.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod deploy;
 mod envoy;
+mod image;
+mod image_check;
+mod oci;
 mod process;
+mod rootfs;
 mod run;
 mod test;
 mod toolchain_file;
@@ -59,6 +64,11 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_values_t = ["5.10".to_string(), "6.1".to_string(), "6.12".to_string()])]
         kernels: Vec<String>,
     },
+    /// The agent's container image, from scratch (no base image pulled):
+    /// target/image/fsm-redirect-agent.tar, an OCI archive. Root.
+    Image,
+    /// Check the Kubernetes manifests in deploy/ offline (`test` does too).
+    DeployCheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,5 +82,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => test::test(&args),
         Cmd::Bench { smoke, png, rounds } => bench::bench(&root, smoke, png, rounds),
         Cmd::VmTest { kernels } => vm_test::vm_test(&root, &kernels),
+        Cmd::Image => image::image(&root),
+        Cmd::DeployCheck => deploy::check(&root),
     }
 }

