@@ -66,6 +66,9 @@ pub enum Feature {
     CniPlugins,
     /// Debian's containerd, ctr and runc, besides the CNI plugins.
     Containerd,
+    /// util-linux's `unshare --cgroup` (busybox's, in the VM images, has
+    /// no cgroup namespaces).
+    UnshareCgroup,
 }
 
 impl Feature {
@@ -79,6 +82,9 @@ impl Feature {
                     && ["containerd", "ctr", "runc", "containerd-shim-runc-v2"].iter().all(|tool| on_path(tool))
                     && Path::new("/bin/busybox").exists()
             }
+            Feature::UnshareCgroup => {
+                Command::new("unshare").arg("--help").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--cgroup"))
+            }
         }
     }
 
@@ -88,6 +94,7 @@ impl Feature {
             Feature::NativeSpeed => "native-speed(26 Envoy starts; Envoy runs in real_proxies)",
             Feature::CniPlugins => "cni-plugins(/usr/lib/cni from containernetworking-plugins)",
             Feature::Containerd => "containerd(Debian's containerd, runc and a static /bin/busybox)",
+            Feature::UnshareCgroup => "unshare --cgroup(util-linux)",
         }
     }
 }

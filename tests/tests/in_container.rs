@@ -12,6 +12,9 @@ use tests::{Node, Pod};
 /// netns is in the pod's cgroup must still see them there.
 #[test]
 fn in_a_cgroup_namespace_of_its_own_the_agent_still_places_pods_processes() {
+    if !tests::requires(tests::Feature::UnshareCgroup) {
+        return;
+    }
     let mut node = Node::start("kind: MeshConfig\nspec: {}\n").unwrap();
     let own = Cgroup::create(&tests::unique("redirect-test-agent")).unwrap();
     node.kill_agent();

@@ -469,8 +469,13 @@ impl Agent {
     }
 
     /// Has the instances of the next enrolments' pod ids verified ahead
-    /// (`ebpf::prewarm`); cheap when they are.
+    /// (`ebpf::prewarm`); cheap when they are. Only where pods come from a
+    /// pod source (the CNI plugin's ADDs, which wait for it): an agent
+    /// enrolled by hand spends no CPU or memory on it.
     pub fn prepare_ahead(&mut self) {
+        if matches!(self.pods, PodSource::None) {
+            return;
+        }
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.prewarm.want(&self.state.next_ids(crate::ebpf::prewarm::AHEAD));
         }
