@@ -231,286 +231,289 @@ fn main() -> anyhow::Result<()> {
     );
     let mut json = BTreeMap::new();
 
-    // 1. Connection rate and latency.
-    let node = Node::start(&mesh(0, 0))?;
-    let plain = Pod::create(&node)?;
-    let ipt = Pod::create(&node)?;
-    let bpf = Pod::create(&node)?;
-    let fast = Pod::create(&node)?;
-    node.enroll_with(&ipt, &[], &["--dataplane", "iptables"])?;
-    node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
-    node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
-    md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes (abortively, SO_LINGER 0, on every path: TIME_WAIT sockets of the iptables path, whose sockets see the service IP, are not reused by default and exhaust the client's ports within seconds), for ");
-    let _ = writeln!(
-        md,
-        "{:.1} s per cell, in {rounds} rounds interleaved between the paths (× direct: the median of the {rounds} per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n",
-        (rounds as u64 * slice_ms) as f64 / 1000.0
-    );
-    md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
-    let mut rows = Vec::new();
-    let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
-        .into_iter()
-        .map(|name| plot::Curve { name, ratio: Vec::new(), p50_us: Vec::new() })
-        .collect();
-    for &(cidrs, ports) in sizes {
-        interrupt::check()?;
-        node.set_mesh_config(&mesh(cidrs, ports));
-        let r = connrates(
-            &[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")],
-            rounds,
-            slice_ms,
-        )?;
-        let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
+    // `--cni-only`: section 5 alone (the CNI ADD figures).
+    if !args.iter().any(|a| a == "--cni-only") {
+        // 1. Connection rate and latency.
+        let node = Node::start(&mesh(0, 0))?;
+        let plain = Pod::create(&node)?;
+        let ipt = Pod::create(&node)?;
+        let bpf = Pod::create(&node)?;
+        let fast = Pod::create(&node)?;
+        node.enroll_with(&ipt, &[], &["--dataplane", "iptables"])?;
+        node.enroll_with(&bpf, &[], &["--dataplane", "ebpf", "--fast-path", "off"])?;
+        node.enroll_with(&fast, &[], &["--dataplane", "ebpf", "--fast-path", "on"])?;
+        md.push_str("## Connection rate and connect-to-first-byte latency\n\nA client in a pod opens, reads one line, closes (abortively, SO_LINGER 0, on every path: TIME_WAIT sockets of the iptables path, whose sockets see the service IP, are not reused by default and exhaust the client's ports within seconds), for ");
         let _ = writeln!(
             md,
-            "| {cidrs} | {ports} | {:.0} | {:.0} {} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
-            d.per_sec,
-            i.per_sec,
-            i.ratios(),
-            e.per_sec,
-            e.ratios(),
-            f.per_sec,
-            f.ratios(),
-            d.p50_us,
-            i.p50_us,
-            e.p50_us,
-            f.p50_us,
-            d.p99_us,
-            i.p99_us,
-            e.p99_us,
-            f.p99_us
+            "{:.1} s per cell, in {rounds} rounds interleaved between the paths (× direct: the median of the {rounds} per-round ratios, in brackets their first and third quartile). *direct*: to 127.0.0.1:15001, no interception (the floor); *iptables* / *eBPF* / *eBPF+fast path*: to 10.96.0.10:80, redirected to the same kind of proxy.\n",
+            (rounds as u64 * slice_ms) as f64 / 1000.0
         );
-        rows.push(
+        md.push_str("| excluded CIDRs | excluded ports | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | eBPF+fast path conn/s (× direct) | p50 µs direct / iptables / eBPF / +fast | p99 µs direct / iptables / eBPF / +fast |\n|---:|---:|---:|---:|---:|---:|---|---|\n");
+        let mut rows = Vec::new();
+        let mut curves: Vec<plot::Curve> = ["iptables", "eBPF", "eBPF + fast path"]
+            .into_iter()
+            .map(|name| plot::Curve { name, ratio: Vec::new(), p50_us: Vec::new() })
+            .collect();
+        for &(cidrs, ports) in sizes {
+            interrupt::check()?;
+            node.set_mesh_config(&mesh(cidrs, ports));
+            let r = connrates(
+                &[(&plain, "127.0.0.1:15001"), (&ipt, "10.96.0.10:80"), (&bpf, "10.96.0.10:80"), (&fast, "10.96.0.10:80")],
+                rounds,
+                slice_ms,
+            )?;
+            let (d, i, e, f) = (r[0], r[1], r[2], r[3]);
+            let _ = writeln!(
+                md,
+                "| {cidrs} | {ports} | {:.0} | {:.0} {} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} |",
+                d.per_sec,
+                i.per_sec,
+                i.ratios(),
+                e.per_sec,
+                e.ratios(),
+                f.per_sec,
+                f.ratios(),
+                d.p50_us,
+                i.p50_us,
+                e.p50_us,
+                f.p50_us,
+                d.p99_us,
+                i.p99_us,
+                e.p99_us,
+                f.p99_us
+            );
+            rows.push(
             serde_json::json!({"excluded_cidrs": cidrs, "excluded_ports": ports, "direct": d, "iptables": i, "ebpf": e, "ebpf_fast_path": f,
             "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio, "ebpf_fast_path_ratio": f.ratio}),
         );
-        if ports == 0 {
-            for (curve, r) in curves.iter_mut().zip([i, e, f]) {
-                curve.ratio.push((cidrs, r.ratio));
-                curve.p50_us.push((cidrs, r.p50_us));
+            if ports == 0 {
+                for (curve, r) in curves.iter_mut().zip([i, e, f]) {
+                    curve.ratio.push((cidrs, r.ratio));
+                    curve.p50_us.push((cidrs, r.p50_us));
+                }
             }
-        }
-        eprintln!(
-            "bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s",
-            d.per_sec, i.per_sec, e.per_sec, f.per_sec
-        );
-    }
-    json.insert("connection_rate", serde_json::Value::Array(rows));
-    if png {
-        let title = format!("Connection rate and latency against list size (0 excluded ports), kernel {kernel}");
-        plot::draw(&out_dir.join("bench.png"), &title, &curves)?;
-        md.push_str("\n![scaling curves](bench.png)\n");
-    }
-
-    // What the eBPF path adds per connection, program by program (the
-    // kernel's own run-time statistics, on only for this measurement).
-    let (conns, cost) = program_cost(&bpf, "10.96.0.10:80", if smoke { 200 } else { 2000 })?;
-    md.push_str("\n### Cost per connection of each program (eBPF, kernel run-time statistics)\n\n| program | runs per connection | ns per run | ns per connection |\n|---|---:|---:|---:|\n");
-    let mut total = 0.0;
-    for (name, (runs, ns)) in &cost {
-        let (per_conn_runs, per_run, per_conn) = (*runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64, *ns as f64 / conns);
-        total += per_conn;
-        let _ = writeln!(md, "| {} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |", label(name));
-    }
-    let _ = writeln!(
-        md,
-        "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)"
-    );
-    json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
-        "programs": cost.iter().map(|(n, (runs, ns))| (n.clone(), serde_json::json!({"runs": runs, "ns": ns}))).collect::<BTreeMap<_, _>>()}));
-
-    // 1b. By address family, on dual-stack pods whose proxy listens on
-    // [::] (both families), no lists: each family against its own direct
-    // path to the same proxy.
-    let plain6 = Pod::dual_stack(&node)?;
-    let ipt6 = Pod::dual_stack(&node)?;
-    let bpf6 = Pod::dual_stack(&node)?;
-    node.set_mesh_config(&mesh(0, 0));
-    node.enroll_with(&ipt6, &[], &["--dataplane", "iptables"])?;
-    node.enroll_with(&bpf6, &[], &["--dataplane", "ebpf"])?;
-    let families = [
-        ("IPv4", "127.0.0.1:15001", "10.96.0.10:80"),
-        ("IPv4-mapped (an IPv6 socket)", "[::ffff:127.0.0.1]:15001", "[::ffff:10.96.0.10]:80"),
-        ("IPv6", "[::1]:15001", "[fd00:96::10]:80"),
-    ];
-    md.push_str("\n### By address family (no lists)\n\nDual-stack pods, the proxy listening on `[::]` (both families); each family against its own direct path to the same proxy, in interleaved rounds as above. iptables: `iptables` for IPv4 and IPv4-mapped, `ip6tables` for IPv6.\n\n| family | direct path | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | p50 µs direct / iptables / eBPF | p99 µs direct / iptables / eBPF |\n|---|---|---:|---:|---:|---|---|\n");
-    let mut by_family = Vec::new();
-    for (family, direct, service) in families {
-        interrupt::check()?;
-        let r = connrates(&[(&plain6, direct), (&ipt6, service), (&bpf6, service)], rounds, slice_ms)?;
-        let (d, i, e) = (r[0], r[1], r[2]);
-        let _ = writeln!(
-            md,
-            "| {family} | `{direct}` | {:.0} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
-            d.per_sec,
-            i.per_sec,
-            i.ratios(),
-            e.per_sec,
-            e.ratios(),
-            d.p50_us,
-            i.p50_us,
-            e.p50_us,
-            d.p99_us,
-            i.p99_us,
-            e.p99_us
-        );
-        by_family.push(serde_json::json!({"family": family, "direct_path": direct, "direct": d, "iptables": i, "ebpf": e, "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio}));
-        eprintln!("bench: {family}: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
-    }
-    json.insert("connection_rate_by_family", serde_json::Value::Array(by_family));
-    md.push_str("\nWhat the eBPF programs cost a connection of each family (kernel run-time statistics; IPv6 hands its destination over through an LRU hash keyed by the socket cookie, IPv4 and IPv4-mapped through the one-word array slot):\n\n| family | program | runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|\n");
-    let mut family_cost = BTreeMap::new();
-    for (family, _, service) in families {
-        let (conns, cost) = program_cost(&bpf6, service, if smoke { 200 } else { 2000 })?;
-        let mut total = 0.0;
-        for (name, (runs, ns)) in &cost {
-            let per_conn = *ns as f64 / conns;
-            total += per_conn;
-            let _ = writeln!(
-                md,
-                "| {family} | {} | {:.1} | {:.0} | {per_conn:.0} |",
-                label(name),
-                *runs as f64 / conns,
-                *ns as f64 / (*runs).max(1) as f64
+            eprintln!(
+                "bench: {cidrs} CIDRs, {ports} ports: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s, eBPF+fast path {:.0}/s",
+                d.per_sec, i.per_sec, e.per_sec, f.per_sec
             );
         }
-        let _ = writeln!(md, "| {family} | all | | | {total:.0} |");
-        family_cost.insert(family, serde_json::json!({"connections": conns, "total_ns_per_connection": total}));
-    }
-    json.insert("program_cost_by_family", serde_json::to_value(family_cost)?);
-    drop((plain6, ipt6, bpf6));
+        json.insert("connection_rate", serde_json::Value::Array(rows));
+        if png {
+            let title = format!("Connection rate and latency against list size (0 excluded ports), kernel {kernel}");
+            plot::draw(&out_dir.join("bench.png"), &title, &curves)?;
+            md.push_str("\n![scaling curves](bench.png)\n");
+        }
 
-    // 2. Long-lived connections through the local proxy hop, with and
-    // without the fast path, against plain loopback.
-    let paths = [
-        ("plain loopback to the proxy", &plain, "127.0.0.1:15001"),
-        ("iptables redirect", &ipt, "10.96.0.10:80"),
-        ("eBPF redirect", &bpf, "10.96.0.10:80"),
-        ("eBPF redirect + fast path", &fast, "10.96.0.10:80"),
-    ];
-    const ROUNDS: usize = 3;
-    let n = if smoke { "200" } else { "5000" };
-    md.push_str("\n## Request/response over one long-lived connection\n\nEach round trip writes one message and reads its echo from the proxy. Median of three interleaved rounds.\n\n| message | path | p50 µs | p99 µs | MiB/s |\n|---:|---|---:|---:|---:|\n");
-    let mut rr = Vec::new();
-    for size in [64usize, 1024, 16384] {
+        // What the eBPF path adds per connection, program by program (the
+        // kernel's own run-time statistics, on only for this measurement).
+        let (conns, cost) = program_cost(&bpf, "10.96.0.10:80", if smoke { 200 } else { 2000 })?;
+        md.push_str("\n### Cost per connection of each program (eBPF, kernel run-time statistics)\n\n| program | runs per connection | ns per run | ns per connection |\n|---|---:|---:|---:|\n");
+        let mut total = 0.0;
+        for (name, (runs, ns)) in &cost {
+            let (per_conn_runs, per_run, per_conn) = (*runs as f64 / conns, *ns as f64 / (*runs).max(1) as f64, *ns as f64 / conns);
+            total += per_conn;
+            let _ = writeln!(md, "| {} | {per_conn_runs:.1} | {per_run:.0} | {per_conn:.0} |", label(name));
+        }
+        let _ = writeln!(
+            md,
+            "| all | | | {total:.0} |\n\n({conns:.0} connections through the eBPF path, with the kernel's BPF run-time statistics enabled.)"
+        );
+        json.insert("program_cost_ns_per_connection", serde_json::json!({"connections": conns, "total": total,
+        "programs": cost.iter().map(|(n, (runs, ns))| (n.clone(), serde_json::json!({"runs": runs, "ns": ns}))).collect::<BTreeMap<_, _>>()}));
+
+        // 1b. By address family, on dual-stack pods whose proxy listens on
+        // [::] (both families), no lists: each family against its own direct
+        // path to the same proxy.
+        let plain6 = Pod::dual_stack(&node)?;
+        let ipt6 = Pod::dual_stack(&node)?;
+        let bpf6 = Pod::dual_stack(&node)?;
+        node.set_mesh_config(&mesh(0, 0));
+        node.enroll_with(&ipt6, &[], &["--dataplane", "iptables"])?;
+        node.enroll_with(&bpf6, &[], &["--dataplane", "ebpf"])?;
+        let families = [
+            ("IPv4", "127.0.0.1:15001", "10.96.0.10:80"),
+            ("IPv4-mapped (an IPv6 socket)", "[::ffff:127.0.0.1]:15001", "[::ffff:10.96.0.10]:80"),
+            ("IPv6", "[::1]:15001", "[fd00:96::10]:80"),
+        ];
+        md.push_str("\n### By address family (no lists)\n\nDual-stack pods, the proxy listening on `[::]` (both families); each family against its own direct path to the same proxy, in interleaved rounds as above. iptables: `iptables` for IPv4 and IPv4-mapped, `ip6tables` for IPv6.\n\n| family | direct path | direct conn/s | iptables conn/s (× direct) | eBPF conn/s (× direct) | p50 µs direct / iptables / eBPF | p99 µs direct / iptables / eBPF |\n|---|---|---:|---:|---:|---|---|\n");
+        let mut by_family = Vec::new();
+        for (family, direct, service) in families {
+            interrupt::check()?;
+            let r = connrates(&[(&plain6, direct), (&ipt6, service), (&bpf6, service)], rounds, slice_ms)?;
+            let (d, i, e) = (r[0], r[1], r[2]);
+            let _ = writeln!(
+                md,
+                "| {family} | `{direct}` | {:.0} | {:.0} {} | {:.0} {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+                d.per_sec,
+                i.per_sec,
+                i.ratios(),
+                e.per_sec,
+                e.ratios(),
+                d.p50_us,
+                i.p50_us,
+                e.p50_us,
+                d.p99_us,
+                i.p99_us,
+                e.p99_us
+            );
+            by_family.push(serde_json::json!({"family": family, "direct_path": direct, "direct": d, "iptables": i, "ebpf": e, "iptables_ratio": i.ratio, "ebpf_ratio": e.ratio}));
+            eprintln!("bench: {family}: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
+        }
+        json.insert("connection_rate_by_family", serde_json::Value::Array(by_family));
+        md.push_str("\nWhat the eBPF programs cost a connection of each family (kernel run-time statistics; IPv6 hands its destination over through an LRU hash keyed by the socket cookie, IPv4 and IPv4-mapped through the one-word array slot):\n\n| family | program | runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|\n");
+        let mut family_cost = BTreeMap::new();
+        for (family, _, service) in families {
+            let (conns, cost) = program_cost(&bpf6, service, if smoke { 200 } else { 2000 })?;
+            let mut total = 0.0;
+            for (name, (runs, ns)) in &cost {
+                let per_conn = *ns as f64 / conns;
+                total += per_conn;
+                let _ = writeln!(
+                    md,
+                    "| {family} | {} | {:.1} | {:.0} | {per_conn:.0} |",
+                    label(name),
+                    *runs as f64 / conns,
+                    *ns as f64 / (*runs).max(1) as f64
+                );
+            }
+            let _ = writeln!(md, "| {family} | all | | | {total:.0} |");
+            family_cost.insert(family, serde_json::json!({"connections": conns, "total_ns_per_connection": total}));
+        }
+        json.insert("program_cost_by_family", serde_json::to_value(family_cost)?);
+        drop((plain6, ipt6, bpf6));
+
+        // 2. Long-lived connections through the local proxy hop, with and
+        // without the fast path, against plain loopback.
+        let paths = [
+            ("plain loopback to the proxy", &plain, "127.0.0.1:15001"),
+            ("iptables redirect", &ipt, "10.96.0.10:80"),
+            ("eBPF redirect", &bpf, "10.96.0.10:80"),
+            ("eBPF redirect + fast path", &fast, "10.96.0.10:80"),
+        ];
+        const ROUNDS: usize = 3;
+        let n = if smoke { "200" } else { "5000" };
+        md.push_str("\n## Request/response over one long-lived connection\n\nEach round trip writes one message and reads its echo from the proxy. Median of three interleaved rounds.\n\n| message | path | p50 µs | p99 µs | MiB/s |\n|---:|---|---:|---:|---:|\n");
+        let mut rr = Vec::new();
+        for size in [64usize, 1024, 16384] {
+            let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
+            for _ in 0..ROUNDS {
+                for (i, (_, pod, to)) in paths.iter().enumerate() {
+                    samples[i].push(probe(pod, &["pingpong", to, n, &size.to_string()])?);
+                }
+            }
+            for ((name, _, _), lines) in paths.iter().zip(&samples) {
+                let (p50, p99, rate) = (median(lines, "p50_us"), median(lines, "p99_us"), median(lines, "mib_per_s"));
+                let _ = writeln!(md, "| {size} B | {name} | {p50:.0} | {p99:.0} | {rate:.1} |");
+                rr.push(serde_json::json!({"message_bytes": size, "path": name, "p50_us": p50, "p99_us": p99, "mib_per_s": rate}));
+            }
+        }
+        json.insert("request_response", serde_json::Value::Array(rr));
+        let mib = if smoke { "4" } else { "256" };
+        let _ = writeln!(
+            md,
+            "\n## Bulk transfer over one connection ({mib} MiB each way, 64 KiB writes, echoed and checked)\n\n| path | MiB/s (median of three) |\n|---|---:|"
+        );
+        let mut bulk = BTreeMap::new();
         let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
         for _ in 0..ROUNDS {
             for (i, (_, pod, to)) in paths.iter().enumerate() {
-                samples[i].push(probe(pod, &["pingpong", to, n, &size.to_string()])?);
+                let line = probe(pod, &["stream", to, mib])?;
+                if !line.contains("intact=true") {
+                    bail!("stream through {to}: data corrupted: {line}");
+                }
+                samples[i].push(line);
             }
         }
         for ((name, _, _), lines) in paths.iter().zip(&samples) {
-            let (p50, p99, rate) = (median(lines, "p50_us"), median(lines, "p99_us"), median(lines, "mib_per_s"));
-            let _ = writeln!(md, "| {size} B | {name} | {p50:.0} | {p99:.0} | {rate:.1} |");
-            rr.push(serde_json::json!({"message_bytes": size, "path": name, "p50_us": p50, "p99_us": p99, "mib_per_s": rate}));
+            let rate = median(lines, "mib_per_s");
+            let _ = writeln!(md, "| {name} | {rate:.0} |");
+            bulk.insert(*name, rate);
         }
-    }
-    json.insert("request_response", serde_json::Value::Array(rr));
-    let mib = if smoke { "4" } else { "256" };
-    let _ = writeln!(
-        md,
-        "\n## Bulk transfer over one connection ({mib} MiB each way, 64 KiB writes, echoed and checked)\n\n| path | MiB/s (median of three) |\n|---|---:|"
-    );
-    let mut bulk = BTreeMap::new();
-    let mut samples: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, pod, to)) in paths.iter().enumerate() {
-            let line = probe(pod, &["stream", to, mib])?;
-            if !line.contains("intact=true") {
-                bail!("stream through {to}: data corrupted: {line}");
+        json.insert("bulk_mib_per_s", serde_json::to_value(bulk)?);
+        drop((plain, ipt, bpf, fast));
+        drop(node);
+
+        // 3. A changed list applied to 100 running pods.
+        let pods_n = if smoke { 10 } else { 100 };
+        let node = Node::start(&mesh(0, 0))?;
+        let watched = Pod::create(&node)?;
+        node.enroll_with(&watched, &[], &["--dataplane", "ebpf"])?;
+        let mut pods = Vec::new();
+        for _ in 1..pods_n {
+            interrupt::check()?;
+            let p = Pod::bare(&node)?;
+            node.enroll_with(&p, &[], &["--dataplane", "ebpf"])?;
+            pods.push(p);
+        }
+        let rss = node.agent_pid().map(rss_kib).unwrap_or(0);
+        // A client dials through the change and checks every destination.
+        let mut client = Command::new(tests::netprobe());
+        client.args(["connrate", "10.96.0.10:80", "3000", "out 10.96.0.10:80"]);
+        redirect_agent::sandbox::enter_maybe_cgroup(&mut client, &watched.ns.path(), watched.cgroup_path(), APP_UID)?;
+        let client = client.stdout(std::process::Stdio::piped()).spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let mut apply = BTreeMap::new();
+        for (cidrs, ports) in [(1000, 1000), (10000, 0), (0, 0)] {
+            std::fs::write(&node.mesh_config, mesh(cidrs, ports))?;
+            let t = Instant::now();
+            let (ok, out) = node.cli(&["reload"]);
+            let secs = t.elapsed().as_secs_f64();
+            if !ok {
+                bail!("reload: {out}");
             }
-            samples[i].push(line);
+            apply.insert(format!("{cidrs} CIDRs + {ports} ports"), secs);
         }
-    }
-    for ((name, _, _), lines) in paths.iter().zip(&samples) {
-        let rate = median(lines, "mib_per_s");
-        let _ = writeln!(md, "| {name} | {rate:.0} |");
-        bulk.insert(*name, rate);
-    }
-    json.insert("bulk_mib_per_s", serde_json::to_value(bulk)?);
-    drop((plain, ipt, bpf, fast));
-    drop(node);
-
-    // 3. A changed list applied to 100 running pods.
-    let pods_n = if smoke { 10 } else { 100 };
-    let node = Node::start(&mesh(0, 0))?;
-    let watched = Pod::create(&node)?;
-    node.enroll_with(&watched, &[], &["--dataplane", "ebpf"])?;
-    let mut pods = Vec::new();
-    for _ in 1..pods_n {
-        interrupt::check()?;
-        let p = Pod::bare(&node)?;
-        node.enroll_with(&p, &[], &["--dataplane", "ebpf"])?;
-        pods.push(p);
-    }
-    let rss = node.agent_pid().map(rss_kib).unwrap_or(0);
-    // A client dials through the change and checks every destination.
-    let mut client = Command::new(tests::netprobe());
-    client.args(["connrate", "10.96.0.10:80", "3000", "out 10.96.0.10:80"]);
-    redirect_agent::sandbox::enter_maybe_cgroup(&mut client, &watched.ns.path(), watched.cgroup_path(), APP_UID)?;
-    let client = client.stdout(std::process::Stdio::piped()).spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let mut apply = BTreeMap::new();
-    for (cidrs, ports) in [(1000, 1000), (10000, 0), (0, 0)] {
-        std::fs::write(&node.mesh_config, mesh(cidrs, ports))?;
-        let t = Instant::now();
-        let (ok, out) = node.cli(&["reload"]);
-        let secs = t.elapsed().as_secs_f64();
-        if !ok {
-            bail!("reload: {out}");
+        let line = String::from_utf8_lossy(&client.wait_with_output()?.stdout).trim().to_owned();
+        md.push_str(&format!(
+            "\n## Applying a changed list to {pods_n} running pods (eBPF)\n\n| new list | time to apply to every pod |\n|---|---:|\n"
+        ));
+        for (what, secs) in &apply {
+            let _ = writeln!(md, "| {what} | {:.0} ms |", secs * 1000.0);
         }
-        apply.insert(format!("{cidrs} CIDRs + {ports} ports"), secs);
-    }
-    let line = String::from_utf8_lossy(&client.wait_with_output()?.stdout).trim().to_owned();
-    md.push_str(&format!(
-        "\n## Applying a changed list to {pods_n} running pods (eBPF)\n\n| new list | time to apply to every pod |\n|---|---:|\n"
-    ));
-    for (what, secs) in &apply {
-        let _ = writeln!(md, "| {what} | {:.0} ms |", secs * 1000.0);
-    }
-    let _ = writeln!(
-        md,
-        "\nA client in one pod dialled throughout: {} connections, {} failed, {} given a wrong destination. (iptables: fsm-init applies lists once, at pod start; a changed list means restarting every pod.)",
-        field(&line, "connections"),
-        field(&line, "errors"),
-        field(&line, "wrong")
-    );
-    json.insert("apply_to_pods", serde_json::json!({"pods": pods_n, "seconds": apply, "client": {"connections": field(&line, "connections"), "errors": field(&line, "errors"), "wrong": field(&line, "wrong")}}));
+        let _ = writeln!(
+            md,
+            "\nA client in one pod dialled throughout: {} connections, {} failed, {} given a wrong destination. (iptables: fsm-init applies lists once, at pod start; a changed list means restarting every pod.)",
+            field(&line, "connections"),
+            field(&line, "errors"),
+            field(&line, "wrong")
+        );
+        json.insert("apply_to_pods", serde_json::json!({"pods": pods_n, "seconds": apply, "client": {"connections": field(&line, "connections"), "errors": field(&line, "errors"), "wrong": field(&line, "wrong")}}));
 
-    // 4. Memory.
-    md.push_str("\n## Memory\n\n| kernel map | capacity | memlock KiB | bytes per entry |\n|---|---:|---:|---:|\n");
-    let status = node.status();
-    let mut mem = BTreeMap::new();
-    for m in status["maps"].as_array().cloned().unwrap_or_default() {
-        let name = m["map"].as_str().unwrap_or("").to_owned();
-        let cap = m["capacity"].as_u64().unwrap_or(1).max(1);
-        let bytes = memlock(&node.bpffs_dir.join("maps").join(&name)).unwrap_or(0);
-        let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
-        mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+        // 4. Memory.
+        md.push_str("\n## Memory\n\n| kernel map | capacity | memlock KiB | bytes per entry |\n|---|---:|---:|---:|\n");
+        let status = node.status();
+        let mut mem = BTreeMap::new();
+        for m in status["maps"].as_array().cloned().unwrap_or_default() {
+            let name = m["map"].as_str().unwrap_or("").to_owned();
+            let cap = m["capacity"].as_u64().unwrap_or(1).max(1);
+            let bytes = memlock(&node.bpffs_dir.join("maps").join(&name)).unwrap_or(0);
+            let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
+            mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+        }
+        // The outbound hand-over: a fixed array, node-wide, however many pods
+        // and connections (redirect_common::handover).
+        {
+            let name = redirect_common::maps::names::HANDOVER;
+            let cap = redirect_common::maps::capacity::HANDOVER_SLOTS;
+            let bytes = memlock(&node.bpffs_dir.join("maps").join(name)).unwrap_or(0);
+            let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
+            mem.insert(name.into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+        }
+        // Each pod's own fast-path sockhash (buckets preallocated, sockets
+        // allocated as they join).
+        let pod_dirs = std::fs::read_dir(node.bpffs_dir.join("pods"))?.filter_map(Result::ok);
+        if let Some(pin) = pod_dirs.map(|d| d.path().join("fast_path")).find(|p| p.exists()) {
+            let bytes = memlock(&pin).unwrap_or(0);
+            let cap = redirect_common::maps::capacity::FAST_PATH_SOCKETS;
+            let _ = writeln!(md, "| FAST_PATH (per pod) | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
+            mem.insert("FAST_PATH (per pod)".into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
+        }
+        let _ = writeln!(md, "\nAgent resident memory with {pods_n} enrolled pods: {} KiB.", rss);
+        json.insert("memory", serde_json::json!({"maps": mem, "agent_rss_kib_with_pods": rss, "pods": pods_n}));
+        drop(pods);
+        drop(watched);
+        drop(node);
     }
-    // The outbound hand-over: a fixed array, node-wide, however many pods
-    // and connections (redirect_common::handover).
-    {
-        let name = redirect_common::maps::names::HANDOVER;
-        let cap = redirect_common::maps::capacity::HANDOVER_SLOTS;
-        let bytes = memlock(&node.bpffs_dir.join("maps").join(name)).unwrap_or(0);
-        let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
-        mem.insert(name.into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
-    }
-    // Each pod's own fast-path sockhash (buckets preallocated, sockets
-    // allocated as they join).
-    let pod_dirs = std::fs::read_dir(node.bpffs_dir.join("pods"))?.filter_map(Result::ok);
-    if let Some(pin) = pod_dirs.map(|d| d.path().join("fast_path")).find(|p| p.exists()) {
-        let bytes = memlock(&pin).unwrap_or(0);
-        let cap = redirect_common::maps::capacity::FAST_PATH_SOCKETS;
-        let _ = writeln!(md, "| FAST_PATH (per pod) | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
-        mem.insert("FAST_PATH (per pod)".into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
-    }
-    let _ = writeln!(md, "\nAgent resident memory with {pods_n} enrolled pods: {} KiB.", rss);
-    json.insert("memory", serde_json::json!({"maps": mem, "agent_rss_kib_with_pods": rss, "pods": pods_n}));
-    drop(pods);
-    drop(watched);
-    drop(node);
 
     // 5. CNI ADD -> enrolled.
     interrupt::check()?;
