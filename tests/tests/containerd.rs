@@ -8,9 +8,10 @@
 //! ctr reads the network from /etc/cni/net.d and the plugins from
 //! /opt/cni/bin (go-cni's defaults; it has no flag for either), so the test
 //! makes both, runs only where the machine has neither (a node's real
-//! network configuration is never touched), and removes them; ctr's shims
-//! keep their sockets under /run/containerd, removed too if the test made
-//! it. ctr itself runs in the test's node namespace, so the bridge the
+//! network configuration is never touched), and removes them; libcni
+//! caches results under /var/lib/cni and ctr's shims keep their sockets
+//! under /run/containerd, removed too (the test runs only where neither
+//! is). ctr itself runs in the test's node namespace, so the bridge the
 //! plugins make is there, not on the machine.
 
 use std::{
@@ -23,8 +24,9 @@ use redirect_agent::sandbox::enter_netns;
 use serde_json::json;
 use tests::{Node, eventually};
 
-/// What go-cni reads, and where containerd's shims put their sockets.
-const GLOBAL_DIRS: [&str; 3] = ["/etc/cni", "/opt/cni", "/run/containerd"];
+/// What go-cni reads, where libcni caches results, and where containerd's
+/// shims put their sockets.
+const GLOBAL_DIRS: [&str; 4] = ["/etc/cni", "/opt/cni", "/var/lib/cni", "/run/containerd"];
 
 /// The machine-wide directories ctr needs, made by the test and removed
 /// on drop. `None` where one exists already.
