@@ -9,9 +9,17 @@ use anyhow::{Context as _, bail};
 
 /// The cgroup2 mount point, read from /proc/mounts (hybrid layouts mount it
 /// at /sys/fs/cgroup/unified, pure v2 ones at /sys/fs/cgroup).
+/// Read once per process: /proc/mounts grows with every pod's netns mount,
+/// and each enrolment resolves every enrolled pod's cgroup, so reading it
+/// each time made a burst of enrolments quadratic in the file.
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(mount) = MOUNT.get() {
+        return Ok(mount.clone());
+    }
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    parse_cgroup2_mount(&mounts).context("no cgroup2 file system is mounted (the eBPF dataplane needs cgroup v2)")
+    let mount = parse_cgroup2_mount(&mounts).context("no cgroup2 file system is mounted (the eBPF dataplane needs cgroup v2)")?;
+    Ok(MOUNT.get_or_init(|| mount).clone())
 }
 
 fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
