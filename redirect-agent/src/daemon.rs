@@ -168,6 +168,10 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 }
                 let _ = reply.send(handle(&mut agent, request));
                 agent.prepare_ahead();
+                // The loop shares its thread with the clients' tasks: let
+                // them write this answer now rather than after every job
+                // already queued (a burst of CNI ADDs) is done.
+                tokio::task::yield_now().await;
             }
             guard = readable(&logs) => {
                 let mut guard = guard?;
