@@ -1,14 +1,16 @@
 //! Pod instances verified ahead of need. Loading a pod's programs (the
 //! verifier's pass over each of them, and the instance's maps) is most of
 //! what a CNI ADD waits for; the pod id baked into an instance is known
-//! before the pod (`State::next_ids`), so a worker thread loads the
-//! instances of the next few ids while the agent waits for work, and an
-//! enrolment that finds its id ready only attaches. One that doesn't (a
-//! burst larger than the pool) loads its own, as before.
+//! before the pod (`State::next_ids`), so worker threads, one per CPU, load
+//! the instances of the next few ids while the agent waits for work, and an
+//! enrolment that finds its id ready only attaches. One whose id a worker
+//! is loading waits for that worker rather than loading it a second time;
+//! one whose id no worker has started (a burst larger than the pool) loads
+//! its own, as before.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Condvar, Mutex, MutexGuard, mpsc},
 };
 
 use redirect_common::maps::PodId;
@@ -18,58 +20,111 @@ use super::{pins::Pins, programs::Prepared};
 /// How many instances are kept ready.
 pub const AHEAD: usize = 4;
 
+/// At most this many workers, whatever the CPUs: each verification is one
+/// CPU busy for tens of milliseconds, and the node runs pods.
+const MAX_WORKERS: usize = 4;
+
 pub struct Prewarm {
-    /// Ids for the worker to prepare, in order.
+    /// Ids for the workers to prepare, in order.
     ask: mpsc::Sender<PodId>,
-    ready: Arc<Mutex<BTreeMap<PodId, Prepared>>>,
-    /// Asked for and not taken or dropped since.
-    asked: BTreeSet<PodId>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    slots: Mutex<Slots>,
+    /// Signalled each time a worker finishes an id, ready or failed.
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Asked for and neither taken nor dropped since.
+    wanted: BTreeSet<PodId>,
+    /// Being loaded by a worker now.
+    loading: BTreeSet<PodId>,
+    ready: BTreeMap<PodId, Prepared>,
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Prewarm {
     pub fn start(pins: Pins) -> Self {
         let (ask, asks) = mpsc::channel::<PodId>();
-        let ready: Arc<Mutex<BTreeMap<PodId, Prepared>>> = Arc::default();
-        let done = ready.clone();
-        // Ends when the sender goes (with the agent).
-        std::thread::Builder::new()
-            .name("prewarm".into())
-            .spawn(move || {
-                for id in asks {
-                    match Prepared::new(&pins, id) {
-                        Ok(p) => {
-                            done.lock().unwrap_or_else(|e| e.into_inner()).insert(id, p);
-                        }
-                        // The enrolment loads its own, and reports why.
-                        Err(e) => log::debug!("preparing programs for pod id {id}: {e:#}"),
-                    }
-                }
-            })
-            .expect("spawning the prewarm thread");
-        Prewarm { ask, ready, asked: BTreeSet::new() }
+        let asks = Arc::new(Mutex::new(asks));
+        let shared: Arc<Shared> = Arc::default();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
+        for n in 0..workers {
+            let (asks, shared, pins) = (asks.clone(), shared.clone(), pins.clone());
+            // Each ends when the sender goes (with the agent).
+            std::thread::Builder::new()
+                .name(format!("prewarm-{n}"))
+                .spawn(move || work(&asks, &shared, &pins))
+                .expect("spawning a prewarm thread");
+        }
+        Prewarm { ask, shared }
     }
 
-    /// The instance prepared for `id`, if it is ready.
+    /// The instance prepared for `id`: at once if it is ready, after the
+    /// worker loading it finishes if one is, else none.
     pub fn take(&mut self, id: PodId) -> Option<Prepared> {
-        self.asked.remove(&id);
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+        let mut slots = self.shared.slots();
+        loop {
+            if let Some(p) = slots.ready.remove(&id) {
+                slots.wanted.remove(&id);
+                return Some(p);
+            }
+            if !slots.loading.contains(&id) {
+                // A worker that comes to it later skips it.
+                slots.wanted.remove(&id);
+                return None;
+            }
+            slots = self.shared.finished.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Keeps instances for exactly `next` (the ids the next enrolments
     /// will get): asks for the missing ones, drops the others.
     pub fn want(&mut self, next: &[PodId]) {
         let wanted: BTreeSet<PodId> = next.iter().copied().collect();
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| wanted.contains(id));
-        self.asked.retain(|id| wanted.contains(id));
+        let mut slots = self.shared.slots();
+        slots.ready.retain(|id, _| wanted.contains(id));
+        slots.wanted.retain(|id| wanted.contains(id));
         for id in next {
-            if self.asked.insert(*id) {
+            if slots.wanted.insert(*id) {
                 let _ = self.ask.send(*id);
             }
         }
     }
+}
 
-    /// How many are ready now.
-    pub fn ready(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+/// One worker: loads each id asked for that is still wanted and that no
+/// other worker has loaded or is loading.
+fn work(asks: &Mutex<mpsc::Receiver<PodId>>, shared: &Shared, pins: &Pins) {
+    loop {
+        let Ok(id) = asks.lock().unwrap_or_else(|e| e.into_inner()).recv() else { return };
+        {
+            let mut slots = shared.slots();
+            if !slots.wanted.contains(&id) || slots.ready.contains_key(&id) || !slots.loading.insert(id) {
+                continue;
+            }
+        }
+        let prepared = Prepared::new(pins, id);
+        let mut slots = shared.slots();
+        slots.loading.remove(&id);
+        match prepared {
+            // Dropped if it stopped being wanted meanwhile.
+            Ok(p) if slots.wanted.contains(&id) => {
+                slots.ready.insert(id, p);
+            }
+            Ok(_) => {}
+            // The enrolment loads its own, and reports why.
+            Err(e) => log::debug!("preparing programs for pod id {id}: {e:#}"),
+        }
+        shared.finished.notify_all();
     }
 }
