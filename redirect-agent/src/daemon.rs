@@ -49,7 +49,7 @@ pub async fn termination() {
 }
 
 use crate::{
-    agent::{Agent, AgentOptions},
+    agent::{Agent, AgentOptions, Refresh},
     cni::pods::PodSource,
     control::{Reply, Request, Response},
     kubernetes::{self, KubernetesOptions, MeshConfigSeen, Watches},
@@ -155,9 +155,14 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(stop);
     let mut refresh = tokio::time::interval(daemon.refresh);
+    // A refresh that outlasts the interval is not followed by another at once.
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh.tick().await;
+    let mut refreshing: Option<Refresh> = None;
     loop {
         tokio::select! {
+            // Requests first: a refresh goes on between them, one pod at a time.
+            biased;
             Some((request, reply)) = rx.recv() => {
                 let uninstall = matches!(request, Request::Uninstall);
                 if uninstall {
@@ -189,7 +194,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                     Err(e) => log::error!("MeshConfig change refused, previous lists kept: {e:#}"),
                 }
             }
-            _ = refresh.tick() => agent.refresh(),
+            _ = refresh.tick(), if refreshing.is_none() => refreshing = agent.begin_refresh(),
             () = notified(&pods_changed) => agent.sync_pods(),
             Ok(()) = changed(&mut mesh_config) => {
                 if let Some(rx) = &mut mesh_config {
@@ -197,6 +202,13 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 }
             }
             () = &mut stop => break,
+            () = std::future::ready(()), if refreshing.is_some() => {
+                if let Some(r) = &mut refreshing && agent.refresh_next(r) {
+                    refreshing = None;
+                }
+                // Lets the clients' tasks read what came meanwhile.
+                tokio::task::yield_now().await;
+            }
         }
     }
     let _ = std::fs::remove_file(&sock);

@@ -107,6 +107,13 @@ fn handler<'a>(
     })
 }
 
+/// A refresh under way (`Agent::begin_refresh`): the pods still to do.
+pub struct Refresh {
+    pods: std::collections::VecDeque<PodId>,
+    /// Whether one was removed (its netns gone).
+    removed: bool,
+}
+
 impl Agent {
     pub fn start(opts: AgentOptions) -> anyhow::Result<Self> {
         let mut state = State::load(&opts.state_dir)?.unwrap_or_default();
@@ -408,13 +415,24 @@ impl Agent {
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
         let mut removed = false;
         for id in ids {
-            if self.remove_if_gone(id) {
-                removed = true;
-                continue;
-            }
-            let result = self.install(id, find_listeners);
-            self.record_install(id, result);
+            removed |= self.apply_pod(id, find_listeners);
         }
+        self.finish_apply(removed);
+    }
+
+    /// Installs one pod again, or removes it if its netns is gone (then
+    /// returns true).
+    fn apply_pod(&mut self, id: PodId, find_listeners: bool) -> bool {
+        if self.remove_if_gone(id) {
+            return true;
+        }
+        let result = self.install(id, find_listeners);
+        self.record_install(id, result);
+        false
+    }
+
+    /// After every pod was applied: `removed`, whether one went.
+    fn finish_apply(&mut self, removed: bool) {
         // Every pod that could be moved points to the MeshConfig's new slot:
         // the old one goes once no pod points to it.
         if let Some(ebpf) = &mut self.ebpf {
@@ -493,7 +511,14 @@ impl Agent {
     /// pods whose netns is gone, retries degraded pods and a MeshConfig
     /// file version that failed to apply, and reconciles the node's meshed
     /// pods with the pod source (`sync_pods`).
-    pub fn refresh(&mut self) {
+    /// Starts a refresh: the node-wide part now (the conflist entry, a
+    /// MeshConfig file refused before, the MeshConfig's lists), then each
+    /// pod at one `refresh_next` each, so that the agent's loop answers
+    /// requests between two pods: each pod's re-read costs milliseconds (its
+    /// interfaces, routes, listeners), and a CNI ADD waiting behind every
+    /// pod of a full node would wait most of a second. None if there is
+    /// nothing more to do.
+    pub fn begin_refresh(&mut self) -> Option<Refresh> {
         if let Some(install) = &self.state.cni {
             match install.ensure_chained() {
                 Ok(Some(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
@@ -505,7 +530,10 @@ impl Agent {
             let now = mtime(&path);
             if now != self.mesh_mtime {
                 match self.retry_mesh_config(&path, now) {
-                    Ok(()) => return log::info!("MeshConfig applied on retry"),
+                    Ok(()) => {
+                        log::info!("MeshConfig applied on retry");
+                        return None;
+                    }
                     // The previous lists stay; the pods are refreshed with them.
                     Err(e) => log::debug!("MeshConfig still refused: {e:#}"),
                 }
@@ -513,10 +541,24 @@ impl Agent {
         }
         if let Err(e) = self.sync_mesh() {
             log::warn!("refreshing the MeshConfig's lists: {e:#}");
-            return;
+            return None;
         }
-        self.apply_all(true);
+        Some(Refresh { pods: self.state.pods.keys().copied().collect(), removed: false })
+    }
+
+    /// Refreshes the next pod of `refresh`; once none is left, finishes it
+    /// (and reconciles the node's pods) and returns true.
+    pub fn refresh_next(&mut self, refresh: &mut Refresh) -> bool {
+        if let Some(id) = refresh.pods.pop_front() {
+            // Skipped if it was removed since the refresh began.
+            if self.state.pods.contains_key(&id) {
+                refresh.removed |= self.apply_pod(id, true);
+            }
+            return false;
+        }
+        self.finish_apply(refresh.removed);
         self.sync_pods();
+        true
     }
 
     /// The handler of a pod's dataplane, to read.
