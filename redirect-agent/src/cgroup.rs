@@ -39,12 +39,26 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
         bail!("cgroup {}: no such cgroup (no {}/cgroup.procs)", path.display(), full.display());
     }
     // `..` and symbolic links resolved: one group, one path, so that
-    // nesting and duplicates can be told by comparing paths.
-    let full = full.canonicalize().with_context(|| format!("cgroup {}: resolving", path.display()))?;
+    // nesting and duplicates can be told by comparing paths. The mount
+    // followed by plain names is that already: cgroup2 (kernfs) holds no
+    // symbolic links, and the resolving costs more than the rest of the
+    // check, which runs for every enrolled pod at each enrolment.
+    let full = match plain_below(&full, &mount) {
+        Some(plain) => plain,
+        None => full.canonicalize().with_context(|| format!("cgroup {}: resolving", path.display()))?,
+    };
     if !full.starts_with(&mount) {
         bail!("cgroup {}: not under the cgroup2 mount {}", path.display(), mount.display());
     }
     Ok(full)
+}
+
+/// `path` without its repeated and trailing slashes, if it is `mount`
+/// followed by plain names only (no `.` or `..`).
+fn plain_below(path: &Path, mount: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let plain = path.starts_with(mount) && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    plain.then(|| path.components().collect())
 }
 
 /// Refuses a cgroup that would take in more than one pod: the cgroup2 root
@@ -158,5 +172,19 @@ mod tests {
         let mounts = "sysfs /sys sysfs rw 0 0\ntmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
         assert_eq!(parse_cgroup2_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(parse_cgroup2_mount("sysfs /sys sysfs rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn only_plain_names_below_the_mount_skip_resolving() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let plain = |p: &str| plain_below(Path::new(p), mount);
+        assert_eq!(plain("/sys/fs/cgroup/unified//kubepods/pod1/"), Some(PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1")));
+        assert_eq!(plain("/sys/fs/cgroup/unified"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(plain("/sys/fs/cgroup/unified/kubepods/../pod1"), None);
+        assert_eq!(plain("/sys/fs/cgroup/unified/./pod1"), Some(PathBuf::from("/sys/fs/cgroup/unified/pod1")));
+        // Outside the mount, or reaching it through a link or `..`.
+        assert_eq!(plain("/sys/fs/cgroup/unified2/pod1"), None);
+        assert_eq!(plain("/cg/pod1"), None);
+        assert_eq!(plain("/sys/fs/cgroup/x/../unified/pod1"), None);
     }
 }
