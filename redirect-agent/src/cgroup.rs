@@ -133,8 +133,8 @@ fn group_line(pid: impl std::fmt::Display) -> Option<String> {
 fn own_namespace_root(mount: &Path) -> Option<PathBuf> {
     static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        let pid = std::process::id().to_string();
-        let own = find_group_of(mount, &pid)?;
+        let pid = std::process::id();
+        let (own, _) = groups_below(mount).find(|(_, pids)| pids.contains(&pid))?;
         let below = group_line("self")?;
         let mut root = own.strip_prefix(mount).ok()?.to_owned();
         for _ in below.split('/').filter(|p| !p.is_empty()) {
@@ -145,18 +145,24 @@ fn own_namespace_root(mount: &Path) -> Option<PathBuf> {
     .clone()
 }
 
-/// The group under `dir` whose `cgroup.procs` lists `pid`.
-fn find_group_of(dir: &Path, pid: &str) -> Option<PathBuf> {
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        if std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| t.lines().any(|l| l.trim() == pid)) {
-            return Some(dir);
-        }
+/// Each group of the tree at `root` (itself included) with the processes
+/// its `cgroup.procs` lists, read as the walk reaches it; groups that
+/// can't be read (gone meanwhile) are passed by.
+pub fn groups_below(root: &Path) -> impl Iterator<Item = (PathBuf, Vec<u32>)> {
+    let mut dirs = vec![root.to_owned()];
+    std::iter::from_fn(move || {
+        let dir = dirs.pop()?;
         if let Ok(entries) = std::fs::read_dir(&dir) {
             dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }
-    }
-    None
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        Some((dir, procs.lines().filter_map(|l| l.trim().parse().ok()).collect()))
+    })
+}
+
+/// Every process in `cgroup` and its descendants.
+pub fn processes_below(cgroup: &Path) -> Vec<u32> {
+    groups_below(cgroup).flat_map(|(_, pids)| pids).collect()
 }
 
 pub fn open(path: &Path) -> anyhow::Result<File> {

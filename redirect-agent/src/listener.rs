@@ -14,29 +14,13 @@ use std::{
 
 use anyhow::Context as _;
 
-/// Every process of a cgroup and its descendants.
-fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-        pids.extend(text.lines().filter_map(|l| l.parse::<i32>().ok()));
-    }
-    if let Ok(dir) = std::fs::read_dir(cgroup) {
-        for entry in dir.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pids.extend(cgroup_pids(&entry.path()));
-            }
-        }
-    }
-    pids
-}
-
 /// A duplicate of each socket listening on `port` in the pod, with whether
 /// it is an AF_INET6 one (at most one of each family).
 pub fn find(netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Vec<(bool, OwnedFd)>> {
     let mut wanted: Vec<(String, bool)> =
         crate::netns::listening(netns, port)?.into_iter().map(|l| (format!("socket:[{}]", l.inode), l.v6)).collect();
     let mut found = Vec::new();
-    for pid in cgroup_pids(cgroup) {
+    for pid in crate::cgroup::processes_below(cgroup) {
         if wanted.is_empty() {
             break;
         }
@@ -55,7 +39,7 @@ pub fn find(netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Vec<(bool,
     Ok(found)
 }
 
-fn dup_from(pid: i32, fd: i32) -> anyhow::Result<OwnedFd> {
+fn dup_from(pid: u32, fd: i32) -> anyhow::Result<OwnedFd> {
     // SAFETY: plain syscalls; every returned descriptor is owned at once.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);

@@ -144,7 +144,7 @@ impl Agent {
         if mesh == self.mesh && self.state.mesh_config.as_deref() == Some(path.as_path()) {
             return Ok(false);
         }
-        write_atomically(&path, text.as_bytes())?;
+        crate::files::replace(&path, text.as_bytes())?;
         let degraded = self.set_mesh_config(mesh, Some(path))?;
         for d in degraded {
             log::warn!("pod {}: degraded: {}", d.pod, d.why);
@@ -169,21 +169,6 @@ fn sandbox_netns(cgroup: &Path) -> anyhow::Result<Option<PathBuf>> {
         }
     }
     Ok(Some(by_process))
-}
-
-/// Every process in `cgroup` and its descendants.
-fn processes_below(cgroup: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut dirs = vec![cgroup.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-    }
-    pids
 }
 
 /// When the process started (clock ticks since boot), for finding the
