@@ -21,6 +21,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod diagnostics;
 pub mod ebpf;
+pub mod files;
 pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;

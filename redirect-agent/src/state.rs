@@ -70,9 +70,7 @@ impl State {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = Self::file(dir);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+        crate::files::replace(&path, &serde_json::to_vec_pretty(self)?)
     }
 
     pub fn pod_id(&self, name: &str) -> Option<PodId> {

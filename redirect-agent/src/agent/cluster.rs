@@ -157,7 +157,7 @@ impl Agent {
 /// (or below it), if any: the runtime's bind mount of it where there is one
 /// (`/var/run/netns`, what CNI was given), else the oldest process's.
 fn sandbox_netns(cgroup: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let Some(pid) = processes_below(cgroup).into_iter().min_by_key(|pid| started(*pid)) else { return Ok(None) };
+    let Some(pid) = crate::cgroup::processes_below(cgroup).into_iter().min_by_key(|pid| started(*pid)) else { return Ok(None) };
     let by_process = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let ns = netns::identity(&by_process)?;
     for dir in ["/var/run/netns", "/run/netns"] {
@@ -180,10 +180,4 @@ fn started(pid: u32) -> u64 {
         // the 22nd field of the line, the 20th after it.
         .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()))
         .unwrap_or(u64::MAX)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

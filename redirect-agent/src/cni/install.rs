@@ -130,11 +130,7 @@ fn write_conflist(path: &Path, list: &Value) -> anyhow::Result<PathBuf> {
 
 /// One rename: a runtime reads the old file or the new one.
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("conf");
-    // A name the runtime ignores (no .conf/.conflist/.json ending).
-    let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::files::replace(path, &serde_json::to_vec_pretty(value)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,52 @@
+//! Files replaced whole: written beside their target under a hidden name,
+//! then renamed over it, so that a reader (a container runtime reading its
+//! conflist, an agent starting from its state) finds the old file or the
+//! new one, never part of one.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+/// Replaces `path` with `bytes` in one rename. The temporary name starts
+/// with a dot and has no `.conf`, `.conflist` or `.json` ending, so that a
+/// CNI runtime listing the directory meanwhile passes it by.
+pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
+    let result = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10-net.conflist");
+        std::fs::write(&path, b"old").unwrap();
+        replace(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("10-net.conflist")]);
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_what_was_there_and_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory in the way: rename(2) can't replace it with a file.
+        let path = dir.path().join("state.json");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), b"x").unwrap();
+        assert!(format!("{:#}", replace(&path, b"new").unwrap_err()).contains("renaming"));
+        assert!(path.join("kept").is_file());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+}
