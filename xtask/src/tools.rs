@@ -75,6 +75,22 @@ pub fn ensure_tools(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh virtualenv at `venv` holding `package==version` from PyPI
+/// (python3-venv installed first where missing). `what` names it in the
+/// messages.
+pub fn pip_install_into_venv(venv: &str, package: &str, version: &str, what: &str) -> anyhow::Result<()> {
+    if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    eprintln!("xtask: installing {what} (PyPI {package} {version}) into {venv}");
+    if let Some(parent) = Path::new(venv).parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    crate::process::run(Command::new("python3").args(["-m", "venv", "--clear", venv]))?;
+    crate::process::run(Command::new(Path::new(venv).join("bin/pip")).args(["install", "--quiet", &format!("{package}=={version}")]))
+        .with_context(|| format!("installing {package} {version} from PyPI"))
+}
+
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !succeeds(Command::new("apt-get").arg("--version")) {
         bail!("missing packages {packages:?} and no apt-get to install them: install them, then rerun");
