@@ -193,7 +193,8 @@ fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
 }
 
-fn parse_ldd(text: &str) -> Vec<PathBuf> {
+/// The absolute paths in `ldd`'s output: each library and the loader.
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
     text.lines()
         .filter_map(|line| {
             let line = line.trim();

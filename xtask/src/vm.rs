@@ -182,18 +182,9 @@ fn which(tool: &str) -> anyhow::Result<PathBuf> {
 
 /// Shared libraries a host binary needs (ldd), and the dynamic loader.
 fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    // None for a static binary, for which ldd fails.
     let out = run(Command::new("ldd").arg(bin)).unwrap_or_default();
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
+    Ok(crate::rootfs::parse_ldd(&out))
 }
 
 fn copy_into(root: &Path, src: &Path, dst: &str) -> anyhow::Result<()> {
