@@ -507,17 +507,17 @@ impl Agent {
         }
     }
 
-    /// Follows pod address changes (a pod IP added later, say), removes
-    /// pods whose netns is gone, retries degraded pods and a MeshConfig
-    /// file version that failed to apply, and reconciles the node's meshed
-    /// pods with the pod source (`sync_pods`).
-    /// Starts a refresh: the node-wide part now (the conflist entry, a
-    /// MeshConfig file refused before, the MeshConfig's lists), then each
-    /// pod at one `refresh_next` each, so that the agent's loop answers
-    /// requests between two pods: each pod's re-read costs milliseconds (its
+    /// Starts a refresh, which follows pod address changes (a pod IP added
+    /// later, say), removes pods whose netns is gone, retries degraded pods
+    /// and a MeshConfig file version that failed to apply, and reconciles
+    /// the node's meshed pods with the pod source (`sync_pods`). The
+    /// node-wide part (the conflist entry, a MeshConfig file refused
+    /// before, the MeshConfig's lists) is done now, each pod at one
+    /// `refresh_next` each, so that the agent's loop answers requests
+    /// between two pods: a pod's re-read costs up to milliseconds (its
     /// interfaces, routes, listeners), and a CNI ADD waiting behind every
-    /// pod of a full node would wait most of a second. None if there is
-    /// nothing more to do.
+    /// pod of a full node waited most of a second. None if there is nothing
+    /// more to do.
     pub fn begin_refresh(&mut self) -> Option<Refresh> {
         if let Some(install) = &self.state.cni {
             match install.ensure_chained() {

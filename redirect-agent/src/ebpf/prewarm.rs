@@ -124,9 +124,9 @@ fn work(asks: &Mutex<mpsc::Receiver<PodId>>, shared: &Shared, pins: &Pins) {
                 continue;
             }
         }
+        let _loading = Loading { shared, id };
         let prepared = Prepared::new(pins, id);
         let mut slots = shared.slots();
-        slots.loading.remove(&id);
         match prepared {
             // Dropped if it stopped being wanted meanwhile.
             Ok(p) if slots.wanted.contains(&id) => {
@@ -136,6 +136,20 @@ fn work(asks: &Mutex<mpsc::Receiver<PodId>>, shared: &Shared, pins: &Pins) {
             // The enrolment loads its own, and reports why.
             Err(e) => log::debug!("preparing programs for pod id {id}: {e:#}"),
         }
-        shared.finished.notify_all();
+    }
+}
+
+/// An id a worker is loading. Dropped when the worker is done with it, also
+/// by a panic: an enrolment waiting for it (`Prewarm::take`) must never
+/// wait for an id no worker will finish.
+struct Loading<'a> {
+    shared: &'a Shared,
+    id: PodId,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.shared.slots().loading.remove(&self.id);
+        self.shared.finished.notify_all();
     }
 }
