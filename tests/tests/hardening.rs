@@ -287,7 +287,18 @@ fn a_failed_iptables_restore_keeps_the_previous_rules_and_is_retried() {
     assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379");
 
     std::fs::write(&flag, "").unwrap();
-    std::fs::write(&node.mesh_config, "kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [7070]\n").unwrap();
+    // Rules larger than a pipe's buffer (64 KiB): the agent is still
+    // writing them when iptables-restore exits without reading, so it
+    // meets a broken pipe, and must report why the program stopped.
+    let excluded: Vec<String> = (0..2000).map(|i| format!("10.200.{}.{}/32", i / 250, i % 250 + 1)).collect();
+    std::fs::write(
+        &node.mesh_config,
+        format!(
+            "kind: MeshConfig\nspec:\n  traffic:\n    outboundPortExclusionList: [7070]\n    outboundIPRangeExclusionList: [{}]\n",
+            excluded.join(", ")
+        ),
+    )
+    .unwrap();
     let (ok, out) = node.cli(&["reload"]);
     assert!(!ok && out.contains("degraded") && out.contains(&pod.name) && out.contains("simulated failure"), "{out}");
     // The previous rules, whole: intercepted, and the old exclusion.

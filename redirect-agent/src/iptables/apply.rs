@@ -91,8 +91,16 @@ pub fn apply(netns: &Path, family: Family, restore_input: &str) -> anyhow::Resul
     let mut cmd = in_netns(netns, &program)?;
     cmd.args(["-w", "--noflush"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {program} (is iptables installed?)"))?;
-    child.stdin.take().unwrap().write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
+    let written = child.stdin.take().expect("piped").write_all(input.as_bytes());
+    let out = child.wait_with_output().with_context(|| format!("waiting for {program}"))?;
+    // One that stops before reading all of its input (refusing at once:
+    // the xtables lock, a missing module) closes the pipe: its own message
+    // says why, not the broken pipe.
+    if let Err(e) = written
+        && out.status.success()
+    {
+        return Err(e).with_context(|| format!("writing the rules to {program}"));
+    }
     if !out.status.success() {
         bail!("{program} refused the rules (the previous ones stay): {}", String::from_utf8_lossy(&out.stderr).trim());
     }
