@@ -688,9 +688,13 @@ fn add_attaches_programs_verified_before_it_came() {
     write_pods(&pods, &[sandbox.pod_object(true)]);
     let chain = Chain::new(&node, 48, json!({}));
     // The agent verifies the next pods' programs while it waits: six per
-    // pod, for the next few pod ids.
+    // pod, for the next few pod ids. Waited for until every one is whole:
+    // the workers load several at once, and an ADD whose instance is
+    // still loading waits for it, so a part of it would come after
+    // `before`.
     let pid = node.agent_pid().unwrap();
-    assert!(eventually(Duration::from_secs(20), || programs_held(pid).len() >= 12), "{:?}", programs_held(pid));
+    let whole = 6 * redirect_agent::ebpf::prewarm::AHEAD;
+    assert!(eventually(Duration::from_secs(20), || programs_held(pid).len() >= whole), "{:?}", programs_held(pid));
     let before = programs_held(pid);
 
     let add = chain.add(&sandbox);
