@@ -291,63 +291,31 @@ pub struct Listening {
 
 /// The TCP sockets listening on `port` in the namespace.
 pub fn listening(path: &Path, port: u16) -> anyhow::Result<Vec<Listening>> {
-    in_netns(path, move || listening_here(port))
+    in_netns(path, move || {
+        let mut found = Vec::new();
+        for (file, v6) in [("/proc/thread-self/net/tcp", false), ("/proc/thread-self/net/tcp6", true)] {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            found.extend(parse_listening(&text, port, v6));
+        }
+        Ok(found)
+    })
 }
 
-/// The TCP sockets listening on `port` in this thread's namespace, asked of
-/// the kernel's sock_diag for listeners only: the kernel then walks its
-/// listening sockets alone, where /proc/net/tcp walks every established
-/// socket of the node (milliseconds per pod, at each refresh of each pod
-/// whose proxy is not listening yet).
-fn listening_here(port: u16) -> anyhow::Result<Vec<Listening>> {
-    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
-    use netlink_packet_sock_diag::{
-        SockDiagMessage,
-        constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
-    };
-    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
-
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket.connect(&SocketAddr::new(0, 0)).context("connecting the sock_diag socket")?;
+/// Rows of /proc/net/tcp{,6} in state LISTEN (0A) on `port`.
+fn parse_listening(text: &str, port: u16, v6: bool) -> Vec<Listening> {
     let mut found = Vec::new();
-    for (family, v6) in [(AF_INET, false), (AF_INET6, true)] {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let socket_id = if v6 { SocketId::new_v6() } else { SocketId::new_v4() };
-        let request =
-            InetRequest { family, protocol: IPPROTO_TCP, extensions: ExtensionFlags::empty(), states: StateFlags::LISTEN, socket_id };
-        let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        socket.send(&buf, 0).context("asking sock_diag for listening sockets")?;
-        'dump: loop {
-            let (datagram, _) = socket.recv_from_full().context("reading sock_diag's answer")?;
-            let mut rest = &datagram[..];
-            while !rest.is_empty() {
-                let message = NetlinkMessage::<SockDiagMessage>::deserialize(rest).context("parsing sock_diag's answer")?;
-                let len = message.header.length as usize;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) if r.header.socket_id.source_port == port => {
-                        let addr = r.header.socket_id.source_address;
-                        found.push(Listening { inode: u64::from(r.header.inode), wildcard: addr.is_unspecified(), v6 });
-                    }
-                    NetlinkPayload::Done(_) => break 'dump,
-                    // A kernel without IPv6 has no AF_INET6 sockets to list.
-                    NetlinkPayload::Error(e) if v6 && e.code.is_some() => break 'dump,
-                    NetlinkPayload::Error(e) if e.code.is_some() => anyhow::bail!("sock_diag: {e}"),
-                    _ => {}
-                }
-                if len == 0 || len > rest.len() {
-                    break;
-                }
-                rest = &rest[len..];
-            }
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+        let Some((addr, lport)) = local.rsplit_once(':') else { continue };
+        if *state == "0A"
+            && u16::from_str_radix(lport, 16).ok() == Some(port)
+            && let Ok(inode) = inode.parse::<u64>()
+        {
+            found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0'), v6 });
         }
     }
-    Ok(found)
+    found
 }
 
 #[cfg(test)]
@@ -355,24 +323,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_listeners_on_a_port_by_inode_and_tells_wildcard_from_bound() {
-        use std::os::fd::AsRawFd as _;
-        let inode = |fd: i32| -> u64 {
-            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
-            link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap()
-        };
-        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = bound.local_addr().unwrap().port();
-        // A connected socket on the same port is not a listener.
-        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let found = listening_here(port).unwrap();
-        assert_eq!(found, vec![Listening { inode: inode(bound.as_raw_fd()), wildcard: false, v6: false }]);
-        drop(bound);
-        assert_eq!(listening_here(port).unwrap(), vec![]);
-        if let Ok(any6) = std::net::TcpListener::bind("[::]:0") {
-            let port = any6.local_addr().unwrap().port();
-            assert_eq!(listening_here(port).unwrap(), vec![Listening { inode: inode(any6.as_raw_fd()), wildcard: true, v6: true }]);
-        }
+    fn tells_wildcard_listeners_from_bound_ones() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 101 1 0 100 0 0 10 0\n\
+   1: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 102 1 0 100 0 0 10 0\n\
+   2: 0100007F:3A99 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1500        0 103 1 0 100 0 0 10 0\n";
+        assert_eq!(parse_listening(tcp, 15001, false), vec![Listening { inode: 101, wildcard: true, v6: false }]);
+        assert_eq!(parse_listening(tcp, 15003, false), vec![Listening { inode: 102, wildcard: false, v6: false }]);
+        assert_eq!(parse_listening(tcp, 8080, false), vec![]);
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 104 1 0 100 0 0 10 0\n";
+        assert_eq!(parse_listening(tcp6, 15001, true), vec![Listening { inode: 104, wildcard: true, v6: true }]);
     }
 
     #[test]
