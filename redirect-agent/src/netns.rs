@@ -11,6 +11,9 @@ use anyhow::{Context as _, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
+mod listening;
+pub use listening::{Listening, listening};
+
 /// Opens `path` and checks that it is a network namespace.
 pub fn open(path: &Path) -> anyhow::Result<File> {
     let file = File::open(path).with_context(|| format!("netns {}: can't open", path.display()))?;
@@ -278,63 +281,9 @@ pub fn set_handover_route(path: &Path, present: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TCP socket listening in a pod's namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listening {
-    pub inode: u64,
-    /// Bound to the wildcard address (0.0.0.0 or [::]), so it accepts
-    /// connections to any local address.
-    pub wildcard: bool,
-    /// An AF_INET6 socket (a `[::]` one may be dual-stack).
-    pub v6: bool,
-}
-
-/// The TCP sockets listening on `port` in the namespace.
-pub fn listening(path: &Path, port: u16) -> anyhow::Result<Vec<Listening>> {
-    in_netns(path, move || {
-        let mut found = Vec::new();
-        for (file, v6) in [("/proc/thread-self/net/tcp", false), ("/proc/thread-self/net/tcp6", true)] {
-            let Ok(text) = std::fs::read_to_string(file) else { continue };
-            found.extend(parse_listening(&text, port, v6));
-        }
-        Ok(found)
-    })
-}
-
-/// Rows of /proc/net/tcp{,6} in state LISTEN (0A) on `port`.
-fn parse_listening(text: &str, port: u16, v6: bool) -> Vec<Listening> {
-    let mut found = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
-        let Some((addr, lport)) = local.rsplit_once(':') else { continue };
-        if *state == "0A"
-            && u16::from_str_radix(lport, 16).ok() == Some(port)
-            && let Ok(inode) = inode.parse::<u64>()
-        {
-            found.push(Listening { inode, wildcard: addr.bytes().all(|b| b == b'0'), v6 });
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tells_wildcard_listeners_from_bound_ones() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 101 1 0 100 0 0 10 0\n\
-   1: 0100007F:3A9B 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 102 1 0 100 0 0 10 0\n\
-   2: 0100007F:3A99 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1500        0 103 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_listening(tcp, 15001, false), vec![Listening { inode: 101, wildcard: true, v6: false }]);
-        assert_eq!(parse_listening(tcp, 15003, false), vec![Listening { inode: 102, wildcard: false, v6: false }]);
-        assert_eq!(parse_listening(tcp, 8080, false), vec![]);
-        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000000000000000000000000000:3A99 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1500        0 104 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_listening(tcp6, 15001, true), vec![Listening { inode: 104, wildcard: true, v6: true }]);
-    }
 
     #[test]
     fn reads_proc_net_route() {
