@@ -9,10 +9,13 @@ use anyhow::{Context as _, bail};
 
 /// The cgroup2 mount point, read from /proc/mounts (hybrid layouts mount it
 /// at /sys/fs/cgroup/unified, pure v2 ones at /sys/fs/cgroup).
+///
 /// Read once per process: /proc/mounts grows with every pod's netns mount,
 /// and each enrolment resolves every enrolled pod's cgroup, so reading it
 /// each time made a burst of enrolments quadratic in the file.
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    // Only a found mount is kept; a failed read is tried again next call
+    // (`OnceLock::get_or_try_init` is not stable).
     static MOUNT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(mount) = MOUNT.get() {
         return Ok(mount.clone());

@@ -11,11 +11,18 @@ use anyhow::Context as _;
 /// with a dot and has no `.conf`, `.conflist` or `.json` ending, so that a
 /// CNI runtime listing the directory meanwhile passes it by.
 pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    replace_with(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display())))
+}
+
+/// Replaces `path` in one rename with the file that `make` writes at the
+/// temporary path it is given (`std::fs::copy`, say, which keeps the
+/// source's permissions, as a binary needs). On failure the temporary is
+/// removed and `path` is left as it was.
+pub fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
-    let result = std::fs::write(&tmp, bytes)
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
+    let result =
+        make(&tmp).and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -48,5 +55,26 @@ mod tests {
         assert!(path.join("kept").is_file());
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn a_copied_binary_keeps_its_mode_and_a_failed_copy_keeps_the_old_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = (dir.path().join("built"), dir.path().join("fsm-redirect-cni"));
+        std::fs::write(&source, b"new binary").unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&target, b"old binary").unwrap();
+        fn copy(from: &Path) -> impl FnOnce(&Path) -> anyhow::Result<()> + '_ {
+            move |tmp| std::fs::copy(from, tmp).map(drop).context("copying")
+        }
+        assert!(replace_with(&target, copy(&dir.path().join("missing"))).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old binary");
+        replace_with(&target, copy(&source)).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new binary");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o755);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from("built"), std::ffi::OsString::from("fsm-redirect-cni")]);
     }
 }

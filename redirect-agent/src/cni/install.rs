@@ -29,9 +29,10 @@ impl CniInstall {
     /// in one rename, so that a runtime never runs half a file.
     pub fn install_binary(&self, source: &Path) -> anyhow::Result<()> {
         let target = self.bin_dir.join(PLUGIN_TYPE);
-        let tmp = self.bin_dir.join(format!(".{PLUGIN_TYPE}.tmp"));
-        std::fs::copy(source, &tmp).with_context(|| format!("copying {} to {}", source.display(), tmp.display()))?;
-        std::fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))
+        crate::files::replace_with(&target, |tmp| {
+            std::fs::copy(source, tmp).map(drop).with_context(|| format!("copying {} to {}", source.display(), tmp.display()))
+        })
+        .with_context(|| format!("installing {}", target.display()))
     }
 
     /// Puts the entry at the end of the primary conflist if it is not
