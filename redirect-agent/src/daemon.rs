@@ -218,12 +218,20 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
 
 /// The control socket, root's only: mode 0600 in a directory of mode 0700
 /// (so there is no moment at which another user could connect), and each
-/// peer's credentials are checked again on accept (`serve`).
+/// peer's credentials are checked again on accept (`serve`). It is bound
+/// under a temporary name and renamed once it is 0600: a client that finds
+/// the socket (the CNI plugin, a readiness probe) never finds it with the
+/// umask's mode.
 fn bind_control_socket(sock: &std::path::Path) -> anyhow::Result<UnixListener> {
     let dir = sock.parent().context("the control socket has no directory")?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod 0700 {}", dir.display()))?;
-    let listener = UnixListener::bind(sock).with_context(|| format!("binding {}", sock.display()))?;
-    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", sock.display()))?;
+    let name = sock.file_name().context("the control socket has no file name")?.to_string_lossy();
+    let binding = sock.with_file_name(format!(".{name}.binding"));
+    let _ = std::fs::remove_file(&binding);
+    let listener = UnixListener::bind(&binding).with_context(|| format!("binding {}", binding.display()))?;
+    std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", binding.display()))?;
+    std::fs::rename(&binding, sock).with_context(|| format!("renaming {} to {}", binding.display(), sock.display()))?;
     Ok(listener)
 }
 
