@@ -140,10 +140,10 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
             tokio::spawn(serve(stream, tx.clone(), pods.clone()));
         }
     });
-    // Only readiness is awaited here; reading goes through the logger.
+    // Only readiness is awaited here; reading goes through the decision log.
     let logs = match &agent.ebpf {
         Some(ebpf) => {
-            let fd = ebpf.logger.as_fd().try_clone_to_owned()?;
+            let fd = ebpf.decisions.as_fd().try_clone_to_owned()?;
             // SAFETY: `fd` is our own descriptor, owned by the AsyncFd.
             Some(
                 unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
@@ -181,7 +181,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
             guard = readable(&logs) => {
                 let mut guard = guard?;
                 if let Some(ebpf) = &mut agent.ebpf {
-                    ebpf.logger.flush();
+                    ebpf.decisions.print_pending();
                 }
                 guard.clear_ready();
             }

@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod decision;
+pub mod decision_log;
 pub mod handover;
 pub mod maps;
 

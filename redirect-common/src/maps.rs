@@ -69,8 +69,8 @@ pub mod names {
     pub const HANDOVER: &str = "HANDOVER";
     /// The IPv6 outbound hand-over (LRU).
     pub const HANDOVER6: &str = "HANDOVER6";
-    /// aya-log's ring buffer of decision logs.
-    pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// The decision log's ring buffer (`crate::decision_log`).
+    pub const DECISIONS: &str = "DECISIONS";
     /// The fast path's decision per local socket (LRU).
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
     /// The pod IPs of pods in `localProxyMode: PodIP`.
@@ -97,7 +97,7 @@ pub mod names {
         HANDOVER,
         HANDOVER6,
         PROXY_DIALLED,
-        AYA_LOGS,
+        DECISIONS,
         FAST_PATH_STATE,
         POD_IPS,
     ];
@@ -139,6 +139,11 @@ pub mod capacity {
     /// Fast-path decisions of local sockets, node-wide. An evicted entry
     /// sends that socket's later messages the TCP way (always safe).
     pub const FAST_PATH_DECISIONS: u32 = 64 * 1024;
+    /// Bytes of the decision log's ring buffer, node-wide (a power of two
+    /// of pages): about 2,000 records. When the agent reads them slower
+    /// than pods connect, the newest records are dropped, never a
+    /// connection.
+    pub const DECISIONS_BYTES: u32 = 128 * 1024;
 }
 
 /// Per-pod, per-CPU event counters: `COUNTERS[pod * counter::SLOTS + id]`.
@@ -230,7 +235,8 @@ pub struct PodConfig {
 pub mod pod_flags {
     /// The inclusion list of the active policy is non-empty.
     pub const INCLUSION: u32 = 1 << 0;
-    /// Emit an aya-log record for every decision.
+    /// Put a record of every outbound decision into the decision log
+    /// (`crate::decision_log`).
     pub const LOG_DECISIONS: u32 = 1 << 1;
     /// Steer inbound connections to the proxy's inbound listener.
     pub const INBOUND: u32 = 1 << 2;

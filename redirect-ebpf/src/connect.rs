@@ -12,17 +12,17 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use aya_log_ebpf::info;
 use redirect_common::{
     addr::{Address, Ip6},
     decision::{AddrLists, Dest6, Outbound, OutboundRule, Verdict, decide_outbound, to_pod_ip},
+    decision_log::DecisionRecord,
     handover::{self, Handover, Handover6},
     maps::{PodConfig, counter, pod_flags},
 };
 
 use crate::{
     fields::{read_ip6, write_ip6},
-    maps::{HANDOVER, HANDOVER6, POD_CONFIG, POD_IPS, count},
+    maps::{DECISIONS, HANDOVER, HANDOVER6, POD_CONFIG, POD_IPS, count},
     policy::MapLists,
 };
 
@@ -143,11 +143,11 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
-        log_v4(ctx, config, conn, None, rule);
+        log_v4(config, conn, None, rule);
         return pod_ip_v4(rule, conn);
     };
     let to = hand_over_v4(cookie(ctx), conn);
-    log_v4(ctx, config, conn, Some((to, port)), rule);
+    log_v4(config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
@@ -156,7 +156,7 @@ fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) 
 fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
-        log_v6(ctx, config, conn, None, rule);
+        log_v6(config, conn, None, rule);
         return pod_ip_v6(rule, conn);
     };
     let cookie = cookie(ctx);
@@ -165,7 +165,7 @@ fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) 
     // all the same, never around the proxy.
     let _ = HANDOVER6.insert(&cookie, &Handover6 { addr: conn.dst, port: conn.dst_port, _pad: 0, pod: crate::pod_id() }, 0);
     let to = handover::address6(cookie);
-    log_v6(ctx, config, conn, Some((to, port)), rule);
+    log_v6(config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
@@ -206,28 +206,21 @@ unsafe fn try_connect6(ctx: &SockAddrContext) {
     }
 }
 
+/// Puts the decision into the decision log, if the pod's are logged. A
+/// full ring buffer drops the record, not the connection.
 #[inline(always)]
-fn log_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>, to: Option<(u32, u16)>, rule: OutboundRule) {
-    if config.flags & pod_flags::LOG_DECISIONS == 0 {
-        return;
-    }
-    let (pod, uid, dst, port, rule) = (crate::pod_id(), conn.uid, conn.dst, conn.dst_port, rule as u8);
-    match to {
-        None => info!(ctx, "pod {} uid {} -> {:i}:{} direct (rule {})", pod, uid, dst, port, rule),
-        Some((addr, p)) => info!(ctx, "pod {} uid {} -> {:i}:{} redirected to {:i}:{} (rule {})", pod, uid, dst, port, addr, p, rule),
+fn log(config: &PodConfig, record: &DecisionRecord) {
+    if config.flags & pod_flags::LOG_DECISIONS != 0 {
+        let _ = DECISIONS.output(record, 0);
     }
 }
 
 #[inline(always)]
-fn log_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>, to: Option<(Ip6, u16)>, rule: OutboundRule) {
-    if config.flags & pod_flags::LOG_DECISIONS == 0 {
-        return;
-    }
-    let (pod, uid, dst, port, rule) = (crate::pod_id(), conn.uid, conn.dst.octets(), conn.dst_port, rule as u8);
-    match to {
-        None => info!(ctx, "pod {} uid {} -> [{:i}]:{} direct (rule {})", pod, uid, dst, port, rule),
-        Some((addr, p)) => {
-            info!(ctx, "pod {} uid {} -> [{:i}]:{} redirected to [{:i}]:{} (rule {})", pod, uid, dst, port, addr.octets(), p, rule)
-        }
-    }
+fn log_v4(config: &PodConfig, conn: &Outbound<u32>, to: Option<(u32, u16)>, rule: OutboundRule) {
+    log(config, &DecisionRecord::v4(crate::pod_id(), conn.uid, conn.dst, conn.dst_port, to, rule as u8));
+}
+
+#[inline(always)]
+fn log_v6(config: &PodConfig, conn: &Outbound<Ip6>, to: Option<(Ip6, u16)>, rule: OutboundRule) {
+    log(config, &DecisionRecord::v6(crate::pod_id(), conn.uid, conn.dst, conn.dst_port, to, rule as u8));
 }

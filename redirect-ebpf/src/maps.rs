@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use redirect_common::{
     handover::{Handover, Handover6},
@@ -73,6 +73,10 @@ pub static PROXY_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(c
 /// pod's traffic can crowd out another's.
 #[btf_map]
 pub static PROXY_DIALLED: SkStorage<u8> = SkStorage::new();
+
+/// The decision log (`redirect_common::decision_log`).
+#[map]
+pub static DECISIONS: RingBuf = RingBuf::with_byte_size(capacity::DECISIONS_BYTES, 0);
 
 /// Event counters per pod (see `redirect_common::maps::counter`), per CPU so
 /// that counting never contends.

@@ -18,6 +18,7 @@ use crate::{
     config::{LocalProxyMode, MeshConfig},
     dataplane::Dataplane,
     ebpf::{
+        decisions::DecisionLog,
         entries::PodEntries,
         features,
         maps::{Listeners, SharedMaps},
@@ -35,7 +36,7 @@ pub struct EbpfPods {
     pub(crate) pins: Pins,
     pub(crate) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
-    pub logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    pub decisions: DecisionLog,
     /// Shared maps were replaced at start (their layout changed), or an
     /// older agent's maps removed: every pod's programs still use the old
     /// ones until attached again.
@@ -53,10 +54,10 @@ impl EbpfPods {
         pins.prepare(may_mount)?;
         let removed = pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
-        let logger = aya_log::EbpfLogger::init(&mut object).context("opening the decision log")?;
+        let decisions = DecisionLog::open(&mut object)?;
         let maps = SharedMaps::open(&mut object)?;
         let prewarm = Prewarm::start(pins.clone());
-        Ok(EbpfPods { pins, maps, logger, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new(), prewarm })
+        Ok(EbpfPods { pins, maps, decisions, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new(), prewarm })
     }
 
     /// Whether every pod must be attached again (once, after `open`).
