@@ -136,9 +136,9 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 /// destination for the proxy. Returns where to send it: an address (host
 /// byte order) and port.
 ///
-/// (Each branch logs on its own: an `Option` of the target passed to one
-/// log call compiles to a read of a register the verifier sees as never
-/// written on the direct path.)
+/// (Each branch logs on its own: with aya-log, an `Option` of the target
+/// passed to one log call compiled to a read of a register the verifier
+/// saw as never written on the direct path.)
 #[inline(always)]
 fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
     let (rule, port) = decide(config, conn);
