@@ -4,10 +4,11 @@
 //! the agent prints it.
 //!
 //! A fixed record, formatted in user space, rather than a formatted log
-//! call in the program (aya-log): the verifier walks a log call's
-//! formatting code again for every path that reaches it, once per rule of
-//! the table, which was 40 of the 62 ms that verifying a pod's programs
-//! took (the programs are verified once per pod).
+//! call in the program (aya-log): the verifier walked a log call's
+//! formatting code again for every path that reached it, about once per
+//! rule of the table. That was about 53 of the 62 ms that verifying a
+//! pod's programs took on kernel 6.18 (the programs are verified once per
+//! pod; `docs/benchmarks.md`).
 
 use core::{
     fmt,

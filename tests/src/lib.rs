@@ -647,6 +647,24 @@ impl Pod {
 }
 
 /// A loopback address for an agent's `--metrics-listen`, free right now.
+/// A TCP counter of a network namespace, from the `TcpExt` rows of its
+/// `/proc/net/netstat` (`TCPSynRetrans`, say), read by a process inside it.
+pub fn tcp_ext(netns: &Netns, name: &str) -> u64 {
+    let mut cmd = Command::new("cat");
+    cmd.arg("/proc/net/netstat");
+    enter_netns(&mut cmd, &netns.path()).unwrap();
+    let out = cmd.output().expect("reading /proc/net/netstat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (rows.next().expect("TcpExt names"), rows.next().expect("TcpExt values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name} in {text}"))
+}
+
 pub fn metrics_listen() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     format!("127.0.0.1:{}", l.local_addr().unwrap().port())

@@ -4,9 +4,10 @@
 //! Two ways to ask, same answer. sock_diag first: the kernel then walks its
 //! listening sockets only. `/proc/net/tcp` walks every socket of the
 //! namespace, established ones included, which costs milliseconds per pod at
-//! each refresh on a busy node. But sock_diag's TCP half is the `tcp_diag`
-//! module, which Debian builds as a module and some nodes (and our VM images)
-//! don't have: there the kernel answers ENOENT, and we read `/proc/net/tcp`.
+//! each refresh on a busy node. But sock_diag's TCP half is `tcp_diag`,
+//! which Debian builds as a module that the kernel loads on the first
+//! request: where the module is not installed (our VM images), the kernel
+//! answers ENOENT, and we read `/proc/net/tcp`.
 
 use std::{
     path::Path,
