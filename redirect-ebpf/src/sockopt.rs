@@ -14,6 +14,15 @@
 //! the socket's own local address (an inbound connection sk_lookup steered
 //! keeps the address it was dialled at; see `handover::Record`).
 //!
+//! The program runs after the kernel has answered. Where conntrack knew the
+//! connection (iptables NAT rewrote it: fsm-init's rules in the same pod,
+//! or any other REDIRECT/DNAT), its answer is the truth of where the
+//! socket's peer dialled, and it stands: a pod served by fsm-init and
+//! enrolled too reads the port the client dialled, not 15003. The one
+//! exception is an answer naming one of our hand-over addresses (connect4
+//! redirected the connection, then iptables redirected it again): that is
+//! translated to the original destination the hand-over holds.
+//!
 //! Conntrack answers neither question for the other family's connection
 //! (its tuple has the wrong family: ENOENT); neither do we. And it answers
 //! a socket only about its own connection: we answer only the pod's proxy
@@ -85,8 +94,12 @@ pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sockopt for this hook.
     unsafe {
         let (level, optname) = ((*so).level, (*so).optname);
+        // 0: the kernel answered (conntrack knew the connection).
+        let kernel_answered = (*so).retval == 0;
         let answered = match level {
+            SOL_IP if optname == SO_ORIGINAL_DST && kernel_answered => translate_v4(so),
             SOL_IP if optname == SO_ORIGINAL_DST => answer_v4(so),
+            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST && kernel_answered => translate_v6(so),
             SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST => answer_v6(so),
             _ => false,
         };
@@ -134,12 +147,80 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             None if accepted(sk) => ((*sk).src_ip4.to_ne_bytes(), local_port(sk)),
             None => return false,
         };
-        // struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }
-        let family = AF_INET.to_ne_bytes();
-        let port = port.to_be_bytes();
-        let bytes: [u8; SOCKADDR_IN_LEN] = [family[0], family[1], port[0], port[1], a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0];
-        write_answer(so, &bytes, counter::ORIGINAL_DST_ANSWERED)
+        write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
     }
+}
+
+/// The kernel's `SO_ORIGINAL_DST` answer, if it names a hand-over address:
+/// the original destination that hand-over holds, written in its place.
+/// Whether it was (otherwise the kernel's answer stands).
+unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+    // SAFETY (whole body): `so` is the context; `sk` is checked for null,
+    // the kernel's answer is read within the bounds-checked window.
+    unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
+        if sk.is_null() || optval.add(SOCKADDR_IN_LEN) > (*so).__bindgen_anon_3.optval_end.cast::<u8>() {
+            return false;
+        }
+        // struct sockaddr_in: the address at bytes 4..8, network order.
+        let dialled = u32::from_be_bytes([*optval.add(4), *optval.add(5), *optval.add(6), *optval.add(7)]);
+        let Some(slot) = handover::slot_of(dialled) else { return false };
+        if !may_answer(sk, Record::Handover) {
+            return false;
+        }
+        let Some(Some((a, port))) = HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), dialled)) else {
+            return false;
+        };
+        write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
+    }
+}
+
+/// [`translate_v4`] for `IP6T_SO_ORIGINAL_DST` (ip6tables' NAT).
+unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+    // SAFETY: as translate_v4's.
+    unsafe {
+        let sk = (*so).__bindgen_anon_1.sk;
+        let optval = (*so).__bindgen_anon_2.optval.cast::<u8>();
+        if sk.is_null() || optval.add(SOCKADDR_IN6_LEN) > (*so).__bindgen_anon_3.optval_end.cast::<u8>() {
+            return false;
+        }
+        // struct sockaddr_in6: the address at bytes 8..24, network order.
+        let word = |i: usize| u32::from_ne_bytes([*optval.add(i), *optval.add(i + 1), *optval.add(i + 2), *optval.add(i + 3)]);
+        let dialled = redirect_common::addr::Ip6([word(8), word(12), word(16), word(20)]);
+        let Some(cookie) = handover::cookie_of6(dialled) else { return false };
+        if !may_answer(sk, Record::Handover) {
+            return false;
+        }
+        let Some((addr, port)) = HANDOVER6.get(&cookie).and_then(|h| h.orig_for(crate::pod_id())) else { return false };
+        write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
+    }
+}
+
+/// `struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }`.
+#[inline(always)]
+fn sockaddr_in(a: [u8; 4], port: u16) -> [u8; SOCKADDR_IN_LEN] {
+    let family = AF_INET.to_ne_bytes();
+    let port = port.to_be_bytes();
+    [family[0], family[1], port[0], port[1], a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// `struct sockaddr_in6 { sa_family_t; in_port_t (BE); u32 flowinfo;
+/// in6_addr; u32 scope_id }`. Conntrack gives the socket's own flow label
+/// (none here) and the scope of a link-local address, which is never
+/// redirected.
+#[inline(always)]
+fn sockaddr_in6(addr: redirect_common::addr::Ip6, port: u16) -> [u8; SOCKADDR_IN6_LEN] {
+    let family = AF_INET6.to_ne_bytes();
+    let port = port.to_be_bytes();
+    let a = addr.octets();
+    #[rustfmt::skip]
+    let bytes = [
+        family[0], family[1], port[0], port[1], 0, 0, 0, 0,
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+        0, 0, 0, 0,
+    ];
+    bytes
 }
 
 /// `SOL_IPV6`: a native IPv6 connection. Whether the call was answered.
@@ -168,20 +249,7 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             None if accepted(sk) => (local, local_port(sk)),
             None => return false,
         };
-        // struct sockaddr_in6 { sa_family_t; in_port_t (BE); u32 flowinfo;
-        // in6_addr; u32 scope_id }. Conntrack gives the socket's own flow
-        // label (none here) and the scope of a link-local address, which
-        // is never redirected.
-        let family = AF_INET6.to_ne_bytes();
-        let port = port.to_be_bytes();
-        let a = addr.octets();
-        #[rustfmt::skip]
-        let bytes: [u8; SOCKADDR_IN6_LEN] = [
-            family[0], family[1], port[0], port[1], 0, 0, 0, 0,
-            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
-            0, 0, 0, 0,
-        ];
-        write_answer(so, &bytes, counter::ORIGINAL_DST_ANSWERED_IPV6)
+        write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }
 }
 

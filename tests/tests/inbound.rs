@@ -135,3 +135,28 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// iptables NAT in a pod the programs serve too (fsm-init's rules before
+/// the agent steps aside, or any REDIRECT of the pod's own): conntrack's
+/// answer to `SO_ORIGINAL_DST` is where the client dialled, and it stands;
+/// where it names a hand-over address (connect4 redirected first), the
+/// proxy gets the destination that hand-over holds.
+#[test]
+fn the_kernels_own_original_destination_stands_where_iptables_nat_rewrote_the_connection() {
+    let node = Node::start("kind: MeshConfig\nspec: {}\n").unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll_with(&pod, &[], &["--dataplane", "ebpf"]).unwrap();
+    let ip = &pod.ip;
+    let nat = |rule: &str| {
+        let mut args = vec!["-t", "nat", "-A"];
+        args.extend(rule.split(' '));
+        let out = std::process::Command::new("ip").args(["netns", "exec", &pod.ns.name, "iptables"]).args(&args).output().unwrap();
+        assert!(out.status.success(), "{rule}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    nat("PREROUTING -p tcp --dport 8080 -j REDIRECT --to-port 15003");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"), "conntrack's answer, not the proxy's port");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:9999")), format!("in {ip}:9999"), "not NATed: the socket's own address");
+    nat("OUTPUT -p tcp -d 127.128.0.0/10 -m owner --uid-owner 1500 -j REDIRECT --to-port 15003");
+    assert_eq!(pod.dial(&format!("{ip}:8080"), PROXY_UID), format!("in {ip}:8080"), "a hand-over address in conntrack's answer");
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+}
