@@ -170,11 +170,14 @@ pub enum Query {
         #[serde(default)]
         ipv6: bool,
     },
+    /// A process of the pod sends UDP to `to` (the local DNS proxy's rule).
+    Udp { to: SocketAddr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
-    /// `redirect-outbound`, `redirect-inbound` or `direct`.
+    /// `redirect-outbound`, `redirect-inbound`, `redirect-dns-proxy` or
+    /// `direct`.
     pub verdict: String,
     /// The row of the table that decided (outbound 1-10, inbound 1-4).
     pub rule: u8,

@@ -93,6 +93,7 @@ async fn demo(pod_ns: &Netns, cgroup: &Cgroup, state_dir: &std::path::Path, stop
         ipv6: None,
         container_id: None,
         started_unintercepted: false,
+        injection: None,
     };
     let dir = state_dir.to_owned();
     let (id, dataplane) = tokio::task::spawn_blocking(move || Client::new(&dir).enroll(request)).await??;

@@ -15,6 +15,7 @@ use anyhow::{Context as _, anyhow};
 use redirect_common::{
     addr::{Family, Ip6},
     decision::{AddrLists, Dest6, Inbound, InboundLists, InboundRule, OutboundRule, PodLists, Verdict, decide_connect, decide_inbound},
+    dns,
     maps::{List, PodConfig, PodId, direction, pod_flags},
 };
 
@@ -47,6 +48,15 @@ fn outbound_decision(rule: OutboundRule) -> Decision {
 
 fn inbound_decision(rule: InboundRule) -> Decision {
     Decision { verdict: verdict_name(rule.verdict()).into(), rule: rule as u8, reason: rule.describe().into() }
+}
+
+fn udp_decision(to: &SocketAddr, dns_proxy: bool) -> Decision {
+    let rule = match decided_ip(to) {
+        IpAddr::V4(v4) => dns::decide(u32::from(v4), to.port(), dns_proxy),
+        IpAddr::V6(_) => dns::UdpRule::Direct,
+    };
+    let verdict = if rule.port().is_some() { "redirect-dns-proxy" } else { "direct" };
+    Decision { verdict: verdict.into(), rule: rule as u8, reason: rule.describe().into() }
 }
 
 fn source(s: Source) -> &'static str {
@@ -186,6 +196,7 @@ impl Agent {
         let config = match &query {
             Query::Outbound { to, uid } => outbound_decision(decide_connect(*to, *uid, &lists)),
             Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &lists)),
+            Query::Udp { to } => udp_decision(to, self.mesh.local_dns_proxy),
         };
         let kernel = match (pod.dataplane, &self.ebpf) {
             (Dataplane::Ebpf, Some(ebpf)) => {
@@ -197,6 +208,7 @@ impl Agent {
                         Decision { verdict: "direct".into(), rule: 0, reason: "inbound interception is off for the pod".into() }
                     }
                     Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &k)),
+                    Query::Udp { to } => udp_decision(to, kernel_config.flags & pod_flags::DNS_PROXY != 0),
                 })
             }
             _ => None,
@@ -204,7 +216,7 @@ impl Agent {
         let agrees = kernel.as_ref().is_none_or(|k| *k == config);
         let matched = matched_entry(&policy, &net, &query, &config);
         let note = match &query {
-            Query::Outbound { to, .. } if to.is_ipv6() && decided_ip(to).is_ipv4() => Some(format!(
+            Query::Outbound { to, .. } | Query::Udp { to } if to.is_ipv6() && decided_ip(to).is_ipv4() => Some(format!(
                 "{} is IPv4-mapped: an IPv4 connection to {}:{}, decided by the IPv4 rules",
                 to.ip(),
                 decided_ip(to),
@@ -251,11 +263,12 @@ impl Agent {
             }
         };
         let settings = spec.settings(&self.state.settings);
-        let ipv6 = settings.ipv6.intercepts(&net);
+        let ipv6 = settings.ipv6.intercepts(&net) && spec.dataplane != Dataplane::FsmInit;
         out.push(Check::pass(
             pod,
             "IPv6 interception",
             match (ipv6, settings.ipv6) {
+                _ if spec.dataplane == Dataplane::FsmInit => "off (fsm-init's rules are IPv4 only)".into(),
                 (true, crate::ipv6::Ipv6Mode::Auto) => "on (--ipv6 auto: the pod has a global IPv6 address)".into(),
                 (true, _) => "on (--ipv6 on)".into(),
                 (false, crate::ipv6::Ipv6Mode::Off) => "off (--ipv6 off: IPv4 and IPv4-mapped only, as fsm-init)".into(),
@@ -274,7 +287,11 @@ impl Agent {
                     );
                 }
                 out.push(if missing.is_empty() {
-                    Check::pass(pod, "programs attached", "connect4, connect6, getsockopt on its cgroup; sk_lookup on its netns".into())
+                    Check::pass(
+                        pod,
+                        "programs attached",
+                        "connect4/6, getsockopt, sendmsg4/6, recvmsg4/6, getpeername4/6 on its cgroup; sk_lookup on its netns".into(),
+                    )
                 } else {
                     Check::fail(
                         pod,
@@ -349,6 +366,7 @@ impl Agent {
             (Dataplane::Ebpf, None) => {
                 out.push(Check::fail(pod, "dataplane", "an eBPF pod, but eBPF is not available".into(), "restart the agent"))
             }
+            (Dataplane::FsmInit, _) => out.push(check_fsm_init(pod, spec)),
         }
         let ebpf_pod = spec.dataplane == Dataplane::Ebpf;
         for (port, what) in [(settings.outbound_port, "outbound"), (settings.inbound_port, "inbound")] {
@@ -397,9 +415,9 @@ impl Agent {
         let _ = writeln!(o, "fsm_redirect_enrolments_refused_over_limit_total {}", self.refused_over_limit);
         let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
         let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
-        for (dp, name) in [(Dataplane::Ebpf, "ebpf"), (Dataplane::Iptables, "iptables")] {
+        for dp in Dataplane::ALL {
             let n = self.state.pods.values().filter(|p| p.dataplane == dp).count();
-            let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{name}\"}} {n}");
+            let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{}\"}} {n}", dp.name());
         }
         o
     }
@@ -587,6 +605,22 @@ fn slot_diff(want: &SlotEntries, have: &SlotEntries, policy: &PodPolicy) -> Vec<
     diffs
 }
 
+/// A pod its own fsm-init serves: its rules must be in its netns, and
+/// nothing of the agent's.
+fn check_fsm_init(pod: &str, spec: &Pod) -> Check {
+    const WHAT: &str = "served by its own fsm-init";
+    match crate::iptables::fsm_init::found(&spec.netns) {
+        Ok(Some(chain)) => Check::pass(pod, WHAT, format!("fsm-init's rules are in its netns ({chain}); the agent installs nothing")),
+        Ok(None) => Check::fail(
+            pod,
+            WHAT,
+            "no fsm-init rules in its netns: the pod is not intercepted".into(),
+            "if its init container has not run yet, wait; otherwise see `kubectl describe pod` (fsm-init's exit code) and FSM's troubleshooting page",
+        ),
+        Err(e) => Check::fail(pod, WHAT, format!("{e:#}"), "install iptables on the node (the agent's image has it)"),
+    }
+}
+
 /// What `have` lacks of `want`, each named as `MAP lacks ENTRY`.
 fn lacks<T: PartialEq>(diffs: &mut Vec<String>, map: &str, want: &[T], have: &[T], show: impl Fn(&T) -> String) {
     diffs.extend(want.iter().filter(|e| !have.contains(e)).map(|e| format!("{map} lacks {}", show(e))));
@@ -605,17 +639,18 @@ fn check_iptables(pod: &str, spec: &Pod, policy: &PodPolicy, net: &PodNet, setti
     let families: &[IptFamily] = if ipv6 { &[IptFamily::V4, IptFamily::V6] } else { &[IptFamily::V4] };
     for family in families {
         let ip = net.pod_ip(*family == IptFamily::V6).map_or(PodIp::ShellVariable, PodIp::Addr);
-        let input = iptables::rules::restore_input(policy, settings, *family, ip);
+        let form = iptables::rules::Form::Fsm;
+        let input = iptables::rules::restore_input(policy, settings, *family, ip, form);
         let saved = match iptables::apply::save(&spec.netns, *family).with_context(|| format!("{}-save", family.iptables())) {
             Ok(s) => s,
             Err(e) => return Check::fail(pod, WHAT, format!("{e:#}"), "install iptables"),
         };
-        for chain in iptables::rules::CHAINS.iter().chain(["PREROUTING", "OUTPUT"].iter()) {
+        for chain in form.chains().all().iter().chain(["PREROUTING", "OUTPUT"].iter()) {
             let want = count(&input, chain);
-            let have = if chain.starts_with("fsm_") {
+            let have = if form.chains().all().contains(chain) {
                 count(&saved, chain)
             } else {
-                saved.lines().filter(|l| l.starts_with(&format!("-A {chain} ")) && (l.contains("-j fsm_") || l.contains("-j DNAT"))).count()
+                saved.lines().filter_map(|l| l.strip_prefix(&format!("-A {chain} "))).filter(|r| iptables::apply::is_ours(r)).count()
             };
             if want != have {
                 diffs.push(format!("{} {chain}: {have} of our rules, expected {want}", family.iptables()));

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod ebpf;
 pub mod files;
+pub mod injection;
 pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;

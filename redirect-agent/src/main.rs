@@ -55,19 +55,24 @@ struct AnnotationArgs {
     /// flomesh.io/outbound-port-exclusion-list=8080,9090.
     #[arg(long = "annotation", value_parser = pod::parse_annotation)]
     annotations: Vec<(String, String)>,
-    /// Take the annotations from a pod manifest (`kubectl get pod -o yaml`).
+    /// Take the annotations from a pod manifest (`kubectl get pod -o
+    /// yaml`), and, for `enroll`, what FSM injected into its spec: a pod
+    /// whose fsm-init serves it is only recorded, one without FSM's
+    /// `sidecar` container is refused.
     #[arg(long)]
     pod_manifest: Option<PathBuf>,
 }
 
 impl AnnotationArgs {
-    fn collect(self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-        let mut all = match &self.pod_manifest {
-            Some(path) => pod::annotations_from_file(path)?,
+    /// The annotations (the manifest's, then `--annotation`'s), and the
+    /// manifest's spec, if it has one.
+    fn collect(self) -> anyhow::Result<pod::Manifest> {
+        let mut manifest = match &self.pod_manifest {
+            Some(path) => pod::manifest_from_file(path)?,
             None => Default::default(),
         };
-        all.extend(self.annotations);
-        Ok(all)
+        manifest.annotations.extend(self.annotations);
+        Ok(manifest)
     }
 }
 
@@ -97,6 +102,10 @@ enum IptablesCommand {
         /// Print only the iptables-restore input.
         #[arg(long)]
         restore_input: bool,
+        /// Chain names: FSM's generator's (`FSM_PROXY_*`, every FSM
+        /// release) or the troubleshooting page's example (`fsm_PROXY_*`).
+        #[arg(long, value_enum, default_value_t)]
+        form: redirect_agent::iptables::rules::Form,
         #[command(flatten)]
         rules: RuleArgs,
     },
@@ -231,6 +240,9 @@ enum Command {
         /// Outbound: the UID of the dialling process.
         #[arg(long, default_value_t = 0)]
         uid: u32,
+        /// Outbound UDP to --to (the local DNS proxy's rule: 127.0.0.153:53).
+        #[arg(long, requires = "to")]
+        udp: bool,
         /// Inbound: a connection from elsewhere to the pod's --port.
         #[arg(long, requires = "port", conflicts_with = "to")]
         inbound: bool,
@@ -265,7 +277,10 @@ enum Command {
         cgroup: Option<PathBuf>,
         #[command(flatten)]
         annotations: AnnotationArgs,
-        /// Override the agent's --dataplane for this pod.
+        /// Override the agent's --dataplane for this pod (`fsm-init`: its own
+        /// fsm-init serves it, the agent only records it). A pod whose
+        /// fsm-init serves it (its manifest, or fsm-init's rules in its
+        /// netns) gets `fsm-init` whatever is asked.
         #[arg(long, value_enum)]
         dataplane: Option<Dataplane>,
         /// Override the agent's --fast-path for this pod.
@@ -414,11 +429,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Enroll { name, netns, cgroup, annotations, dataplane, fast_path, ipv6 } => {
             let fast_path = fast_path.map(|s| s == Switch::On);
+            let manifest = annotations.collect()?;
             let request = EnrollRequest {
                 name,
                 netns,
                 cgroup,
-                annotations: annotations.collect()?,
+                annotations: manifest.annotations,
+                injection: manifest.injection,
                 dataplane,
                 fast_path,
                 ipv6,
@@ -461,8 +478,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Iptables { action } => iptables_command(action),
-        Command::Explain { pod, to, uid, inbound, port, iface, inbound_ipv6, output } => {
+        Command::Explain { pod, to, uid, udp, inbound, port, iface, inbound_ipv6, output } => {
             let query = match (to, inbound) {
+                (Some(to), false) if udp => Query::Udp { to },
                 (Some(to), false) => Query::Outbound { to, uid },
                 _ => Query::Inbound { port: port.expect("clap requires --port"), iface, ipv6: inbound_ipv6 },
             };
@@ -523,7 +541,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
             Some(path) => MeshConfig::load(path)?,
             None => MeshConfig::fsm_default(),
         };
-        let policy = PodPolicy::merge(&mesh, &PodAnnotations::from_map(&args.annotations.collect()?)?);
+        let policy = PodPolicy::merge(&mesh, &PodAnnotations::from_map(&args.annotations.collect()?.annotations)?);
         let settings = ProxySettings {
             outbound_port: args.proxy.outbound_port,
             inbound_port: args.proxy.inbound_port,
@@ -533,13 +551,13 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
         Ok((policy, settings, family(args.ipv6), args.pod_ip))
     };
     match action {
-        IptablesCommand::Print { restore_input, rules: args } => {
+        IptablesCommand::Print { restore_input, form, rules: args } => {
             let (policy, settings, family, pod_ip) = build(args)?;
             let ip = pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr);
             if restore_input {
-                print!("{}", rules::restore_input(&policy, &settings, family, ip));
+                print!("{}", rules::restore_input(&policy, &settings, family, ip, form));
             } else {
-                print!("{}", rules::fsm_init_script(&policy, &settings, family, ip));
+                print!("{}", rules::fsm_init_script(&policy, &settings, family, ip, form));
             }
         }
         IptablesCommand::Apply { netns, rules: args } => {
@@ -551,7 +569,7 @@ fn iptables_command(action: IptablesCommand) -> anyhow::Result<()> {
                 }
                 None => PodIp::ShellVariable,
             };
-            apply::apply(&netns, family, &rules::restore_input(&policy, &settings, family, ip))?;
+            apply::apply(&netns, family, &rules::restore_input(&policy, &settings, family, ip, rules::Form::Fsm))?;
             println!("applied fsm-init's rules in {}", netns.display());
         }
         IptablesCommand::Remove { netns, ipv6 } => {

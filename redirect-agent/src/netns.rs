@@ -281,6 +281,31 @@ pub fn set_handover_route(path: &Path, present: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Leaves (or takes away) the mark a guarded fsm-init looks for before it
+/// applies its rules (`crate::injection::GUARD`): the alias of the pod's
+/// `lo`, which its containers read at `/sys/class/net/lo/ifalias`.
+pub fn set_guard_mark(path: &Path, present: bool) -> anyhow::Result<()> {
+    let alias = if present { crate::injection::GUARD_MARK } else { "" };
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["link", "set", "dev", "lo", "alias", alias]);
+    command_in(&mut cmd, path)?;
+    let out = cmd.output().context("running ip (iproute2) for the fsm-init guard's mark")?;
+    if !out.status.success() {
+        anyhow::bail!("netns {}: ip link set dev lo alias {alias:?}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Whether the pod's `lo` carries the guard's mark.
+pub fn guard_mark(path: &Path) -> anyhow::Result<bool> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-o", "link", "show", "dev", "lo"]);
+    command_in(&mut cmd, path)?;
+    let out = cmd.output().context("running ip (iproute2) to read lo's alias")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split("alias ").nth(1).is_some_and(|a| a.split_whitespace().next() == Some(crate::injection::GUARD_MARK)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

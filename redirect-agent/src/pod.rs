@@ -10,6 +10,7 @@ use crate::{
     cgroup,
     config::{ConfigError, annotations::PodAnnotations},
     dataplane::Dataplane,
+    injection::Injection,
     ipv6::Ipv6Mode,
     settings::ProxySettings,
 };
@@ -47,6 +48,11 @@ pub struct EnrollRequest {
     /// Found running by reconciling, not enrolled before it started.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub started_unintercepted: bool,
+    /// What FSM's injector put into its spec, where the spec is known (from
+    /// the API, or `--pod-manifest`): it decides whether fsm-init serves it
+    /// (`crate::injection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
 }
 
 impl EnrollRequest {
@@ -81,6 +87,8 @@ pub struct Pod {
     pub container_id: Option<String>,
     /// Its processes ran before it was enrolled.
     pub started_unintercepted: bool,
+    /// Its spec's injection, where known.
+    pub injection: Option<Injection>,
 }
 
 impl Pod {
@@ -94,9 +102,19 @@ impl Pod {
     /// The pod of `request`, whose annotations `request.validate()` read as
     /// `lists` (for a caller that needed them to choose the dataplane).
     pub(crate) fn validated(request: EnrollRequest, lists: PodAnnotations, dataplane: Dataplane) -> Self {
-        let EnrollRequest { name, netns, cgroup, annotations, dataplane: _, fast_path, ipv6, container_id, started_unintercepted } =
-            request;
-        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id, started_unintercepted }
+        let EnrollRequest {
+            name,
+            netns,
+            cgroup,
+            annotations,
+            dataplane: _,
+            fast_path,
+            ipv6,
+            container_id,
+            started_unintercepted,
+            injection,
+        } = request;
+        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id, started_unintercepted, injection }
     }
 
     /// The node's proxy settings with the pod's own fast-path and IPv6
@@ -124,22 +142,57 @@ impl TryFrom<EnrollRequest> for Pod {
 
 impl From<Pod> for EnrollRequest {
     fn from(pod: Pod) -> Self {
-        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id, started_unintercepted } = pod;
-        EnrollRequest { name, netns, cgroup, annotations, dataplane: Some(dataplane), fast_path, ipv6, container_id, started_unintercepted }
+        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id, started_unintercepted, injection } =
+            pod;
+        EnrollRequest {
+            name,
+            netns,
+            cgroup,
+            annotations,
+            dataplane: Some(dataplane),
+            fast_path,
+            ipv6,
+            container_id,
+            started_unintercepted,
+            injection,
+        }
     }
 }
 
-/// Reads `metadata.annotations` from a pod manifest (`kubectl get pod -o
-/// yaml` or `-o json`), or a plain map of annotations.
-pub fn annotations_from_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+/// What a pod manifest tells the agent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub annotations: BTreeMap<String, String>,
+    /// `None`: the file has no `spec` (a plain map of annotations).
+    pub injection: Option<Injection>,
+}
+
+/// Reads a pod manifest (`kubectl get pod -o yaml` or `-o json`): its
+/// `metadata.annotations` and what FSM injected into its `spec`; or a plain
+/// map of annotations.
+pub fn manifest_from_file(path: &std::path::Path) -> anyhow::Result<Manifest> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: can't read", path.display()))?;
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not valid YAML or JSON", path.display()))?;
-    let map = doc.get("metadata").and_then(|m| m.get("annotations")).cloned().unwrap_or(doc);
-    if map.is_null() {
-        return Ok(BTreeMap::new());
-    }
-    serde_yaml_ng::from_value(map).with_context(|| format!("{}: annotations must be a map of strings to strings", path.display()))
+    let injection = match doc.get("spec") {
+        None => None,
+        Some(_) => {
+            let pod: k8s_openapi::api::core::v1::Pod =
+                serde_yaml_ng::from_value(doc.clone()).with_context(|| format!("{}: not a pod manifest", path.display()))?;
+            Some(Injection::of_pod(&pod))
+        }
+    };
+    let map = match doc.get("metadata") {
+        Some(metadata) => metadata.get("annotations").cloned().unwrap_or_default(),
+        None if injection.is_some() => serde_yaml_ng::Value::Null,
+        None => doc,
+    };
+    let annotations = if map.is_null() {
+        BTreeMap::new()
+    } else {
+        serde_yaml_ng::from_value(map).with_context(|| format!("{}: annotations must be a map of strings to strings", path.display()))?
+    };
+    Ok(Manifest { annotations, injection })
 }
 
 /// Parses `KEY=VALUE`.

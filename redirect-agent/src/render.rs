@@ -37,7 +37,7 @@ pub fn status(s: &Status) -> String {
             p.dataplane.name(),
             if p.attached { "yes" } else { "NO" },
             match p.dataplane {
-                Dataplane::Iptables => "-",
+                Dataplane::Iptables | Dataplane::FsmInit => "-",
                 Dataplane::Ebpf if p.sockops => "yes",
                 Dataplane::Ebpf => "no",
             },
@@ -49,6 +49,14 @@ pub fn status(s: &Status) -> String {
         );
     }
     for p in &s.pods {
+        if p.dataplane == Dataplane::FsmInit {
+            let _ = writeln!(
+                o,
+                "{} is served by its own fsm-init ({}): the agent installs nothing in it",
+                p.name,
+                if p.attached { "its rules are in place" } else { "its rules are not seen yet: its init container has not run" }
+            );
+        }
         if let Some(why) = &p.degraded {
             let _ = writeln!(o, "DEGRADED {}: {why} (previous state kept, retried at each refresh)", p.name);
         }

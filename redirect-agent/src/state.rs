@@ -133,6 +133,7 @@ mod tests {
             ipv6: None,
             container_id: None,
             started_unintercepted: false,
+            injection: None,
         };
         Pod::try_from(request).unwrap()
     }

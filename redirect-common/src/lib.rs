@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod decision;
 pub mod decision_log;
+pub mod dns;
 pub mod handover;
 pub mod maps;
 
@@ -22,6 +23,13 @@ pub mod defaults {
     /// The proxy's own admin, health and metrics ports: inbound connections
     /// to them go straight to the proxy, never through the inbound listener.
     pub const PROXY_ADMIN_PORTS: [u16; 5] = [15010, 15901, 15902, 15903, 15904];
+    /// The sidecar's local DNS proxy (`spec.sidecar.localDNSProxy`): FSM
+    /// v1.0 to v1.4.16 send a pod's UDP to 127.0.0.153:53 there.
+    pub const LOCAL_DNS_PROXY_IP: [u8; 4] = [127, 0, 0, 153];
+    /// DNS's port, which the pod dials.
+    pub const DNS_PORT: u16 = 53;
+    /// Where the sidecar's DNS proxy listens, on [`LOCAL_DNS_PROXY_IP`].
+    pub const LOCAL_DNS_PROXY_PORT: u16 = 5300;
 }
 
 /// `SOL_IP` / `SO_ORIGINAL_DST` from `<linux/netfilter_ipv4.h>`: the

@@ -78,9 +78,12 @@ pub mod names {
     /// Per pod, not shared: a pod's local sockets for the fast path (see
     /// [`super::fast_path`]). Pinned in the pod's own directory.
     pub const FAST_PATH: &str = "FAST_PATH";
+    /// UDP sockets whose DNS went to the local DNS proxy (socket-local
+    /// storage, as `PROXY_DIALLED`).
+    pub const DNS_REDIRECTED: &str = "DNS_REDIRECTED";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 19] = [
+    pub const SHARED: [&str; 20] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
@@ -97,6 +100,7 @@ pub mod names {
         HANDOVER,
         HANDOVER6,
         PROXY_DIALLED,
+        DNS_REDIRECTED,
         DECISIONS,
         FAST_PATH_STATE,
         POD_IPS,
@@ -154,7 +158,7 @@ pub mod counter {
     use crate::decision::{InboundRule, OutboundRule};
 
     /// Counter slots per pod.
-    pub const SLOTS: u32 = 25;
+    pub const SLOTS: u32 = 27;
     /// 0..=10: the outbound rule that decided a `connect()` (its row number).
     pub const fn outbound(rule: OutboundRule) -> u32 {
         rule as u32
@@ -184,6 +188,11 @@ pub mod counter {
     pub const OUTBOUND_IPV6: u32 = 23;
     /// Of the inbound decisions: connections that arrived over IPv6.
     pub const INBOUND_IPV6: u32 = 24;
+    /// UDP to 127.0.0.153:53 sent to the local DNS proxy (`crate::dns`):
+    /// each datagram, and each connected socket's `connect()`.
+    pub const DNS_REDIRECTED: u32 = 25;
+    /// Replies from the DNS proxy shown as coming from port 53.
+    pub const DNS_REPLIES: u32 = 26;
 
     /// Every counter's name in `status` and the metrics, by slot.
     pub const fn name(id: u32) -> Option<&'static str> {
@@ -203,6 +212,8 @@ pub mod counter {
             OUTBOUND_MAPPED => "outbound_ipv4_mapped",
             OUTBOUND_IPV6 => "outbound_ipv6",
             INBOUND_IPV6 => "inbound_ipv6",
+            DNS_REDIRECTED => "dns_redirected",
+            DNS_REPLIES => "dns_replies",
             _ => return None,
         })
     }
@@ -249,6 +260,9 @@ pub mod pod_flags {
     /// Bits 5..23: which lists of the two slots hold entries
     /// ([`super::PodConfig::slots_with`]).
     pub const LISTS_SHIFT: u32 = 5;
+    /// Send the pod's UDP to 127.0.0.153:53 to the sidecar's local DNS
+    /// proxy (`crate::dns`): the MeshConfig's `localDNSProxy.enable`.
+    pub const DNS_PROXY: u32 = 1 << 24;
 }
 
 /// A list of a policy slot. The agent records in [`PodConfig::flags`]

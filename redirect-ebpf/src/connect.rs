@@ -1,5 +1,7 @@
 //! `cgroup/connect4` and `cgroup/connect6`: the outbound decision for every
-//! TCP `connect()` of a process in the pod, whatever its socket's family.
+//! TCP `connect()` of a process in the pod, whatever its socket's family
+//! (and, for a UDP socket's `connect()`, the local DNS proxy's rule:
+//! `dns.rs`).
 //!
 //! An IPv6 socket dialling `::ffff:a.b.c.d` makes an IPv4 connection (its
 //! packets are IPv4, and fsm-init's iptables rules catch them): connect6
@@ -170,6 +172,10 @@ fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) 
 }
 
 unsafe fn try_connect4(ctx: &SockAddrContext) {
+    // A UDP socket's connect(): only the local DNS proxy's rule applies.
+    if unsafe { crate::dns::redirect4(ctx) } {
+        return;
+    }
     let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: user_ip4/user_port are readable and writable in connect4.
@@ -183,6 +189,9 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
 }
 
 unsafe fn try_connect6(ctx: &SockAddrContext) {
+    if unsafe { crate::dns::redirect6(ctx) } {
+        return;
+    }
     let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: user_ip6/user_port are readable and writable in connect6.

@@ -12,6 +12,9 @@
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` (IPv4) and
 //!   `IP6T_SO_ORIGINAL_DST` (IPv6) from those, and leaves every other call
 //!   exactly as the kernel answered.
+//! - `sendmsg4/6`, `recvmsg4/6`, `getpeername4/6` (and connect4/6 for UDP)
+//!   send the pod's DNS for 127.0.0.153:53 to the sidecar's local DNS proxy
+//!   where the MeshConfig turns it on, as fsm-init's DNAT rule does.
 //! - `sockops` registers the proxy's inbound listener and, with `sk_msg`,
 //!   is the fast path of local hops (fast_path.rs); attached only while a
 //!   pod needs it.
@@ -19,6 +22,7 @@
 #![no_main]
 
 mod connect;
+mod dns;
 mod fast_path;
 mod fields;
 mod maps;

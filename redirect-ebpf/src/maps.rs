@@ -74,6 +74,12 @@ pub static PROXY_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(c
 #[btf_map]
 pub static PROXY_DIALLED: SkStorage<u8> = SkStorage::new();
 
+/// UDP sockets whose datagrams the local DNS proxy's rule sent to the
+/// proxy (`dns.rs`): their replies are shown from port 53. On the socket,
+/// as `PROXY_DIALLED`: it goes with it.
+#[btf_map]
+pub static DNS_REDIRECTED: SkStorage<u8> = SkStorage::new();
+
 /// The decision log (`redirect_common::decision_log`).
 #[map]
 pub static DECISIONS: RingBuf = RingBuf::with_byte_size(capacity::DECISIONS_BYTES, 0);

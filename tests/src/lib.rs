@@ -597,7 +597,8 @@ impl Pod {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    fn spawn_listener(&mut self, args: &[&str], uid: u32) -> anyhow::Result<()> {
+    /// Starts `netprobe ARGS` in the pod as `uid`, once it listens.
+    pub fn spawn_listener(&mut self, args: &[&str], uid: u32) -> anyhow::Result<()> {
         let mut cmd = Command::new(netprobe());
         cmd.args(args);
         enter_maybe_cgroup(&mut cmd, &self.ns.path(), self.cgroup_path(), uid)?;
@@ -772,4 +773,62 @@ impl Drop for Kubelet {
             drop(group);
         }
     }
+}
+
+/// The iptables backend an fsm-init image runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+/// Does what FSM's `fsm-init` init container does in the pod's network
+/// namespace: `/bin/sh -c SCRIPT` with `POD_IP` set, where SCRIPT is FSM's
+/// script for `mesh_config` and the pod's `annotations` (the agent's
+/// emitter writes FSM's generator's text, byte for byte: see its golden
+/// files), behind the guard of `deploy/fsm-init-guard` if `guarded`. Run
+/// by `ip netns exec`, which mounts the namespace's own sysfs, as a
+/// container has it. Its output.
+pub fn run_fsm_init(
+    ns: &Netns,
+    pod_ip: &str,
+    mesh_config: &Path,
+    annotations: &[&str],
+    backend: Backend,
+    guarded: bool,
+) -> anyhow::Result<String> {
+    let mut print = Command::new(agent_bin());
+    print.args(["iptables", "print", "--mesh-config"]).arg(mesh_config);
+    for a in annotations {
+        print.args(["--annotation", a]);
+    }
+    let out = print.output()?;
+    if !out.status.success() {
+        bail!("iptables print: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut script = String::from_utf8(out.stdout)?;
+    if backend == Backend::Legacy {
+        script = script.replacen("iptables-restore ", "iptables-legacy-restore ", 1);
+    }
+    if guarded {
+        script.insert_str(0, redirect_agent::injection::GUARD);
+    }
+    let out = Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &script]).env("POD_IP", pod_ip).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("fsm-init failed: {text}");
+    }
+    Ok(text)
+}
+
+/// The user chains of the namespace's nat table (nf_tables backend).
+pub fn nat_chains(ns: &Netns) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "exec", &ns.name, "iptables-save", "-t", "nat"]).output().expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| !["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"].contains(c))
+        .map(str::to_owned)
+        .collect()
 }

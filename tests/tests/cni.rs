@@ -186,17 +186,50 @@ impl Sandbox {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The pod as the API lists it; `meshed`: with the injector's label.
+    /// The pod as the API lists it; `meshed`: as FSM's injector leaves it
+    /// in `interceptionMode: none` (its label and the `sidecar` container,
+    /// no fsm-init).
     fn pod_object(&self, meshed: bool) -> Value {
+        self.injected(if meshed { Injected::Sidecar } else { Injected::Nothing })
+    }
+
+    /// The pod as the API lists it, with what FSM's injector put in it.
+    fn injected(&self, injected: Injected) -> Value {
         let mut labels = json!({"app": self.name});
-        if meshed {
+        if injected != Injected::Nothing {
             labels["fsm-proxy-uuid"] = "0b6c3f9e-6a4d-4f8e-9a51-3d5c1e2f7a10".into();
         }
+        let mut containers = vec![json!({"name": "app", "image": "app"})];
+        if matches!(injected, Injected::Sidecar | Injected::FsmInit | Injected::Guarded) {
+            containers.push(json!({"name": "sidecar", "image": "flomesh/pipy"}));
+        }
+        let script = "iptables-restore --noflush <<EOF\n*nat\nCOMMIT\nEOF\n";
+        let init: Vec<Value> = match injected {
+            Injected::FsmInit => vec![json!({"name": "fsm-init", "command": ["/bin/sh"], "args": ["-c", script]})],
+            Injected::Guarded => vec![json!({"name": "fsm-init", "command": ["/bin/sh"],
+                                            "args": ["-c", format!("{}{script}", redirect_agent::injection::GUARD)]})],
+            _ => vec![],
+        };
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid, "labels": labels,
                             "annotations": {"flomesh.io/outbound-port-exclusion-list": "6379"}},
-               "spec": {"nodeName": NODE_NAME, "containers": []}})
+               "spec": {"nodeName": NODE_NAME, "containers": containers, "initContainers": init}})
     }
+}
+
+/// What FSM's injector did to a pod.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Injected {
+    /// Not meshed: no label.
+    Nothing,
+    /// The label and the sidecar (`interceptionMode: none`).
+    Sidecar,
+    /// The label, the sidecar and fsm-init (FSM's default).
+    FsmInit,
+    /// As FsmInit, with the guard of `deploy/fsm-init-guard`.
+    Guarded,
+    /// The label only (NodeLevel).
+    LabelOnly,
 }
 
 fn rand_suffix() -> u64 {
@@ -707,4 +740,120 @@ fn add_attaches_programs_verified_before_it_came() {
         assert!(before.contains(&attached), "{program}: program {attached} was loaded by the ADD, not before it ({before:?})");
     }
     assert!(chain.del(&sandbox, Some(&add.json())));
+}
+
+#[test]
+fn a_pod_fsm_gave_fsm_init_is_left_to_it_and_one_without_a_sidecar_or_in_fsms_own_modes_to_nobody() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &["--refresh-interval", "1"]);
+    let with_init = Sandbox::new("cart-2");
+    let node_level = Sandbox::new("cart-3");
+    let pod_group = kubelet.pod(&with_init.uid);
+    kubelet.pod(&node_level.uid);
+    write_pods(&pods, &[with_init.injected(Injected::FsmInit), node_level.injected(Injected::LabelOnly)]);
+    let chain = Chain::new(&node, 49, json!({}));
+
+    // FSM's default: the ADD (before any init container) records the pod
+    // as fsm-init's, and attaches nothing.
+    let add = chain.add(&with_init);
+    assert!(add.ok, "{}", add.stdout);
+    let ip = pod_ip(&add.json());
+    let status = enrolled(&node, &with_init.key()).expect("recorded by ADD");
+    assert_eq!(status["dataplane"], "fsm-init", "{status}");
+    assert_eq!(status["attached"], false, "fsm-init has not run yet: {status}");
+    let mut pod = with_init.pod(&ip, kubelet.container(&pod_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80", "the agent attached nothing");
+    // Its init container runs: its rules alone intercept the pod.
+    tests::run_fsm_init(&with_init.ns, &ip, &node.mesh_config, &[], tests::Backend::Nft, false).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"), "SO_ORIGINAL_DST from conntrack");
+    assert!(
+        eventually(Duration::from_secs(10), || enrolled(&node, &with_init.key()).is_some_and(|s| s["attached"] == true)),
+        "status sees fsm-init's rules: {}",
+        node.status()
+    );
+    let (ok, out) = node.cli(&["diagnose", &with_init.key()]);
+    assert!(ok && out.contains("served by its own fsm-init") && out.contains("FSM_PROXY_INBOUND (iptables, nf_tables)"), "{out}");
+    let (ok, out) = node.cli(&["status"]);
+    assert!(ok && out.contains(&format!("{} is served by its own fsm-init (its rules are in place)", with_init.key())), "{out}");
+
+    // NodeLevel: the label, no sidecar: nothing would receive its traffic.
+    let add = chain.add(&node_level);
+    assert!(add.ok, "{}", add.stdout);
+    assert!(enrolled(&node, &node_level.key()).is_none());
+    assert!(node.agent_log().contains("no `sidecar` container"), "the ADD's answer says why");
+
+    // interceptionMode ebpf (FSM v1.0-v1.4): FSM's own interceptor holds
+    // meshed pods, sidecar or not.
+    let ebpf_mode = Sandbox::new("cart-4");
+    kubelet.pod(&ebpf_mode.uid);
+    write_pods(&pods, &[with_init.injected(Injected::FsmInit), ebpf_mode.injected(Injected::Sidecar)]);
+    node.set_mesh_config("spec:\n  traffic:\n    interceptionMode: ebpf\n");
+    let add = chain.add(&ebpf_mode);
+    assert!(add.ok, "{}", add.stdout);
+    assert!(enrolled(&node, &ebpf_mode.key()).is_none());
+
+    pod.stop_listeners();
+    for s in [&ebpf_mode, &node_level, &with_init] {
+        assert!(chain.del(s, None));
+    }
+}
+
+#[test]
+fn a_guarded_fsm_init_steps_aside_where_the_agent_intercepts_and_applies_its_rules_where_it_could_not() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (mut node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let guarded = Sandbox::new("cart-5");
+    let failed = Sandbox::new("cart-6");
+    let pod_group = kubelet.pod(&guarded.uid);
+    // No cgroup for cart-6 where the kubelet would put it: the agent can't
+    // enroll it.
+    write_pods(&pods, &[guarded.injected(Injected::Guarded), failed.injected(Injected::Guarded)]);
+    let chain = Chain::new(&node, 50, json!({}));
+
+    let add = chain.add(&guarded);
+    assert!(add.ok, "{}", add.stdout);
+    let ip = pod_ip(&add.json());
+    assert_eq!(enrolled(&node, &guarded.key()).expect("enrolled")["dataplane"], "ebpf");
+    let out = tests::run_fsm_init(&guarded.ns, &ip, &node.mesh_config, &[], tests::Backend::Nft, true).unwrap();
+    assert_eq!(out, "fsm-init: fsm-redirect intercepts this pod; no iptables rules\n");
+    assert!(tests::nat_chains(&guarded.ns).is_empty(), "no rules of fsm-init's: {:?}", tests::nat_chains(&guarded.ns));
+    let mut pod = guarded.pod(&ip, kubelet.container(&pod_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+
+    // The agent fails the second pod: its ADD succeeds all the same, the
+    // pod is fsm-init's, and the guard applies the rules.
+    let add = chain.add(&failed);
+    assert!(add.ok, "{}", add.stdout);
+    let failed_ip = pod_ip(&add.json());
+    assert_eq!(enrolled(&node, &failed.key()).expect("recorded")["dataplane"], "fsm-init");
+    let out = tests::run_fsm_init(&failed.ns, &failed_ip, &node.mesh_config, &[], tests::Backend::Nft, true).unwrap();
+    assert!(!out.contains("no iptables rules"), "{out}");
+    assert!(tests::nat_chains(&failed.ns).contains(&"FSM_PROXY_INBOUND".to_owned()), "{:?}", tests::nat_chains(&failed.ns));
+
+    // The agent down: a pod the policy guarded (and annotated) starts all
+    // the same, and its fsm-init applies the rules; one it did not waits.
+    let mut down = Sandbox::new("cart-7");
+    down.annotations = json!({redirect_agent::injection::GUARD_ANNOTATION.0: redirect_agent::injection::GUARD_ANNOTATION.1});
+    let unguarded = Sandbox::new("cart-8");
+    node.kill_agent();
+    let add = chain.add(&down);
+    assert!(add.ok, "{}", add.stdout);
+    let out = tests::run_fsm_init(&down.ns, &pod_ip(&add.json()), &node.mesh_config, &[], tests::Backend::Nft, true).unwrap();
+    assert!(!out.contains("no iptables rules") && tests::nat_chains(&down.ns).contains(&"FSM_PROXY_INBOUND".to_owned()), "{out}");
+    let add = chain.add(&unguarded);
+    assert!(!add.ok && add.json()["code"] == 11, "{}", add.stdout);
+
+    pod.stop_listeners();
+    for s in [&unguarded, &down, &failed, &guarded] {
+        assert!(chain.del(s, None));
+    }
 }

@@ -134,13 +134,13 @@ fn diagnose_compares_an_iptables_pods_rules() {
     let (ok, checks) = diagnose(&node, &pod);
     assert!(ok, "{:#?}", failed(&checks));
     let del = std::process::Command::new("ip")
-        .args(["netns", "exec", &pod.ns.name, "iptables", "-t", "nat", "-D", "fsm_PROXY_OUTBOUND", "-d", "10.97.0.0/16", "-j", "RETURN"])
+        .args(["netns", "exec", &pod.ns.name, "iptables", "-t", "nat", "-D", "FSM_PROXY_OUTBOUND", "-d", "10.97.0.0/16", "-j", "RETURN"])
         .status()
         .unwrap();
     assert!(del.success());
     let (ok, checks) = diagnose(&node, &pod);
     assert!(!ok);
-    assert_eq!(failed(&checks), ["iptables rules match the effective lists: iptables fsm_PROXY_OUTBOUND: 6 of our rules, expected 7"]);
+    assert_eq!(failed(&checks), ["iptables rules match the effective lists: iptables FSM_PROXY_OUTBOUND: 6 of our rules, expected 7"]);
 }
 
 #[test]

@@ -339,6 +339,17 @@ struct TablePod {
 
 impl TablePod {
     fn new(node: &Node, s: &Scenario, dataplane: &str, sidecar: Sidecar) -> Self {
+        let pod = Self::unenrolled(node, s, sidecar);
+        let mut args = vec!["--dataplane", dataplane];
+        if let Pods::DualStack(extra) = s.pods {
+            args.extend_from_slice(extra);
+        }
+        node.enroll_with(&pod.pod, s.annotations, &args).unwrap();
+        pod
+    }
+
+    /// The scenario's pod, its processes started, not enrolled.
+    fn unenrolled(node: &Node, s: &Scenario, sidecar: Sidecar) -> Self {
         let dual_stack = s.pods != Pods::V4;
         let (pod, envoy) = match sidecar {
             Sidecar::Netprobe if dual_stack => (Pod::dual_stack(node).unwrap(), None),
@@ -363,11 +374,6 @@ impl TablePod {
                 names.push((pod.net1_peer6(), "{NET1PEER6}"));
             }
         }
-        let mut args = vec!["--dataplane", dataplane];
-        if let Pods::DualStack(extra) = s.pods {
-            args.extend_from_slice(extra);
-        }
-        node.enroll_with(&pod, s.annotations, &args).unwrap();
         TablePod { pod, envoy, names }
     }
 
@@ -524,4 +530,110 @@ fn check_explain(node: &Node, s: &Scenario, pods: [&TablePod; 2], from: From, to
         }
         assert_eq!(e["agrees"], true, "{}: {from:?} -> {to}: the kernel disagrees: {e:#}", s.name);
     }
+}
+
+/// How the agent meets a pod FSM gave fsm-init (its default in every
+/// release), in the orders a node brings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Beside {
+    /// fsm-init's rules and no agent: the oracle.
+    Alone,
+    /// As at a CNI ADD, before the init containers: enrolled with its
+    /// manifest (which has fsm-init), then fsm-init runs.
+    ManifestFirst,
+    /// As when the agent comes to a running pod without its spec:
+    /// fsm-init ran (legacy iptables, as some images have), then enrolled.
+    RulesFirst,
+    /// Enrolled by hand without its spec, as eBPF, then fsm-init runs: the
+    /// agent's refresh finds fsm-init's rules and steps aside.
+    AgentFirst,
+}
+
+/// A pod FSM gave the `sidecar` and `fsm-init` (a manifest as kubectl
+/// prints it).
+const FSM_INIT_MANIFEST: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart\n  labels: {fsm-proxy-uuid: 9c1}\nspec:\n  initContainers:\n  - name: fsm-init\n    command: [/bin/sh]\n    args: [-c, \"iptables-restore --noflush <<EOF ...\"]\n  containers:\n  - {name: app}\n  - {name: sidecar}\n";
+
+fn beside_fsm_init(node: &Node, s: &Scenario, beside: Beside, manifest: &std::path::Path) -> TablePod {
+    let p = TablePod::unenrolled(node, s, Sidecar::Netprobe);
+    let fsm_init = |backend| tests::run_fsm_init(&p.pod.ns, &p.pod.ip, &node.mesh_config, s.annotations, backend, false).unwrap();
+    let mut args: Vec<&str> = match s.pods {
+        Pods::DualStack(extra) => extra.to_vec(),
+        Pods::V4 => vec![],
+    };
+    match beside {
+        Beside::Alone => {
+            fsm_init(tests::Backend::Nft);
+            return p;
+        }
+        Beside::ManifestFirst => {
+            args.extend(["--pod-manifest", manifest.to_str().unwrap()]);
+            node.enroll_with(&p.pod, s.annotations, &args).unwrap();
+            fsm_init(tests::Backend::Nft);
+        }
+        Beside::RulesFirst => {
+            fsm_init(tests::Backend::Legacy);
+            node.enroll_with(&p.pod, s.annotations, &args).unwrap();
+        }
+        Beside::AgentFirst => {
+            args.extend(["--dataplane", "ebpf"]);
+            node.enroll_with(&p.pod, s.annotations, &args).unwrap();
+            assert_eq!(dataplane(node, &p.pod), "ebpf");
+            fsm_init(tests::Backend::Nft);
+        }
+    }
+    // `status` says fsm-init serves it, and sees its rules.
+    let served = || dataplane(node, &p.pod) == "fsm-init" && pod_status(node, &p.pod)["attached"] == true;
+    assert!(tests::eventually(std::time::Duration::from_secs(15), served), "{beside:?}: {}", node.status());
+    p
+}
+
+fn pod_status(node: &Node, pod: &tests::Pod) -> serde_json::Value {
+    node.status()["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod.name.as_str()).cloned().unwrap_or_default()
+}
+
+fn dataplane(node: &Node, pod: &tests::Pod) -> String {
+    pod_status(node, pod)["dataplane"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_pod_fsm_gave_fsm_init_behaves_as_fsm_init_alone_whether_and_whenever_the_agent_enrolls_it() {
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(manifest.path(), FSM_INIT_MANIFEST).unwrap();
+    let interfaces = tests::requires(tests::Feature::SkLookupIngressIfindex);
+    let mut table = String::new();
+    for s in SCENARIOS.iter().chain(INTERFACE_SCENARIOS.iter().filter(|_| interfaces)) {
+        let node = Node::start_with(s.mesh, &["--refresh-interval", "1"]).unwrap();
+        let mut pods: Vec<(Beside, TablePod)> = [Beside::Alone, Beside::ManifestFirst, Beside::RulesFirst, Beside::AgentFirst]
+            .map(|b| (b, beside_fsm_init(&node, s, b, manifest.path())))
+            .into();
+        for (from, to) in s.dials {
+            let mut dests = vec![to.to_string()];
+            if let (From::Pod(_), Some(_)) = (from, mapped(&pods[0].1.to(to))) {
+                dests.push(format!("(mapped) {to}"));
+            }
+            for dest in dests {
+                let dial = |p: &mut TablePod| match dest.strip_prefix("(mapped) ") {
+                    Some(to) => p.dial(&node, *from, &mapped(&p.to(to)).unwrap()),
+                    None => p.dial(&node, *from, &p.to(&dest)),
+                };
+                let (alone, beside) = pods.split_at_mut(1);
+                let want = dial(&mut alone[0].1);
+                assert!(
+                    !want.starts_with("error") || want.contains("Connection refused"),
+                    "{}: {from:?} -> {dest}: fsm-init: {want}",
+                    s.name
+                );
+                for (b, p) in beside.iter_mut() {
+                    let got = dial(p);
+                    table.push_str(&format!("{:<58} {from:<11?} {dest:<26} fsm-init: {want:<30} {b:?}: {got}\n", s.name));
+                    assert_eq!(got, want, "{}: {from:?} -> {dest}: {b:?} differs from fsm-init alone", s.name);
+                }
+            }
+        }
+        for (b, p) in &pods[1..] {
+            let (ok, out) = node.cli(&["diagnose", &p.pod.name]);
+            assert!(ok && out.contains("served by its own fsm-init"), "{b:?}: {out}");
+        }
+    }
+    println!("{table}");
 }

@@ -15,7 +15,7 @@ fn nat_rules(ns: &Netns, cmd: &str) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().lines().filter(|l| l.starts_with('-') || l.starts_with(':')).map(str::to_owned).collect()
 }
 
-const ALL_LISTS: &str = "spec:\n  sidecar:\n    localProxyMode: PodIP\n  traffic:\n    outboundIPRangeExclusionList: [1.1.1.1/32, 2.2.2.0/24, fd00::/8]\n    outboundIPRangeInclusionList: [10.96.0.0/12, fd01::/16]\n    outboundPortExclusionList: [6379, 7070]\n    inboundPortExclusionList: [9090]\n    networkInterfaceExclusionList: [net1]\n";
+const ALL_LISTS: &str = "spec:\n  sidecar:\n    localProxyMode: PodIP\n    localDNSProxy: {enable: true}\n  traffic:\n    outboundIPRangeExclusionList: [1.1.1.1/32, 2.2.2.0/24, fd00::/8]\n    outboundIPRangeInclusionList: [10.96.0.0/12, fd01::/16]\n    outboundPortExclusionList: [6379, 7070]\n    inboundPortExclusionList: [9090]\n    networkInterfaceExclusionList: [net1]\n";
 
 #[test]
 fn apply_is_idempotent_and_remove_is_clean() {
@@ -27,6 +27,11 @@ fn apply_is_idempotent_and_remove_is_clean() {
     let path = ns.path().display().to_string();
     let mesh = mesh.display().to_string();
     let before = nat_rules(&ns, "iptables-save");
+    // Rules an agent of an earlier release left, with the troubleshooting
+    // page's chain names: the apply replaces them too.
+    let (ok, seed) = agent(&["iptables", "print", "--form", "seed", "--restore-input", "--mesh-config", &mesh]);
+    assert!(ok && seed.contains(":fsm_PROXY_INBOUND"), "{seed}");
+    restore(&ns, &seed.replace("$POD_IP", "10.244.9.2"));
     let ports: String = (1..=20).map(|p| format!("{},", 20000 + p)).collect();
     let ann = format!("flomesh.io/outbound-port-exclusion-list={}", ports.trim_end_matches(','));
     for _ in 0..2 {
@@ -34,32 +39,34 @@ fn apply_is_idempotent_and_remove_is_clean() {
         assert!(ok, "{out}");
     }
     let rules = nat_rules(&ns, "iptables-save");
-    let ours: Vec<&String> = rules.iter().filter(|r| r.contains("fsm_PROXY") || r.contains("DNAT")).collect();
+    assert!(!rules.iter().any(|r| r.contains("fsm_PROXY")), "the earlier release's chains stay: {rules:#?}");
+    let ours: Vec<&String> = rules.iter().filter(|r| r.contains("FSM_PROXY") || r.contains("DNAT")).collect();
     let mut unique_rules = ours.clone();
     unique_rules.sort();
     unique_rules.dedup();
     assert_eq!(ours.len(), unique_rules.len(), "duplicated rules after two applies: {ours:#?}");
     for want in [
-        "-A PREROUTING -p tcp -j fsm_PROXY_INBOUND",
-        "-A OUTPUT -p tcp -j fsm_PROXY_OUTBOUND",
+        "-A PREROUTING -p tcp -j FSM_PROXY_INBOUND",
+        "-A OUTPUT -p tcp -j FSM_PROXY_OUTBOUND",
         "-A OUTPUT -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 1500 -j DNAT --to-destination 10.244.9.2",
-        "-A fsm_PROXY_OUTBOUND -d 1.1.1.1/32 -j RETURN",
-        "-A fsm_PROXY_OUTBOUND -d 10.96.0.0/12 -j fsm_PROXY_OUT_REDIRECT",
-        "-A fsm_PROXY_INBOUND -i net1 -j RETURN",
-        "-A fsm_PROXY_INBOUND -p tcp -m multiport --dports 9090 -j RETURN",
+        "-A OUTPUT -d 127.0.0.153/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.153:5300",
+        "-A FSM_PROXY_OUTBOUND -d 1.1.1.1/32 -j RETURN",
+        "-A FSM_PROXY_OUTBOUND -d 10.96.0.0/12 -j FSM_PROXY_OUT_REDIRECT",
+        "-A FSM_PROXY_INBOUND -i net1 -j RETURN",
+        "-A FSM_PROXY_INBOUND -p tcp -m multiport --dports 9090 -j RETURN",
     ] {
         assert!(rules.iter().any(|r| r == want), "missing {want:?} in {rules:#?}");
     }
     // 2 MeshConfig ports + 20 annotation ports: two multiport rules (15 + 7).
-    let multiport: Vec<_> = rules.iter().filter(|r| r.starts_with("-A fsm_PROXY_OUTBOUND -p tcp -m multiport")).collect();
+    let multiport: Vec<_> = rules.iter().filter(|r| r.starts_with("-A FSM_PROXY_OUTBOUND -p tcp -m multiport")).collect();
     assert_eq!(multiport.len(), 2, "{multiport:#?}");
     assert!(!rules.iter().any(|r| r.contains("fd00::")), "IPv6 CIDR in the IPv4 rules");
 
     let (ok, out) = agent(&["iptables", "apply", "--ipv6", "--pod-ip", "fd02::2", "--netns", &path, "--mesh-config", &mesh]);
     assert!(ok, "{out}");
     let v6 = nat_rules(&ns, "ip6tables-save");
-    assert!(v6.iter().any(|r| r == "-A fsm_PROXY_OUTBOUND -d fd00::/8 -j RETURN"), "{v6:#?}");
-    assert!(v6.iter().any(|r| r == "-A fsm_PROXY_OUTBOUND -d fd01::/16 -j fsm_PROXY_OUT_REDIRECT"), "{v6:#?}");
+    assert!(v6.iter().any(|r| r == "-A FSM_PROXY_OUTBOUND -d fd00::/8 -j RETURN"), "{v6:#?}");
+    assert!(v6.iter().any(|r| r == "-A FSM_PROXY_OUTBOUND -d fd01::/16 -j FSM_PROXY_OUT_REDIRECT"), "{v6:#?}");
 
     for v6 in [false, true] {
         let mut args = vec!["iptables", "remove", "--netns", &path];
@@ -70,10 +77,22 @@ fn apply_is_idempotent_and_remove_is_clean() {
         assert!(ok, "{out}");
     }
     assert_eq!(nat_rules(&ns, "iptables-save"), before);
-    assert!(!nat_rules(&ns, "ip6tables-save").iter().any(|r| r.contains("fsm_PROXY")));
+    assert!(!nat_rules(&ns, "ip6tables-save").iter().any(|r| r.contains("FSM_PROXY")));
     // Removing again is fine: nothing there, nothing done.
     let (ok, out) = agent(&["iptables", "remove", "--netns", &path]);
     assert!(ok, "{out}");
+}
+
+/// `iptables-restore --noflush` of `input` in the namespace.
+fn restore(ns: &Netns, input: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "iptables-restore", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "iptables-restore refused {input}");
 }
 
 #[test]
@@ -113,7 +132,7 @@ fn auto_serves_a_pod_without_cgroup_v2_with_iptables_live_and_removably() {
     assert!(ok, "{out}");
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
     let rules = nat_rules(&pod.ns, "iptables-save");
-    assert!(!rules.iter().any(|r| r.contains("fsm_PROXY")), "{rules:#?}");
+    assert!(!rules.iter().any(|r| r.contains("FSM_PROXY")), "{rules:#?}");
 }
 
 #[test]

@@ -19,6 +19,15 @@ const VERSION: &str = "1.37.0";
 /// is the first with `securityContext.appArmorProfile`, 1.37 the newest
 /// that kubernetes-validate 1.37.0 ships.
 const KUBERNETES: [&str; 2] = ["1.30.0", "1.37.0"];
+/// The optional directories that need a newer Kubernetes, and its versions
+/// they are held to: the fsm-init guard is a MutatingAdmissionPolicy, GA
+/// (`admissionregistration.k8s.io/v1`) from 1.36.
+const NEWER: [(&str, [&str; 2]); 1] = [("fsm-init-guard", ["1.36.0", "1.37.0"])];
+
+/// The versions `manifest` is validated for.
+fn versions_for(manifest: &Path) -> [&'static str; 2] {
+    NEWER.iter().find(|(dir, _)| manifest.parent().and_then(Path::file_name).is_some_and(|d| d == *dir)).map_or(KUBERNETES, |(_, v)| *v)
+}
 
 /// The validator, installed first if missing.
 fn ensure_validator() -> anyhow::Result<PathBuf> {
@@ -41,13 +50,17 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
     }
     same_host_mounts(&deploy.join("daemonset.yaml"), &deploy.join("uninstall/daemonset.yaml"))?;
     let validator = ensure_validator()?;
-    for version in KUBERNETES {
-        validate(&validator, version, &manifests)?;
+    let versions: BTreeSet<&str> = manifests.iter().flat_map(|m| versions_for(m)).collect();
+    for version in &versions {
+        let these: Vec<PathBuf> = manifests.iter().filter(|m| versions_for(m).contains(version)).cloned().collect();
+        validate(&validator, version, &these)?;
     }
     eprintln!(
-        "xtask: deploy/: {} manifests valid for Kubernetes {} ({:.1} s)",
+        "xtask: deploy/: {} manifests valid for Kubernetes {} ({} from {}) ({:.1} s)",
         manifests.len(),
         KUBERNETES.join(" and "),
+        NEWER.map(|(dir, _)| dir).join(", "),
+        NEWER[0].1[0],
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -178,6 +191,20 @@ mod tests {
         let path = dir.path().join("good.yaml");
         std::fs::write(&path, good).unwrap();
         validate(&validator, KUBERNETES[1], &[path]).unwrap();
+    }
+
+    /// The fsm-init guard's policy is a kind 1.30 does not have: it is held
+    /// to the versions that do, and the others to both.
+    #[test]
+    fn the_fsm_init_guard_is_validated_for_the_kubernetes_that_has_it() {
+        let root = crate::process::workspace_root();
+        let policy = root.join("deploy/fsm-init-guard/policy.yaml");
+        assert_eq!(versions_for(&policy), ["1.36.0", "1.37.0"]);
+        assert_eq!(versions_for(&root.join("deploy/daemonset.yaml")), KUBERNETES);
+        let validator = ensure_validator().unwrap();
+        let err = validate(&validator, KUBERNETES[0], std::slice::from_ref(&policy)).unwrap_err();
+        assert!(format!("{err:#}").contains("MutatingAdmissionPolicy"), "{err:#}");
+        validate(&validator, "1.36.0", &[policy]).unwrap();
     }
 
     #[test]

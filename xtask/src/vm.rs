@@ -247,12 +247,15 @@ fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> 
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("bin"))?;
     copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
-    // iproute2 and iptables (nft backend) from the host, with their libraries.
+    // iproute2 and iptables (nft backend, and legacy as some fsm-init
+    // images run it) from the host, with their libraries.
     let xtables = std::fs::canonicalize("/usr/sbin/iptables").context("iptables is not installed")?;
+    let legacy = Path::new("/usr/sbin/xtables-legacy-multi");
     let mut host_bins = vec![(PathBuf::from("/usr/sbin/ip"), "/usr/sbin/ip".to_owned())];
     host_bins.push((xtables.clone(), format!("/usr/sbin/{}", xtables.file_name().unwrap().to_string_lossy())));
-    // The real clients and proxies of the tests.
-    for tool in ["curl", "haproxy"] {
+    host_bins.push((legacy.to_owned(), legacy.display().to_string()));
+    // The real clients and proxies of the tests (getent: glibc's resolver).
+    for tool in ["curl", "haproxy", "getent"] {
         let path = which(tool)?;
         host_bins.push((path.clone(), path.display().to_string()));
     }
@@ -265,6 +268,9 @@ fn initramfs(kernel_dir: &Path, release: &str, bins: &TestBins, work: &Path) -> 
     }
     for name in ["iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save"] {
         std::os::unix::fs::symlink(xtables.file_name().unwrap(), root.join("usr/sbin").join(name))?;
+    }
+    for name in ["iptables-legacy", "iptables-legacy-restore", "iptables-legacy-save"] {
+        std::os::unix::fs::symlink(legacy.file_name().unwrap(), root.join("usr/sbin").join(name))?;
     }
     let xt_dir = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
     for entry in std::fs::read_dir(xt_dir)?.filter_map(Result::ok) {

@@ -15,6 +15,7 @@ use crate::{
     cni::{kubelet, pods},
     config::{MeshConfig, annotations::PodAnnotations},
     dataplane::{Choice, Dataplane},
+    injection::{Injection, Serving},
     kubernetes::MeshConfigSeen,
     netns,
     pod::EnrollRequest,
@@ -65,14 +66,23 @@ impl Agent {
     /// more: left alone.
     fn adopt(&mut self, pod: &ApiPod, annotations: std::collections::BTreeMap<String, String>) -> anyhow::Result<()> {
         let key = pods::key(pod);
+        let injection = Injection::of_pod(pod);
+        let serving = crate::injection::serving(self.mesh.interception_mode, Some(&injection));
+        if matches!(serving, Serving::Nobody(_)) {
+            return Ok(());
+        }
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let root = crate::cgroup::cgroup2_mount()?;
         let Ok(cgroup) = kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, uid) else { return Ok(()) };
         let Some(netns) = sandbox_netns(&cgroup)? else { return Ok(()) };
         netns::refuse_host(&netns).with_context(|| format!("pod {key} (host network?)"))?;
-        log::warn!(
-            "pod {key}: running but not enrolled (started before the agent, or its CNI ADD missed it): enrolling; its connections opened so far are not intercepted"
-        );
+        // A pod fsm-init serves started intercepted: it is only recorded.
+        let unintercepted = serving != Serving::FsmInit;
+        if unintercepted {
+            log::warn!(
+                "pod {key}: running but not enrolled (started before the agent, or its CNI ADD missed it): enrolling; its connections opened so far are not intercepted"
+            );
+        }
         let request = EnrollRequest {
             name: key,
             netns,
@@ -82,7 +92,8 @@ impl Agent {
             fast_path: None,
             ipv6: None,
             container_id: None,
-            started_unintercepted: true,
+            started_unintercepted: unintercepted,
+            injection: Some(injection),
         };
         self.enroll(request).map(|_| ())
     }

@@ -7,6 +7,8 @@ use anyhow::{Context as _, bail};
 use super::Agent;
 use crate::{
     cni::{CniAdd, CniAdded, kubelet, spec::KubernetesPod},
+    dataplane::Dataplane,
+    injection::{FsmInit, Injection, Serving},
     pod::EnrollRequest,
 };
 
@@ -17,6 +19,11 @@ impl Agent {
             Ok(pod) => pod,
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
+        let injection = Injection::of_pod(&pod);
+        if let Serving::Nobody(why) = crate::injection::serving(self.mesh.interception_mode, Some(&injection)) {
+            log::info!("CNI ADD of pod {key}: left alone: {why}");
+            return Ok(CniAdded::NotMeshed { why: format!("pod {key}: {why}") });
+        }
         if let Some(id) = self.state.pod_id(&key) {
             let enrolled = &self.state.pods[&id];
             // ADD again for the same sandbox (the runtime retried): done.
@@ -42,23 +49,43 @@ impl Agent {
             log::info!("pod {key}: sandbox {:?} gone without a DEL; enrolling sandbox {}", enrolled.container_id, add.container_id);
             self.remove(&key)?;
         }
-        let root = crate::cgroup::cgroup2_mount()?;
-        let cgroup = kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, &add.pod.uid).with_context(|| format!("pod {key}"))?;
-        log::info!("CNI ADD of pod {key} (sandbox {}, IPs {:?}): cgroup {}", add.container_id, add.ips, cgroup.display());
         let request = EnrollRequest {
-            name: key,
+            name: key.clone(),
             netns: add.netns,
-            cgroup: Some(cgroup),
+            cgroup: None,
             annotations: add.annotations.unwrap_or_else(|| pod.metadata.annotations.unwrap_or_default()),
             dataplane: None,
             fast_path: None,
             ipv6: None,
             container_id: Some(add.container_id),
             started_unintercepted: false,
+            injection: Some(injection),
         };
-        // ADD runs before any container of the pod: no proxy listens yet.
-        let (id, dataplane) = self.enroll_scanning(request, false)?;
+        let fallback =
+            (injection.fsm_init == FsmInit::Guarded).then(|| EnrollRequest { dataplane: Some(Dataplane::FsmInit), ..request.clone() });
+        let (id, dataplane) = match (self.cni_enroll(request, &add.pod.uid, &add.ips), fallback) {
+            (Ok(enrolled), _) => enrolled,
+            // Whatever failed, a guarded fsm-init finds no mark and applies
+            // its rules: the pod starts intercepted all the same, by
+            // fsm-init, which the agent records.
+            (Err(e), Some(fallback)) => {
+                log::warn!("pod {key}: not intercepted by the agent ({e:#}); its guarded fsm-init will apply its rules");
+                self.enroll_scanning(fallback, false)?
+            }
+            (Err(e), None) => return Err(e),
+        };
         Ok(CniAdded::Enrolled { id, dataplane })
+    }
+
+    /// Enrolls the pod of an ADD, with the cgroup the kubelet made for the
+    /// pod of `uid`.
+    fn cni_enroll(&mut self, mut request: EnrollRequest, uid: &str, ips: &[std::net::IpAddr]) -> anyhow::Result<(u32, Dataplane)> {
+        let root = crate::cgroup::cgroup2_mount()?;
+        let cgroup = kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, uid).with_context(|| format!("pod {}", request.name))?;
+        log::info!("CNI ADD of pod {} (sandbox {:?}, IPs {ips:?}): cgroup {}", request.name, request.container_id, cgroup.display());
+        request.cgroup = Some(cgroup);
+        // ADD runs before any container of the pod: no proxy listens yet.
+        self.enroll_scanning(request, false)
     }
 
     /// Whether a pod was removed.

@@ -10,7 +10,7 @@ use redirect_common::maps::PodId;
 use super::handler::{Install, PodHandler};
 use crate::{
     config::{LocalProxyMode, PodPolicy},
-    iptables::{self, Family, PodIp},
+    iptables::{self, Family, PodIp, rules::Form},
     pod::Pod,
 };
 
@@ -40,7 +40,7 @@ impl PodHandler for IptablesPods {
             if policy.local_proxy_mode == LocalProxyMode::PodIP {
                 net.pod_ip_for_local_proxy(family == Family::V6, &pod.name)?;
             }
-            Ok(iptables::rules::restore_input(&policy, settings, family, pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr)))
+            Ok(iptables::rules::restore_input(&policy, settings, family, pod_ip.map_or(PodIp::ShellVariable, PodIp::Addr), Form::Fsm))
         };
         let wanted = (input(Family::V4)?, if *ipv6 { Some(input(Family::V6)?) } else { None });
         let applied = self.applied.get(id);

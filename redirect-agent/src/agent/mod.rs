@@ -3,12 +3,14 @@
 //! operation either completes or leaves the previous state in place.
 //!
 //! What each dataplane does for a pod is its handler's
-//! ([`handler::PodHandler`]): [`ebpf_pods::EbpfPods`] and
-//! [`iptables_pods::IptablesPods`].
+//! ([`handler::PodHandler`]): [`ebpf_pods::EbpfPods`],
+//! [`iptables_pods::IptablesPods`], and [`fsm_init_pods::FsmInitPods`] for
+//! the pods whose own fsm-init serves them (`crate::injection`).
 
 mod cluster;
 mod cni;
 pub mod ebpf_pods;
+pub mod fsm_init_pods;
 pub mod handler;
 pub mod iptables_pods;
 
@@ -22,6 +24,7 @@ use redirect_common::{addr::Family as _, maps::PodId};
 
 use self::{
     ebpf_pods::EbpfPods,
+    fsm_init_pods::FsmInitPods,
     handler::{Install, PodHandler},
     iptables_pods::IptablesPods,
 };
@@ -32,6 +35,7 @@ use crate::{
     control::{Degraded, PodStatus, Status},
     dataplane::{Choice, Dataplane},
     ebpf::{entries::SlotEntries, pins::Pins},
+    injection::{FsmInit, Serving},
     netns,
     pod::{EnrollRequest, Pod},
     settings::ProxySettings,
@@ -81,6 +85,7 @@ pub struct Agent {
     pub(crate) ebpf_unavailable: Option<String>,
     pub ebpf: Option<EbpfPods>,
     pub(crate) iptables: IptablesPods,
+    pub(crate) fsm_init: FsmInitPods,
     pub(crate) pods: PodSource,
     /// Meshed pods that reconciling could not enroll, by UID, with why
     /// (logged when it changes).
@@ -92,15 +97,34 @@ fn mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The handler of `dataplane`'s pods; eBPF's only where it runs.
-fn handler<'a>(
+/// The handlers of the three dataplanes, borrowed apart from the rest of
+/// the agent.
+struct Handlers<'a> {
     ebpf: &'a mut Option<EbpfPods>,
     iptables: &'a mut IptablesPods,
-    unavailable: &Option<String>,
-    dataplane: Dataplane,
-) -> anyhow::Result<&'a mut dyn PodHandler> {
+    fsm_init: &'a mut FsmInitPods,
+    unavailable: &'a Option<String>,
+}
+
+/// The agent's [`Handlers`], borrowed field by field (the pod being
+/// handled is borrowed from the agent's state meanwhile).
+macro_rules! handlers {
+    ($agent:expr) => {
+        Handlers {
+            ebpf: &mut $agent.ebpf,
+            iptables: &mut $agent.iptables,
+            fsm_init: &mut $agent.fsm_init,
+            unavailable: &$agent.ebpf_unavailable,
+        }
+    };
+}
+
+/// The handler of `dataplane`'s pods; eBPF's only where it runs.
+fn handler<'a>(h: Handlers<'a>, dataplane: Dataplane) -> anyhow::Result<&'a mut dyn PodHandler> {
+    let Handlers { ebpf, iptables, fsm_init, unavailable } = h;
     Ok(match dataplane {
         Dataplane::Iptables => iptables,
+        Dataplane::FsmInit => fsm_init,
         Dataplane::Ebpf => ebpf
             .as_mut()
             .ok_or_else(|| anyhow!("the eBPF dataplane is not available here ({})", unavailable.as_deref().unwrap_or("not loaded")))?,
@@ -168,6 +192,7 @@ impl Agent {
             ebpf_unavailable,
             ebpf,
             iptables: IptablesPods::default(),
+            fsm_init: FsmInitPods::default(),
         };
         agent.reconcile()?;
         Ok(agent)
@@ -261,11 +286,28 @@ impl Agent {
         Ok(())
     }
 
+    /// Whose a pod's interception is (`crate::injection`), and why: from
+    /// the MeshConfig's mode and the pod's spec; for a pod whose spec is
+    /// not known, from fsm-init's rules found in its netns.
+    pub(crate) fn serving(&self, request: &EnrollRequest) -> anyhow::Result<(Serving, String)> {
+        let serving = crate::injection::serving(self.mesh.interception_mode, request.injection.as_ref());
+        Ok(match serving {
+            Serving::FsmInit => (serving, "its spec has FSM's fsm-init, whose rules serve it".into()),
+            Serving::Agent { .. } if request.injection.is_none() => match crate::iptables::fsm_init::found(&request.netns)? {
+                Some(chain) => (Serving::FsmInit, format!("fsm-init's rules are in its netns ({chain})")),
+                None => (serving, String::new()),
+            },
+            Serving::Agent { guarded: true } => (serving, "its fsm-init is guarded".into()),
+            other => (other, String::new()),
+        })
+    }
+
     /// The dataplane for a new pod, and why.
     fn choose(&self, request: &EnrollRequest, lists: &PodAnnotations) -> anyhow::Result<(Dataplane, String)> {
         let requested = match request.dataplane {
             Some(Dataplane::Ebpf) => Choice::Ebpf,
             Some(Dataplane::Iptables) => Choice::Iptables,
+            Some(Dataplane::FsmInit) => return Ok((Dataplane::FsmInit, "fsm-init requested".into())),
             None => self.choice,
         };
         if let Some(path) = &request.cgroup {
@@ -321,13 +363,25 @@ impl Agent {
     fn install(&mut self, id: PodId, find_listener: bool) -> anyhow::Result<()> {
         let pod = &self.state.pods[&id];
         let cx = Install::new(id, pod, &self.mesh, &self.state.settings, find_listener)?;
-        handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane)?.install(&cx)
+        handler(handlers!(self), pod.dataplane)?.install(&cx)
+    }
+
+    /// Leaves (or takes away) the mark by which a guarded fsm-init knows
+    /// that the agent intercepts its pod (`crate::injection::GUARD`); for
+    /// other pods, nothing.
+    fn mark_guarded(&self, id: PodId, present: bool) -> anyhow::Result<()> {
+        let pod = &self.state.pods[&id];
+        let guarded = pod.injection.is_some_and(|i| i.fsm_init == FsmInit::Guarded);
+        if guarded && pod.dataplane != Dataplane::FsmInit {
+            netns::set_guard_mark(&pod.netns, present).with_context(|| format!("pod {}: the fsm-init guard's mark", pod.name))?;
+        }
+        Ok(())
     }
 
     /// Takes away whatever the pod's dataplane installed; a failure can only
     /// be logged (a pod that is being dropped or was never enrolled).
     fn uninstall_best_effort(&mut self, id: PodId, pod: &Pod) {
-        let result = handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane).and_then(|h| h.uninstall(id, pod));
+        let result = handler(handlers!(self), pod.dataplane).and_then(|h| h.uninstall(id, pod));
         if let Err(e) = result {
             log::warn!("pod {}: removing what was installed: {e:#}", pod.name);
         }
@@ -351,7 +405,12 @@ impl Agent {
             bail!("pod {}: already enrolled (remove it first)", request.name);
         }
         self.refuse_overlap(&request)?;
-        let (dataplane, why) = self.choose(&request, &lists)?;
+        let (dataplane, why) = match self.serving(&request)? {
+            (Serving::Nobody(why), _) => bail!("pod {}: not enrolled: {why}", request.name),
+            // Whatever was asked for: the agent never runs beside fsm-init.
+            (Serving::FsmInit, why) => (Dataplane::FsmInit, why),
+            (Serving::Agent { .. }, _) => self.choose(&request, &lists)?,
+        };
         let pod = Pod::validated(request, lists, dataplane);
         let id = self.state.take_id()?;
         if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
@@ -360,7 +419,7 @@ impl Agent {
         // Installed as recorded; unrecorded again if that fails.
         self.degraded.remove(&id);
         self.state.pods.insert(id, pod);
-        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, scan_listeners)) {
+        if let Err(e) = self.sync_mesh().and_then(|()| self.install(id, scan_listeners)).and_then(|()| self.mark_guarded(id, true)) {
             let pod = self.state.pods.remove(&id).expect("just recorded");
             self.uninstall_best_effort(id, &pod);
             return Err(e.context(format!("pod {}: not enrolled", pod.name)));
@@ -376,8 +435,11 @@ impl Agent {
 
     pub fn remove(&mut self, name: &str) -> anyhow::Result<()> {
         let id = self.state.pod_id(name).ok_or_else(|| anyhow!("pod {name}: not enrolled"))?;
+        if let Err(e) = self.mark_guarded(id, false) {
+            log::warn!("{e:#}");
+        }
         let pod = &self.state.pods[&id];
-        handler(&mut self.ebpf, &mut self.iptables, &self.ebpf_unavailable, pod.dataplane)?.uninstall(id, pod)?;
+        handler(handlers!(self), pod.dataplane)?.uninstall(id, pod)?;
         self.state.pods.remove(&id);
         self.degraded.remove(&id);
         self.state.save(&self.state_dir)
@@ -426,9 +488,32 @@ impl Agent {
         if self.remove_if_gone(id) {
             return true;
         }
+        if let Err(e) = self.step_aside_for_fsm_init(id) {
+            log::warn!("pod {}: looking for fsm-init's rules: {e:#}", self.state.pods[&id].name);
+        }
         let result = self.install(id, find_listeners);
         self.record_install(id, result);
         false
+    }
+
+    /// An eBPF pod enrolled without its spec, in whose netns fsm-init's
+    /// rules appeared since (its init container ran after the enrolment):
+    /// fsm-init serves it from now on, and the agent's programs go. With
+    /// the spec known, that was decided at enrolment. (Our own iptables
+    /// dataplane writes chains of the same names, so its pods are not
+    /// looked at.)
+    fn step_aside_for_fsm_init(&mut self, id: PodId) -> anyhow::Result<()> {
+        let pod = &self.state.pods[&id];
+        if pod.injection.is_some() || pod.dataplane != Dataplane::Ebpf {
+            return Ok(());
+        }
+        let Some(chain) = crate::iptables::fsm_init::found(&pod.netns)? else { return Ok(()) };
+        let pod = pod.clone();
+        handler(handlers!(self), pod.dataplane)?.uninstall(id, &pod)?;
+        log::warn!("pod {}: fsm-init's rules appeared in its netns ({chain}): they serve it; the agent's programs are detached", pod.name);
+        self.state.pods.get_mut(&id).expect("enrolled").dataplane = Dataplane::FsmInit;
+        self.degraded.remove(&id);
+        self.state.save(&self.state_dir)
     }
 
     /// After every pod was applied: `removed`, whether one went.
@@ -565,6 +650,7 @@ impl Agent {
     fn handler(&self, dataplane: Dataplane) -> Option<&dyn PodHandler> {
         match dataplane {
             Dataplane::Iptables => Some(&self.iptables),
+            Dataplane::FsmInit => Some(&self.fsm_init),
             Dataplane::Ebpf => self.ebpf.as_ref().map(|e| e as &dyn PodHandler),
         }
     }

@@ -53,8 +53,21 @@ fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
             eprintln!("fsm-redirect: pod {} NOT intercepted (failOpen): {e:#}", pod.key());
             Ok(result)
         }
+        // Its fsm-init, guarded, finds no mark of the agent's and applies
+        // FSM's rules: the pod starts intercepted, by fsm-init.
+        Err(e) if unreachable(&e) && guarded(conf) => {
+            eprintln!("fsm-redirect: pod {}: the agent can't be reached ({e:#}); its guarded fsm-init applies FSM's rules", pod.key());
+            Ok(result)
+        }
         Err(e) => Err(agent_error(&pod, e)),
     }
+}
+
+/// Whether the runtime says the pod's fsm-init is guarded
+/// (`crate::injection::GUARD_ANNOTATION`).
+fn guarded(conf: &NetConf) -> bool {
+    let (key, value) = crate::injection::GUARD_ANNOTATION;
+    conf.runtime_config.pod_annotations.as_ref().is_some_and(|a| a.get(key).is_some_and(|v| v == value))
 }
 
 /// Whether the agent could not be asked at all.

@@ -18,8 +18,57 @@ pub enum LocalProxyMode {
     PodIP,
 }
 
+/// `spec.traffic.interceptionMode`: what FSM's injector does to a meshed
+/// pod, and who intercepts its traffic. FSM v1.0–v1.4 know `iptables`,
+/// `ebpf` and `none`; v1.5 and later `PodLevel` and `NodeLevel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum InterceptionMode {
+    /// v1.0–v1.4's default: the sidecar and fsm-init.
+    Iptables,
+    /// v1.0–v1.4: the sidecar without fsm-init; FSM's own `fsm-interceptor`
+    /// DaemonSet intercepts.
+    Ebpf,
+    /// v1.0–v1.4: the sidecar without fsm-init, and nothing of FSM's
+    /// intercepts: the mode to run this agent in.
+    None,
+    /// v1.5+'s default: the sidecar and fsm-init, always.
+    PodLevel,
+    /// v1.5+: no sidecar at all; FSM's `fsm-xnetwork` DaemonSet handles
+    /// pods' traffic on the node.
+    NodeLevel,
+}
+
+impl InterceptionMode {
+    /// As the MeshConfig spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InterceptionMode::Iptables => "iptables",
+            InterceptionMode::Ebpf => "ebpf",
+            InterceptionMode::None => "none",
+            InterceptionMode::PodLevel => "PodLevel",
+            InterceptionMode::NodeLevel => "NodeLevel",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Self::Iptables, Self::Ebpf, Self::None, Self::PodLevel, Self::NodeLevel].into_iter().find(|m| m.name() == text)
+    }
+
+    /// Why the agent leaves the pods of a mesh in this mode to FSM (None:
+    /// it may intercept them).
+    pub fn held_by_fsm(self) -> Option<&'static str> {
+        match self {
+            InterceptionMode::Ebpf => Some("interceptionMode ebpf: FSM's own fsm-interceptor intercepts meshed pods"),
+            InterceptionMode::NodeLevel => {
+                Some("interceptionMode NodeLevel: FSM's fsm-xnetwork handles meshed pods, which have no sidecar")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The interception-relevant part of a MeshConfig (`spec.traffic` and
-/// `spec.sidecar.localProxyMode`), validated.
+/// `spec.sidecar.localProxyMode`, `.localDNSProxy.enable`), validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MeshConfig {
     pub outbound_ip_range_exclusions: Vec<Cidr>,
@@ -28,6 +77,13 @@ pub struct MeshConfig {
     pub inbound_port_exclusions: Vec<Port>,
     pub network_interface_exclusions: Vec<InterfaceName>,
     pub local_proxy_mode: LocalProxyMode,
+    /// `spec.traffic.interceptionMode`; `None` where the document has none
+    /// (both FSM defaults, `iptables` and `PodLevel`, inject fsm-init).
+    pub interception_mode: Option<InterceptionMode>,
+    /// `spec.sidecar.localDNSProxy.enable`: fsm-init (v1.0–v1.4.16) then
+    /// sends the pod's UDP to 127.0.0.153:53 to the sidecar's DNS proxy on
+    /// 127.0.0.153:5300.
+    pub local_dns_proxy: bool,
 }
 
 const TRAFFIC: &str = "spec.traffic";
@@ -112,7 +168,24 @@ impl MeshConfig {
                 }
             },
         };
+        let interception_mode = match traffic.and_then(|t| t.get("interceptionMode")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(InterceptionMode::parse).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{TRAFFIC}.interceptionMode"),
+                    render(v),
+                    "is none of iptables, ebpf, none (FSM v1.0-v1.4), PodLevel, NodeLevel (v1.5+)",
+                )
+            })?),
+        };
+        let local_dns_proxy = match spec.and_then(|s| s.get("sidecar")).and_then(|s| s.get("localDNSProxy")).and_then(|d| d.get("enable")) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(ConfigError::invalid("spec.sidecar.localDNSProxy.enable", render(v), "is not true or false")),
+        };
         Ok(MeshConfig {
+            interception_mode,
+            local_dns_proxy,
             outbound_ip_range_exclusions: cidrs("outboundIPRangeExclusionList")?,
             outbound_ip_range_inclusions: cidrs("outboundIPRangeInclusionList")?,
             outbound_port_exclusions: ports("outboundPortExclusionList")?,
@@ -189,6 +262,27 @@ spec:
     }
 
     #[test]
+    fn reads_the_interception_mode_of_every_fsm_release_and_the_dns_proxy_switch() {
+        for (mode, want) in [
+            ("iptables", InterceptionMode::Iptables),
+            ("ebpf", InterceptionMode::Ebpf),
+            ("none", InterceptionMode::None),
+            ("PodLevel", InterceptionMode::PodLevel),
+            ("NodeLevel", InterceptionMode::NodeLevel),
+        ] {
+            let mc = MeshConfig::parse(&format!("spec:\n  traffic:\n    interceptionMode: {mode}\n")).unwrap();
+            assert_eq!(mc.interception_mode, Some(want));
+        }
+        let mc = MeshConfig::parse(
+            "spec:\n  sidecar:\n    localDNSProxy:\n      enable: true\n      primaryUpstreamDNSServerIPAddr: 10.96.0.10\n",
+        )
+        .unwrap();
+        assert!(mc.local_dns_proxy);
+        assert_eq!(mc.interception_mode, None);
+        assert!(!MeshConfig::parse("spec:\n  sidecar:\n    localDNSProxy: {enable: false}\n").unwrap().local_dns_proxy);
+    }
+
+    #[test]
     fn missing_lists_mean_fsm_defaults() {
         let mc = MeshConfig::parse("kind: MeshConfig\nspec: {}\n").unwrap();
         assert_eq!(mc, MeshConfig::fsm_default());
@@ -210,6 +304,8 @@ spec:
                 "\"10.0.0.0/8\"",
             ),
             ("spec:\n  sidecar:\n    localProxyMode: Pod\n", "spec.sidecar.localProxyMode", "\"Pod\""),
+            ("spec:\n  traffic:\n    interceptionMode: Iptables\n", "spec.traffic.interceptionMode", "\"Iptables\""),
+            ("spec:\n  sidecar:\n    localDNSProxy: {enable: yes please}\n", "spec.sidecar.localDNSProxy.enable", "\"yes please\""),
             ("kind: Pod\n", "kind", "\"Pod\""),
         ];
         for (doc, field, value) in cases {

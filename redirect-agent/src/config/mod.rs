@@ -10,6 +10,6 @@ pub mod policy;
 pub mod values;
 
 pub use error::ConfigError;
-pub use meshconfig::{LocalProxyMode, MeshConfig};
+pub use meshconfig::{InterceptionMode, LocalProxyMode, MeshConfig};
 pub use policy::{PodPolicy, Source, Sourced};
 pub use values::{Cidr, InterfaceName, Port};

@@ -1,7 +1,9 @@
 //! The effective lists of one pod: the MeshConfig's global lists merged with
-//! the pod's annotations and de-duplicated as FSM's injector does (global
-//! entries first, then the pod's, each value once, first occurrence kept),
-//! every entry labelled with where it came from.
+//! the pod's annotations and de-duplicated as FSM's injector does
+//! (`pkg/injector/exclusions.go`: ports global first, then the pod's; CIDRs
+//! the pod's first, then global; each value once, first occurrence kept),
+//! every entry labelled with where it came from. The order is what
+//! fsm-init's script lists, byte for byte; verdicts do not depend on it.
 
 use super::{Cidr, InterfaceName, LocalProxyMode, MeshConfig, Port, annotations::PodAnnotations};
 
@@ -27,14 +29,18 @@ pub struct PodPolicy {
     pub inbound_port_exclusions: Vec<Sourced<Port>>,
     pub network_interface_exclusions: Vec<Sourced<InterfaceName>>,
     pub local_proxy_mode: LocalProxyMode,
+    /// The MeshConfig's `localDNSProxy.enable`.
+    pub local_dns_proxy: bool,
 }
 
-/// FSM's `mergePortExclusionLists` / IP range merge: global first, then the
-/// pod's, a value that is already there is dropped. CIDRs compare by their
-/// text, as FSM's string set does.
-fn merge<T: Clone, K: Eq + std::hash::Hash>(global: &[T], pod: &[T], key: impl Fn(&T) -> K) -> Vec<Sourced<T>> {
+/// FSM's `MergePortExclusionLists` (global first, then the pod's) and
+/// `MergeIPRangeLists` (`pod_first`): a value that is already there is
+/// dropped. CIDRs compare by their text, as FSM's string set does.
+fn merge<T: Clone, K: Eq + std::hash::Hash>(global: &[T], pod: &[T], pod_first: bool, key: impl Fn(&T) -> K) -> Vec<Sourced<T>> {
     let mut seen = std::collections::HashSet::new();
-    let tagged = global.iter().map(|v| (v, Source::MeshConfig)).chain(pod.iter().map(|v| (v, Source::Annotation)));
+    let global = global.iter().map(|v| (v, Source::MeshConfig));
+    let pod = pod.iter().map(|v| (v, Source::Annotation));
+    let tagged: Box<dyn Iterator<Item = _>> = if pod_first { Box::new(pod.chain(global)) } else { Box::new(global.chain(pod)) };
     // Linear in the list length: MeshConfigs carry 10,000-entry lists.
     tagged.filter(|(value, _)| seen.insert(key(value))).map(|(value, source)| Sourced { value: value.clone(), source }).collect()
 }
@@ -43,12 +49,13 @@ impl PodPolicy {
     pub fn merge(mesh: &MeshConfig, pod: &PodAnnotations) -> Self {
         let by_text = |c: &Cidr| c.text.clone();
         PodPolicy {
-            outbound_ip_range_exclusions: merge(&mesh.outbound_ip_range_exclusions, &pod.outbound_ip_range_exclusions, by_text),
-            outbound_ip_range_inclusions: merge(&mesh.outbound_ip_range_inclusions, &pod.outbound_ip_range_inclusions, by_text),
-            outbound_port_exclusions: merge(&mesh.outbound_port_exclusions, &pod.outbound_port_exclusions, |p| *p),
-            inbound_port_exclusions: merge(&mesh.inbound_port_exclusions, &pod.inbound_port_exclusions, |p| *p),
-            network_interface_exclusions: merge(&mesh.network_interface_exclusions, &[], Clone::clone),
+            outbound_ip_range_exclusions: merge(&mesh.outbound_ip_range_exclusions, &pod.outbound_ip_range_exclusions, true, by_text),
+            outbound_ip_range_inclusions: merge(&mesh.outbound_ip_range_inclusions, &pod.outbound_ip_range_inclusions, true, by_text),
+            outbound_port_exclusions: merge(&mesh.outbound_port_exclusions, &pod.outbound_port_exclusions, false, |p| *p),
+            inbound_port_exclusions: merge(&mesh.inbound_port_exclusions, &pod.inbound_port_exclusions, false, |p| *p),
+            network_interface_exclusions: merge(&mesh.network_interface_exclusions, &[], false, Clone::clone),
             local_proxy_mode: mesh.local_proxy_mode,
+            local_dns_proxy: mesh.local_dns_proxy,
         }
     }
 }
@@ -61,7 +68,7 @@ mod tests {
     use crate::config::annotations::*;
 
     #[test]
-    fn merges_global_then_pod_without_duplicates() {
+    fn merges_as_fsms_injector_without_duplicates() {
         let mesh = MeshConfig::parse(
             "spec:\n  traffic:\n    outboundPortExclusionList: [6379, 7070]\n    outboundIPRangeExclusionList: [1.1.1.1/32, 2.2.2.2/24]\n",
         )
@@ -75,6 +82,7 @@ mod tests {
         let ports: Vec<_> = p.outbound_port_exclusions.iter().map(|s| (s.value.get(), s.source)).collect();
         assert_eq!(ports, [(6379, Source::MeshConfig), (7070, Source::MeshConfig), (8080, Source::Annotation)]);
         let cidrs: Vec<_> = p.outbound_ip_range_exclusions.iter().map(|s| (s.value.text.as_str(), s.source)).collect();
-        assert_eq!(cidrs, [("1.1.1.1/32", Source::MeshConfig), ("2.2.2.2/24", Source::MeshConfig), ("3.3.3.0/24", Source::Annotation)]);
+        // MergeIPRangeLists: the pod's first.
+        assert_eq!(cidrs, [("2.2.2.2/24", Source::Annotation), ("3.3.3.0/24", Source::Annotation), ("1.1.1.1/32", Source::MeshConfig)]);
     }
 }

@@ -34,6 +34,9 @@ pub struct SlotEntries {
     pub inclusion: bool,
     /// The pod's IPv6 is intercepted (`pod_flags::IPV6`; own slot only).
     pub ipv6: bool,
+    /// Its UDP to 127.0.0.153:53 goes to the local DNS proxy
+    /// (`pod_flags::DNS_PROXY`; own slot only).
+    pub dns_proxy: bool,
 }
 
 /// One entry of a policy slot in its map: the one table that `write`,
@@ -162,6 +165,7 @@ impl PodEntries {
         own.pod_net(&mesh.network_interface_exclusions, net);
         own.inclusion = !mesh.outbound_ip_range_inclusions.is_empty() || !pod.outbound_ip_range_inclusions.is_empty();
         own.ipv6 = ipv6;
+        own.dns_proxy = mesh.local_dns_proxy;
         own
     }
 

@@ -31,7 +31,13 @@ pub enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
     CgroupInet6Connect = 11,
+    CgroupUdp4Sendmsg = 14,
+    CgroupUdp6Sendmsg = 15,
+    CgroupUdp4Recvmsg = 19,
+    CgroupUdp6Recvmsg = 20,
     CgroupGetsockopt = 21,
+    CgroupInet4Getpeername = 29,
+    CgroupInet6Getpeername = 30,
     /// Attached to a sockhash, with `BPF_PROG_ATTACH`.
     SkMsgVerdict = 7,
     /// Attached to a network namespace, not a cgroup.

@@ -140,6 +140,7 @@ impl SharedMaps {
             let mut entries = slots.remove(&c.policy).unwrap_or_default();
             entries.inclusion = c.flags & pod_flags::INCLUSION != 0;
             entries.ipv6 = c.flags & pod_flags::IPV6 != 0;
+            entries.dns_proxy = c.flags & pod_flags::DNS_PROXY != 0;
             self.written.insert(*pod, (c.policy, entries));
         }
         for (slot, entries) in slots {
@@ -298,6 +299,9 @@ impl SharedMaps {
         }
         if entries.ipv6 {
             flags |= pod_flags::IPV6;
+        }
+        if entries.dns_proxy {
+            flags |= pod_flags::DNS_PROXY;
         }
         let mesh = self.mesh_entries();
         for list in List::ALL {

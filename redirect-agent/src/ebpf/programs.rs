@@ -29,12 +29,19 @@ use super::{
 };
 
 /// The programs of one pod that are always attached, by the name of their
-/// link pin.
-pub const PROGRAMS: [(&str, &str, AttachType); 4] = [
+/// link pin. The UDP ones (the local DNS proxy's rule) do nothing but look
+/// up the pod's config while the MeshConfig has the proxy off.
+pub const PROGRAMS: [(&str, &str, AttachType); 10] = [
     ("connect4", "redirect_connect4", AttachType::CgroupInet4Connect),
     ("connect6", "redirect_connect6", AttachType::CgroupInet6Connect),
     ("getsockopt", "redirect_getsockopt", AttachType::CgroupGetsockopt),
     ("sk_lookup", "redirect_sk_lookup", AttachType::SkLookup),
+    ("sendmsg4", "redirect_sendmsg4", AttachType::CgroupUdp4Sendmsg),
+    ("sendmsg6", "redirect_sendmsg6", AttachType::CgroupUdp6Sendmsg),
+    ("recvmsg4", "redirect_recvmsg4", AttachType::CgroupUdp4Recvmsg),
+    ("recvmsg6", "redirect_recvmsg6", AttachType::CgroupUdp6Recvmsg),
+    ("getpeername4", "redirect_getpeername4", AttachType::CgroupInet4Getpeername),
+    ("getpeername6", "redirect_getpeername6", AttachType::CgroupInet6Getpeername),
 ];
 
 /// sockops is loaded with the others but attached only while the pod needs
@@ -160,7 +167,14 @@ pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'
 pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> anyhow::Result<OwnedFd> {
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     match attach_type {
-        AttachType::CgroupInet4Connect | AttachType::CgroupInet6Connect => load_as(program, CgroupSockAddr::load),
+        AttachType::CgroupInet4Connect
+        | AttachType::CgroupInet6Connect
+        | AttachType::CgroupUdp4Sendmsg
+        | AttachType::CgroupUdp6Sendmsg
+        | AttachType::CgroupUdp4Recvmsg
+        | AttachType::CgroupUdp6Recvmsg
+        | AttachType::CgroupInet4Getpeername
+        | AttachType::CgroupInet6Getpeername => load_as(program, CgroupSockAddr::load),
         AttachType::CgroupSockOps => load_as(program, SockOps::load),
         AttachType::CgroupGetsockopt => load_as(program, CgroupSockopt::load),
         AttachType::SkLookup => load_as(program, SkLookup::load),

@@ -1,8 +1,10 @@
 //! Applying and removing the rules inside a pod's network namespace.
 //!
 //! Idempotent: applying replaces what an earlier apply left (the jumps from
-//! PREROUTING/OUTPUT, the PodIP DNAT rule, the four chains) in the same
-//! transaction, so running it twice leaves one copy of each rule.
+//! PREROUTING/OUTPUT, the PodIP and DNS DNAT rules, the four chains) in the
+//! same transaction, so running it twice leaves one copy of each rule. The
+//! chains of an earlier apply in another form (an agent that wrote
+//! `fsm_PROXY_*`) go in that transaction too.
 
 use std::{
     io::Write as _,
@@ -12,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Family, rules::CHAINS};
+use super::{
+    Family,
+    rules::{Form, dns_rule, every_chain},
+};
 
 fn in_netns(netns: &Path, program: &str) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
@@ -30,8 +35,18 @@ fn nat(netns: &Path, family: Family, args: &[&str]) -> anyhow::Result<Output> {
     output(cmd)
 }
 
-/// Rules of a built-in chain that are ours: jumps to our chains, and the
-/// PodIP-mode DNAT of the proxy's loopback connections.
+/// Whether a rule of PREROUTING or OUTPUT, as `iptables -S` prints it after
+/// `-A CHAIN `, is one of ours: a jump to our chains (of any form), the
+/// PodIP-mode DNAT of the proxy's loopback connections, the local DNS
+/// proxy's DNAT.
+pub fn is_ours(rule: &str) -> bool {
+    let dns_to = dns_rule().rsplit(' ').next().map(str::to_owned).unwrap_or_default();
+    every_chain().any(|c| rule.ends_with(&format!("-j {c}")))
+        || (rule.contains("-o lo") && rule.contains("--uid-owner") && rule.contains("-j DNAT"))
+        || (rule.contains("-p udp") && rule.contains("-j DNAT") && rule.ends_with(&format!("--to-destination {dns_to}")))
+}
+
+/// Rules of a built-in chain that are ours (`is_ours`).
 fn our_rules(netns: &Path, family: Family, chain: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let out = nat(netns, family, &["-S", chain])?;
     if !out.status.success() {
@@ -40,10 +55,7 @@ fn our_rules(netns: &Path, family: Family, chain: &str) -> anyhow::Result<Vec<Ve
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
-        .filter(|rule| {
-            CHAINS.iter().any(|c| rule.ends_with(&format!("-j {c}")))
-                || (rule.contains("-o lo") && rule.contains("--uid-owner") && rule.contains("-j DNAT"))
-        })
+        .filter(|rule| is_ours(rule))
         .map(|rule| rule.split_whitespace().map(str::to_owned).collect())
         .collect())
 }
@@ -61,7 +73,7 @@ pub fn remove(netns: &Path, family: Family) -> anyhow::Result<()> {
         }
     }
     for flag in ["-F", "-X"] {
-        for chain in CHAINS {
+        for chain in every_chain() {
             if nat(netns, family, &["-S", chain])?.status.success() {
                 let out = nat(netns, family, &[flag, chain])?;
                 if !out.status.success() {
@@ -81,10 +93,30 @@ pub fn remove(netns: &Path, family: Family) -> anyhow::Result<()> {
 /// without rules, at a change or at an agent's start.
 pub fn apply(netns: &Path, family: Family, restore_input: &str) -> anyhow::Result<()> {
     let mut deletions = String::new();
+    let mut jumped: Vec<String> = Vec::new();
     for chain in ["PREROUTING", "OUTPUT"] {
         for rule in our_rules(netns, family, chain)? {
             deletions.push_str(&format!("-D {chain} {}\n", rule.join(" ")));
+            if let [.., j, target] = rule.as_slice()
+                && j == "-j"
+            {
+                jumped.push(target.clone());
+            }
         }
+    }
+    // The chains of another form that an earlier apply jumped to: all four
+    // declared (so that they are there, flushed: no chain refers to another
+    // any more) and deleted after the jumps.
+    let declared = |c: &str| restore_input.lines().any(|l| l.strip_prefix(':').and_then(|l| l.split_whitespace().next()) == Some(c));
+    let stale: Vec<&str> = Form::ALL
+        .iter()
+        .map(|f| f.chains().all())
+        .filter(|chains| chains.iter().all(|c| !declared(c)) && chains.iter().any(|c| jumped.iter().any(|j| j == c)))
+        .flatten()
+        .collect();
+    for chain in &stale {
+        deletions.insert_str(0, &format!(":{chain} - [0:0]\n"));
+        deletions.push_str(&format!("-X {chain}\n"));
     }
     let input = replacing(restore_input, &deletions);
     let program = format!("{}-restore", family.iptables());
@@ -117,7 +149,12 @@ fn replacing(restore_input: &str, deletions: &str) -> String {
 
 /// `iptables-save -t nat` of the pod, for people and diagnostics.
 pub fn save(netns: &Path, family: Family) -> anyhow::Result<String> {
-    let mut cmd = in_netns(netns, &format!("{}-save", family.iptables()))?;
+    save_with(netns, &format!("{}-save", family.iptables()))
+}
+
+/// `PROGRAM -t nat` (an `*-save`) in the pod's netns.
+pub fn save_with(netns: &Path, program: &str) -> anyhow::Result<String> {
+    let mut cmd = in_netns(netns, program)?;
     cmd.args(["-t", "nat"]);
     let out = output(cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -4,6 +4,7 @@
 //! oracle the eBPF path is tested against.
 
 pub mod apply;
+pub mod fsm_init;
 pub mod rules;
 
 pub use rules::{Family, PodIp};

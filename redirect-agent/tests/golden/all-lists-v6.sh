@@ -1,32 +1,34 @@
 ip6tables-restore --noflush <<EOF
 # FSM sidecar interception rules
 *nat
-:fsm_PROXY_INBOUND - [0:0]
-:fsm_PROXY_IN_REDIRECT - [0:0]
-:fsm_PROXY_OUTBOUND - [0:0]
-:fsm_PROXY_OUT_REDIRECT - [0:0]
--A fsm_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-port 15003
--A PREROUTING -p tcp -j fsm_PROXY_INBOUND
--A fsm_PROXY_INBOUND -p tcp --dport 15010 -j RETURN
--A fsm_PROXY_INBOUND -p tcp --dport 15901 -j RETURN
--A fsm_PROXY_INBOUND -p tcp --dport 15902 -j RETURN
--A fsm_PROXY_INBOUND -p tcp --dport 15903 -j RETURN
--A fsm_PROXY_INBOUND -p tcp --dport 15904 -j RETURN
--A fsm_PROXY_INBOUND -p tcp -j fsm_PROXY_IN_REDIRECT
--I fsm_PROXY_INBOUND -i net1 -j RETURN
--I fsm_PROXY_INBOUND -p tcp --match multiport --dports 9090,9091 -j RETURN
--A fsm_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-port 15001
--A fsm_PROXY_OUT_REDIRECT -p tcp --dport 15000 -j ACCEPT
--A OUTPUT -p tcp -j fsm_PROXY_OUTBOUND
--A fsm_PROXY_OUTBOUND -o lo ! -d ::1/128 -m owner --uid-owner 1500 -j fsm_PROXY_IN_REDIRECT
--A fsm_PROXY_OUTBOUND -o lo -m owner ! --uid-owner 1500 -j RETURN
--A fsm_PROXY_OUTBOUND -m owner --uid-owner 1500 -j RETURN
--A fsm_PROXY_OUTBOUND -d ::1/128 -j RETURN
--A fsm_PROXY_OUTBOUND -d fe80::/10 -j RETURN
+:FSM_PROXY_INBOUND - [0:0]
+:FSM_PROXY_IN_REDIRECT - [0:0]
+:FSM_PROXY_OUTBOUND - [0:0]
+:FSM_PROXY_OUT_REDIRECT - [0:0]
+-A FSM_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-port 15003
+-A PREROUTING -p tcp -j FSM_PROXY_INBOUND
+-A FSM_PROXY_INBOUND -p tcp --dport 15010 -j RETURN
+-A FSM_PROXY_INBOUND -p tcp --dport 15901 -j RETURN
+-A FSM_PROXY_INBOUND -p tcp --dport 15902 -j RETURN
+-A FSM_PROXY_INBOUND -p tcp --dport 15903 -j RETURN
+-A FSM_PROXY_INBOUND -p tcp --dport 15904 -j RETURN
+-A FSM_PROXY_INBOUND -p tcp -j FSM_PROXY_IN_REDIRECT
+-I FSM_PROXY_INBOUND -i net1 -j RETURN
+-I FSM_PROXY_INBOUND -p tcp --match multiport --dports 9090,9091 -j RETURN
+-A FSM_PROXY_OUT_REDIRECT -p tcp -j REDIRECT --to-port 15001
+-A FSM_PROXY_OUT_REDIRECT -p tcp --dport 15000 -j ACCEPT
+-A OUTPUT -p tcp -j FSM_PROXY_OUTBOUND
+-A FSM_PROXY_OUTBOUND -o lo ! -d ::1/128 -m owner --uid-owner 1500 -j FSM_PROXY_IN_REDIRECT
+-A FSM_PROXY_OUTBOUND -o lo -m owner ! --uid-owner 1500 -j RETURN
+-A FSM_PROXY_OUTBOUND -m owner --uid-owner 1500 -j RETURN
+-A FSM_PROXY_OUTBOUND -d ::1/128 -j RETURN
+-A FSM_PROXY_OUTBOUND -d fe80::/10 -j RETURN
 -I OUTPUT -p tcp -o lo -d ::1/128 -m owner --uid-owner 1500 -j DNAT --to-destination $POD_IPV6
--A fsm_PROXY_OUTBOUND -o net1 -j RETURN
--A fsm_PROXY_OUTBOUND -d fd00::/8 -j RETURN
--A fsm_PROXY_OUTBOUND -p tcp --match multiport --dports 6379,7070,8080 -j RETURN
--A fsm_PROXY_OUTBOUND -j RETURN
+-A FSM_PROXY_OUTBOUND -o net1 -j RETURN
+-A FSM_PROXY_OUTBOUND -d fd01::/16 -j RETURN
+-A FSM_PROXY_OUTBOUND -d fd00::/8 -j RETURN
+-A FSM_PROXY_OUTBOUND -p tcp --match multiport --dports 6379,7070,8080 -j RETURN
+-A FSM_PROXY_OUTBOUND -d fd00:96::/32 -j FSM_PROXY_OUT_REDIRECT
+-A FSM_PROXY_OUTBOUND -j RETURN
 COMMIT
 EOF

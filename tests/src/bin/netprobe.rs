@@ -26,6 +26,16 @@
 //!   bench and the fast-path tests (see each function).
 //! - `sockopts`: prints what a set of getsockopt calls return, to compare a
 //!   run inside an enrolled pod with one outside.
+//! - `dns-serve ADDR:PORT ANSWER`: a DNS server on UDP ADDR:PORT that
+//!   answers every A query with address ANSWER (and AAAA with none).
+//! - `dns-query ADDR:PORT NAME [--connected]`: sends an A query for NAME
+//!   from a UDP socket (IPv6 for a bracketed ADDR), with `sendto` or, with
+//!   --connected, `connect` and `send`; prints `answer A from SRC` (the
+//!   reply's source as `recvfrom` reports it; with --connected also `peer
+//!   P`, `getpeername`'s), or `error: ...` after 2 seconds without one.
+//! - `resolve RESOLV_CONF UID NAME` (as root): glibc's resolver with
+//!   RESOLV_CONF as `/etc/resolv.conf` (bound over it in a mount namespace
+//!   of its own), as UID: execs `getent ahostsv4 NAME`.
 //! - `peek ADDR PORT`: what a process of the pod that is not its proxy
 //!   could learn: dials ADDR (if redirected, its peer is a hand-over
 //!   address), listens on that peer's IP at PORT itself, connects there and
@@ -226,12 +236,124 @@ fn main() {
             burst(addr.parse().unwrap(), threads.parse().unwrap(), conns.parse().unwrap(), lines.parse().unwrap())
         }
         ["stream", addr, mib] => stream(addr.parse().unwrap(), mib.parse().unwrap()),
+        ["resolve", conf, uid, name] => resolve(conf, uid.parse().unwrap(), name),
+        ["dns-serve", addr, answer] => dns_serve(addr.parse().unwrap(), answer.parse().unwrap()),
+        ["dns-query", addr, name, rest @ ..] => dns_query(addr.parse().unwrap(), name, rest == ["--connected"]),
         _ => Err(format!("usage: netprobe serve|proxy|dial|sockopts ... (got {a:?})")),
     };
     if let Err(e) = result {
         println!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// A DNS message: a query for `name` (type A), or, with `answer`, the
+/// response to `query` (its id and question) holding it.
+mod dns_wire {
+    pub fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.trim_end_matches('.').split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m
+    }
+
+    /// The response to `query` (None: not a query with one question).
+    pub fn response(query: &[u8], answer: std::net::Ipv4Addr) -> Option<Vec<u8>> {
+        if query.len() < 12 || query[4..6] != [0, 1] {
+            return None;
+        }
+        let mut end = 12;
+        while *query.get(end)? != 0 {
+            end += 1 + usize::from(query[end]);
+        }
+        let question = query.get(12..end + 5)?;
+        let qtype = u16::from_be_bytes([question[question.len() - 4], question[question.len() - 3]]);
+        let a = qtype == 1;
+        let mut m = query[..2].to_vec();
+        m.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+        m.extend_from_slice(question);
+        if a {
+            m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+            m.extend_from_slice(&answer.octets());
+        }
+        Some(m)
+    }
+
+    /// The first A record of a response with id `id`.
+    pub fn first_a(response: &[u8], id: u16) -> Option<std::net::Ipv4Addr> {
+        if response.len() < 12 || response[..2] != id.to_be_bytes() || response[6..8] == [0, 0] {
+            return None;
+        }
+        let rdata = response.len().checked_sub(4)?;
+        Some(std::net::Ipv4Addr::new(response[rdata], response[rdata + 1], response[rdata + 2], response[rdata + 3]))
+    }
+}
+
+fn resolve(conf: &str, uid: u32, name: &str) -> Result<(), String> {
+    use std::{ffi::CString, os::unix::process::CommandExt as _};
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let (conf, target) = (CString::new(conf).unwrap(), c"/etc/resolv.conf");
+    // A machine without the file (a test VM) gets an empty one to bind over.
+    if !std::path::Path::new("/etc/resolv.conf").exists() {
+        std::fs::write("/etc/resolv.conf", "").map_err(|e| format!("creating /etc/resolv.conf: {e}"))?;
+    }
+    // SAFETY: plain syscalls with valid, NUL-terminated paths.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os("unshare"));
+        }
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            return Err(os("making / private"));
+        }
+        if libc::mount(conf.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            return Err(os("binding the resolv.conf"));
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+            return Err(os("dropping to the uid"));
+        }
+    }
+    Err(format!("exec getent: {}", std::process::Command::new("getent").args(["ahostsv4", name]).exec()))
+}
+
+fn dns_serve(addr: SocketAddr, answer: std::net::Ipv4Addr) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("bind udp {addr}: {e}"))?;
+    println!("listening");
+    std::io::stdout().flush().unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        if let Some(reply) = dns_wire::response(&buf[..n], answer) {
+            let _ = socket.send_to(&reply, from);
+        }
+    }
+}
+
+fn dns_query(to: SocketAddr, name: &str, connected: bool) -> Result<(), String> {
+    let local: SocketAddr = if to.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let socket = std::net::UdpSocket::bind(local).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(secs(2))).unwrap();
+    let id = (std::process::id() & 0xffff) as u16;
+    let query = dns_wire::query(id, name);
+    if connected {
+        socket.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+        socket.send(&query).map_err(|e| format!("send: {e}"))?;
+    } else {
+        socket.send_to(&query, to).map_err(|e| format!("sendto {to}: {e}"))?;
+    }
+    let mut buf = [0u8; 512];
+    let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("recvfrom: {e}"))?;
+    let answer = dns_wire::first_a(&buf[..n], id).ok_or("not an answer to the query")?;
+    if connected {
+        let peer = socket.peer_addr().map_err(|e| e.to_string())?;
+        println!("answer {answer} from {from} peer {peer}");
+    } else {
+        println!("answer {answer} from {from}");
+    }
+    Ok(())
 }
 
 fn peek(addr: SocketAddr, port: u16) -> Result<(), String> {

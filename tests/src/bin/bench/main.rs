@@ -607,6 +607,7 @@ fn cni_adds(one: usize, all: usize) -> anyhow::Result<CniAdds> {
         if meshed {
             for o in &mut items {
                 o["metadata"]["labels"] = json!({"fsm-proxy-uuid": "x"});
+                o["spec"] = json!({"containers": [{"name": "app"}, {"name": "sidecar"}]});
             }
         }
         Ok(std::fs::write(&pods_file, json!({"apiVersion": "v1", "kind": "PodList", "items": items}).to_string())?)
