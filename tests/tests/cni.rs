@@ -781,6 +781,17 @@ fn a_pod_fsm_gave_fsm_init_is_left_to_it_and_one_without_a_sidecar_or_in_fsms_ow
     let (ok, out) = node.cli(&["status"]);
     assert!(ok && out.contains(&format!("{} is served by its own fsm-init (its rules are in place)", with_init.key())), "{out}");
 
+    // Nothing of the agent's can hold back a pod fsm-init serves: one whose
+    // cgroup the agent can't find (an eBPF pod's ADD would fail) starts.
+    let elsewhere = Sandbox::new("cart-9");
+    write_pods(
+        &pods,
+        &[with_init.injected(Injected::FsmInit), node_level.injected(Injected::LabelOnly), elsewhere.injected(Injected::FsmInit)],
+    );
+    let add = chain.add(&elsewhere);
+    assert!(add.ok, "{}", add.stdout);
+    assert_eq!(enrolled(&node, &elsewhere.key()).expect("recorded")["dataplane"], "fsm-init");
+
     // NodeLevel: the label, no sidecar: nothing would receive its traffic.
     let add = chain.add(&node_level);
     assert!(add.ok, "{}", add.stdout);
@@ -798,7 +809,7 @@ fn a_pod_fsm_gave_fsm_init_is_left_to_it_and_one_without_a_sidecar_or_in_fsms_ow
     assert!(enrolled(&node, &ebpf_mode.key()).is_none());
 
     pod.stop_listeners();
-    for s in [&ebpf_mode, &node_level, &with_init] {
+    for s in [&ebpf_mode, &elsewhere, &node_level, &with_init] {
         assert!(chain.del(s, None));
     }
 }

@@ -20,7 +20,8 @@ impl Agent {
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
         let injection = Injection::of_pod(&pod);
-        if let Serving::Nobody(why) = crate::injection::serving(self.mesh.interception_mode, Some(&injection)) {
+        let serving = crate::injection::serving(self.mesh.interception_mode, Some(&injection));
+        if let Serving::Nobody(why) = &serving {
             log::info!("CNI ADD of pod {key}: left alone: {why}");
             return Ok(CniAdded::NotMeshed { why: format!("pod {key}: {why}") });
         }
@@ -61,20 +62,36 @@ impl Agent {
             started_unintercepted: false,
             injection: Some(injection),
         };
-        let fallback =
-            (injection.fsm_init == FsmInit::Guarded).then(|| EnrollRequest { dataplane: Some(Dataplane::FsmInit), ..request.clone() });
-        let (id, dataplane) = match (self.cni_enroll(request, &add.pod.uid, &add.ips), fallback) {
-            (Ok(enrolled), _) => enrolled,
+        let as_fsm_init = EnrollRequest { dataplane: Some(Dataplane::FsmInit), ..request.clone() };
+        if serving == Serving::FsmInit {
+            return Ok(self.record_fsm_init(as_fsm_init));
+        }
+        match self.cni_enroll(request, &add.pod.uid, &add.ips) {
+            Ok((id, dataplane)) => Ok(CniAdded::Enrolled { id, dataplane }),
             // Whatever failed, a guarded fsm-init finds no mark and applies
             // its rules: the pod starts intercepted all the same, by
             // fsm-init, which the agent records.
-            (Err(e), Some(fallback)) => {
+            Err(e) if injection.fsm_init == FsmInit::Guarded => {
                 log::warn!("pod {key}: not intercepted by the agent ({e:#}); its guarded fsm-init will apply its rules");
-                self.enroll_scanning(fallback, false)?
+                Ok(self.record_fsm_init(as_fsm_init))
             }
-            (Err(e), None) => return Err(e),
-        };
-        Ok(CniAdded::Enrolled { id, dataplane })
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a pod its own fsm-init serves. Its ADD succeeds whatever
+    /// happens here: fsm-init intercepts the pod without the agent, which
+    /// must never hold back a pod it does not serve (a failure is logged;
+    /// reconciling records the pod later).
+    fn record_fsm_init(&mut self, request: EnrollRequest) -> CniAdded {
+        let key = request.name.clone();
+        match self.enroll_scanning(request, false) {
+            Ok((id, dataplane)) => CniAdded::Enrolled { id, dataplane },
+            Err(e) => {
+                log::warn!("pod {key}: served by its own fsm-init, not recorded: {e:#}");
+                CniAdded::NotMeshed { why: format!("pod {key}: served by its own fsm-init (not recorded by the agent: {e:#})") }
+            }
+        }
     }
 
     /// Enrolls the pod of an ADD, with the cgroup the kubelet made for the
