@@ -532,6 +532,13 @@ fn check_maps(
     if (config.flags & pod_flags::INCLUSION != 0) != want.own.inclusion {
         diffs.push("POD_CONFIG's inclusion flag is wrong".into());
     }
+    if (config.flags & pod_flags::DNS_PROXY != 0) != want.own.dns_proxy {
+        diffs.push(format!(
+            "POD_CONFIG has the local DNS proxy {}, the MeshConfig {}",
+            if want.own.dns_proxy { "off" } else { "on" },
+            if want.own.dns_proxy { "on" } else { "off" }
+        ));
+    }
     if (config.flags & pod_flags::IPV6 != 0) != ipv6 {
         diffs.push(format!(
             "POD_CONFIG says IPv6 is {}intercepted, the agent says it is {}",
@@ -559,6 +566,7 @@ fn check_maps(
                 n(|e| e.excluded_ports.len(), "excluded outbound ports"),
                 n(|e| e.inbound_excluded_ports.len(), "excluded inbound ports"),
                 n(|e| e.excluded_ifaces.len(), "excluded interfaces"),
+                format!("local DNS proxy {}", if want.own.dns_proxy { "on" } else { "off" }),
             ]
             .join(", "),
         )

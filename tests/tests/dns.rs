@@ -106,6 +106,10 @@ fn dns_for_127_0_0_153_goes_to_the_sidecars_proxy_on_every_dataplane_as_fsm_init
         assert_eq!(e["agrees"], true, "{e:#}");
     }
     assert_eq!(explain("127.0.0.153:5300")["config"]["verdict"], "direct");
+    for (pod, says) in [(&ebpf, "local DNS proxy on"), (&iptables, "every chain holds the expected rules")] {
+        let (ok, out) = node.cli(&["diagnose", &pod.name]);
+        assert!(ok && out.contains(says), "{out}");
+    }
 
     // Off: every query goes where it was sent, on both dataplanes.
     node.set_mesh_config(DNS_OFF);
@@ -114,6 +118,8 @@ fn dns_for_127_0_0_153_goes_to_the_sidecars_proxy_on_every_dataplane_as_fsm_init
     assert_eq!(off[1], format!("uid {APP_UID} 127.0.0.153:53: answer {DIRECT_ANSWER} from 127.0.0.153:53"));
     assert_eq!(queries(&ebpf, &resolv_conf), off, "the eBPF dataplane, the proxy off");
     assert_eq!(explain("127.0.0.153:53")["config"]["verdict"], "direct");
+    let (ok, out) = node.cli(&["diagnose", &ebpf.name]);
+    assert!(ok && out.contains("local DNS proxy off"), "{out}");
     // And on again.
     node.set_mesh_config(DNS_ON);
     assert_eq!(queries(&ebpf, &resolv_conf), want);
