@@ -202,3 +202,33 @@ pub fn parse_annotation(arg: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("annotation {arg:?}: expected KEY=VALUE"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::injection::FsmInit;
+
+    fn read(text: &str) -> anyhow::Result<Manifest> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        manifest_from_file(file.path())
+    }
+
+    #[test]
+    fn a_manifest_gives_its_annotations_and_what_fsm_injected() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart\n  annotations: {flomesh.io/outbound-port-exclusion-list: '6379'}\nspec:\n  initContainers: [{name: fsm-init}]\n  containers: [{name: app}, {name: sidecar}]\n";
+        let m = read(pod).unwrap();
+        assert_eq!(m.annotations["flomesh.io/outbound-port-exclusion-list"], "6379");
+        assert_eq!(m.injection, Some(Injection { sidecar: true, fsm_init: FsmInit::Present }));
+        // No annotations at all: none, not the whole document as a map.
+        let m = read("metadata: {name: cart}\nspec:\n  containers: [{name: app}]\n").unwrap();
+        assert!(m.annotations.is_empty());
+        assert_eq!(m.injection, Some(Injection { sidecar: false, fsm_init: FsmInit::Absent }));
+        // A plain map of annotations: no spec known.
+        let m = read("flomesh.io/inbound-port-exclusion-list: '8080'\n").unwrap();
+        assert_eq!(m.annotations["flomesh.io/inbound-port-exclusion-list"], "8080");
+        assert_eq!(m.injection, None);
+        let e = read("spec:\n  containers: 7\n").unwrap_err();
+        assert!(format!("{e:#}").contains("not a pod manifest"), "{e:#}");
+    }
+}
