@@ -117,8 +117,11 @@ pub fn requires(feature: Feature) -> bool {
     eprintln!("skipped {test}: the kernel lacks {}", feature.name());
     if let Ok(log) = std::env::var("REDIRECT_SKIP_LOG") {
         use std::io::Write as _;
+        // One write of the whole line: tests run two at a time, and an
+        // O_APPEND write is not interleaved with another, where the pieces
+        // of `writeln!` are (the matrix once read two tests' names joined).
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(log) {
-            let _ = writeln!(f, "{test} {}", feature.name());
+            let _ = f.write_all(format!("{test} {}\n", feature.name()).as_bytes());
         }
     }
     false
