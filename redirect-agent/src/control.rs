@@ -59,6 +59,11 @@ pub enum Request {
         container_id: String,
         pod: crate::cni::spec::KubernetesPod,
     },
+    /// The CNI plugin's GC: remove the pods enrolled by ADDs of sandboxes
+    /// other than these.
+    CniGc {
+        valid: Vec<String>,
+    },
 }
 
 /// The agent's answer to each request, one variant per request.
@@ -89,6 +94,10 @@ pub enum Reply {
         removed: bool,
     },
     CniChecked,
+    /// The pods GC removed.
+    CniCollected {
+        removed: Vec<String>,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -265,6 +274,14 @@ impl Client {
     pub fn cni_check(&self, container_id: &str, pod: &crate::cni::spec::KubernetesPod) -> anyhow::Result<()> {
         match self.call(&Request::CniCheck { container_id: container_id.to_owned(), pod: pod.clone() })? {
             Reply::CniChecked => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// The pods removed.
+    pub fn cni_gc(&self, valid: Vec<String>) -> anyhow::Result<Vec<String>> {
+        match self.call(&Request::CniGc { valid })? {
+            Reply::CniCollected { removed } => Ok(removed),
             other => unexpected(other),
         }
     }

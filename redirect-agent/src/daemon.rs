@@ -291,6 +291,7 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         Request::CniAdd { add } => agent.cni_add(add).map(Reply::CniAdded),
         Request::CniDel { container_id } => agent.cni_del(&container_id).map(|removed| Reply::CniDeleted { removed }),
         Request::CniCheck { container_id, pod } => agent.cni_check(&container_id, &pod).map(|()| Reply::CniChecked),
+        Request::CniGc { valid } => agent.cni_gc(&valid).map(|removed| Reply::CniCollected { removed }),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
 }

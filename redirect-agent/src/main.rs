@@ -228,6 +228,18 @@ enum Command {
         /// runtime's CNI bin dir).
         #[arg(long, default_value = "/opt/cni/bin", requires = "cni_conf_dir")]
         cni_bin_dir: PathBuf,
+        /// Namespaces whose pods the mesh never holds: the plugin passes
+        /// their ADDs without asking the agent, so that an agent that is
+        /// down or behind holds none of them back (default: kube-system and
+        /// --fsm-namespace). Comma-separated; "" for none.
+        #[arg(long, value_delimiter = ',', requires = "cni_conf_dir")]
+        cni_exclude_namespaces: Option<Vec<String>>,
+        /// The plugin's `failOpen`: meshed pods start, unintercepted, when
+        /// the agent can't be reached or refuses them (reconciling enrolls
+        /// them later and `status` marks them "started unintercepted").
+        /// Off: their ADD fails and the kubelet retries.
+        #[arg(long, requires = "cni_conf_dir")]
+        cni_fail_open: bool,
     },
     /// Why a connection is (or is not) intercepted: the verdict and the rule,
     /// from the configured lists and from the kernel's state.
@@ -394,7 +406,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kubelet_cgroup_root,
             cni_conf_dir,
             cni_bin_dir,
+            cni_exclude_namespaces,
+            cni_fail_open,
         } => {
+            let exclude_namespaces = cni_exclude_namespaces
+                .unwrap_or_else(|| vec!["kube-system".to_owned(), kubernetes.fsm_namespace.clone()])
+                .into_iter()
+                .filter(|ns| !ns.is_empty())
+                .collect();
             let opts = AgentOptions {
                 state_dir: cli.state_dir.clone(),
                 bpffs_dir: cli.bpffs_dir.clone(),
@@ -416,6 +435,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     conf_dir,
                     bin_dir: cni_bin_dir,
                     socket: redirect_agent::state::State::socket(&cli.state_dir),
+                    exclude_namespaces,
+                    fail_open: cni_fail_open,
                 }),
                 // On Kubernetes the agent runs in a container.
                 mount_bpffs: !kubernetes.kubernetes,

@@ -355,6 +355,14 @@ fn with_the_agent_down_add_fails_so_the_kubelet_retries_unless_the_config_says_f
     let error = add.json();
     assert_eq!(error["code"], 11, "try again later: {error}");
     assert!(error["msg"].as_str().unwrap().contains("can't be reached"), "{error}");
+    // The node's own pods are never held back: a namespace the entry
+    // excludes passes without the agent.
+    chain.set("excludeNamespaces", json!(["kube-system", "fsm-system"]));
+    let coredns = Sandbox { namespace: "kube-system".into(), ..Sandbox::new("coredns-0") };
+    let add = chain.add(&coredns);
+    assert!(add.ok, "{}", add.stdout);
+    assert!(chain.del(&coredns, None));
+    assert!(!chain.add(&sandbox).ok, "a meshed pod elsewhere still waits for the agent");
     // The runtime cleans up after a failed ADD: DEL goes through every
     // plugin even with the agent down (which removes a pod once its netns
     // is gone), freeing the interface and address.
@@ -513,7 +521,7 @@ fn the_plugin_speaks_the_cni_versions_and_reports_errors_as_the_spec_says() {
     };
     let (ok, v) = run(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
     assert!(ok);
-    assert_eq!(v, json!({"cniVersion": "0.4.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}));
+    assert_eq!(v, json!({"cniVersion": "0.4.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}));
     let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
     let (ok, v) = run(&add[..3], "{}");
     assert!(!ok);
@@ -537,6 +545,75 @@ fn the_plugin_speaks_the_cni_versions_and_reports_errors_as_the_spec_says() {
     let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/var/run/netns/none"), ("CNI_IFNAME", "eth0")];
     let (ok, v) = run(&check, r#"{"cniVersion":"0.3.1","name":"n","type":"fsm-redirect-cni","prevResult":{}}"#);
     assert_eq!((ok, v["code"].as_u64()), (false, Some(1)), "{v}");
+    // STATUS and GC (1.1.0): ready, and done, with the agent nowhere: an
+    // agent that is down must not mark the node's network not ready.
+    let conf11 = r#"{"cniVersion":"1.1.0","name":"n","type":"fsm-redirect-cni","socket":"/nonexistent/agent.sock"}"#;
+    for command in ["STATUS", "GC"] {
+        let out = Command::new(tests::cni_plugin_bin())
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(conf11.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success() && out.stdout.is_empty(), "{command}: {}", String::from_utf8_lossy(&out.stdout));
+        let (ok, v) = run(&[("CNI_COMMAND", command)], &conf11.replace("1.1.0", "1.0.0"));
+        assert_eq!((ok, v["code"].as_u64()), (false, Some(1)), "{command} before 1.1.0: {v}");
+    }
+}
+
+#[test]
+fn gc_removes_the_pods_of_sandboxes_the_runtime_no_longer_has() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let (kept, gone) = (Sandbox::new("cart-10"), Sandbox::new("cart-11"));
+    kubelet.pod(&kept.uid);
+    kubelet.pod(&gone.uid);
+    write_pods(&pods, &[kept.pod_object(true), gone.pod_object(true)]);
+    let chain = Chain::new(&node, 51, json!({}));
+    for s in [&kept, &gone] {
+        let add = chain.add(s);
+        assert!(add.ok, "{}", add.stdout);
+    }
+    // A pod enrolled by hand is not the runtime's to name.
+    let mut by_hand = Pod::create(&node).unwrap();
+    node.enroll(&by_hand, &[]).unwrap();
+    // GC with the runtime's attachments of this network: `gone`'s is not
+    // among them (its sandbox went without a DEL that reached us).
+    let mut gc = chain.ours();
+    gc["cniVersion"] = "1.1.0".into();
+    gc["name"] = chain.conflist["name"].clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": kept.container_id, "ifname": "eth0"}]);
+    let out = Command::new(tests::cni_plugin_bin())
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", tests::CNI_BIN_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(gc.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(enrolled(&node, &kept.key()).is_some());
+    assert!(enrolled(&node, &gone.key()).is_none(), "GC removed the pod of the sandbox the runtime no longer has");
+    assert!(enrolled(&node, &by_hand.name).is_some());
+    by_hand.stop_listeners();
+    for s in [&kept, &gone] {
+        assert!(chain.del(s, None));
+    }
 }
 
 /// What a pod's app gets dialling each of these ports of 10.96.0.10:
@@ -867,4 +944,40 @@ fn a_guarded_fsm_init_steps_aside_where_the_agent_intercepts_and_applies_its_rul
     for s in [&unguarded, &down, &failed, &guarded] {
         assert!(chain.del(s, None));
     }
+}
+
+/// A node without cgroup v2 (cgroup v1 only): the agent, which sees no
+/// cgroup2 file system (a mount namespace of its own without it), gives a
+/// meshed pod fsm-init's rules at its ADD, before any container.
+#[test]
+fn on_a_node_without_cgroup_v2_add_gives_a_meshed_pod_fsm_inits_rules() {
+    if !tests::requires(tests::Feature::CniPlugins) || !tests::requires(tests::Feature::UnshareCgroup) {
+        return;
+    }
+    let cgroup2 = redirect_agent::cgroup::cgroup2_mount().unwrap();
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (mut node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    node.kill_agent();
+    node.agent_wrapper =
+        ["unshare", "-m", "--propagation", "slave", "--", "sh", "-c", &format!("umount -l {} && exec \"$@\"", cgroup2.display()), "sh"]
+            .map(str::to_owned)
+            .to_vec();
+    node.start_agent().unwrap();
+    assert!(node.status()["ebpf_unavailable"].as_str().unwrap_or_default().contains("cgroup"), "{}", node.status());
+    let mut sandbox = Sandbox::new("cart-12");
+    sandbox.annotations = json!({"flomesh.io/outbound-port-exclusion-list": "6379"});
+    let pod_group = kubelet.pod(&sandbox.uid);
+    write_pods(&pods, &[sandbox.pod_object(true)]);
+    let chain = Chain::new(&node, 52, json!({}));
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}", add.stdout);
+    let ip = pod_ip(&add.json());
+    assert_eq!(enrolled(&node, &sandbox.key()).expect("enrolled")["dataplane"], "iptables");
+    let mut pod = sandbox.pod(&ip, kubelet.container(&pod_group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(pod.dial("10.96.0.10:6379", APP_UID), "direct 10.96.0.10:6379", "the pod's annotation");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"));
+    pod.stop_listeners();
+    assert!(chain.del(&sandbox, None));
 }

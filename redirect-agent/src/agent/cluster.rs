@@ -68,7 +68,7 @@ impl Agent {
         let key = pods::key(pod);
         let injection = Injection::of_pod(pod);
         let serving = crate::injection::serving(self.mesh.interception_mode, Some(&injection));
-        if matches!(serving, Serving::Nobody(_)) {
+        if matches!(serving, Serving::Nobody(_)) || self.excluded_namespace(pod.metadata.namespace.as_deref().unwrap_or_default()) {
             return Ok(());
         }
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();

@@ -15,6 +15,13 @@ use crate::{
 impl Agent {
     pub fn cni_add(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
         let key = add.pod.key();
+        // The plugin passes these without asking (an entry of an older
+        // agent may not know them yet).
+        if self.excluded_namespace(&add.pod.namespace) {
+            return Ok(CniAdded::NotMeshed {
+                why: format!("pod {key}: namespace {} is excluded (--cni-exclude-namespaces)", add.pod.namespace),
+            });
+        }
         let pod = match self.pods.meshed(&add.pod)? {
             Ok(pod) => pod,
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
@@ -94,13 +101,35 @@ impl Agent {
         }
     }
 
+    /// Whether the mesh never holds pods of `namespace` (the CNI entry's
+    /// `excludeNamespaces`).
+    pub(crate) fn excluded_namespace(&self, namespace: &str) -> bool {
+        self.state.cni.as_ref().is_some_and(|c| c.exclude_namespaces.iter().any(|n| n == namespace))
+    }
+
     /// Enrolls the pod of an ADD, with the cgroup the kubelet made for the
     /// pod of `uid`.
     fn cni_enroll(&mut self, mut request: EnrollRequest, uid: &str, ips: &[std::net::IpAddr]) -> anyhow::Result<(u32, Dataplane)> {
-        let root = crate::cgroup::cgroup2_mount()?;
-        let cgroup = kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, uid).with_context(|| format!("pod {}", request.name))?;
-        log::info!("CNI ADD of pod {} (sandbox {:?}, IPs {ips:?}): cgroup {}", request.name, request.container_id, cgroup.display());
-        request.cgroup = Some(cgroup);
+        request.cgroup = match crate::cgroup::cgroup2_mount() {
+            Ok(root) => {
+                let cgroup =
+                    kubelet::find_pod_cgroup(&root, &self.kubelet_cgroup_root, uid).with_context(|| format!("pod {}", request.name))?;
+                log::info!(
+                    "CNI ADD of pod {} (sandbox {:?}, IPs {ips:?}): cgroup {}",
+                    request.name,
+                    request.container_id,
+                    cgroup.display()
+                );
+                Some(cgroup)
+            }
+            // A node without cgroup v2: the programs could not tell the
+            // pod's processes from the node's, so the pod gets fsm-init's
+            // rules in its netns (`--dataplane auto`), before any container.
+            Err(e) => {
+                log::info!("CNI ADD of pod {} (sandbox {:?}, IPs {ips:?}): no cgroup v2 ({e:#})", request.name, request.container_id);
+                None
+            }
+        };
         // ADD runs before any container of the pod: no proxy listens yet.
         self.enroll_scanning(request, false)
     }
@@ -111,6 +140,25 @@ impl Agent {
             Some(id) => self.remove(&self.state.pods[&id].name.clone()).map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// GC (CNI 1.1.0): removes the pods that ADDs of sandboxes other than
+    /// `valid` enrolled (the runtime has no such sandbox any more). Pods
+    /// enrolled otherwise (by hand, by reconciling) are not the runtime's
+    /// to name. Returns the pods removed.
+    pub fn cni_gc(&mut self, valid: &[String]) -> anyhow::Result<Vec<String>> {
+        let stale: Vec<String> = self
+            .state
+            .pods
+            .values()
+            .filter(|p| p.container_id.as_ref().is_some_and(|c| !valid.contains(c)))
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &stale {
+            log::info!("CNI GC: pod {name}: its sandbox is not among the runtime's: removed");
+            self.remove(name)?;
+        }
+        Ok(stale)
     }
 
     /// Fails if FSM meshes the pod and this sandbox's pod is not enrolled

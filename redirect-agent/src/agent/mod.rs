@@ -30,7 +30,7 @@ use self::{
 };
 use crate::{
     cgroup,
-    cni::pods::PodSource,
+    cni::{install::Chained, pods::PodSource},
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
     control::{Degraded, PodStatus, Status},
     dataplane::{Choice, Dataplane},
@@ -150,8 +150,10 @@ impl Agent {
             // The primary CNI may not have written its configuration yet
             // (a node booting): the entry is tried again at each refresh.
             match install.ensure_chained() {
-                Ok(Some(conf)) => log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display()),
-                Ok(None) => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
+                Ok(Chained::Added(conf) | Chained::Updated(conf)) => {
+                    log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display())
+                }
+                Ok(Chained::Already) => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
                 Err(e) => log::warn!("CNI plugin installed into {}, not chained yet: {e:#}", install.bin_dir.display()),
             }
             state.cni = Some(install);
@@ -606,8 +608,11 @@ impl Agent {
     pub fn begin_refresh(&mut self) -> Option<Refresh> {
         if let Some(install) = &self.state.cni {
             match install.ensure_chained() {
-                Ok(Some(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
-                Ok(None) => {}
+                Ok(Chained::Added(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
+                Ok(Chained::Updated(conf)) => {
+                    log::info!("the CNI plugin's entry in {} differed from the agent's settings: updated", conf.display())
+                }
+                Ok(Chained::Already) => {}
                 Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
             }
         }

@@ -15,13 +15,32 @@ use serde_json::{Value, json};
 pub const PLUGIN_TYPE: &str = "fsm-redirect-cni";
 
 /// Where the plugin goes, recorded in the state file so that `uninstall`
-/// can take it out again.
+/// can take it out again, and the settings of its entry, which the agent
+/// owns (an entry edited by hand is put back as the agent has it).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CniInstall {
     pub conf_dir: PathBuf,
     pub bin_dir: PathBuf,
     /// The control socket the entry names.
     pub socket: PathBuf,
+    /// Namespaces whose pods' ADDs the plugin passes without the agent.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// The entry's `failOpen`.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+/// What `ensure_chained` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chained {
+    /// The entry was there as the agent has it.
+    Already,
+    /// The entry was there with other settings: rewritten in this file.
+    Updated(PathBuf),
+    /// The entry was missing (the primary CNI rewrote its file, or it is
+    /// the first time): put at the end of this file.
+    Added(PathBuf),
 }
 
 impl CniInstall {
@@ -36,19 +55,44 @@ impl CniInstall {
     }
 
     /// Puts the entry at the end of the primary conflist if it is not
-    /// there as it should be. Returns the file changed, if any.
-    pub fn ensure_chained(&self) -> anyhow::Result<Option<PathBuf>> {
+    /// there as it should be. Refuses a conflist of a CNI version the
+    /// plugin does not speak: the runtime would fail every ADD of it.
+    pub fn ensure_chained(&self) -> anyhow::Result<Chained> {
         let path = primary_conf(&self.conf_dir)?;
         let conf = read_json(&path)?;
-        let entry = entry(&self.socket);
+        let entry = self.entry();
         let mut list = as_conflist(conf)?;
+        let version = list["cniVersion"].as_str().unwrap_or_default();
+        if !super::spec::SUPPORTED_VERSIONS.contains(&version) {
+            bail!(
+                "{}: cniVersion {version:?}, which fsm-redirect-cni does not speak ({}): not chained",
+                path.display(),
+                super::spec::SUPPORTED_VERSIONS.join(", ")
+            );
+        }
         let plugins = list["plugins"].as_array_mut().expect("made by as_conflist");
         if plugins.last() == Some(&entry) && plugins.iter().filter(|p| is_ours(p)).count() == 1 {
-            return Ok(None);
+            return Ok(Chained::Already);
         }
+        let had = plugins.iter().any(is_ours);
         plugins.retain(|p| !is_ours(p));
         plugins.push(entry);
-        Ok(Some(write_conflist(&path, &list)?))
+        let file = write_conflist(&path, &list)?;
+        Ok(if had { Chained::Updated(file) } else { Chained::Added(file) })
+    }
+
+    /// The plugin's entry.
+    pub fn entry(&self) -> Value {
+        let mut entry = json!({
+            "type": PLUGIN_TYPE,
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "socket": self.socket,
+            "excludeNamespaces": self.exclude_namespaces,
+        });
+        if self.fail_open {
+            entry["failOpen"] = true.into();
+        }
+        entry
     }
 
     /// Takes the entry out of the primary conflist and the binary out of
@@ -68,15 +112,6 @@ impl CniInstall {
             _ => Ok(()),
         }
     }
-}
-
-/// The plugin's entry.
-pub fn entry(socket: &Path) -> Value {
-    json!({
-        "type": PLUGIN_TYPE,
-        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
-        "socket": socket,
-    })
 }
 
 fn is_ours(plugin: &Value) -> bool {
@@ -142,7 +177,13 @@ mod tests {
         let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
         std::fs::create_dir_all(&conf_dir).unwrap();
         std::fs::create_dir_all(&bin_dir).unwrap();
-        CniInstall { conf_dir, bin_dir, socket: "/run/fsm-redirect/agent.sock".into() }
+        CniInstall {
+            conf_dir,
+            bin_dir,
+            socket: "/run/fsm-redirect/agent.sock".into(),
+            exclude_namespaces: vec!["kube-system".into(), "fsm-system".into()],
+            fail_open: false,
+        }
     }
 
     fn plugins(path: &Path) -> Vec<String> {
@@ -161,15 +202,24 @@ mod tests {
         std::fs::write(&source, "#!/bin/sh\n").unwrap();
 
         i.install_binary(&source).unwrap();
-        assert_eq!(i.ensure_chained().unwrap(), Some(primary.clone()));
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Added(primary.clone()));
         assert!(i.bin_dir.join(PLUGIN_TYPE).exists());
         assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
         assert_eq!(plugins(&i.conf_dir.join("99-other.conflist")), ["calico", "portmap"], "not the primary one");
-        assert_eq!(i.ensure_chained().unwrap(), None, "already there: untouched");
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Already, "already there: untouched");
+        assert_eq!(read_json(&primary).unwrap()["plugins"][2]["excludeNamespaces"], json!(["kube-system", "fsm-system"]));
 
         // The primary CNI writes its file again, without us.
         std::fs::write(&primary, original).unwrap();
-        assert_eq!(i.ensure_chained().unwrap(), Some(primary.clone()));
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Added(primary.clone()));
+        assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
+
+        // Settings the agent owns, edited by hand (or changed with the
+        // agent's options): the entry is updated, not missing.
+        let failing_open = CniInstall { fail_open: true, ..i.clone() };
+        assert_eq!(failing_open.ensure_chained().unwrap(), Chained::Updated(primary.clone()));
+        assert_eq!(read_json(&primary).unwrap()["plugins"][2]["failOpen"], true);
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Updated(primary.clone()));
         assert_eq!(plugins(&primary), ["calico", "portmap", PLUGIN_TYPE]);
 
         i.uninstall().unwrap();
@@ -185,8 +235,8 @@ mod tests {
         assert!(i.ensure_chained().unwrap_err().to_string().contains("no network configuration yet"));
         let conf = i.conf_dir.join("10-bridge.conf");
         std::fs::write(&conf, r#"{"cniVersion":"1.0.0","name":"net","type":"bridge","bridge":"cni0"}"#).unwrap();
-        let written = i.ensure_chained().unwrap().unwrap();
-        assert_eq!(written, i.conf_dir.join("10-bridge.conflist"));
+        let written = i.conf_dir.join("10-bridge.conflist");
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Added(written.clone()));
         assert!(!conf.exists());
         let list = read_json(&written).unwrap();
         assert_eq!((list["cniVersion"].as_str(), list["name"].as_str()), (Some("1.0.0"), Some("net")));
@@ -194,5 +244,19 @@ mod tests {
         assert_eq!(plugins(&written), ["bridge", PLUGIN_TYPE]);
         std::fs::write(i.conf_dir.join("00-broken.conflist"), "{").unwrap();
         assert!(i.ensure_chained().unwrap_err().to_string().contains("00-broken.conflist"));
+    }
+
+    #[test]
+    fn a_conflist_of_a_version_the_plugin_does_not_speak_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = install(dir.path());
+        let primary = i.conf_dir.join("10-net.conflist");
+        let future = r#"{"cniVersion":"1.2.0","name":"net","plugins":[{"type":"bridge"}]}"#;
+        std::fs::write(&primary, future).unwrap();
+        let e = i.ensure_chained().unwrap_err().to_string();
+        assert!(e.contains("cniVersion \"1.2.0\", which fsm-redirect-cni does not speak") && e.contains("not chained"), "{e}");
+        assert_eq!(std::fs::read_to_string(&primary).unwrap(), future);
+        std::fs::write(&primary, future.replace("1.2.0", "1.1.0")).unwrap();
+        assert_eq!(i.ensure_chained().unwrap(), Chained::Added(primary.clone()));
     }
 }

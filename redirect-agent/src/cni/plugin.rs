@@ -15,11 +15,54 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
     let conf = NetConf::parse(stdin)?;
     let client =
         Client::at(conf.socket.clone().unwrap_or_else(|| crate::state::State::socket(std::path::Path::new(crate::state::DEFAULT_DIR))));
+    conf.supports(env.command)?;
+    // The mesh never holds these: nothing to ask the agent, which may be
+    // down, hung or behind without holding back the node's own pods.
+    if let Some(pod) = env.kubernetes_pod().filter(|p| conf.exclude_namespaces.contains(&p.namespace)) {
+        if env.command == Command::Add {
+            eprintln!("fsm-redirect: pod {}: namespace {} is excluded (excludeNamespaces): left alone", pod.key(), pod.namespace);
+            return spec::pass_through(&conf);
+        }
+        return Ok(String::new());
+    }
     match env.command {
         Command::Add => add(env, &conf, &client),
         Command::Del => del(env, &client).map(|()| String::new()),
-        Command::Check => check(env, &conf, &client).map(|()| String::new()),
+        Command::Check => check(env, &client).map(|()| String::new()),
+        Command::Status => status(&client).map(|()| String::new()),
+        Command::Gc => gc(&conf, &client).map(|()| String::new()),
         Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// Ready whatever the agent's state: a failing STATUS marks the node's
+/// network not ready (containerd 2), which would hold back every pod of
+/// the node, where an agent that is down only fails meshed pods' ADDs
+/// (they are retried).
+fn status(client: &Client) -> Result<(), CniError> {
+    if let Err(e) = client.status() {
+        eprintln!("fsm-redirect: the agent can't be asked ({e:#}): meshed pods' ADDs fail until it answers; other pods are not held back");
+    }
+    Ok(())
+}
+
+/// Has the agent remove the pods enrolled by ADDs of sandboxes the runtime
+/// no longer has. An agent that can't be reached removes them itself once
+/// their network namespaces are gone.
+fn gc(conf: &NetConf, client: &Client) -> Result<(), CniError> {
+    let valid: Vec<String> = conf.valid_attachments.iter().map(|a| a.container_id.clone()).collect();
+    match client.cni_gc(valid) {
+        Ok(removed) => {
+            if !removed.is_empty() {
+                eprintln!("fsm-redirect: GC removed {}", removed.join(", "));
+            }
+            Ok(())
+        }
+        Err(e) if unreachable(&e) => {
+            eprintln!("fsm-redirect: GC: the agent can't be reached ({e:#}); it removes pods once their netns is gone");
+            Ok(())
+        }
+        Err(e) => Err(CniError::new(code::GC_FAILED, "the fsm-redirect agent failed to collect garbage", format!("{e:#}"))),
     }
 }
 
@@ -111,14 +154,7 @@ fn del(env: &Env, client: &Client) -> Result<(), CniError> {
 }
 
 /// A meshed pod must be enrolled with its programs attached.
-fn check(env: &Env, conf: &NetConf, client: &Client) -> Result<(), CniError> {
-    if !conf.has_check() {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            format!("CHECK needs cniVersion 0.4.0 or later, not {}", conf.cni_version),
-            "",
-        ));
-    }
+fn check(env: &Env, client: &Client) -> Result<(), CniError> {
     let Some(pod) = env.kubernetes_pod() else { return Ok(()) };
     client
         .cni_check(&env.container_id, &pod)

@@ -1,13 +1,13 @@
-//! The CNI wire format (spec 1.0.0, and 0.3.0–0.4.0 as runtimes still send
-//! them): the environment, the network configuration on stdin, and the
-//! error object. Only what a chained plugin that passes `prevResult` on
+//! The CNI wire format (spec 1.1.0 and 1.0.0, and 0.3.0–0.4.0 as runtimes
+//! still send them): the environment, the network configuration on stdin,
+//! and the error object. Only what a chained plugin that passes `prevResult` on
 //! unchanged needs; unknown keys are ignored (libcni passes
 //! `capabilities` through, and plugins of the chain add their own).
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 /// The versions this plugin speaks, oldest first.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The capability whose `runtimeConfig` key carries the pod's annotations
 /// (containerd's CRI, when the plugin's entry declares it).
@@ -21,10 +21,14 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS (1.1.0): the plugin can't serve ADDs.
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
     /// Ours (100 and up are the plugin's): the agent refused the pod.
     pub const ENROLMENT_REFUSED: u32 = 100;
     /// Ours: CHECK found a meshed pod not intercepted.
     pub const NOT_INTERCEPTED: u32 = 101;
+    /// Ours: GC failed in the agent.
+    pub const GC_FAILED: u32 = 102;
 }
 
 /// An error as CNI reports it: printed on stdout, with a non-zero exit.
@@ -50,7 +54,24 @@ pub enum Command {
     Add,
     Del,
     Check,
+    /// 1.1.0: whether the plugin can serve ADDs (containerd 2 asks every
+    /// plugin of a 1.1.0 conflist; a failure marks the node's network not
+    /// ready).
+    Status,
+    /// 1.1.0: remove what belongs to attachments other than the valid ones.
+    Gc,
     Version,
+}
+
+impl Command {
+    /// The version from which the spec has it.
+    fn since(self) -> &'static str {
+        match self {
+            Command::Check => "0.4.0",
+            Command::Status | Command::Gc => "1.1.0",
+            _ => "0.3.0",
+        }
+    }
 }
 
 /// The environment of one invocation.
@@ -73,9 +94,15 @@ impl Env {
             Some("ADD") => Command::Add,
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
+            Some("STATUS") => Command::Status,
+            Some("GC") => Command::Gc,
             Some("VERSION") => Command::Version,
             other => {
-                return Err(CniError::new(code::INVALID_ENV, format!("CNI_COMMAND {other:?}: expected ADD, DEL, CHECK or VERSION"), ""));
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_COMMAND {other:?}: expected ADD, DEL, CHECK, STATUS, GC or VERSION"),
+                    "",
+                ));
             }
         };
         let required = |name: &str| -> Result<String, CniError> {
@@ -83,7 +110,8 @@ impl Env {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| CniError::new(code::INVALID_ENV, format!("{name} is not set (required for {command:?})"), ""))
         };
-        if command == Command::Version {
+        // These name no attachment.
+        if matches!(command, Command::Version | Command::Status | Command::Gc) {
             return Ok(Env { command, container_id: String::new(), netns: None, ifname: String::new(), args: BTreeMap::new() });
         }
         let container_id = required("CNI_CONTAINERID")?;
@@ -151,6 +179,23 @@ pub struct NetConf {
     /// unintercepted).
     #[serde(default)]
     pub fail_open: bool,
+    /// Namespaces whose pods the mesh never holds (FSM's own, kube-system):
+    /// their ADD succeeds without asking the agent, so that an agent that is
+    /// down, hung or behind never holds back the node's own pods.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// GC (1.1.0): the attachments the runtime still has.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Vec<Attachment>,
+}
+
+/// One of GC's valid attachments.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
 }
 
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -174,9 +219,19 @@ impl NetConf {
         Ok(conf)
     }
 
-    /// CHECK and `prevResult` on DEL exist from 0.4.0.
-    pub fn has_check(&self) -> bool {
-        !self.cni_version.starts_with("0.3.")
+    /// Refuses `command` where the configuration's version does not have
+    /// it (CHECK before 0.4.0, STATUS and GC before 1.1.0).
+    pub fn supports(&self, command: Command) -> Result<(), CniError> {
+        let since = command.since();
+        let index = |v: &str| SUPPORTED_VERSIONS.iter().position(|s| *s == v);
+        if index(&self.cni_version) < index(since) {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("{command:?} needs cniVersion {since} or later, not {}", self.cni_version),
+                "",
+            ));
+        }
+        Ok(())
     }
 
     /// The pod's IPs in `prevResult` (`ips[].address`, CIDR form).
@@ -236,7 +291,10 @@ mod tests {
         // DEL after the namespace is gone: no CNI_NETNS, still fine.
         let del = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")]).unwrap();
         assert_eq!(del.netns, None);
-        assert!(env(&[("CNI_COMMAND", "GC")]).unwrap_err().msg.contains("\"GC\""));
+        assert!(env(&[("CNI_COMMAND", "NOPE")]).unwrap_err().msg.contains("expected ADD, DEL, CHECK, STATUS, GC or VERSION"));
+        // STATUS and GC name no attachment (1.1.0).
+        assert_eq!(env(&[("CNI_COMMAND", "STATUS")]).unwrap().command, Command::Status);
+        assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap().command, Command::Gc);
         assert!(
             env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "e"), ("CNI_NETNS", "/n"), ("CNI_ARGS", "oops")])
                 .is_err()
@@ -258,6 +316,25 @@ mod tests {
     }
 
     #[test]
+    fn each_command_needs_the_version_that_has_it_and_gc_reads_the_valid_attachments() {
+        let conf = |v: &str| NetConf::parse(format!(r#"{{"cniVersion":"{v}","name":"k8s"}}"#).as_bytes()).unwrap();
+        assert!(conf("0.3.1").supports(Command::Check).is_err());
+        conf("0.4.0").supports(Command::Check).unwrap();
+        for c in [Command::Status, Command::Gc] {
+            let e = conf("1.0.0").supports(c).unwrap_err();
+            assert_eq!(e.code, code::INCOMPATIBLE_VERSION, "{e:?}");
+            conf("1.1.0").supports(c).unwrap();
+        }
+        let gc = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"k8s","cni.dev/valid-attachments":[{"containerID":"abc","ifname":"eth0"},{"containerID":"def","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(gc.valid_attachments.iter().map(|a| a.container_id.as_str()).collect::<Vec<_>>(), ["abc", "def"]);
+        let excluded = NetConf::parse(br#"{"cniVersion":"1.1.0","excludeNamespaces":["kube-system","fsm-system"]}"#).unwrap();
+        assert_eq!(excluded.exclude_namespaces, ["kube-system", "fsm-system"]);
+    }
+
+    #[test]
     fn bad_configurations_get_the_spec_error_codes() {
         assert_eq!(NetConf::parse(b"{").unwrap_err().code, code::DECODE_FAILURE);
         let e = NetConf::parse(br#"{"cniVersion":"0.2.0"}"#).unwrap_err();
@@ -266,7 +343,7 @@ mod tests {
         assert_eq!(pass_through(&alone).unwrap_err().code, code::INVALID_CONFIG);
         assert_eq!(
             version_info(br#"{"cniVersion":"0.4.0"}"#),
-            r#"{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}"#
+            r#"{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}"#
         );
         let e = serde_json::to_string(&CniError::new(code::TRY_AGAIN_LATER, "m", "")).unwrap();
         assert_eq!(e, r#"{"cniVersion":"1.0.0","code":11,"msg":"m"}"#);
