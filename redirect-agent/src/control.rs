@@ -44,8 +44,6 @@ pub enum Request {
     Diagnose {
         pod: Option<String>,
     },
-    /// Prometheus text.
-    Metrics,
     /// The CNI plugin's ADD: enroll the pod if FSM meshes it.
     CniAdd {
         add: crate::cni::CniAdd,
@@ -85,9 +83,6 @@ pub enum Reply {
     Explanation(Box<Explanation>),
     Checks {
         checks: Vec<Check>,
-    },
-    Metrics {
-        text: String,
     },
     CniAdded(crate::cni::CniAdded),
     CniDeleted {
@@ -241,19 +236,40 @@ impl std::fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
+/// The agent took the request but gave no answer in time (a hung or
+/// overloaded agent).
+#[derive(Debug)]
+pub struct Unanswered(pub std::time::Duration);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the agent did not answer within {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for Unanswered {}
+
 /// The CLI's side of the control socket: one connection per request.
 pub struct Client {
     socket: PathBuf,
+    /// How long a request may wait for its answer (none: as long as the
+    /// agent takes, for the CLI's `reload` of a large node).
+    timeout: Option<std::time::Duration>,
 }
 
 impl Client {
     pub fn new(state_dir: &Path) -> Self {
-        Client { socket: State::socket(state_dir) }
+        Client { socket: State::socket(state_dir), timeout: None }
     }
 
     /// A client of the agent listening on `socket`.
     pub fn at(socket: PathBuf) -> Self {
-        Client { socket }
+        Client { socket, timeout: None }
+    }
+
+    /// Gives up on an answer after `timeout` ([`Unanswered`]).
+    pub fn with_timeout(self, timeout: std::time::Duration) -> Self {
+        Client { timeout: Some(timeout), ..self }
     }
 
     pub fn cni_add(&self, add: crate::cni::CniAdd) -> anyhow::Result<crate::cni::CniAdded> {
@@ -296,6 +312,8 @@ impl Client {
                 _ => format!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display()),
             })
         })?;
+        stream.set_read_timeout(self.timeout)?;
+        stream.set_write_timeout(self.timeout)?;
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
         // An agent that turns the caller away answers and closes at once,
@@ -303,6 +321,12 @@ impl Client {
         let written = stream.write_all(line.as_bytes());
         let mut answer = String::new();
         let read = BufReader::new(stream).read_line(&mut answer);
+        let timed_out = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+        if let (Some(limit), true) =
+            (self.timeout, written.as_ref().err().is_some_and(timed_out) || read.as_ref().err().is_some_and(timed_out))
+        {
+            return Err(Unanswered(limit).into());
+        }
         if answer.is_empty() {
             written.context("writing to the agent")?;
             read.context("reading the agent's answer")?;

@@ -96,6 +96,8 @@ const POD_ARRIVAL: Duration = Duration::from_secs(5);
 pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let sock = State::socket(&opts.state_dir);
     std::fs::create_dir_all(&opts.state_dir)?;
+    raise_file_limit();
+    let opts_bpffs_dir = opts.bpffs_dir.clone();
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         anyhow::bail!("another agent is already running (it answers on {})", sock.display());
     }
@@ -130,14 +132,23 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
     let (tx, mut rx) = mpsc::channel::<Job>(16);
+    let (snapshot, snapshot_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.metrics_snapshot()));
     if let Some(addr) = daemon.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
-        log::info!("Prometheus metrics on http://{addr}/metrics");
-        tokio::spawn(serve_metrics(listener, tx.clone()));
+        crate::metrics::spawn(addr, crate::ebpf::pins::Pins::new(&opts_bpffs_dir), snapshot_rx)?;
     }
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, tx.clone(), pods.clone()));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(stream, tx.clone(), pods.clone()));
+                }
+                // Out of file descriptors (EMFILE), say: clients are turned
+                // away while it lasts, never for good.
+                Err(e) => {
+                    log::warn!("control socket: accepting: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     });
     // Only readiness is awaited here; reading goes through the decision log.
@@ -173,6 +184,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 }
                 let _ = reply.send(handle(&mut agent, request));
                 agent.prepare_ahead();
+                publish(&snapshot, &agent);
                 // The loop shares its thread with the clients' tasks: let
                 // them write this answer now rather than after every job
                 // already queued (a burst of CNI ADDs) is done.
@@ -188,6 +200,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
             _ = tick.tick() => {
                 agent.watch_listeners();
                 agent.prepare_ahead();
+                publish(&snapshot, &agent);
                 match agent.reload_if_changed() {
                     Ok(true) => log::info!("MeshConfig changed: every pod's lists updated"),
                     Ok(false) => {}
@@ -214,6 +227,32 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     let _ = std::fs::remove_file(&sock);
     log::info!("agent stopped; interception continues from the pinned programs");
     Ok(())
+}
+
+/// Hands the metrics endpoint the agent's snapshot, if it changed.
+fn publish(snapshot: &tokio::sync::watch::Sender<std::sync::Arc<crate::metrics::Snapshot>>, agent: &Agent) {
+    let now = agent.metrics_snapshot();
+    snapshot.send_if_modified(|current| {
+        let changed = **current != now;
+        if changed {
+            *current = std::sync::Arc::new(now);
+        }
+        changed
+    });
+}
+
+/// Raises the soft limit of open files to the hard one: each client,
+/// enrolment and netns visit takes descriptors, and a container starts at
+/// 1024.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::info!("open files: limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("open files: can't raise the limit from {soft} to {hard}: {e}"),
+        },
+        _ => {}
+    }
 }
 
 /// The control socket, root's only: mode 0600 in a directory of mode 0700
@@ -287,37 +326,12 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         Request::Reload { path } => agent.reload(path).map(|degraded| Reply::Reloaded { degraded }),
         Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
         Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
-        Request::Metrics => Ok(Reply::Metrics { text: agent.metrics() }),
         Request::CniAdd { add } => agent.cni_add(add).map(Reply::CniAdded),
         Request::CniDel { container_id } => agent.cni_del(&container_id).map(|removed| Reply::CniDeleted { removed }),
         Request::CniCheck { container_id, pod } => agent.cni_check(&container_id, &pod).map(|()| Reply::CniChecked),
         Request::CniGc { valid } => agent.cni_gc(&valid).map(|removed| Reply::CniCollected { removed }),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
-}
-
-/// `GET /metrics` over HTTP/1.1, answered from the agent's loop.
-async fn serve_metrics(listener: tokio::net::TcpListener, jobs: mpsc::Sender<Job>) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let jobs = jobs.clone();
-            async move {
-                let (tx, rx) = oneshot::channel();
-                let text = match jobs.send((Request::Metrics, tx)).await {
-                    Ok(()) => match rx.await {
-                        Ok(Response::Ok(Reply::Metrics { text })) => text,
-                        _ => String::new(),
-                    },
-                    Err(_) => String::new(),
-                };
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
-        log::error!("metrics endpoint: {e}");
-    }
 }
 
 /// Serves one client: requests from root (or the agent's own user) only,

@@ -6,10 +6,7 @@
 //! came from) and on what the kernel's maps hold right now, and says when
 //! the two disagree.
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, anyhow};
 use redirect_common::{
@@ -375,51 +372,15 @@ impl Agent {
         out
     }
 
-    /// Prometheus text exposition of the counters and map fill levels.
-    pub fn metrics(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(o, "# HELP fsm_redirect_events_total Interception decisions and answers, per pod, from the kernel.");
-        let _ = writeln!(o, "# TYPE fsm_redirect_events_total counter");
-        if let Some(ebpf) = &self.ebpf {
-            for (id, spec) in &self.state.pods {
-                if spec.dataplane != Dataplane::Ebpf {
-                    continue;
-                }
-                for (event, value) in ebpf.maps.counters(*id) {
-                    let _ = writeln!(o, "fsm_redirect_events_total{{pod=\"{}\",event=\"{event}\"}} {value}", escape(&spec.name));
-                }
-            }
-            let _ = writeln!(o, "# HELP fsm_redirect_map_entries Entries in use per kernel map.");
-            let _ = writeln!(o, "# TYPE fsm_redirect_map_entries gauge");
-            let fill = ebpf.maps.fill();
-            for m in &fill {
-                let _ = writeln!(o, "fsm_redirect_map_entries{{map=\"{}\"}} {}", m.map, m.entries);
-            }
-            let _ = writeln!(o, "# HELP fsm_redirect_map_capacity Capacity per kernel map.");
-            let _ = writeln!(o, "# TYPE fsm_redirect_map_capacity gauge");
-            for m in &fill {
-                let _ = writeln!(o, "fsm_redirect_map_capacity{{map=\"{}\"}} {}", m.map, m.capacity);
-            }
+    /// What the metrics endpoint needs of the agent (`crate::metrics`).
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            pods: self.state.pods.iter().map(|(id, p)| (*id, p.name.clone(), p.dataplane)).collect(),
+            degraded: self.degraded.len(),
+            removed_gone: self.removed_gone,
+            refused_over_limit: self.refused_over_limit,
+            ebpf: self.ebpf.is_some(),
         }
-        let _ = writeln!(o, "# HELP fsm_redirect_pods_degraded Pods whose last install failed (previous state kept, retried).");
-        let _ = writeln!(o, "# TYPE fsm_redirect_pods_degraded gauge");
-        let _ = writeln!(o, "fsm_redirect_pods_degraded {}", self.degraded.len());
-        let _ = writeln!(o, "# HELP fsm_redirect_pods_removed_netns_gone_total Pods removed because their netns was gone.");
-        let _ = writeln!(o, "# TYPE fsm_redirect_pods_removed_netns_gone_total counter");
-        let _ = writeln!(o, "fsm_redirect_pods_removed_netns_gone_total {}", self.removed_gone);
-        let _ = writeln!(
-            o,
-            "# HELP fsm_redirect_enrolments_refused_over_limit_total Enrolments refused for annotations over --max-annotation-entries."
-        );
-        let _ = writeln!(o, "# TYPE fsm_redirect_enrolments_refused_over_limit_total counter");
-        let _ = writeln!(o, "fsm_redirect_enrolments_refused_over_limit_total {}", self.refused_over_limit);
-        let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
-        let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
-        for dp in Dataplane::ALL {
-            let n = self.state.pods.values().filter(|p| p.dataplane == dp).count();
-            let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{}\"}} {n}", dp.name());
-        }
-        o
     }
 }
 
@@ -452,10 +413,6 @@ fn check_outsiders(pod: &str, spec: &Pod) -> Check {
             "run them in the pod's cgroup (a container of the pod, not nsenter or ip netns exec), or enroll the pod with --dataplane iptables",
         )
     }
-}
-
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// The proxy's listener on `port` accepts what interception sends it.

@@ -28,6 +28,7 @@ pub mod ipv6;
 pub mod kubernetes;
 pub mod listener;
 pub mod lists;
+pub mod metrics;
 pub mod netns;
 pub mod original_dst;
 pub mod pod;

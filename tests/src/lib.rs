@@ -674,14 +674,22 @@ pub fn metrics_listen() -> String {
     format!("127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
-/// The Prometheus text an agent serves on `listen`, HTTP status line first.
+/// The Prometheus text an agent serves on `listen`, HTTP status line first
+/// (the endpoint comes up on a thread of its own: waited for, bounded).
 pub fn metrics(listen: &str) -> String {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(listen).expect("the metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut connected = None;
+    eventually(Duration::from_secs(10), || {
+        connected = std::net::TcpStream::connect(listen).ok();
+        connected.is_some()
+    });
+    let mut s = connected.expect("the metrics endpoint");
     let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    match s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").and_then(|()| s.read_to_string(&mut body)) {
+        Ok(_) => body,
+        // Closed by an endpoint that is busy: no status line.
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 /// Creates a map with the given definition and pins it at `path` (a

@@ -981,3 +981,40 @@ fn on_a_node_without_cgroup_v2_add_gives_a_meshed_pod_fsm_inits_rules() {
     pod.stop_listeners();
     assert!(chain.del(&sandbox, None));
 }
+
+/// A hung agent (stopped: it takes connections into its backlog, answers
+/// nothing): a meshed pod's ADD gives up after the entry's `timeoutSeconds`
+/// with an error that says why, the node's own pods pass, and once the
+/// agent goes on, the ADD the kubelet tries again enrolls the pod.
+#[test]
+fn a_hung_agent_fails_a_meshed_pods_add_after_the_entrys_timeout_with_an_error_that_says_so() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let (node, _dir, pods) = node_with_pods(&kubelet, &[]);
+    let sandbox = Sandbox::new("cart-13");
+    kubelet.pod(&sandbox.uid);
+    write_pods(&pods, &[sandbox.pod_object(true)]);
+    let chain = Chain::new(&node, 53, json!({"timeoutSeconds": 2, "excludeNamespaces": ["kube-system"]}));
+    let pid = node.agent_pid().unwrap() as i32;
+    // SAFETY: signals to the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let add = chain.add(&sandbox);
+    let coredns = Sandbox { namespace: "kube-system".into(), ..Sandbox::new("coredns-1") };
+    let passed = chain.add(&coredns);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(!add.ok);
+    let error = add.json();
+    assert_eq!(error["code"], 11, "{error}");
+    assert!(error["msg"].as_str().unwrap().contains("did not answer within 2 s"), "{error}");
+    assert!(passed.ok, "{}", passed.stdout);
+    assert!(chain.del(&sandbox, None));
+    let again = chain.add(&sandbox);
+    assert!(again.ok, "{}", again.stdout);
+    assert!(enrolled(&node, &sandbox.key()).is_some());
+    for s in [&coredns, &sandbox] {
+        assert!(chain.del(s, None));
+    }
+}

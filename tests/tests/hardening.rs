@@ -471,3 +471,39 @@ fn the_proxys_own_outgoing_sockets_are_not_answered_as_accepted_ones() {
         assert!(lines.next().is_some_and(|l| l.starts_with("asked none:")), "{to}: {text}");
     }
 }
+
+/// An agent with the file limit a container gets (1024, hard too) and
+/// `--metrics-listen`, while a thousand idle connections sit on the metrics
+/// endpoint: the control socket still serves (an enrolment, `status`), and
+/// goes on serving once they are gone; a scrape is answered meanwhile.
+#[test]
+fn a_thousand_idle_metrics_connections_with_a_file_limit_of_1024_never_deafen_the_agent() {
+    let listen = tests::metrics_listen();
+    let mut node = Node::start_with(NO_LISTS, &["--metrics-listen", &listen]).unwrap();
+    node.kill_agent();
+    node.agent_wrapper = ["sh", "-c", "ulimit -n 1024 && exec \"$@\"", "sh"].map(str::to_owned).to_vec();
+    node.start_agent().unwrap();
+    assert!(tests::metrics(&listen).starts_with("HTTP/1.1 200"));
+    // This process needs room for the connections.
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let idle: Vec<std::net::TcpStream> =
+        (0..1100).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).ok()).collect();
+    assert!(idle.len() >= 1000, "only {} connections made", idle.len());
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(node.status()["pods"].as_array().map(Vec::len), Some(1));
+    // Those beyond the endpoint's few are closed at once, the others after
+    // seconds without a request: a scrape gets its turn.
+    assert!(eventually(std::time::Duration::from_secs(20), || tests::metrics(&listen).starts_with("HTTP/1.1 200")));
+    drop(idle);
+    assert_eq!(node.status()["pods"].as_array().map(Vec::len), Some(1));
+    assert!(node.agent_log().lines().all(|l| !l.contains("panicked")), "{}", node.agent_log());
+}

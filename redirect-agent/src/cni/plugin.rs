@@ -5,7 +5,7 @@ use super::{
     CniAdd, CniAdded,
     spec::{self, CniError, Command, Env, KubernetesPod, NetConf, code},
 };
-use crate::control::{Client, Unreachable};
+use crate::control::{Client, Unanswered, Unreachable};
 
 /// One invocation: what to print on stdout on success.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
@@ -14,7 +14,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
     }
     let conf = NetConf::parse(stdin)?;
     let client =
-        Client::at(conf.socket.clone().unwrap_or_else(|| crate::state::State::socket(std::path::Path::new(crate::state::DEFAULT_DIR))));
+        Client::at(conf.socket.clone().unwrap_or_else(|| crate::state::State::socket(std::path::Path::new(crate::state::DEFAULT_DIR))))
+            .with_timeout(std::time::Duration::from_secs(match env.command {
+                // Only to say, on stderr, whether the agent answers.
+                Command::Status => 2,
+                _ => conf.timeout_seconds.max(1),
+            }));
     conf.supports(env.command)?;
     // The mesh never holds these: nothing to ask the agent, which may be
     // down, hung or behind without holding back the node's own pods.
@@ -113,15 +118,21 @@ fn guarded(conf: &NetConf) -> bool {
     conf.runtime_config.pod_annotations.as_ref().is_some_and(|a| a.get(key).is_some_and(|v| v == value))
 }
 
-/// Whether the agent could not be asked at all.
+/// Whether the agent could not be asked at all, or gave no answer in time.
 fn unreachable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Unreachable>().is_some()
+    e.downcast_ref::<Unreachable>().is_some() || e.downcast_ref::<Unanswered>().is_some()
 }
 
-/// Unreachable agent: try again later; a refusal: ours, with why.
+/// Unreachable or silent agent: try again later; a refusal: ours, with why.
 fn agent_error(pod: &KubernetesPod, e: anyhow::Error) -> CniError {
     let text = format!("{e:#}");
-    if unreachable(&e) {
+    if let Some(silent) = e.downcast_ref::<Unanswered>() {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("pod {}: the fsm-redirect agent did not answer within {} s", pod.key(), silent.0.as_secs()),
+            text,
+        )
+    } else if unreachable(&e) {
         CniError::new(code::TRY_AGAIN_LATER, format!("pod {}: the fsm-redirect agent can't be reached", pod.key()), text)
     } else {
         CniError::new(code::ENROLMENT_REFUSED, format!("pod {}: the fsm-redirect agent refused it", pod.key()), text)

@@ -179,6 +179,10 @@ pub struct NetConf {
     /// unintercepted).
     #[serde(default)]
     pub fail_open: bool,
+    /// How long a command waits for the agent's answer before it gives up
+    /// with a CNI error that says so (default 30 s).
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
     /// Namespaces whose pods the mesh never holds (FSM's own, kube-system):
     /// their ADD succeeds without asking the agent, so that an agent that is
     /// down, hung or behind never holds back the node's own pods.
@@ -187,6 +191,10 @@ pub struct NetConf {
     /// GC (1.1.0): the attachments the runtime still has.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Vec<Attachment>,
+}
+
+fn default_timeout() -> u64 {
+    30
 }
 
 /// One of GC's valid attachments.
