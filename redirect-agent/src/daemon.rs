@@ -85,9 +85,13 @@ impl Default for DaemonOptions {
     }
 }
 
-/// How long a starting agent waits for the API's first answers (then it
-/// goes on with what it kept, and applies them when they come).
-const FIRST_LIST: Duration = Duration::from_secs(10);
+/// How long a starting agent waits for the API's first answers, which
+/// come in milliseconds where the API is up. Then it serves all the same:
+/// its control socket answers, and it applies what the API says when it
+/// comes (a node booting before its control plane answers); meanwhile a
+/// meshed pod's ADD waits for it (`Agent::cni_add`), pods of excluded
+/// namespaces never needed it.
+const FIRST_LIST: Duration = Duration::from_secs(2);
 
 /// How long a CNI ADD waits for the pod to reach the agent's watch.
 const POD_ARRIVAL: Duration = Duration::from_secs(5);

@@ -83,7 +83,8 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
     let (pods, writer) = reflector::store();
     let pods_changed = Arc::new(Notify::new());
     let selector = format!("spec.nodeName={}", opts.node_name);
-    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().fields(&selector)).default_backoff().reflect(writer);
+    let stream =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().fields(&selector)).backoff(Retry::default()).reflect(writer);
     let changed = pods_changed.clone();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -103,7 +104,7 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
     let api = Api::<DynamicObject>::namespaced_with(client, &opts.fsm_namespace, &resource);
     let selector = format!("metadata.name={}", opts.mesh_config_name);
     let (tx, mesh_config) = watch::channel(MeshConfigSeen::Unknown);
-    let stream = watcher(api, watcher::Config::default().fields(&selector)).default_backoff();
+    let stream = watcher(api, watcher::Config::default().fields(&selector)).backoff(Retry::default());
     let name = format!("{}/{}", opts.fsm_namespace, opts.mesh_config_name);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -128,6 +129,43 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
         }
     });
     Ok(Watches { pods, pods_changed, mesh_config })
+}
+
+/// When to ask the API again after a failure: 200 ms, doubling up to
+/// [`Retry::MAX`]. kube's default goes up to 30 s: a change made while the
+/// API was away (a node booting before its control plane) then took up to
+/// 25 s to apply once the API answered again; now at most `MAX` and the
+/// list. One node's watches ask twice every `MAX` while the API is away.
+#[derive(Clone, Debug)]
+struct Retry {
+    next: Duration,
+}
+
+impl Retry {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { next: Self::MIN }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
 /// Waits (up to `limit`) until the MeshConfig was listed once, so that a

@@ -93,8 +93,26 @@ fn parse_selector(query: &BTreeMap<String, String>) -> Option<(String, String)> 
 
 impl FakeApi {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_at("127.0.0.1:0".parse()?)
+    }
+
+    /// A kubeconfig for an API server at `addr` (which may not answer yet).
+    pub fn kubeconfig_for(addr: std::net::SocketAddr) -> anyhow::Result<tempfile::NamedTempFile> {
+        let kubeconfig = tempfile::NamedTempFile::new()?;
+        std::fs::write(
+            kubeconfig.path(),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+            ),
+        )?;
+        Ok(kubeconfig)
+    }
+
+    /// The server on `addr` (port 0: any free one).
+    pub fn start_at(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner { rv: 100, ..Inner::default() }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -120,14 +138,7 @@ impl FakeApi {
                     .await;
             });
         });
-        let kubeconfig = tempfile::NamedTempFile::new()?;
-        std::fs::write(
-            kubeconfig.path(),
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-            ),
-        )?;
+        let kubeconfig = Self::kubeconfig_for(addr)?;
         Ok(FakeApi { addr, inner, stop: Some(stop), thread: Some(thread), kubeconfig })
     }
 

@@ -1018,3 +1018,64 @@ fn a_hung_agent_fails_a_meshed_pods_add_after_the_entrys_timeout_with_an_error_t
         assert!(chain.del(s, None));
     }
 }
+
+/// A node booting before its control plane answers: the agent serves at
+/// once (its control socket, the node's own pods through the plugin),
+/// enrolls no meshed pod with FSM's defaults in place of the mesh's
+/// MeshConfig (their ADDs fail and are retried), and does once the API
+/// answers, with the API's lists.
+#[test]
+fn with_the_api_away_at_start_the_agent_serves_at_once_and_meshed_pods_wait_for_it() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    use tests::kube_api::FakeApi;
+    // A port nobody listens on yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let kubeconfig = FakeApi::kubeconfig_for(addr).unwrap();
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let path = kubeconfig.path().to_str().unwrap().to_owned();
+    let args = ["--kubernetes", "--kubeconfig", &path, "--node-name", NODE_NAME, "--kubelet-cgroup-root", &kubelet.root];
+    let node = Node::start_with(NO_LISTS, &args).unwrap();
+    assert_eq!(node.status()["pods"].as_array().map(Vec::len), Some(0), "status answers without the API");
+    let mut sandbox = Sandbox::new("cart-14");
+    sandbox.annotations = json!({"flomesh.io/outbound-port-exclusion-list": "6379"});
+    let group = kubelet.pod(&sandbox.uid);
+    let chain = Chain::new(&node, 54, json!({"excludeNamespaces": ["kube-system"]}));
+    let waiting = chain.add(&sandbox);
+    assert!(!waiting.ok, "{}", waiting.stdout);
+    assert!(waiting.stdout.contains("try again"), "{}", waiting.stdout);
+    assert!(chain.del(&sandbox, None));
+    let coredns = Sandbox { namespace: "kube-system".into(), ..Sandbox::new("coredns-2") };
+    assert!(chain.add(&coredns).ok);
+
+    // The API answers: the kubelet's next ADD enrolls the pod.
+    let api = FakeApi::start_at(addr).unwrap();
+    api.apply_mesh_config(json!({"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+        "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"},
+        "spec": {"traffic": {"outboundPortExclusionList": [7070]}}}));
+    api.apply_pod(sandbox.pod_object(true));
+    let came = std::time::Instant::now();
+    let mut result = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let add = chain.add(&sandbox);
+            if add.ok {
+                result = Some(add.json());
+            } else {
+                chain.del(&sandbox, None);
+            }
+            add.ok
+        }),
+        "{}",
+        node.agent_log()
+    );
+    println!("meshed pod enrolled {:.1} s after the API came back", came.elapsed().as_secs_f64());
+    let mut pod = sandbox.pod(&pod_ip(result.as_ref().unwrap()), kubelet.container(&group, "app"));
+    pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+    assert_eq!(verdicts(&pod, &[80, 6379, 7070]), expect(&[(80, "out"), (6379, "direct"), (7070, "direct")]), "the API's lists");
+    pod.stop_listeners();
+    for s in [&coredns, &sandbox] {
+        assert!(chain.del(s, None));
+    }
+}

@@ -31,6 +31,10 @@ impl Agent {
     /// enrolled (also one removed by hand: the source says it is meshed).
     /// Pods that are not meshed are never touched.
     pub fn sync_pods(&mut self) {
+        // Not with FSM's defaults in place of the mesh's MeshConfig.
+        if !self.mesh_known {
+            return;
+        }
         let pods = match self.pods.meshed_pods() {
             Ok(pods) => pods,
             Err(e) => return log::warn!("reading the node's pods: {e:#}"),
@@ -146,6 +150,7 @@ impl Agent {
             MeshConfigSeen::Unknown => return Ok(false),
             MeshConfigSeen::Absent => {
                 log::warn!("FSM's MeshConfig is not in the API: the lists applied last stay");
+                self.mesh_known = true;
                 return Ok(false);
             }
         };
@@ -153,10 +158,12 @@ impl Agent {
         let mesh = MeshConfig::parse(&text).context("the API's MeshConfig")?;
         let path = self.state_dir.join(API_MESH_CONFIG);
         if mesh == self.mesh && self.state.mesh_config.as_deref() == Some(path.as_path()) {
+            self.mesh_known = true;
             return Ok(false);
         }
         crate::files::replace(&path, text.as_bytes())?;
         let degraded = self.set_mesh_config(mesh, Some(path))?;
+        self.mesh_known = true;
         for d in degraded {
             log::warn!("pod {}: degraded: {}", d.pod, d.why);
         }

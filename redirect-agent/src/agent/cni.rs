@@ -26,6 +26,9 @@ impl Agent {
             Ok(pod) => pod,
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
+        if !self.mesh_known {
+            bail!("pod {key}: FSM's MeshConfig is not known yet (the Kubernetes API has not answered since the agent started): try again");
+        }
         let injection = Injection::of_pod(&pod);
         let serving = crate::injection::serving(self.mesh.interception_mode, Some(&injection));
         if let Serving::Nobody(why) = &serving {

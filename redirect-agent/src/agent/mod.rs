@@ -87,6 +87,13 @@ pub struct Agent {
     pub(crate) iptables: IptablesPods,
     pub(crate) fsm_init: FsmInitPods,
     pub(crate) pods: PodSource,
+    /// Whether the MeshConfig in force is the mesh's: a file, the one the
+    /// API gave (kept in the state dir), or the API's answer that there is
+    /// none. An agent on the API that has none of these yet (started while
+    /// the API is away, after a reboot emptied its state dir) enrolls no
+    /// meshed pod: FSM's defaults could be the wrong interception mode or
+    /// lists.
+    pub(crate) mesh_known: bool,
     /// Meshed pods that reconciling could not enroll, by UID, with why
     /// (logged when it changes).
     pub(crate) unadoptable: BTreeMap<String, String>,
@@ -177,6 +184,7 @@ impl Agent {
             },
         };
         let mesh_mtime = state.mesh_config.as_deref().and_then(mtime);
+        let mesh_known = state.mesh_config.is_some() || !matches!(opts.pods, PodSource::Api(_));
         let mut agent = Agent {
             state_dir: opts.state_dir,
             bpffs_dir: opts.bpffs_dir,
@@ -189,6 +197,7 @@ impl Agent {
             refused_over_limit: 0,
             choice: opts.dataplane,
             pods: opts.pods,
+            mesh_known,
             unadoptable: BTreeMap::new(),
             kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
