@@ -167,6 +167,10 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         }
         None => None,
     };
+    let conf_dir = agent.cni_conf_dir().map(watch_conf_dir).transpose().unwrap_or_else(|e| {
+        log::warn!("watching the CNI conf dir: {e:#}; the entry is checked at each refresh only");
+        None
+    });
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(stop);
     let mut refresh = tokio::time::interval(daemon.refresh);
@@ -193,6 +197,15 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 // them write this answer now rather than after every job
                 // already queued (a burst of CNI ADDs) is done.
                 tokio::task::yield_now().await;
+            }
+            guard = readable(&conf_dir) => {
+                let mut guard = guard?;
+                // What changed does not matter: the entry is checked whole.
+                if let Some(inotify) = &conf_dir {
+                    while inotify.get_ref().0.read_events().is_ok_and(|e| !e.is_empty()) {}
+                }
+                guard.clear_ready();
+                agent.ensure_cni_entry();
             }
             guard = readable(&logs) => {
                 let mut guard = guard?;
@@ -302,13 +315,36 @@ fn apply_mesh_config(agent: &mut Agent, seen: &MeshConfigSeen) {
     }
 }
 
-/// Readiness of the decision log; never, without the eBPF dataplane.
-async fn readable(
-    logs: &Option<AsyncFd<std::os::fd::OwnedFd>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::OwnedFd>> {
-    match logs {
+/// Readiness of an optional descriptor (the decision log, the conf dir's
+/// inotify); never where there is none.
+async fn readable<T: std::os::fd::AsRawFd>(fd: &Option<AsyncFd<T>>) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, T>> {
+    match fd {
         Some(fd) => fd.readable().await,
         None => std::future::pending().await,
+    }
+}
+
+/// An inotify on the CNI conf dir: a file written, moved in or out,
+/// created or removed there (the primary CNI rewriting its conflist, as
+/// Calico and Cilium do at their restarts) has the entry checked at once,
+/// not at the next refresh, when pods made meanwhile would have started
+/// without the plugin.
+fn watch_conf_dir(dir: &std::path::Path) -> anyhow::Result<AsyncFd<ConfDirWatch>> {
+    use nix::sys::inotify::{AddWatchFlags as W, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
+    inotify
+        .add_watch(dir, W::IN_CLOSE_WRITE | W::IN_MOVED_TO | W::IN_MOVED_FROM | W::IN_CREATE | W::IN_DELETE)
+        .with_context(|| format!("inotify on {}", dir.display()))?;
+    // SAFETY: the descriptor is the inotify's own, owned by the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(ConfDirWatch(inotify), tokio::io::Interest::READABLE) }.context("registering the inotify")
+}
+
+/// The conf dir's inotify, as tokio takes it.
+struct ConfDirWatch(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for ConfDirWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Files replaced whole: written beside their target under a hidden name,
-//! then renamed over it, so that a reader (a container runtime reading its
-//! conflist, an agent starting from its state) finds the old file or the
-//! new one, never part of one.
+//! flushed to disk, then renamed over it, so that a reader (a container
+//! runtime reading its conflist, an agent starting from its state) finds
+//! the old file or the new one, never part of one, also after a crash of
+//! the node.
 
 use std::path::Path;
 
@@ -19,14 +20,33 @@ pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// source's permissions, as a binary needs). On failure the temporary is
 /// removed and `path` is left as it was.
 pub fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    replace_checked(path, make, || Ok(()))
+}
+
+/// [`replace_with`], where `still` is asked right before the rename whether
+/// to go on (it fails when what the new file was made from changed
+/// meanwhile: another writer's new version must not be replaced by one
+/// made from its old one).
+pub fn replace_checked(
+    path: &Path,
+    make: impl FnOnce(&Path) -> anyhow::Result<()>,
+    still: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
-    let result =
-        make(&tmp).and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
+    let result = make(&tmp)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all().with_context(|| format!("flushing {}", tmp.display())))
+        .and_then(|()| still())
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return result;
     }
-    result
+    // The rename itself, on disk: the directory's entry.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("flushing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

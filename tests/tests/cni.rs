@@ -489,11 +489,19 @@ fn the_agent_chains_the_plugin_in_the_primary_conflist_keeps_it_there_and_uninst
     wait_for_entry();
     assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
 
-    // The primary CNI writes its file again, without the entry.
+    // The primary CNI writes its file again, without the entry: put back
+    // at once (the conf dir is watched), not at the next refresh, which
+    // comes after an hour here.
+    node.restart_agent_with(&[&args[..4], &["--refresh-interval", "3600"]].concat()).unwrap();
     std::fs::write(&primary, calico).unwrap();
     wait_for_entry();
     assert_eq!(types(), ["calico", "portmap", "fsm-redirect-cni"]);
     assert!(node.agent_log().contains("chained again"), "{}", node.agent_log());
+    // And a file it renames into place (as most writers do).
+    let tmp = conf_dir.join(".10-calico.tmp");
+    std::fs::write(&tmp, calico).unwrap();
+    std::fs::rename(&tmp, &primary).unwrap();
+    wait_for_entry();
 
     let (ok, out) = node.cli(&["uninstall"]);
     assert!(ok, "{out}");

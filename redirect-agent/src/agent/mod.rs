@@ -615,16 +615,7 @@ impl Agent {
     /// pod of a full node waited most of a second. None if there is nothing
     /// more to do.
     pub fn begin_refresh(&mut self) -> Option<Refresh> {
-        if let Some(install) = &self.state.cni {
-            match install.ensure_chained() {
-                Ok(Chained::Added(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
-                Ok(Chained::Updated(conf)) => {
-                    log::info!("the CNI plugin's entry in {} differed from the agent's settings: updated", conf.display())
-                }
-                Ok(Chained::Already) => {}
-                Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
-            }
-        }
+        self.ensure_cni_entry();
         if let Some(path) = self.state.mesh_config.clone() {
             let now = mtime(&path);
             if now != self.mesh_mtime {
@@ -643,6 +634,27 @@ impl Agent {
             return None;
         }
         Some(Refresh { pods: self.state.pods.keys().copied().collect(), removed: false })
+    }
+
+    /// Puts the CNI plugin's entry back into the primary conflist if it is
+    /// not there as the agent has it (at each refresh, and as soon as the
+    /// conf dir changes: a primary CNI rewrites its file at its restart).
+    pub fn ensure_cni_entry(&self) {
+        if let Some(install) = &self.state.cni {
+            match install.ensure_chained() {
+                Ok(Chained::Added(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
+                Ok(Chained::Updated(conf)) => {
+                    log::info!("the CNI plugin's entry in {} differed from the agent's settings: updated", conf.display())
+                }
+                Ok(Chained::Already) => {}
+                Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
+            }
+        }
+    }
+
+    /// The CNI conf dir the agent keeps its entry in, if it installs one.
+    pub fn cni_conf_dir(&self) -> Option<&Path> {
+        self.state.cni.as_ref().map(|c| c.conf_dir.as_path())
     }
 
     /// Refreshes the next pod of `refresh`; once none is left, finishes it

@@ -56,10 +56,24 @@ impl CniInstall {
 
     /// Puts the entry at the end of the primary conflist if it is not
     /// there as it should be. Refuses a conflist of a CNI version the
-    /// plugin does not speak: the runtime would fail every ADD of it.
+    /// plugin does not speak: the runtime would fail every ADD of it. A
+    /// file the primary CNI changes while the entry is being written is
+    /// read again (a few times), never replaced by its older version.
     pub fn ensure_chained(&self) -> anyhow::Result<Chained> {
+        let mut tries = 0;
+        loop {
+            match self.try_chain() {
+                Err(e) if e.downcast_ref::<ChangedMeanwhile>().is_some() && tries < 5 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_chain(&self) -> anyhow::Result<Chained> {
         let path = primary_conf(&self.conf_dir)?;
-        let conf = read_json(&path)?;
+        let original = std::fs::read(&path).with_context(|| format!("{}: can't read", path.display()))?;
+        let conf: Value =
+            serde_json::from_slice(&original).with_context(|| format!("{}: not a JSON network configuration", path.display()))?;
         let entry = self.entry();
         let mut list = as_conflist(conf)?;
         let version = list["cniVersion"].as_str().unwrap_or_default();
@@ -77,7 +91,7 @@ impl CniInstall {
         let had = plugins.iter().any(is_ours);
         plugins.retain(|p| !is_ours(p));
         plugins.push(entry);
-        let file = write_conflist(&path, &list)?;
+        let file = write_conflist(&path, &list, &original)?;
         Ok(if had { Chained::Updated(file) } else { Chained::Added(file) })
     }
 
@@ -152,12 +166,29 @@ fn as_conflist(conf: Value) -> anyhow::Result<Value> {
     Ok(json!({"cniVersion": version, "name": name, "plugins": [plugin]}))
 }
 
+/// The primary CNI wrote its file between our read and our write.
+#[derive(Debug)]
+struct ChangedMeanwhile;
+
+impl std::fmt::Display for ChangedMeanwhile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the file changed while the entry was written")
+    }
+}
+
+impl std::error::Error for ChangedMeanwhile {}
+
 /// Writes `list` for the runtime in place of `path` (a `.conf` becomes the
-/// `.conflist` of the same name, which sorts at the same place). Returns
-/// the file written.
-fn write_conflist(path: &Path, list: &Value) -> anyhow::Result<PathBuf> {
+/// `.conflist` of the same name, which sorts at the same place), if `path`
+/// still holds `read` right before the rename. Returns the file written.
+fn write_conflist(path: &Path, list: &Value, read: &[u8]) -> anyhow::Result<PathBuf> {
     let target = if path.extension().is_some_and(|x| x == "conflist") { path.to_owned() } else { path.with_extension("conflist") };
-    write_json(&target, list)?;
+    let bytes = serde_json::to_vec_pretty(list)?;
+    crate::files::replace_checked(
+        &target,
+        |tmp| std::fs::write(tmp, &bytes).with_context(|| format!("writing {}", tmp.display())),
+        || if std::fs::read(path).ok().as_deref() == Some(read) { Ok(()) } else { Err(ChangedMeanwhile.into()) },
+    )?;
     if target != path {
         std::fs::remove_file(path).with_context(|| format!("removing {} (now {})", path.display(), target.display()))?;
     }
@@ -244,6 +275,21 @@ mod tests {
         assert_eq!(plugins(&written), ["bridge", PLUGIN_TYPE]);
         std::fs::write(i.conf_dir.join("00-broken.conflist"), "{").unwrap();
         assert!(i.ensure_chained().unwrap_err().to_string().contains("00-broken.conflist"));
+    }
+
+    #[test]
+    fn a_change_the_primary_cni_made_meanwhile_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10-calico.conflist");
+        let (read, theirs) = (br#"{"cniVersion":"1.0.0","plugins":[]}"#, br#"{"cniVersion":"1.0.0","plugins":[{"type":"calico"}]}"#);
+        // Read, then the primary CNI writes its new version: ours, made
+        // from the old one, is not renamed over it.
+        std::fs::write(&path, theirs).unwrap();
+        let e = write_conflist(&path, &json!({"plugins": []}), read).unwrap_err();
+        assert!(e.downcast_ref::<ChangedMeanwhile>().is_some(), "{e:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), theirs);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
+        write_conflist(&path, &json!({"plugins": [{"type": "calico"}]}), theirs).unwrap();
     }
 
     #[test]
