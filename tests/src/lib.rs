@@ -91,7 +91,7 @@ impl Feature {
     pub fn name(self) -> &'static str {
         match self {
             Feature::SkLookupIngressIfindex => "sk_lookup-ingress_ifindex(5.17)",
-            Feature::NativeSpeed => "native-speed(26 Envoy starts; Envoy runs in real_proxies)",
+            Feature::NativeSpeed => "native-speed(too slow under emulation; its kernel side runs in other tests)",
             Feature::CniPlugins => "cni-plugins(/usr/lib/cni from containernetworking-plugins)",
             Feature::Containerd => "containerd(Debian's containerd, runc and a static /bin/busybox)",
             Feature::UnshareCgroup => "unshare --cgroup(util-linux)",

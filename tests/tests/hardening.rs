@@ -382,9 +382,20 @@ fn a_netns_made_again_under_the_same_path_is_attached_again() {
     node.enroll(&pod, &[]).unwrap();
     // The pod's sandbox dies and a new one gets the same netns path (a
     // runtime that names namespaces after the pod).
+    // Never a moment without the path (a `del` then `add` left one, and a
+    // refresh in it rightly removed the pod: its netns was gone): the old
+    // namespace is unmounted from the path, and the new one, made under
+    // another name, bound there.
     let path = pod.ns.path().display().to_string();
-    redirect_agent::sandbox::ip(&["netns", "del", &pod.ns.name]).unwrap();
-    redirect_agent::sandbox::ip(&["netns", "add", &pod.ns.name]).unwrap();
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let new = tests::unique("t");
+    redirect_agent::sandbox::ip(&["netns", "add", &new]).unwrap();
+    run("umount", &["-l", &path]);
+    run("mount", &["-o", "bind", &format!("/var/run/netns/{new}"), &path]);
+    redirect_agent::sandbox::ip(&["netns", "del", &new]).unwrap();
     pod.ns.exec(&["link", "set", "lo", "up"]).unwrap();
     pod.ns.exec(&["addr", "add", &format!("{}/32", pod.ip), "dev", "lo"]).unwrap();
     let node_end = tests::unique("v");

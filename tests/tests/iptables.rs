@@ -166,3 +166,33 @@ fn without_cgroup_v2_the_agent_falls_back_to_iptables() {
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
     assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
 }
+
+/// fsm-init's own rules in a pod's netns, of either backend, found by an
+/// agent that does not know the pod's spec: rules made before the
+/// enrolment (legacy iptables) and after it (nf_tables, found at a
+/// refresh): the pod is fsm-init's, the agent's programs go, and its
+/// connections are fsm-init's. A pod without them stays the agent's.
+#[test]
+fn fsm_inits_own_rules_are_found_in_either_backend_before_or_after_enrolment() {
+    use tests::{APP_UID, Backend, Node, Pod};
+    let node = Node::start_with("kind: MeshConfig\nspec: {}\n", &["--refresh-interval", "1"]).unwrap();
+    let dataplane =
+        |pod: &Pod| node.status()["pods"].as_array().unwrap().iter().find(|p| p["name"] == pod.name.as_str()).unwrap()["dataplane"].clone();
+    let before = Pod::create(&node).unwrap();
+    tests::run_fsm_init(&before.ns, &before.ip, &node.mesh_config, &[], Backend::Legacy, false).unwrap();
+    node.enroll(&before, &[]).unwrap();
+    assert_eq!(dataplane(&before), "fsm-init");
+    let after = Pod::create(&node).unwrap();
+    node.enroll_with(&after, &[], &["--dataplane", "ebpf"]).unwrap();
+    assert_eq!(dataplane(&after), "ebpf");
+    tests::run_fsm_init(&after.ns, &after.ip, &node.mesh_config, &[], Backend::Nft, false).unwrap();
+    assert!(tests::eventually(std::time::Duration::from_secs(20), || dataplane(&after) == "fsm-init"), "{}", node.agent_log());
+    assert!(node.agent_log().contains("fsm-init's rules appeared in its netns"), "{}", node.agent_log());
+    let plain = Pod::create(&node).unwrap();
+    node.enroll(&plain, &[]).unwrap();
+    for pod in [&before, &after] {
+        assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+        assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
+    }
+    assert_eq!(dataplane(&plain), "ebpf", "no fsm-init rules: the agent's");
+}
