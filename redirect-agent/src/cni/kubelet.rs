@@ -45,12 +45,14 @@ pub fn find_pod_cgroup(mount: &Path, cgroup_root: &str, uid: &str) -> anyhow::Re
     if uid.is_empty() || !uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         anyhow::bail!("K8S_POD_UID {uid:?}: not a pod UID");
     }
-    let found: Vec<PathBuf> = pod_cgroup_candidates(cgroup_root, uid).into_iter().map(|p| mount.join(p)).filter(|p| p.is_dir()).collect();
+    let candidates = pod_cgroup_candidates(cgroup_root, uid);
+    let found: Vec<PathBuf> = candidates.iter().map(|p| mount.join(p)).filter(|p| p.is_dir()).collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => anyhow::bail!(
-            "pod UID {uid}: no kubelet pod cgroup under {} with cgroup root {cgroup_root:?} (tried kubepods/…/pod{uid} and kubepods.slice/…-pod….slice)",
-            mount.display()
+            "pod UID {uid}: no kubelet pod cgroup under {} with cgroup root {cgroup_root:?}; tried {}",
+            mount.display(),
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
         many => anyhow::bail!("pod UID {uid}: more than one pod cgroup: {many:?}"),
     }
@@ -80,7 +82,10 @@ mod tests {
     fn the_one_existing_group_is_found_and_a_bad_uid_is_refused() {
         let mount = tempfile::tempdir().unwrap();
         let uid = "0b4c-77";
-        assert!(find_pod_cgroup(mount.path(), "/", uid).unwrap_err().to_string().contains("no kubelet pod cgroup"));
+        let e = find_pod_cgroup(mount.path(), "/", uid).unwrap_err().to_string();
+        assert!(e.contains("no kubelet pod cgroup"), "{e}");
+        // Every path tried, in full.
+        assert!(e.contains("kubepods/besteffort/pod0b4c-77") && e.contains("kubepods.slice/kubepods-pod0b4c_77.slice"), "{e}");
         let group = mount.path().join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b4c_77.slice");
         std::fs::create_dir_all(&group).unwrap();
         assert_eq!(find_pod_cgroup(mount.path(), "/", uid).unwrap(), group);
