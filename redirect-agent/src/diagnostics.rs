@@ -234,6 +234,18 @@ impl Agent {
         if let Some(why) = &self.ebpf_unavailable {
             checks.push(Check::pass("agent", "dataplane", format!("eBPF unavailable ({why}): pods get iptables")));
         }
+        if let Some(install) = &self.state.cni {
+            const WHAT: &str = "CNI plugin chained";
+            checks.push(match &self.cni_chained {
+                Some(Err(why)) => Check::fail(
+                    "agent",
+                    WHAT,
+                    why.clone(),
+                    "give the agent the CNI dirs the runtime uses (--cni-conf-dir, --cni-bin-dir; docs/configuration.md lists them per distribution)",
+                ),
+                _ => Check::pass("agent", WHAT, format!("in {} (binary in {})", install.conf_dir.display(), install.bin_dir.display())),
+            });
+        }
         for (id, pod) in pods {
             checks.extend(self.diagnose_pod(id, pod));
         }

@@ -240,6 +240,14 @@ enum Command {
         /// Off: their ADD fails and the kubelet retries.
         #[arg(long, requires = "cni_conf_dir")]
         cni_fail_open: bool,
+        /// The container runtime's own configuration, to check that it
+        /// looks for CNI where --cni-conf-dir and --cni-bin-dir say
+        /// (containerd's config.toml, or CRI-O's /etc/crio or a crio.conf);
+        /// repeatable, absent ones skipped. Where none agrees, the plugin is
+        /// not chained (an entry whose binary the runtime can't find would
+        /// fail every pod's ADD) and `diagnose` says why.
+        #[arg(long, requires = "cni_conf_dir")]
+        cni_runtime_config: Vec<PathBuf>,
     },
     /// Why a connection is (or is not) intercepted: the verdict and the rule,
     /// from the configured lists and from the kernel's state.
@@ -408,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cni_bin_dir,
             cni_exclude_namespaces,
             cni_fail_open,
+            cni_runtime_config,
         } => {
             let exclude_namespaces = cni_exclude_namespaces
                 .unwrap_or_else(|| vec!["kube-system".to_owned(), kubernetes.fsm_namespace.clone()])
@@ -437,6 +446,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     socket: redirect_agent::state::State::socket(&cli.state_dir),
                     exclude_namespaces,
                     fail_open: cni_fail_open,
+                    runtime_configs: cni_runtime_config,
                 }),
                 // On Kubernetes the agent runs in a container.
                 mount_bpffs: !kubernetes.kubernetes,

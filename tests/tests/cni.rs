@@ -1087,3 +1087,54 @@ fn with_the_api_away_at_start_the_agent_serves_at_once_and_meshed_pods_wait_for_
         assert!(chain.del(s, None));
     }
 }
+
+/// Where the runtime's own configuration says it looks elsewhere for CNI
+/// plugins (GKE's containerd: /home/kubernetes/bin), the plugin is not
+/// chained (its entry would fail every pod's ADD), and `diagnose` says
+/// why; given the runtime's dirs, it is.
+#[test]
+fn the_plugin_is_chained_only_where_the_runtime_looks_for_it() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (conf_dir, bin_dir) = (dir.path().join("net.d"), dir.path().join("bin"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let primary = conf_dir.join("10-bridge.conflist");
+    std::fs::write(&primary, r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}"#).unwrap();
+    let containerd = dir.path().join("config.toml");
+    std::fs::write(&containerd, "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\nbin_dirs = ['/home/kubernetes/bin']\n")
+        .unwrap();
+    let args = [
+        "--cni-conf-dir",
+        conf_dir.to_str().unwrap(),
+        "--cni-bin-dir",
+        bin_dir.to_str().unwrap(),
+        "--cni-runtime-config",
+        containerd.to_str().unwrap(),
+        "--refresh-interval",
+        "1",
+    ];
+    let node = Node::start_with(NO_LISTS, &args).unwrap();
+    let chained = || std::fs::read_to_string(&primary).unwrap().contains("fsm-redirect-cni");
+    assert!(!chained());
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok && out.contains("FAIL") && out.contains("looks for CNI plugins in /home/kubernetes/bin"), "{out}");
+    // The runtime's configuration names these dirs (the DaemonSet's, as
+    // docs/configuration.md has them per distribution).
+    std::fs::write(
+        &containerd,
+        format!(
+            "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\nbin_dirs = ['{}']\nconf_dir = '{}'\n",
+            bin_dir.display(),
+            conf_dir.display()
+        ),
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), chained), "{}", node.agent_log());
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(ok && out.contains("CNI plugin chained"), "{out}");
+    let (ok, out) = node.cli(&["uninstall"]);
+    assert!(ok, "{out}");
+}

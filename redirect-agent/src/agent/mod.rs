@@ -94,6 +94,9 @@ pub struct Agent {
     /// meshed pod: FSM's defaults could be the wrong interception mode or
     /// lists.
     pub(crate) mesh_known: bool,
+    /// How the last check of the CNI plugin's entry went (with
+    /// `--cni-conf-dir`).
+    pub(crate) cni_chained: Option<Result<(), String>>,
     /// Meshed pods that reconciling could not enroll, by UID, with why
     /// (logged when it changes).
     pub(crate) unadoptable: BTreeMap<String, String>,
@@ -152,17 +155,20 @@ impl Agent {
             state.mesh_config = opts.mesh_config.clone();
         }
         state.settings = opts.settings;
+        let mut cni_chained = None;
         if let Some(install) = opts.cni_install {
             install.install_binary(&plugin_binary()?)?;
             // The primary CNI may not have written its configuration yet
             // (a node booting): the entry is tried again at each refresh.
-            match install.ensure_chained() {
+            let chained = install.ensure_chained();
+            match &chained {
                 Ok(Chained::Added(conf) | Chained::Updated(conf)) => {
                     log::info!("CNI plugin installed into {} and chained in {}", install.bin_dir.display(), conf.display())
                 }
                 Ok(Chained::Already) => log::info!("CNI plugin installed into {}; already chained", install.bin_dir.display()),
                 Err(e) => log::warn!("CNI plugin installed into {}, not chained yet: {e:#}", install.bin_dir.display()),
             }
+            cni_chained = Some(chained.map(|_| ()).map_err(|e| format!("{e:#}")));
             state.cni = Some(install);
         }
         let mesh = match &state.mesh_config {
@@ -198,6 +204,7 @@ impl Agent {
             choice: opts.dataplane,
             pods: opts.pods,
             mesh_known,
+            cni_chained,
             unadoptable: BTreeMap::new(),
             kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
@@ -639,17 +646,20 @@ impl Agent {
     /// Puts the CNI plugin's entry back into the primary conflist if it is
     /// not there as the agent has it (at each refresh, and as soon as the
     /// conf dir changes: a primary CNI rewrites its file at its restart).
-    pub fn ensure_cni_entry(&self) {
-        if let Some(install) = &self.state.cni {
-            match install.ensure_chained() {
-                Ok(Chained::Added(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
-                Ok(Chained::Updated(conf)) => {
-                    log::info!("the CNI plugin's entry in {} differed from the agent's settings: updated", conf.display())
-                }
-                Ok(Chained::Already) => {}
-                Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
+    pub fn ensure_cni_entry(&mut self) {
+        let Some(install) = &self.state.cni else { return };
+        let result = install.ensure_chained();
+        match &result {
+            Ok(Chained::Added(conf)) => log::warn!("the CNI plugin's entry was missing from {}: chained again", conf.display()),
+            Ok(Chained::Updated(conf)) => {
+                log::info!("the CNI plugin's entry in {} differed from the agent's settings: updated", conf.display())
             }
+            Ok(Chained::Already) => {}
+            // Logged when it changes: it is checked every few seconds.
+            Err(e) if self.cni_chained.as_ref().is_some_and(|c| c.as_ref().err() == Some(&format!("{e:#}"))) => {}
+            Err(e) => log::warn!("checking the CNI plugin's conflist entry: {e:#}"),
         }
+        self.cni_chained = Some(result.map(|_| ()).map_err(|e| format!("{e:#}")));
     }
 
     /// The CNI conf dir the agent keeps its entry in, if it installs one.

@@ -29,6 +29,10 @@ pub struct CniInstall {
     /// The entry's `failOpen`.
     #[serde(default)]
     pub fail_open: bool,
+    /// The runtime's own configuration (containerd's `config.toml`,
+    /// CRI-O's `/etc/crio`), whose CNI dirs these must be.
+    #[serde(default)]
+    pub runtime_configs: Vec<PathBuf>,
 }
 
 /// What `ensure_chained` did.
@@ -69,7 +73,23 @@ impl CniInstall {
         }
     }
 
+    /// Refuses dirs the node's runtime does not use (where its
+    /// configuration says so; a runtime whose configuration is not there
+    /// is taken to use the DaemonSet's).
+    fn runtime_agrees(&self) -> anyhow::Result<()> {
+        let mut refusals = Vec::new();
+        for path in &self.runtime_configs {
+            let Some(runtime) = super::runtime::read(path)? else { continue };
+            match super::runtime::check(&runtime, &self.bin_dir, &self.conf_dir) {
+                Ok(()) => return Ok(()),
+                Err(e) => refusals.push(format!("{e:#}")),
+            }
+        }
+        if refusals.is_empty() { Ok(()) } else { bail!("{}", refusals.join("; ")) }
+    }
+
     fn try_chain(&self) -> anyhow::Result<Chained> {
+        self.runtime_agrees()?;
         let path = primary_conf(&self.conf_dir)?;
         let original = std::fs::read(&path).with_context(|| format!("{}: can't read", path.display()))?;
         let conf: Value =
@@ -214,6 +234,7 @@ mod tests {
             socket: "/run/fsm-redirect/agent.sock".into(),
             exclude_namespaces: vec!["kube-system".into(), "fsm-system".into()],
             fail_open: false,
+            runtime_configs: Vec::new(),
         }
     }
 
@@ -275,6 +296,30 @@ mod tests {
         assert_eq!(plugins(&written), ["bridge", PLUGIN_TYPE]);
         std::fs::write(i.conf_dir.join("00-broken.conflist"), "{").unwrap();
         assert!(i.ensure_chained().unwrap_err().to_string().contains("00-broken.conflist"));
+    }
+
+    #[test]
+    fn the_entry_goes_only_where_the_runtime_looks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut i = install(dir.path());
+        std::fs::write(i.conf_dir.join("10-net.conflist"), r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}"#).unwrap();
+        let containerd = dir.path().join("config.toml");
+        std::fs::write(&containerd, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"/home/kubernetes/bin\"\n")
+            .unwrap();
+        i.runtime_configs = vec![dir.path().join("crio-absent"), containerd.clone()];
+        let e = i.ensure_chained().unwrap_err().to_string();
+        assert!(e.contains("containerd") && e.contains("looks for CNI plugins in /home/kubernetes/bin"), "{e}");
+        assert_eq!(plugins(&i.conf_dir.join("10-net.conflist")), ["bridge"], "not chained");
+        let conf = i.conf_dir.display().to_string();
+        std::fs::write(
+            &containerd,
+            format!(
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\nbin_dir = \"{}\"\nconf_dir = \"{conf}\"\n",
+                i.bin_dir.display()
+            ),
+        )
+        .unwrap();
+        assert!(matches!(i.ensure_chained().unwrap(), Chained::Added(_)));
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! - `kubelet`: where the kubelet puts a pod's cgroup.
 //! - `pods`: which pods FSM meshes.
 //! - `install`: the plugin's binary and conflist entry on the node.
+//! - `runtime`: where the node's container runtime looks for CNI.
 
 pub mod install;
 pub mod kubelet;
 pub mod plugin;
 pub mod pods;
+pub mod runtime;
 pub mod spec;
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
