@@ -160,6 +160,8 @@ impl KubernetesArgs {
     }
 }
 
+// `run`'s options make its variant large; the command is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (until Ctrl-C or SIGTERM; interception goes on
