@@ -35,7 +35,20 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// The cargo that runs xtask (the pinned toolchain's), as a command.
 pub fn cargo_command() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo xtask` ran us with xtask's own package variables set; build
+    // scripts that watch them (ring's does) would see them changed and
+    // rebuild everything above them, a build a plain `cargo test` made.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -56,8 +56,11 @@ pub fn vm_test(root: &Path, kernels: &[String]) -> anyhow::Result<()> {
 /// The integration test binaries (tests crate), netprobe and the agent.
 fn build_test_bins(root: &Path, envoy: PathBuf) -> anyhow::Result<vm::TestBins> {
     cargo(&["build", "--bins"])?;
+    // The very invocation `./x test` builds with (same packages, so the same
+    // features): its binaries are reused, not built a second time (that
+    // took minutes and gigabytes of disk in CI).
     let out = cargo_command()
-        .args(["test", "-p", "tests", "--tests", "--no-run", "--message-format=json"])
+        .args(["test", "--lib", "--bins", "--tests", "--no-run", "--message-format=json"])
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
@@ -68,6 +71,7 @@ fn build_test_bins(root: &Path, envoy: PathBuf) -> anyhow::Result<vm::TestBins> 
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let kinds = &msg["target"]["kind"];
         if msg["reason"] == "compiler-artifact"
+            && msg["manifest_path"].as_str().is_some_and(|m| Path::new(m).ends_with("tests/Cargo.toml"))
             && msg["profile"]["test"] == true
             && kinds.as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
             && let Some(exe) = msg["executable"].as_str()
