@@ -77,11 +77,14 @@ pub struct DaemonOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Watch the node's pods and FSM's MeshConfig in the Kubernetes API.
     pub kubernetes: Option<KubernetesOptions>,
+    /// What becomes of meshed pods that started around the plugin (with
+    /// `kubernetes`).
+    pub repair: crate::repair::RepairMode,
 }
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { refresh: Duration::from_secs(5), metrics_listen: None, kubernetes: None }
+        DaemonOptions { refresh: Duration::from_secs(5), metrics_listen: None, kubernetes: None, repair: Default::default() }
     }
 }
 
@@ -124,7 +127,10 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     let pods = opts.pods.clone();
     let mut agent = Agent::start(opts)?;
     let (pods_changed, mut mesh_config) = match watches {
-        Some(Watches { pods: _, pods_changed, mesh_config }) => (Some(pods_changed), Some(mesh_config)),
+        Some(Watches { pods: _, pods_changed, mesh_config, client }) => {
+            agent.repair = crate::repair::Repairer::new(daemon.repair, client);
+            (Some(pods_changed), Some(mesh_config))
+        }
         None => (None, None),
     };
     if let Some(rx) = &mut mesh_config {

@@ -57,6 +57,8 @@ pub struct Watches {
     /// Notified when one of them changed (notifications coalesce).
     pub pods_changed: Arc<Notify>,
     pub mesh_config: watch::Receiver<MeshConfigSeen>,
+    /// For the agent's own calls (`--repair`).
+    pub client: Client,
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
@@ -101,7 +103,7 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
 
     let gvk = GroupVersionKind::gvk(MESH_CONFIG_GROUP, MESH_CONFIG_VERSION, "MeshConfig");
     let resource = ApiResource::from_gvk_with_plural(&gvk, MESH_CONFIG_PLURAL);
-    let api = Api::<DynamicObject>::namespaced_with(client, &opts.fsm_namespace, &resource);
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &opts.fsm_namespace, &resource);
     let selector = format!("metadata.name={}", opts.mesh_config_name);
     let (tx, mesh_config) = watch::channel(MeshConfigSeen::Unknown);
     let stream = watcher(api, watcher::Config::default().fields(&selector)).backoff(Retry::default());
@@ -128,7 +130,7 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
             }
         }
     });
-    Ok(Watches { pods, pods_changed, mesh_config })
+    Ok(Watches { pods, pods_changed, mesh_config, client })
 }
 
 /// When to ask the API again after a failure: 200 ms, doubling up to

@@ -33,6 +33,7 @@ pub mod netns;
 pub mod original_dst;
 pub mod pod;
 pub mod render;
+pub mod repair;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod settings;

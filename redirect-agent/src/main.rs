@@ -14,6 +14,7 @@ use redirect_agent::{
     ipv6::Ipv6Mode,
     pod::{self, EnrollRequest},
     render,
+    repair::RepairMode,
     settings::ProxySettings,
     state,
 };
@@ -250,6 +251,15 @@ enum Command {
         /// fail every pod's ADD) and `diagnose` says why.
         #[arg(long, requires = "cni_conf_dir")]
         cni_runtime_config: Vec<PathBuf>,
+        /// A meshed pod that started around the plugin (its ADD missed) is
+        /// enrolled where it runs; connections it opened before stay
+        /// direct while they last. Beyond that: `label` it
+        /// (fsm-redirect/started-unintercepted=true), `evict` it (its
+        /// controller replaces it; PodDisruptionBudgets respected) or
+        /// `delete` it. Needs --kubernetes and, beyond in-place, the RBAC
+        /// verbs in deploy/repair/.
+        #[arg(long, value_enum, default_value_t = RepairMode::InPlace, requires = "kubernetes")]
+        repair: RepairMode,
     },
     /// Why a connection is (or is not) intercepted: the verdict and the rule,
     /// from the configured lists and from the kernel's state.
@@ -419,6 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cni_exclude_namespaces,
             cni_fail_open,
             cni_runtime_config,
+            repair,
         } => {
             let exclude_namespaces = cni_exclude_namespaces
                 .unwrap_or_else(|| vec!["kube-system".to_owned(), kubernetes.fsm_namespace.clone()])
@@ -457,6 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh: std::time::Duration::from_secs(refresh_interval),
                 metrics_listen,
                 kubernetes: kubernetes.options(),
+                repair,
             };
             runtime()?.block_on(daemon::run(opts, daemon_opts, daemon::termination()))
         }

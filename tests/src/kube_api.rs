@@ -5,7 +5,10 @@
 //! from one (JSON lines of `{"type","object"}`), field selectors,
 //! bookmarks, and a watch from a version that is gone answered with an
 //! ERROR event of code 410, after which a client must list again. Every
-//! request is recorded, for tests to check what the client asked.
+//! request is recorded, for tests to check what the client asked. Of the
+//! writes, what `--repair` sends: a pod's merge patch, its eviction and its
+//! deletion (both leave it terminating), each refused (409) where the
+//! body's UID precondition names another pod.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +20,7 @@ use axum::{
     body::Body,
     extract::{Path, Query, State},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, patch, post},
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -41,8 +44,11 @@ impl Kind {
 /// A request as the server saw it: path and query parameters.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub method: &'static str,
     pub path: String,
     pub query: BTreeMap<String, String>,
+    /// A write's body.
+    pub body: Option<Value>,
 }
 
 impl Seen {
@@ -67,6 +73,8 @@ struct Inner {
     gone_below: u64,
     watchers: Vec<Watcher>,
     requests: Vec<Seen>,
+    /// Evictions still to refuse with 429 (a PodDisruptionBudget).
+    refuse_evictions: u32,
 }
 
 pub struct FakeApi {
@@ -126,6 +134,8 @@ impl FakeApi {
                         "/apis/config.flomesh.io/v1alpha3/namespaces/{ns}/meshconfigs",
                         get(|s, Path(ns): Path<String>, q| serve(s, q, Kind::MeshConfigs, Some(ns))),
                     )
+                    .route("/api/v1/namespaces/{ns}/pods/{name}", patch(write_pod).delete(write_pod))
+                    .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", post(write_pod))
                     .fallback(|uri: axum::http::Uri| async move {
                         (axum::http::StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound", &format!("no route {uri}"))))
                     })
@@ -142,22 +152,8 @@ impl FakeApi {
         Ok(FakeApi { addr, inner, stop: Some(stop), thread: Some(thread), kubeconfig })
     }
 
-    fn change(&self, kind: Kind, mut object: Value, event: &'static str, notify: bool) {
-        let mut inner = self.inner.lock().unwrap();
-        inner.rv += 1;
-        let rv = inner.rv;
-        object["metadata"]["resourceVersion"] = rv.to_string().into();
-        let key = (kind, field(&object, "metadata.namespace"), field(&object, "metadata.name"));
-        if event == "DELETED" {
-            inner.objects.remove(&key);
-        } else {
-            inner.objects.insert(key, object.clone());
-        }
-        inner.history.push((rv, kind, event, object.clone()));
-        if notify {
-            let line = json!({"type": event, "object": object});
-            inner.watchers.retain(|w| w.kind != kind || !matches(&w.selector, &object) || w.tx.send(line.clone()).is_ok());
-        }
+    fn change(&self, kind: Kind, object: Value, event: &'static str, notify: bool) {
+        self.inner.lock().unwrap().change(kind, object, event, notify);
     }
 
     fn apply(&self, kind: Kind, object: Value, notify: bool) {
@@ -204,6 +200,21 @@ impl FakeApi {
         self.inner.lock().unwrap().watchers.retain(|w| w.kind != Kind::Pods);
     }
 
+    /// The next `n` evictions are refused as a PodDisruptionBudget would.
+    pub fn refuse_evictions(&self, n: u32) {
+        self.inner.lock().unwrap().refuse_evictions = n;
+    }
+
+    /// The pod as the server has it now.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.inner.lock().unwrap().objects.get(&(Kind::Pods, namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// The writes made to pods (patches, evictions, deletions).
+    pub fn writes(&self) -> Vec<Seen> {
+        self.requests().into_iter().filter(|r| r.method != "GET").collect()
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().requests.clone()
     }
@@ -219,6 +230,76 @@ impl Drop for FakeApi {
             let _ = t.join();
         }
     }
+}
+
+impl Inner {
+    fn change(&mut self, kind: Kind, mut object: Value, event: &'static str, notify: bool) {
+        self.rv += 1;
+        let rv = self.rv;
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        let key = (kind, field(&object, "metadata.namespace"), field(&object, "metadata.name"));
+        if event == "DELETED" {
+            self.objects.remove(&key);
+        } else {
+            self.objects.insert(key, object.clone());
+        }
+        self.history.push((rv, kind, event, object.clone()));
+        if notify {
+            let line = json!({"type": event, "object": object});
+            self.watchers.retain(|w| w.kind != kind || !matches(&w.selector, &object) || w.tx.send(line.clone()).is_ok());
+        }
+    }
+}
+
+/// A pod's patch (merge: its labels), eviction or deletion.
+async fn write_pod(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    Path((ns, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    use axum::http::StatusCode;
+    let body: Option<Value> = serde_json::from_slice(&body).ok();
+    let mut guard = inner.lock().unwrap();
+    let method = match method.as_str() {
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "POST",
+    };
+    guard.requests.push(Seen { method, path: uri.path().to_owned(), query: BTreeMap::new(), body: body.clone() });
+    let Some(mut pod) = guard.objects.get(&(Kind::Pods, ns.clone(), name.clone())).cloned() else {
+        return (StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound", &format!("pods \"{name}\" not found")))).into_response();
+    };
+    let body = body.unwrap_or_default();
+    let precondition = match method {
+        "PATCH" => body.pointer("/metadata/uid"),
+        "POST" => body.pointer("/deleteOptions/preconditions/uid"),
+        _ => body.pointer("/preconditions/uid"),
+    };
+    if let Some(uid) = precondition.filter(|uid| **uid != pod["metadata"]["uid"]) {
+        let message = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", pod["metadata"]["uid"]);
+        return (StatusCode::CONFLICT, axum::Json(status(409, "Conflict", &message))).into_response();
+    }
+    if method == "POST" && guard.refuse_evictions > 0 {
+        guard.refuse_evictions -= 1;
+        let message = "Cannot evict pod as it would violate the pod's disruption budget.";
+        return (StatusCode::TOO_MANY_REQUESTS, axum::Json(status(429, "TooManyRequests", message))).into_response();
+    }
+    if method == "PATCH" {
+        for (key, value) in body.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten() {
+            pod["metadata"]["labels"][key] = value.clone();
+        }
+    } else {
+        // Terminating: the kubelet would stop it, then the API remove it.
+        pod["metadata"]["deletionTimestamp"] = "2026-12-05T00:00:00Z".into();
+    }
+    guard.change(Kind::Pods, pod, "MODIFIED", true);
+    let answer = match method {
+        "POST" => json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        _ => guard.objects[&(Kind::Pods, ns, name)].clone(),
+    };
+    (if method == "POST" { StatusCode::CREATED } else { StatusCode::OK }, axum::Json(answer)).into_response()
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -239,7 +320,7 @@ async fn serve(
         (Kind::MeshConfigs, ns) => format!("/apis/config.flomesh.io/v1alpha3/namespaces/{}/meshconfigs", ns.as_deref().unwrap_or_default()),
     };
     let mut guard = inner.lock().unwrap();
-    guard.requests.push(Seen { path, query: query.clone() });
+    guard.requests.push(Seen { method: "GET", path, query: query.clone(), body: None });
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     if !watch {
         let items: Vec<Value> = guard.objects.iter().filter(|((k, _, _), o)| *k == kind && in_scope(o)).map(|(_, o)| o.clone()).collect();

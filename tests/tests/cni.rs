@@ -688,6 +688,96 @@ fn a_meshed_pod_running_before_the_agent_is_enrolled_by_reconciling_and_status_s
 }
 
 #[test]
+fn a_meshed_pod_that_started_around_the_plugin_is_evicted_or_labelled_as_repair_says() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    use tests::kube_api::FakeApi;
+    let api = FakeApi::start().unwrap();
+    api.apply_mesh_config(json!({"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+                                 "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"}, "spec": {}}));
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let kubeconfig = api.kubeconfig.path().to_str().unwrap().to_owned();
+    let args = |repair: &'static str| {
+        let mut a = vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--node-name", NODE_NAME, "--kubelet-cgroup-root", &kubelet.root];
+        a.extend(["--refresh-interval", "1", "--repair", repair]);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let (evict_args, label_args) = (args("evict"), args("label"));
+    let mut node = Node::start_with(NO_LISTS, &evict_args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let mut chain = Chain::new(&node, 55, json!({}));
+    chain.set("capabilities", json!({}));
+    let bridge = chain.conflist["plugins"][0].clone();
+    // A PodDisruptionBudget refuses the first eviction.
+    api.refuse_evictions(1);
+
+    // One pod through the plugin, one around it (the primary CNI alone set
+    // its network up: an agent that was down, an entry not chained yet).
+    let through = Sandbox::new("cart-13");
+    api.apply_pod(through.pod_object(true));
+    let through_group = kubelet.pod(&through.uid);
+    let add = chain.add(&through);
+    assert!(add.ok, "{}\n{}", add.stdout, node.agent_log());
+    let started_around = |kubelet: &mut Kubelet, name: &str| {
+        let sandbox = Sandbox::new(name);
+        let group = kubelet.pod(&sandbox.uid);
+        let add = chain.invoke(&bridge, "ADD", &sandbox, None);
+        assert!(add.ok, "{}", add.stdout);
+        let mut pod = sandbox.pod(&pod_ip(&add.json()), kubelet.container(&group, "app"));
+        pod.start_processes(15001, 15003, PROXY_UID).unwrap();
+        (sandbox, pod)
+    };
+    let (around, mut around_pod) = started_around(&mut kubelet, "cart-14");
+    assert_eq!(around_pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+    api.apply_pod(around.pod_object(true));
+
+    // Enrolled in place, then evicted: once refused, then again.
+    let evictions = |sandbox: &Sandbox| -> Vec<Value> {
+        let path = format!("/api/v1/namespaces/shop/pods/{}/eviction", sandbox.name);
+        api.writes().into_iter().filter(|w| w.path == path).map(|w| w.body.unwrap_or_default()).collect()
+    };
+    let terminating = |sandbox: &Sandbox| api.pod("shop", &sandbox.name).is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string());
+    assert!(eventually(Duration::from_secs(20), || terminating(&around)), "{:?}\n{}", api.writes(), node.agent_log());
+    assert_eq!(enrolled(&node, &around.key()).unwrap()["started_unintercepted"], true);
+    assert_eq!(around_pod.dial("10.96.0.10:80", APP_UID).split_whitespace().next(), Some("out"), "enrolled where it runs meanwhile");
+    let sent = evictions(&around);
+    assert_eq!(sent.len(), 2, "one refused by the budget, one accepted: {sent:?}");
+    assert!(sent.iter().all(|b| b["deleteOptions"]["preconditions"]["uid"] == around.uid.as_str()), "{sent:?}");
+    assert!(node.agent_log().contains("evicted it"), "{}", node.agent_log());
+
+    // With `label`, after a restart: the evicted pod (terminating) is not
+    // touched again, a new one started around is labelled, and the pod the
+    // plugin enrolled never is.
+    node.restart_agent_with(&label_args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let (labelled, mut labelled_pod) = started_around(&mut kubelet, "cart-15");
+    api.apply_pod(labelled.pod_object(true));
+    let has_label = |sandbox: &Sandbox| {
+        api.pod("shop", &sandbox.name).is_some_and(|p| p["metadata"]["labels"]["fsm-redirect/started-unintercepted"] == "true")
+    };
+    assert!(eventually(Duration::from_secs(20), || has_label(&labelled)), "{:?}\n{}", api.writes(), node.agent_log());
+    assert!(!terminating(&labelled));
+    // Reconciles go on (one more pod started around is labelled in one of
+    // them), and none repairs a pod twice.
+    let (later, mut later_pod) = started_around(&mut kubelet, "cart-16");
+    api.apply_pod(later.pod_object(true));
+    assert!(eventually(Duration::from_secs(20), || has_label(&later)), "{:?}\n{}", api.writes(), node.agent_log());
+    let patches: Vec<_> = api.writes().into_iter().filter(|w| w.path.ends_with(&format!("/pods/{}", labelled.name))).collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(patches[0].method, "PATCH");
+    assert_eq!(patches[0].body.as_ref().unwrap()["metadata"]["uid"], labelled.uid.as_str(), "the UID as a precondition");
+    assert_eq!(evictions(&around).len(), 2, "{:?}", api.writes());
+    assert!(api.writes().iter().all(|w| !w.path.contains(&format!("/pods/{}", through.name))), "{:?}", api.writes());
+    assert_eq!(enrolled(&node, &through.key()).unwrap()["started_unintercepted"], false);
+
+    for (sandbox, pod) in [(&around, &mut around_pod), (&labelled, &mut labelled_pod), (&later, &mut later_pod)] {
+        pod.stop_listeners();
+        assert!(chain.invoke(&bridge, "DEL", sandbox, None).ok);
+    }
+    let _ = through_group;
+    assert!(chain.del(&through, Some(&add.json())));
+}
+
+#[test]
 fn from_the_kubernetes_api_pods_and_the_meshconfig_are_watched_and_apply_live() {
     if !tests::requires(tests::Feature::CniPlugins) {
         return;

@@ -41,6 +41,9 @@ impl Agent {
         };
         // Failures are remembered for the pods there still are.
         self.unadoptable.retain(|uid, _| pods.iter().any(|p| p.metadata.uid.as_deref() == Some(uid.as_str())));
+        if let Some(repair) = &self.repair {
+            repair.retain(&pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect());
+        }
         for pod in pods {
             let key = pods::key(&pod);
             let annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -52,6 +55,10 @@ impl Agent {
             match result {
                 Ok(()) => {
                     self.unadoptable.remove(&uid);
+                    let started_around = self.state.pod_id(&key).is_some_and(|id| self.state.pods[&id].started_unintercepted);
+                    if let Some(repair) = self.repair.as_ref().filter(|_| started_around) {
+                        repair.started_unintercepted(&pod);
+                    }
                 }
                 Err(e) => {
                     let why = format!("{e:#}");

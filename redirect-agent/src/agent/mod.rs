@@ -100,6 +100,9 @@ pub struct Agent {
     /// Meshed pods that reconciling could not enroll, by UID, with why
     /// (logged when it changes).
     pub(crate) unadoptable: BTreeMap<String, String>,
+    /// What becomes of meshed pods that started around the plugin, beyond
+    /// their enrolment in place (`run --repair`, with the API).
+    pub(crate) repair: Option<crate::repair::Repairer>,
     kubelet_cgroup_root: String,
 }
 
@@ -206,6 +209,7 @@ impl Agent {
             mesh_known,
             cni_chained,
             unadoptable: BTreeMap::new(),
+            repair: None,
             kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
             ebpf,
