@@ -5,13 +5,12 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::bail;
+use redirect_cni::wire::{CniReply, CniRequest};
 use redirect_common::maps::PodId;
 
 use crate::{
@@ -44,24 +43,10 @@ pub enum Request {
     Diagnose {
         pod: Option<String>,
     },
-    /// The CNI plugin's ADD: enroll the pod if FSM meshes it.
-    CniAdd {
-        add: crate::cni::CniAdd,
-    },
-    /// The CNI plugin's DEL: remove the pod its ADD enrolled, if any.
-    CniDel {
-        container_id: String,
-    },
-    /// The CNI plugin's CHECK: is the pod intercepted if FSM meshes it?
-    CniCheck {
-        container_id: String,
-        pod: crate::cni::spec::KubernetesPod,
-    },
-    /// The CNI plugin's GC: remove the pods enrolled by ADDs of sandboxes
-    /// other than these.
-    CniGc {
-        valid: Vec<String>,
-    },
+    /// The CNI plugin's requests, as its crate has them (the same JSON on
+    /// the socket as the others).
+    #[serde(untagged)]
+    Cni(CniRequest),
 }
 
 /// The agent's answer to each request, one variant per request.
@@ -84,23 +69,13 @@ pub enum Reply {
     Checks {
         checks: Vec<Check>,
     },
-    CniAdded(crate::cni::CniAdded),
-    CniDeleted {
-        removed: bool,
-    },
-    CniChecked,
-    /// The pods GC removed.
-    CniCollected {
-        removed: Vec<String>,
-    },
+    /// The answers to the CNI plugin's requests.
+    #[serde(untagged)]
+    Cni(CniReply),
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Response {
-    Ok(Reply),
-    Error(String),
-}
+/// The reply, or why the request failed.
+pub type Response = redirect_cni::wire::Response<Reply>;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PodStatus {
@@ -222,33 +197,6 @@ impl Check {
     }
 }
 
-/// The agent could not be asked at all: nothing listens on its control
-/// socket, or the caller may not connect to it. (An agent that answered
-/// with an error is not this.)
-#[derive(Debug)]
-pub struct Unreachable(String);
-
-impl std::fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unreachable {}
-
-/// The agent took the request but gave no answer in time (a hung or
-/// overloaded agent).
-#[derive(Debug)]
-pub struct Unanswered(pub std::time::Duration);
-
-impl std::fmt::Display for Unanswered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the agent did not answer within {} s", self.0.as_secs())
-    }
-}
-
-impl std::error::Error for Unanswered {}
-
 /// The CLI's side of the control socket: one connection per request.
 pub struct Client {
     socket: PathBuf,
@@ -272,69 +220,9 @@ impl Client {
         Client { timeout: Some(timeout), ..self }
     }
 
-    pub fn cni_add(&self, add: crate::cni::CniAdd) -> anyhow::Result<crate::cni::CniAdded> {
-        match self.call(&Request::CniAdd { add })? {
-            Reply::CniAdded(added) => Ok(added),
-            other => unexpected(other),
-        }
-    }
-
-    /// Whether there was a pod to remove.
-    pub fn cni_del(&self, container_id: &str) -> anyhow::Result<bool> {
-        match self.call(&Request::CniDel { container_id: container_id.to_owned() })? {
-            Reply::CniDeleted { removed } => Ok(removed),
-            other => unexpected(other),
-        }
-    }
-
-    pub fn cni_check(&self, container_id: &str, pod: &crate::cni::spec::KubernetesPod) -> anyhow::Result<()> {
-        match self.call(&Request::CniCheck { container_id: container_id.to_owned(), pod: pod.clone() })? {
-            Reply::CniChecked => Ok(()),
-            other => unexpected(other),
-        }
-    }
-
-    /// The pods removed.
-    pub fn cni_gc(&self, valid: Vec<String>) -> anyhow::Result<Vec<String>> {
-        match self.call(&Request::CniGc { valid })? {
-            Reply::CniCollected { removed } => Ok(removed),
-            other => unexpected(other),
-        }
-    }
-
     /// Sends one request to the running agent.
     fn call(&self, request: &Request) -> anyhow::Result<Reply> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
-            Unreachable(match e.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("permission denied on {}: the agent's control socket is root's only; run this as root", self.socket.display())
-                }
-                _ => format!("the agent is not running (no answer on {}: {e}); start it with `redirect-agent run`", self.socket.display()),
-            })
-        })?;
-        stream.set_read_timeout(self.timeout)?;
-        stream.set_write_timeout(self.timeout)?;
-        let mut line = serde_json::to_string(request)?;
-        line.push('\n');
-        // An agent that turns the caller away answers and closes at once,
-        // maybe before the request is written: its answer is still there.
-        let written = stream.write_all(line.as_bytes());
-        let mut answer = String::new();
-        let read = BufReader::new(stream).read_line(&mut answer);
-        let timed_out = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
-        if let (Some(limit), true) =
-            (self.timeout, written.as_ref().err().is_some_and(timed_out) || read.as_ref().err().is_some_and(timed_out))
-        {
-            return Err(Unanswered(limit).into());
-        }
-        if answer.is_empty() {
-            written.context("writing to the agent")?;
-            read.context("reading the agent's answer")?;
-        }
-        match serde_json::from_str(&answer).context("the agent's answer is not a reply")? {
-            Response::Ok(reply) => Ok(reply),
-            Response::Error(e) => Err(anyhow!(e)),
-        }
+        Ok(redirect_cni::client::call(&self.socket, self.timeout, request)?)
     }
 
     /// Enrolls a pod: its id and the dataplane the agent chose.

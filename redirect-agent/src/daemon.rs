@@ -6,6 +6,7 @@
 use std::{os::fd::AsFd as _, os::unix::fs::PermissionsExt as _, time::Duration};
 
 use anyhow::Context as _;
+use redirect_cni::wire::{CniReply, CniRequest};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
@@ -372,10 +373,14 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         Request::Reload { path } => agent.reload(path).map(|degraded| Reply::Reloaded { degraded }),
         Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
         Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
-        Request::CniAdd { add } => agent.cni_add(add).map(Reply::CniAdded),
-        Request::CniDel { container_id } => agent.cni_del(&container_id).map(|removed| Reply::CniDeleted { removed }),
-        Request::CniCheck { container_id, pod } => agent.cni_check(&container_id, &pod).map(|()| Reply::CniChecked),
-        Request::CniGc { valid } => agent.cni_gc(&valid).map(|removed| Reply::CniCollected { removed }),
+        Request::Cni(CniRequest::CniAdd { add }) => agent.cni_add(add).map(|added| Reply::Cni(CniReply::CniAdded(added))),
+        Request::Cni(CniRequest::CniDel { container_id }) => {
+            agent.cni_del(&container_id).map(|removed| Reply::Cni(CniReply::CniDeleted { removed }))
+        }
+        Request::Cni(CniRequest::CniCheck { container_id, pod }) => {
+            agent.cni_check(&container_id, &pod).map(|()| Reply::Cni(CniReply::CniChecked))
+        }
+        Request::Cni(CniRequest::CniGc { valid }) => agent.cni_gc(&valid).map(|removed| Reply::Cni(CniReply::CniCollected { removed })),
         Request::Uninstall => unreachable!("handled by the loop"),
     })
 }
@@ -408,7 +413,7 @@ async fn serve(stream: UnixStream, jobs: mpsc::Sender<Job>, pods: PodSource) {
                 Ok(request) => {
                     // Waited for here, not in the agent's loop, which
                     // goes on serving meanwhile.
-                    if let Request::CniAdd { add } = &request {
+                    if let Request::Cni(CniRequest::CniAdd { add }) = &request {
                         pods.wait_for(&add.pod, POD_ARRIVAL).await;
                     }
                     let (tx, rx) = oneshot::channel();

@@ -36,10 +36,8 @@ pub const GUARD_COMMENT: &str = "# fsm-redirect guard: fsm-init steps aside wher
 /// netns's) and no unprivileged process can set.
 pub const GUARD_MARK: &str = "fsm-redirect";
 /// The annotation the admission policy puts on a pod whose fsm-init it
-/// guarded: the CNI plugin reads it from the runtime (containerd's
-/// `io.kubernetes.cri.pod-annotations`) to let such a pod start while the
-/// agent can't be reached, its guarded fsm-init then applying the rules.
-pub const GUARD_ANNOTATION: (&str, &str) = ("fsm-redirect/fsm-init", "guarded");
+/// guarded: the plugin's crate holds it, as the plugin reads it.
+pub use redirect_cni::wire::GUARD_ANNOTATION;
 /// The guard: POSIX sh, builtins only (`read`, `[`, `echo`), as fsm-init's
 /// image (Alpine with iptables) has nothing else to rely on.
 pub const GUARD: &str = concat!(

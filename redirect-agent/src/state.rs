@@ -15,7 +15,7 @@ use crate::{
     settings::ProxySettings,
 };
 
-pub const DEFAULT_DIR: &str = "/run/fsm-redirect";
+pub const DEFAULT_DIR: &str = redirect_cni::wire::DEFAULT_STATE_DIR;
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -55,7 +55,7 @@ impl State {
 
     /// The agent's control socket, beside the state.
     pub fn socket(dir: &Path) -> PathBuf {
-        dir.join("agent.sock")
+        dir.join(redirect_cni::wire::SOCKET_NAME)
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {

@@ -77,6 +77,8 @@ fn build(root: &Path) -> anyhow::Result<std::path::PathBuf> {
         TARGET,
         "-p",
         "redirect-agent",
+        "-p",
+        "redirect-cni",
         "--bin",
         "redirect-agent",
         "--bin",

@@ -39,7 +39,7 @@ impl Agent {
             let enrolled = &self.state.pods[&id];
             // ADD again for the same sandbox (the runtime retried): done.
             if enrolled.container_id.as_deref() == Some(add.container_id.as_str()) {
-                return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane });
+                return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane.name().to_owned() });
             }
             // Reconciling found the sandbox running first (a runtime that
             // starts the sandbox's process before its network): the same
@@ -50,7 +50,7 @@ impl Agent {
                 let dataplane = enrolled.dataplane;
                 self.state.pods.get_mut(&id).expect("enrolled").container_id = Some(add.container_id);
                 self.state.save(&self.state_dir)?;
-                return Ok(CniAdded::Enrolled { id, dataplane });
+                return Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() });
             }
             // A new sandbox for the pod whose old one went without a DEL
             // that reached us: the old enrolment goes with its netns.
@@ -77,7 +77,7 @@ impl Agent {
             return Ok(self.record_fsm_init(as_fsm_init));
         }
         match self.cni_enroll(request, &add.pod.uid, &add.ips) {
-            Ok((id, dataplane)) => Ok(CniAdded::Enrolled { id, dataplane }),
+            Ok((id, dataplane)) => Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() }),
             // Whatever failed, a guarded fsm-init finds no mark and applies
             // its rules: the pod starts intercepted all the same, by
             // fsm-init, which the agent records.
@@ -96,7 +96,7 @@ impl Agent {
     fn record_fsm_init(&mut self, request: EnrollRequest) -> CniAdded {
         let key = request.name.clone();
         match self.enroll_scanning(request, false) {
-            Ok((id, dataplane)) => CniAdded::Enrolled { id, dataplane },
+            Ok((id, dataplane)) => CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() },
             Err(e) => {
                 log::warn!("pod {key}: served by its own fsm-init, not recorded: {e:#}");
                 CniAdded::NotMeshed { why: format!("pod {key}: served by its own fsm-init (not recorded by the agent: {e:#})") }

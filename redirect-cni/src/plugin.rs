@@ -1,11 +1,59 @@
 //! The plugin's commands, as `fsm-redirect-cni` runs them: each asks the
 //! agent over its control socket.
 
-use super::{
-    CniAdd, CniAdded,
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    client::{CallError, call},
     spec::{self, CniError, Command, Env, KubernetesPod, NetConf, code},
+    wire::{CniAdd, CniAdded, CniReply, CniRequest, DEFAULT_SOCKET, GUARD_ANNOTATION},
 };
-use crate::control::{Client, Unanswered, Unreachable};
+
+/// The agent, as this invocation asks it.
+struct Agent {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Agent {
+    fn ask(&self, request: CniRequest) -> Result<CniReply, CallError> {
+        call(&self.socket, Some(self.timeout), &request)
+    }
+
+    fn add(&self, add: CniAdd) -> Result<CniAdded, CallError> {
+        match self.ask(CniRequest::CniAdd { add })? {
+            CniReply::CniAdded(added) => Ok(added),
+            other => Err(out_of_turn(other)),
+        }
+    }
+
+    fn del(&self, container_id: &str) -> Result<bool, CallError> {
+        match self.ask(CniRequest::CniDel { container_id: container_id.to_owned() })? {
+            CniReply::CniDeleted { removed } => Ok(removed),
+            other => Err(out_of_turn(other)),
+        }
+    }
+
+    fn check(&self, container_id: &str, pod: &KubernetesPod) -> Result<(), CallError> {
+        match self.ask(CniRequest::CniCheck { container_id: container_id.to_owned(), pod: pod.clone() })? {
+            CniReply::CniChecked => Ok(()),
+            other => Err(out_of_turn(other)),
+        }
+    }
+
+    /// The pods removed.
+    fn gc(&self, valid: Vec<String>) -> Result<Vec<String>, CallError> {
+        match self.ask(CniRequest::CniGc { valid })? {
+            CniReply::CniCollected { removed } => Ok(removed),
+            other => Err(out_of_turn(other)),
+        }
+    }
+}
+
+/// An answer that is not the request's (an agent of another protocol).
+fn out_of_turn(reply: CniReply) -> CallError {
+    CallError::Broken(format!("the agent answered out of turn: {reply:?}"))
+}
 
 /// One invocation: what to print on stdout on success.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
@@ -13,13 +61,14 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
         return Ok(spec::version_info(stdin));
     }
     let conf = NetConf::parse(stdin)?;
-    let client =
-        Client::at(conf.socket.clone().unwrap_or_else(|| crate::state::State::socket(std::path::Path::new(crate::state::DEFAULT_DIR))))
-            .with_timeout(std::time::Duration::from_secs(match env.command {
-                // Only to say, on stderr, whether the agent answers.
-                Command::Status => 2,
-                _ => conf.timeout_seconds.max(1),
-            }));
+    let client = Agent {
+        socket: conf.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        timeout: Duration::from_secs(match env.command {
+            // Only to say, on stderr, whether the agent answers.
+            Command::Status => 2,
+            _ => conf.timeout_seconds.max(1),
+        }),
+    };
     conf.supports(env.command)?;
     // The mesh never holds these: nothing to ask the agent, which may be
     // down, hung or behind without holding back the node's own pods.
@@ -44,9 +93,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
 /// network not ready (containerd 2), which would hold back every pod of
 /// the node, where an agent that is down only fails meshed pods' ADDs
 /// (they are retried).
-fn status(client: &Client) -> Result<(), CniError> {
-    if let Err(e) = client.status() {
-        eprintln!("fsm-redirect: the agent can't be asked ({e:#}): meshed pods' ADDs fail until it answers; other pods are not held back");
+fn status(client: &Agent) -> Result<(), CniError> {
+    // The agent's own status request: its answer is only waited for, never
+    // read (its types are the agent's).
+    let asked = call::<_, serde::de::IgnoredAny>(&client.socket, Some(client.timeout), &serde_json::json!({"request": "status"}));
+    if let Some(e) = asked.err().filter(CallError::is_unreachable) {
+        eprintln!("fsm-redirect: the agent can't be asked ({e}): meshed pods' ADDs fail until it answers; other pods are not held back");
     }
     Ok(())
 }
@@ -54,24 +106,24 @@ fn status(client: &Client) -> Result<(), CniError> {
 /// Has the agent remove the pods enrolled by ADDs of sandboxes the runtime
 /// no longer has. An agent that can't be reached removes them itself once
 /// their network namespaces are gone.
-fn gc(conf: &NetConf, client: &Client) -> Result<(), CniError> {
+fn gc(conf: &NetConf, client: &Agent) -> Result<(), CniError> {
     let valid: Vec<String> = conf.valid_attachments.iter().map(|a| a.container_id.clone()).collect();
-    match client.cni_gc(valid) {
+    match client.gc(valid) {
         Ok(removed) => {
             if !removed.is_empty() {
                 eprintln!("fsm-redirect: GC removed {}", removed.join(", "));
             }
             Ok(())
         }
-        Err(e) if unreachable(&e) => {
-            eprintln!("fsm-redirect: GC: the agent can't be reached ({e:#}); it removes pods once their netns is gone");
+        Err(e) if e.is_unreachable() => {
+            eprintln!("fsm-redirect: GC: the agent can't be reached ({e}); it removes pods once their netns is gone");
             Ok(())
         }
-        Err(e) => Err(CniError::new(code::GC_FAILED, "the fsm-redirect agent failed to collect garbage", format!("{e:#}"))),
+        Err(e) => Err(CniError::new(code::GC_FAILED, "the fsm-redirect agent failed to collect garbage", e.to_string())),
     }
 }
 
-fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
+fn add(env: &Env, conf: &NetConf, client: &Agent) -> Result<String, CniError> {
     // Checked first: a misplaced plugin fails whatever the agent says.
     let result = spec::pass_through(conf)?;
     // FSM meshes Kubernetes pods only: a container another client runs
@@ -88,9 +140,9 @@ fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
         ips: conf.pod_ips(),
         annotations: conf.runtime_config.pod_annotations.clone(),
     };
-    match client.cni_add(request) {
+    match client.add(request) {
         Ok(CniAdded::Enrolled { id, dataplane }) => {
-            eprintln!("fsm-redirect: pod {} enrolled as {id} ({dataplane:?})", pod.key());
+            eprintln!("fsm-redirect: pod {} enrolled as {id} ({dataplane})", pod.key());
             Ok(result)
         }
         Ok(CniAdded::NotMeshed { why }) => {
@@ -98,13 +150,13 @@ fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
             Ok(result)
         }
         Err(e) if conf.fail_open => {
-            eprintln!("fsm-redirect: pod {} NOT intercepted (failOpen): {e:#}", pod.key());
+            eprintln!("fsm-redirect: pod {} NOT intercepted (failOpen): {e}", pod.key());
             Ok(result)
         }
         // Its fsm-init, guarded, finds no mark of the agent's and applies
         // FSM's rules: the pod starts intercepted, by fsm-init.
-        Err(e) if unreachable(&e) && guarded(conf) => {
-            eprintln!("fsm-redirect: pod {}: the agent can't be reached ({e:#}); its guarded fsm-init applies FSM's rules", pod.key());
+        Err(e) if e.is_unreachable() && guarded(conf) => {
+            eprintln!("fsm-redirect: pod {}: the agent can't be reached ({e}); its guarded fsm-init applies FSM's rules", pod.key());
             Ok(result)
         }
         Err(e) => Err(agent_error(&pod, e)),
@@ -112,30 +164,27 @@ fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<String, CniError> {
 }
 
 /// Whether the runtime says the pod's fsm-init is guarded
-/// (`crate::injection::GUARD_ANNOTATION`).
+/// ([`GUARD_ANNOTATION`]).
 fn guarded(conf: &NetConf) -> bool {
-    let (key, value) = crate::injection::GUARD_ANNOTATION;
+    let (key, value) = GUARD_ANNOTATION;
     conf.runtime_config.pod_annotations.as_ref().is_some_and(|a| a.get(key).is_some_and(|v| v == value))
 }
 
-/// Whether the agent could not be asked at all, or gave no answer in time.
-fn unreachable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Unreachable>().is_some() || e.downcast_ref::<Unanswered>().is_some()
-}
-
 /// Unreachable or silent agent: try again later; a refusal: ours, with why.
-fn agent_error(pod: &KubernetesPod, e: anyhow::Error) -> CniError {
-    let text = format!("{e:#}");
-    if let Some(silent) = e.downcast_ref::<Unanswered>() {
-        CniError::new(
+fn agent_error(pod: &KubernetesPod, e: CallError) -> CniError {
+    let text = e.to_string();
+    match e {
+        CallError::Unanswered(limit) => CniError::new(
             code::TRY_AGAIN_LATER,
-            format!("pod {}: the fsm-redirect agent did not answer within {} s", pod.key(), silent.0.as_secs()),
+            format!("pod {}: the fsm-redirect agent did not answer within {} s", pod.key(), limit.as_secs()),
             text,
-        )
-    } else if unreachable(&e) {
-        CniError::new(code::TRY_AGAIN_LATER, format!("pod {}: the fsm-redirect agent can't be reached", pod.key()), text)
-    } else {
-        CniError::new(code::ENROLMENT_REFUSED, format!("pod {}: the fsm-redirect agent refused it", pod.key()), text)
+        ),
+        CallError::Unreachable(_) => {
+            CniError::new(code::TRY_AGAIN_LATER, format!("pod {}: the fsm-redirect agent can't be reached", pod.key()), text)
+        }
+        CallError::Refused(_) | CallError::Broken(_) => {
+            CniError::new(code::ENROLMENT_REFUSED, format!("pod {}: the fsm-redirect agent refused it", pod.key()), text)
+        }
     }
 }
 
@@ -145,29 +194,29 @@ fn agent_error(pod: &KubernetesPod, e: anyhow::Error) -> CniError {
 /// pod's interface and address, and hold the pod's deletion until the
 /// agent is back, while the agent removes a pod whose netns is gone at its
 /// next refresh anyway. An agent that fails to remove the pod is an error.
-fn del(env: &Env, client: &Client) -> Result<(), CniError> {
+fn del(env: &Env, client: &Agent) -> Result<(), CniError> {
     // Not a pod: its ADD enrolled nothing.
     if env.kubernetes_pod().is_none() {
         return Ok(());
     }
-    match client.cni_del(&env.container_id) {
+    match client.del(&env.container_id) {
         Ok(_) => Ok(()),
-        Err(e) if unreachable(&e) => {
-            eprintln!("fsm-redirect: container {}: agent unreachable ({e:#}); it removes the pod once its netns is gone", env.container_id);
+        Err(e) if e.is_unreachable() => {
+            eprintln!("fsm-redirect: container {}: agent unreachable ({e}); it removes the pod once its netns is gone", env.container_id);
             Ok(())
         }
         Err(e) => Err(CniError::new(
             code::ENROLMENT_REFUSED,
             format!("container {}: the fsm-redirect agent failed to remove it", env.container_id),
-            format!("{e:#}"),
+            e.to_string(),
         )),
     }
 }
 
 /// A meshed pod must be enrolled with its programs attached.
-fn check(env: &Env, client: &Client) -> Result<(), CniError> {
+fn check(env: &Env, client: &Agent) -> Result<(), CniError> {
     let Some(pod) = env.kubernetes_pod() else { return Ok(()) };
     client
-        .cni_check(&env.container_id, &pod)
-        .map_err(|e| CniError::new(code::NOT_INTERCEPTED, format!("pod {}: not intercepted", pod.key()), format!("{e:#}")))
+        .check(&env.container_id, &pod)
+        .map_err(|e| CniError::new(code::NOT_INTERCEPTED, format!("pod {}: not intercepted", pod.key()), e.to_string()))
 }

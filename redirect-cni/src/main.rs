@@ -1,13 +1,10 @@
-//! `fsm-redirect-cni`: the chained CNI plugin (see `redirect_agent::cni`).
+//! `fsm-redirect-cni`: the chained CNI plugin (see the crate's `plugin`).
 //! Reads the CNI environment and stdin, prints the result or a CNI error
 //! object on stdout; logs on stderr.
 
 use std::{io::Read as _, process::ExitCode};
 
-use redirect_agent::cni::{
-    self,
-    spec::{CniError, Env, code},
-};
+use redirect_cni::spec::{CniError, Env, code};
 
 fn main() -> ExitCode {
     let outcome = Env::from_vars(|k| std::env::var(k).ok()).and_then(|env| {
@@ -15,7 +12,7 @@ fn main() -> ExitCode {
         std::io::stdin()
             .read_to_end(&mut stdin)
             .map_err(|e| CniError::new(code::IO_FAILURE, "reading the network configuration from stdin", e.to_string()))?;
-        cni::plugin::run(&env, &stdin)
+        redirect_cni::plugin::run(&env, &stdin)
     });
     match outcome {
         Ok(out) => {
