@@ -280,3 +280,32 @@ impl Client {
 fn unexpected<T>(reply: Reply) -> anyhow::Result<T> {
     bail!("the agent answered out of turn: {reply:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines a plugin of the release before the split sent and read
+    /// (its DEL captured from its binary, the rest as its types serialised
+    /// them): an agent of this one takes and answers them the same, so a
+    /// node mid-upgrade keeps starting pods.
+    #[test]
+    fn the_plugins_lines_from_before_its_crate_split_are_still_understood() {
+        let del: Request = serde_json::from_str(r#"{"request":"cni-del","container_id":"c1"}"#).unwrap();
+        assert!(matches!(del, Request::Cni(CniRequest::CniDel { container_id }) if container_id == "c1"));
+        let gc: Request = serde_json::from_str(r#"{"request":"cni-gc","valid":["a"]}"#).unwrap();
+        assert!(matches!(gc, Request::Cni(CniRequest::CniGc { valid }) if valid == ["a"]));
+        // The agent's own requests still come first.
+        assert!(matches!(serde_json::from_str(r#"{"request":"status"}"#).unwrap(), Request::Status));
+        let added = Response::Ok(Reply::Cni(CniReply::CniAdded(crate::cni::CniAdded::Enrolled {
+            id: 3,
+            dataplane: Dataplane::FsmInit.name().into(),
+        })));
+        assert_eq!(
+            serde_json::to_string(&added).unwrap(),
+            r#"{"ok":{"reply":"cni-added","outcome":"enrolled","id":3,"dataplane":"fsm-init"}}"#
+        );
+        let refused = serde_json::to_string(&Response::Error("no".into())).unwrap();
+        assert_eq!(refused, r#"{"error":"no"}"#);
+    }
+}
