@@ -83,5 +83,11 @@ fn build_test_bins(root: &Path, envoy: PathBuf) -> anyhow::Result<vm::TestBins> 
         bail!("no integration test binaries were built");
     }
     let target = root.join("target/debug");
-    Ok(vm::TestBins { tests, netprobe: target.join("netprobe"), agent: target.join("redirect-agent"), envoy })
+    Ok(vm::TestBins {
+        tests,
+        netprobe: target.join("netprobe"),
+        agent: target.join("redirect-agent"),
+        cni_plugin: target.join("fsm-redirect-cni"),
+        envoy,
+    })
 }
