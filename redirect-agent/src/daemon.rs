@@ -126,6 +126,13 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         None => None,
     };
     let pods = opts.pods.clone();
+    // Watched before the agent checks its entry at start: a rewrite by the
+    // primary CNI after that check went unseen until the next refresh
+    // (seen under emulation).
+    let conf_dir = opts.cni_install.as_ref().map(|c| watch_conf_dir(&c.conf_dir)).transpose().unwrap_or_else(|e| {
+        log::warn!("watching the CNI conf dir: {e:#}; the entry is checked at each refresh only");
+        None
+    });
     let mut agent = Agent::start(opts)?;
     let (pods_changed, mut mesh_config) = match watches {
         Some(Watches { pods: _, pods_changed, mesh_config, client }) => {
@@ -139,16 +146,6 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     }
     agent.sync_pods();
     agent.prepare_ahead();
-    // Watched before the agent answers, then checked once more: a rewrite
-    // by the primary CNI between the entry's check at start and the watch
-    // was missed until the next refresh (seen under emulation).
-    let conf_dir = agent.cni_conf_dir().map(watch_conf_dir).transpose().unwrap_or_else(|e| {
-        log::warn!("watching the CNI conf dir: {e:#}; the entry is checked at each refresh only");
-        None
-    });
-    if conf_dir.is_some() {
-        agent.ensure_cni_entry();
-    }
     let listener = bind_control_socket(&sock)?;
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 

@@ -8,22 +8,22 @@
 //! it is accepted: a thousand idle connections hold a few dozen of the
 //! agent's file descriptors for seconds, not a thousand for good.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::Arc,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use redirect_common::maps::{PodId, capacity, counter, names};
+use redirect_common::maps::{PodId, counter, names};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     sync::{Semaphore, watch},
 };
 
-use crate::{dataplane::Dataplane, ebpf::pins::Pins};
+use crate::{
+    dataplane::Dataplane,
+    ebpf::{
+        maps::{FILLABLE, fill},
+        pins::Pins,
+    },
+};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -42,24 +42,6 @@ pub struct Snapshot {
     /// Whether the eBPF dataplane runs (its maps are pinned).
     pub ebpf: bool,
 }
-
-/// The maps that can fill up, with their capacity.
-const FILL: [(&str, u32); 14] = [
-    (names::POD_CONFIG, capacity::PODS),
-    (names::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
-    (names::LOCAL_ADDRS6, capacity::LOCAL_ADDRS),
-    (names::EXCLUDED_CIDRS, capacity::CIDRS),
-    (names::EXCLUDED_CIDRS6, capacity::CIDRS),
-    (names::INCLUDED_CIDRS, capacity::CIDRS),
-    (names::INCLUDED_CIDRS6, capacity::CIDRS),
-    (names::EXCLUDED_PORTS, capacity::PORTS),
-    (names::EXCLUDED_IFACES, capacity::IFACES),
-    (names::IFACE_ROUTES, capacity::ROUTES),
-    (names::IFACE_ROUTES6, capacity::ROUTES),
-    (names::HANDOVER6, capacity::HANDOVER6),
-    (names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
-    (names::POD_IPS, capacity::PODS),
-];
 
 /// Binds `addr` and serves it from a thread of its own. The bind is tried
 /// again every few seconds while it fails (a port another process holds):
@@ -174,14 +156,12 @@ pub fn render(s: &Snapshot, pins: &Pins) -> String {
         }
         let _ = writeln!(o, "# HELP fsm_redirect_map_entries Entries in use per kernel map.");
         let _ = writeln!(o, "# TYPE fsm_redirect_map_entries gauge");
-        for (map, _) in FILL {
-            if let Ok(n) = entries(&pins.map(map)) {
-                let _ = writeln!(o, "fsm_redirect_map_entries{{map=\"{map}\"}} {n}");
-            }
+        for m in fill(pins) {
+            let _ = writeln!(o, "fsm_redirect_map_entries{{map=\"{}\"}} {}", m.map, m.entries);
         }
         let _ = writeln!(o, "# HELP fsm_redirect_map_capacity Capacity per kernel map.");
         let _ = writeln!(o, "# TYPE fsm_redirect_map_capacity gauge");
-        for (map, capacity) in FILL {
+        for (map, capacity) in FILLABLE {
             let _ = writeln!(o, "fsm_redirect_map_capacity{{map=\"{map}\"}} {capacity}");
         }
     }
@@ -216,36 +196,4 @@ fn counters(pins: &Pins) -> anyhow::Result<impl Fn(PodId, u32) -> u64> {
     let data = aya::maps::MapData::from_pin(pins.map(names::COUNTERS)).context("COUNTERS")?;
     let map: aya::maps::PerCpuArray<aya::maps::MapData, u64> = aya::maps::Map::from_map_data(data)?.try_into()?;
     Ok(move |pod: PodId, slot: u32| map.get(&counter::index(pod, slot), 0).map(|v| v.iter().sum()).unwrap_or(0))
-}
-
-/// How many keys the pinned map at `pin` holds (`BPF_MAP_GET_NEXT_KEY`
-/// until the last), whatever its key type.
-fn entries(pin: &std::path::Path) -> anyhow::Result<usize> {
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    let data = aya::maps::MapData::from_pin(pin).with_context(|| pin.display().to_string())?;
-    let key_size = data.info()?.key_size() as usize;
-    let fd = data.fd().as_fd().as_raw_fd();
-    let (mut key, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
-    let mut count = 0;
-    let mut first = true;
-    loop {
-        // union bpf_attr { map_fd: u32, pad, key: u64, next_key: u64 }
-        let mut attr = [0u64; 8];
-        attr[0] = u64::from(fd as u32);
-        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
-        attr[2] = next.as_mut_ptr() as u64;
-        // SAFETY: a zero-padded bpf_attr of 64 bytes, with buffers of the
-        // map's key size that outlive the call.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(count),
-                _ => Err(e).context("BPF_MAP_GET_NEXT_KEY"),
-            };
-        }
-        count += 1;
-        first = false;
-        std::mem::swap(&mut key, &mut next);
-    }
 }

@@ -666,11 +666,6 @@ impl Agent {
         self.cni_chained = Some(result.map(|_| ()).map_err(|e| format!("{e:#}")));
     }
 
-    /// The CNI conf dir the agent keeps its entry in, if it installs one.
-    pub fn cni_conf_dir(&self) -> Option<&Path> {
-        self.state.cni.as_ref().map(|c| c.conf_dir.as_path())
-    }
-
     /// Refreshes the next pod of `refresh`; once none is left, finishes it
     /// (and reconciles the node's pods) and returns true.
     pub fn refresh_next(&mut self, refresh: &mut Refresh) -> bool {
@@ -737,7 +732,7 @@ impl Agent {
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
             removed_netns_gone: self.removed_gone,
-            maps: self.ebpf.as_ref().map(|e| e.maps.fill()).unwrap_or_default(),
+            maps: self.ebpf.as_ref().map(|e| crate::ebpf::maps::fill(&e.pins)).unwrap_or_default(),
         }
     }
 

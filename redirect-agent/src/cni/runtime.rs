@@ -21,6 +21,13 @@ pub struct RuntimeCni {
     pub conf_dir: PathBuf,
 }
 
+impl RuntimeCni {
+    /// CRI-O's CNI dirs where its files say nothing.
+    fn crio_defaults(source: String) -> Self {
+        RuntimeCni { runtime: "CRI-O", source, bin_dirs: vec![DEFAULT_BIN.into()], conf_dir: DEFAULT_CONF.into() }
+    }
+}
+
 const DEFAULT_BIN: &str = "/opt/cni/bin";
 const DEFAULT_CONF: &str = "/etc/cni/net.d";
 
@@ -35,12 +42,7 @@ pub fn read(path: &Path) -> anyhow::Result<Option<RuntimeCni>> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
     let doc: Value = toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     if doc.get("crio").is_some() {
-        let mut cni = RuntimeCni {
-            runtime: "CRI-O",
-            source: path.display().to_string(),
-            bin_dirs: vec![DEFAULT_BIN.into()],
-            conf_dir: DEFAULT_CONF.into(),
-        };
+        let mut cni = RuntimeCni::crio_defaults(path.display().to_string());
         crio(&doc, &mut cni);
         return Ok(Some(cni));
     }
@@ -85,7 +87,7 @@ fn read_crio_dir(dir: &Path) -> anyhow::Result<Option<RuntimeCni>> {
         drop_ins.sort();
         files.extend(drop_ins);
     }
-    let mut cni = RuntimeCni { runtime: "CRI-O", source: String::new(), bin_dirs: vec![DEFAULT_BIN.into()], conf_dir: DEFAULT_CONF.into() };
+    let mut cni = RuntimeCni::crio_defaults(String::new());
     let mut read = Vec::new();
     for file in files {
         let Ok(text) = std::fs::read_to_string(&file) else { continue };

@@ -6,7 +6,11 @@
 //! the new policy, never a mix. If the new slot can't be written (a map is
 //! full), it is cleared again and the pod keeps its old policy.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr};
+use std::{
+    collections::HashMap as StdHashMap,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{
@@ -53,8 +57,13 @@ pub struct SharedMaps {
     iface_routes: LpmTrie<MapData, PolicyAddr, u8>,
     iface_routes6: LpmTrie<MapData, PolicyAddr6, u8>,
     proxy_listeners: aya::maps::SockHash<MapData, ListenerKey>,
-    /// LRU hashes in the kernel (these two); aya's `HashMap` reads both kinds.
+    /// LRU hashes in the kernel (these two), which only the programs
+    /// write; held so that loading checks their key and value sizes
+    /// against the agent's types, as it does for every other map (their
+    /// fill levels are read from the pins, `fill`).
+    #[allow(dead_code)]
     handover6: HashMap<MapData, u64, Handover6>,
+    #[allow(dead_code)]
     fast_path_state: HashMap<MapData, ConnKey, u8>,
     pod_ips: HashMap<MapData, PodId, PodIps>,
     counters: aya::maps::PerCpuArray<MapData, u64>,
@@ -337,27 +346,6 @@ impl SharedMaps {
         Ok(())
     }
 
-    /// Entries in use and capacity of each map that can fill up.
-    pub fn fill(&self) -> Vec<MapFill> {
-        let n = |keys: usize, name: &str, capacity: u32| MapFill { map: name.to_owned(), entries: keys, capacity };
-        vec![
-            n(self.pod_config.keys().count(), names::POD_CONFIG, capacity::PODS),
-            n(self.local_addrs.keys().count(), names::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
-            n(self.local_addrs6.keys().count(), names::LOCAL_ADDRS6, capacity::LOCAL_ADDRS),
-            n(self.excluded_cidrs.keys().count(), names::EXCLUDED_CIDRS, capacity::CIDRS),
-            n(self.excluded_cidrs6.keys().count(), names::EXCLUDED_CIDRS6, capacity::CIDRS),
-            n(self.included_cidrs.keys().count(), names::INCLUDED_CIDRS, capacity::CIDRS),
-            n(self.included_cidrs6.keys().count(), names::INCLUDED_CIDRS6, capacity::CIDRS),
-            n(self.excluded_ports.keys().count(), names::EXCLUDED_PORTS, capacity::PORTS),
-            n(self.excluded_ifaces.keys().count(), names::EXCLUDED_IFACES, capacity::IFACES),
-            n(self.iface_routes.keys().count(), names::IFACE_ROUTES, capacity::ROUTES),
-            n(self.iface_routes6.keys().count(), names::IFACE_ROUTES6, capacity::ROUTES),
-            n(self.handover6.keys().count(), names::HANDOVER6, capacity::HANDOVER6),
-            n(self.fast_path_state.keys().count(), names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
-            n(self.pod_ips.keys().count(), names::POD_IPS, capacity::PODS),
-        ]
-    }
-
     /// What the kernel holds in a policy slot right now (not what the agent
     /// believes it wrote): for diagnostics.
     pub fn read_slot(&self, slot: PolicyId) -> SlotEntries {
@@ -559,5 +547,66 @@ impl SharedMaps {
             Entry::Route { key, len, .. } => self.iface_routes.remove(&lpm4(key, len)),
             Entry::Route6 { key, len, .. } => self.iface_routes6.remove(&lpm6(key, len)),
         };
+    }
+}
+
+/// The maps that can fill up, with their capacity: what `status` and
+/// the metrics report.
+pub const FILLABLE: [(&str, u32); 14] = [
+    (names::POD_CONFIG, capacity::PODS),
+    (names::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
+    (names::LOCAL_ADDRS6, capacity::LOCAL_ADDRS),
+    (names::EXCLUDED_CIDRS, capacity::CIDRS),
+    (names::EXCLUDED_CIDRS6, capacity::CIDRS),
+    (names::INCLUDED_CIDRS, capacity::CIDRS),
+    (names::INCLUDED_CIDRS6, capacity::CIDRS),
+    (names::EXCLUDED_PORTS, capacity::PORTS),
+    (names::EXCLUDED_IFACES, capacity::IFACES),
+    (names::IFACE_ROUTES, capacity::ROUTES),
+    (names::IFACE_ROUTES6, capacity::ROUTES),
+    (names::HANDOVER6, capacity::HANDOVER6),
+    (names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
+    (names::POD_IPS, capacity::PODS),
+];
+
+/// Entries in use of each of the [`FILLABLE`] maps, read from their pins,
+/// so that the metrics' thread reads them as `status` does, without the
+/// agent's loop. A map that can't be read is left out.
+pub fn fill(pins: &super::pins::Pins) -> Vec<MapFill> {
+    FILLABLE
+        .iter()
+        .filter_map(|&(map, capacity)| Some(MapFill { map: map.to_owned(), entries: entries(&pins.map(map)).ok()?, capacity }))
+        .collect()
+}
+
+/// How many keys the pinned map at `pin` holds (`BPF_MAP_GET_NEXT_KEY`
+/// until the last), whatever its key type.
+fn entries(pin: &std::path::Path) -> anyhow::Result<usize> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let data = aya::maps::MapData::from_pin(pin).with_context(|| pin.display().to_string())?;
+    let key_size = data.info()?.key_size() as usize;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let (mut key, mut next) = (vec![0u8; key_size], vec![0u8; key_size]);
+    let mut count = 0;
+    let mut first = true;
+    loop {
+        // union bpf_attr { map_fd: u32, pad, key: u64, next_key: u64 }
+        let mut attr = [0u64; 8];
+        attr[0] = u64::from(fd as u32);
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        // SAFETY: a zero-padded bpf_attr of 64 bytes, with buffers of the
+        // map's key size that outlive the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(count),
+                _ => Err(e).context("BPF_MAP_GET_NEXT_KEY"),
+            };
+        }
+        count += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
     }
 }
