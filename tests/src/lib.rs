@@ -69,6 +69,9 @@ pub enum Feature {
     /// util-linux's `unshare --cgroup` (busybox's, in the VM images, has
     /// no cgroup namespaces).
     UnshareCgroup,
+    /// containerd as above, and the pause image `./x test` builds (see
+    /// `pause_image`).
+    ContainerdCri,
 }
 
 impl Feature {
@@ -82,6 +85,7 @@ impl Feature {
                     && ["containerd", "ctr", "runc", "containerd-shim-runc-v2"].iter().all(|tool| on_path(tool))
                     && Path::new("/bin/busybox").exists()
             }
+            Feature::ContainerdCri => Feature::Containerd.available() && pause_image().is_some(),
             Feature::UnshareCgroup => {
                 Command::new("unshare").arg("--help").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--cgroup"))
             }
@@ -95,6 +99,7 @@ impl Feature {
             Feature::CniPlugins => "cni-plugins(/usr/lib/cni from containernetworking-plugins)",
             Feature::Containerd => "containerd(Debian's containerd, runc and a static /bin/busybox)",
             Feature::UnshareCgroup => "unshare --cgroup(util-linux)",
+            Feature::ContainerdCri => "containerd-cri(containerd, and the pause image that ./x test builds)",
         }
     }
 }
@@ -175,6 +180,14 @@ pub fn agent_bin() -> PathBuf {
         Some(dir) => PathBuf::from(dir).join("redirect-agent"),
         None => workspace_bin("redirect-agent"),
     }
+}
+
+/// The sandbox (pause) image for containerd's CRI, an OCI archive that
+/// `./x test` builds from Debian's static busybox and puts beside the
+/// staged binaries (`REDIRECT_TEST_BINS`).
+pub fn pause_image() -> Option<PathBuf> {
+    let image = PathBuf::from(std::env::var_os("REDIRECT_TEST_BINS")?).join("pause.tar");
+    image.exists().then_some(image)
 }
 
 /// Starts `cmd` and waits for it to print `listening`.

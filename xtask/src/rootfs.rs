@@ -98,6 +98,18 @@ impl Rootfs {
         Ok(fs)
     }
 
+    /// The CRI tests' sandbox (pause) image: a static busybox, which
+    /// sleeps as the sandbox's process and runs the tests' app containers.
+    pub fn for_pause(busybox: &Path) -> anyhow::Result<Self> {
+        let mut fs = Rootfs::default();
+        for dir in ["dev", "etc", "proc", "sys"] {
+            fs.dir(Path::new(dir), 0o755);
+        }
+        fs.dir(Path::new("tmp"), 0o1777);
+        fs.file(Path::new("bin/busybox"), busybox)?;
+        Ok(fs)
+    }
+
     fn dir(&mut self, path: &Path, mode: u32) {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             self.dir(parent, 0o755);

@@ -56,6 +56,10 @@ impl StagedBins {
             std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
         }
+        // The sandbox image of the CRI test (containerd.rs), built here as
+        // a node's pause image would be pulled: no registry is reachable.
+        let pause = crate::oci::archive(&crate::rootfs::Rootfs::for_pause(std::path::Path::new(BUSYBOX))?.to_tar()?, &PAUSE)?;
+        std::fs::write(staged.0.join("pause.tar"), pause).context("writing the pause image")?;
         Ok(staged)
     }
 }
@@ -65,6 +69,19 @@ impl Drop for StagedBins {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Debian's static busybox (`busybox-static`), the pause image's one file.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The CRI test's sandbox image: it sleeps, as `pause` does (PID 1 of the
+/// sandbox, holding its namespaces). The test reads the name from the
+/// archive's index.
+const PAUSE: crate::oci::Settings = crate::oci::Settings {
+    name: "localhost/fsm-redirect-test/pause:1",
+    path: "/bin",
+    entrypoint: &["/bin/busybox", "sleep"],
+    cmd: &["2147483647"],
+};
 
 /// Where Debian's `containernetworking-plugins` puts the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -84,9 +101,14 @@ pub fn ensure_test_tools() -> anyhow::Result<PathBuf> {
         apt_install(&["containernetworking-plugins"])?;
     }
     // A real runtime through the chain: containerd's ctr, with runc, runs a
-    // static busybox.
-    if !have("containerd") || !std::path::Path::new("/bin/busybox").exists() {
+    // static busybox; its CRI plugin runs pods.
+    if !have("containerd") || !std::path::Path::new(BUSYBOX).exists() {
         apt_install(&["containerd", "busybox-static"])?;
+    }
+    // The CRI test's client (k8s-cri) compiles the CRI's protobuf
+    // definitions when it builds.
+    if !have("protoc") {
+        apt_install(&["protobuf-compiler"])?;
     }
     envoy::ensure()
 }
