@@ -126,6 +126,21 @@ pub struct Status {
     pub removed_netns_gone: u64,
     /// Fill levels of the kernel maps.
     pub maps: Vec<MapFill>,
+    /// Pods recorded in a form this agent can't read (a newer agent's):
+    /// left as they are in the kernel and in the state file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_pods: Vec<UnreadablePod>,
+    /// What else of the state file could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_problems: Vec<String>,
+}
+
+/// A recorded pod the agent can't read, and why.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct UnreadablePod {
+    pub id: PodId,
+    pub name: String,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -246,6 +246,22 @@ impl Agent {
                 _ => Check::pass("agent", WHAT, format!("in {} (binary in {})", install.conf_dir.display(), install.bin_dir.display())),
             });
         }
+        for (id, unreadable) in &self.state.unreadable {
+            checks.push(Check::fail(
+                unreadable.name(),
+                "recorded",
+                format!("as pod {id}, in a form this agent can't read ({}): left as it is, not followed", unreadable.why),
+                "run the agent release that recorded it (a rollback met a newer agent's state), or remove the pod and add it again",
+            ));
+        }
+        for problem in &self.state.problems {
+            checks.push(Check::fail(
+                "agent",
+                "state",
+                problem.clone(),
+                "the agent carries on without it; see docs/configuration.md, \"The state file\"",
+            ));
+        }
         for (id, pod) in pods {
             checks.extend(self.diagnose_pod(id, pod));
         }

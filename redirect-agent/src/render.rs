@@ -71,6 +71,16 @@ pub fn status(s: &Status) -> String {
     if s.removed_netns_gone > 0 {
         let _ = writeln!(o, "pods removed because their netns was gone: {}", s.removed_netns_gone);
     }
+    for p in &s.unreadable_pods {
+        let _ = writeln!(
+            o,
+            "UNREADABLE pod {} (id {}): recorded in a form this agent can't read ({}); left as it is in the kernel and the state",
+            p.name, p.id, p.why
+        );
+    }
+    for problem in &s.state_problems {
+        let _ = writeln!(o, "STATE {problem}");
+    }
     for p in s.pods.iter().filter(|p| !p.counters.is_empty()) {
         let nonzero: Vec<String> = p.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "counters {}: {}", p.name, if nonzero.is_empty() { "none yet".into() } else { nonzero.join(" ") });
@@ -157,6 +167,8 @@ mod tests {
             ],
             removed_netns_gone: 0,
             maps: vec![],
+            unreadable_pods: vec![],
+            state_problems: vec![],
         };
         let text = status(&s);
         let rows: Vec<Vec<&str>> = text.lines().skip(2).take(2).map(|l| l.split_whitespace().collect()).collect();

@@ -17,35 +17,119 @@ use crate::{
 
 pub const DEFAULT_DIR: &str = redirect_cni::wire::DEFAULT_STATE_DIR;
 
+/// What the agent records. Read part by part: what a rolled-back agent
+/// can't read of a newer one's file (a dataplane it does not know, say) is
+/// kept as it was and reported, never a reason to stop (an agent that
+/// crashloops leaves its plugin chained, and every meshed pod's ADD
+/// failing).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StateFile", into = "StateFile")]
 pub struct State {
     /// Enrolled pods by their id in the kernel maps.
-    #[serde(deserialize_with = "valid_pods")]
     pub pods: BTreeMap<PodId, Pod>,
     pub mesh_config: Option<PathBuf>,
     pub settings: ProxySettings,
     /// The pod id given out last: ids go round (`take_id`), so a removed
     /// pod's id comes back only after every other one was given out.
-    #[serde(default)]
     pub last_id: PodId,
     /// Where the CNI plugin was installed (`run --cni-conf-dir`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<crate::cni::install::CniInstall>,
+    /// Recorded pods this agent can't read: written back as they were, their
+    /// ids not given out, their kernel objects left as they are (still
+    /// intercepting), and reported.
+    pub unreadable: BTreeMap<PodId, Unreadable>,
+    /// What else could not be read, as `status` says it.
+    pub problems: Vec<String>,
+    /// The file could not be read at all (moved aside as
+    /// `state.json.unreadable`): which ids the pinned pods have is not
+    /// known, so none is taken for a leftover.
+    pub ids_unknown: bool,
 }
 
-/// The recorded pods that are still valid: one this agent can't read (an
-/// annotation a newer rule refuses, say) is dropped with a warning rather
-/// than keeping the agent from starting; the agent's start then detaches
-/// its eBPF programs and clears its map entries, as for any unknown pod.
-fn valid_pods<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<PodId, Pod>, D::Error> {
-    let recorded: BTreeMap<PodId, EnrollRequest> = serde::Deserialize::deserialize(d)?;
-    Ok(recorded
-        .into_iter()
-        .filter_map(|(id, request)| {
-            let name = request.name.clone();
-            Pod::try_from(request).map(|pod| (id, pod)).inspect_err(|e| log::warn!("pod {name}: dropped from the state ({e})")).ok()
-        })
-        .collect())
+/// A recorded pod this agent can't read, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    pub entry: serde_json::Value,
+    pub why: String,
+}
+
+impl Unreadable {
+    /// Its name, where the entry has one.
+    pub fn name(&self) -> &str {
+        self.entry.get("name").and_then(|n| n.as_str()).unwrap_or("(no name)")
+    }
+}
+
+/// The file as JSON, each part read on its own (`State`'s `From`).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    #[serde(default)]
+    pods: BTreeMap<PodId, serde_json::Value>,
+    #[serde(default)]
+    mesh_config: serde_json::Value,
+    #[serde(default)]
+    settings: serde_json::Value,
+    #[serde(default)]
+    last_id: serde_json::Value,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    cni: serde_json::Value,
+}
+
+/// `value` read as a `T`; `None` where it is absent (null), or written in
+/// a form this agent can't read (a problem noted).
+fn part<T: serde::de::DeserializeOwned>(value: serde_json::Value, what: &str, problems: &mut Vec<String>) -> Option<T> {
+    if value.is_null() {
+        return None;
+    }
+    serde_json::from_value(value.clone()).inspect_err(|e| problems.push(format!("{what}: {e} (recorded as {value})"))).ok()
+}
+
+impl From<StateFile> for State {
+    fn from(file: StateFile) -> Self {
+        let mut problems = Vec::new();
+        let mut pods = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
+        for (id, entry) in file.pods {
+            let pod = serde_json::from_value::<EnrollRequest>(entry.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|request| Pod::try_from(request).map_err(|e| e.to_string()));
+            match pod {
+                Ok(pod) => {
+                    pods.insert(id, pod);
+                }
+                Err(why) => {
+                    let pod = Unreadable { entry, why };
+                    log::warn!("pod {} (id {id}): recorded in a form this agent can't read ({}): left as it is", pod.name(), pod.why);
+                    unreadable.insert(id, pod);
+                }
+            }
+        }
+        // The settings come from the flags at each start: ones that don't
+        // read are replaced without a word.
+        let settings = serde_json::from_value(file.settings).unwrap_or_default();
+        let cni = part(file.cni, "the CNI plugin's install record (written again from --cni-conf-dir)", &mut problems);
+        let mesh_config = part(file.mesh_config, "the MeshConfig's path", &mut problems);
+        let last_id = part(file.last_id, "the last pod id", &mut problems).unwrap_or(0);
+        for p in &problems {
+            log::warn!("state: {p}");
+        }
+        State { pods, mesh_config, settings, last_id, cni, unreadable, problems, ids_unknown: false }
+    }
+}
+
+impl From<State> for StateFile {
+    fn from(state: State) -> Self {
+        let value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
+        let mut pods: BTreeMap<PodId, serde_json::Value> = state.unreadable.into_iter().map(|(id, u)| (id, u.entry)).collect();
+        pods.extend(state.pods.into_iter().map(|(id, pod)| (id, value(serde_json::to_value(pod)))));
+        StateFile {
+            pods,
+            mesh_config: value(serde_json::to_value(state.mesh_config)),
+            settings: value(serde_json::to_value(state.settings)),
+            last_id: state.last_id.into(),
+            cni: value(serde_json::to_value(state.cni)),
+        }
+    }
 }
 
 impl State {
@@ -58,12 +142,27 @@ impl State {
         dir.join(redirect_cni::wire::SOCKET_NAME)
     }
 
+    /// The recorded state; `None` where there is none. A file that is not
+    /// the state's JSON at all is moved aside (`state.json.unreadable`,
+    /// for a person to read) and the agent starts from nothing, saying so:
+    /// it does not stop on it.
     pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = Self::file(dir);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: corrupt state", path.display()))?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        match serde_json::from_slice::<State>(&text) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) => {
+                let aside = path.with_extension("json.unreadable");
+                std::fs::rename(&path, &aside).with_context(|| format!("moving the unreadable {} aside", path.display()))?;
+                let why =
+                    format!("{} could not be read ({e}): moved to {}; which pods it held is not known", path.display(), aside.display());
+                log::error!("state: {why}");
+                Ok(Some(State { problems: vec![why], ids_unknown: true, ..State::default() }))
+            }
         }
     }
 
@@ -99,7 +198,9 @@ impl State {
     /// is not in `also_taken`.
     fn free_after(&self, last: PodId, also_taken: &[PodId]) -> Option<PodId> {
         let last = last.clamp(0, capacity::PODS - 1);
-        (last + 1..capacity::PODS).chain(1..=last).find(|id| !self.pods.contains_key(id) && !also_taken.contains(id))
+        (last + 1..capacity::PODS)
+            .chain(1..=last)
+            .find(|id| !self.pods.contains_key(id) && !self.unreadable.contains_key(id) && !also_taken.contains(id))
     }
 
     /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
@@ -177,6 +278,42 @@ mod tests {
             .collect();
         assert_eq!(predicted, taken);
         assert_eq!(taken, [capacity::PODS - 2, capacity::PODS - 1, 2, 5]);
+    }
+
+    #[test]
+    fn a_pod_recorded_in_a_form_this_agent_cant_read_is_kept_as_it_was() {
+        let mut s = State::default();
+        for name in ["a", "b"] {
+            let id = s.take_id().unwrap();
+            s.pods.insert(id, pod(name));
+        }
+        let mut file = serde_json::to_value(&s).unwrap();
+        file["pods"]["2"]["dataplane"] = "ebpf-v2".into();
+        file["pods"]["2"]["added_later"] = serde_json::json!({"x": 1});
+        file["cni"] = serde_json::json!({"conf_dir": 7});
+        let read: State = serde_json::from_value(file.clone()).unwrap();
+        assert_eq!(read.pods.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(read.unreadable[&2].name(), "b");
+        assert!(read.unreadable[&2].why.contains("ebpf-v2"), "{}", read.unreadable[&2].why);
+        assert!(read.cni.is_none() && read.problems.len() == 1, "{:?}", read.problems);
+        // Written back unchanged (a roll-forward reads it again); its id
+        // is not given out.
+        let written = serde_json::to_value(&read).unwrap();
+        assert_eq!(written["pods"]["2"], file["pods"]["2"]);
+        let mut read = read;
+        assert_eq!(read.take_id().unwrap(), 3);
+        read.last_id = capacity::PODS - 1;
+        assert_eq!(read.take_id().unwrap(), 3, "1 and 2 are taken");
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_state_is_moved_aside_and_the_agent_starts_from_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(State::file(dir.path()), "{\"pods\": [").unwrap();
+        let s = State::load(dir.path()).unwrap().unwrap();
+        assert!(s.ids_unknown && s.pods.is_empty());
+        assert!(s.problems[0].contains("state.json.unreadable"), "{:?}", s.problems);
+        assert!(dir.path().join("state.json.unreadable").exists() && !State::file(dir.path()).exists());
     }
 
     #[test]

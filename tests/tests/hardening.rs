@@ -518,3 +518,57 @@ fn a_thousand_idle_metrics_connections_with_a_file_limit_of_1024_never_deafen_th
     assert_eq!(node.status()["pods"].as_array().map(Vec::len), Some(1));
     assert!(node.agent_log().lines().all(|l| !l.contains("panicked")), "{}", node.agent_log());
 }
+
+#[test]
+fn a_state_file_the_agent_cant_read_keeps_every_pod_intercepted_and_is_reported() {
+    let mut node = Node::start(NO_LISTS).unwrap();
+    let kept = Pod::create(&node).unwrap();
+    let newer = Pod::create(&node).unwrap();
+    node.enroll(&kept, &[]).unwrap();
+    node.enroll(&newer, &[]).unwrap();
+    node.kill_agent();
+    // A newer release recorded `newer` in a form this one does not know (a
+    // rollback meeting its state).
+    let file = node.state_dir.path().join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let pods = state["pods"].as_object_mut().unwrap();
+    let (id, entry) = pods.iter_mut().find(|(_, p)| p["name"] == newer.name.as_str()).unwrap();
+    let id: u64 = id.parse().unwrap();
+    entry["dataplane"] = "ebpf-v2".into();
+    let recorded = entry.clone();
+    std::fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+    node.start_agent().unwrap_or_else(|e| panic!("{e}: {}", node.agent_log()));
+
+    let status = node.status();
+    let unreadable = &status["unreadable_pods"][0];
+    assert_eq!((unreadable["name"].as_str(), unreadable["id"].as_u64()), (Some(newer.name.as_str()), Some(id)), "{status}");
+    assert!(unreadable["why"].as_str().is_some_and(|w| w.contains("ebpf-v2")), "{status}");
+    assert!(pod_status(&node, &kept).is_some_and(|p| p["attached"] == true));
+    // Both still intercepted: the unreadable pod's programs were left.
+    for pod in [&kept, &newer] {
+        assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80", "{}", pod.name);
+    }
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok && out.contains(&newer.name) && out.contains("can't read"), "{out}");
+    // Written back as it was when the state is saved, and its id not given
+    // to a new pod.
+    let third = Pod::create(&node).unwrap();
+    node.enroll(&third, &[]).unwrap();
+    assert_ne!(pod_status(&node, &third).unwrap()["id"].as_u64(), Some(id));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["pods"][id.to_string()], recorded, "{saved}");
+
+    // A file that is not the state at all: moved aside, said so, and no
+    // pinned pod taken for a leftover.
+    node.kill_agent();
+    std::fs::write(&file, b"{\"pods\": {\"1\": ").unwrap();
+    node.start_agent().unwrap_or_else(|e| panic!("{e}: {}", node.agent_log()));
+    let status = node.status();
+    assert!(status["state_problems"][0].as_str().is_some_and(|p| p.contains("state.json.unreadable")), "{status}");
+    assert!(node.state_dir.path().join("state.json.unreadable").exists());
+    for pod in [&kept, &newer, &third] {
+        assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80", "{}", pod.name);
+    }
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok && out.contains("moved to"), "{out}");
+}

@@ -32,7 +32,7 @@ use crate::{
     cgroup,
     cni::{install::Chained, pods::PodSource},
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
-    control::{Degraded, PodStatus, Status},
+    control::{Degraded, PodStatus, Status, UnreadablePod},
     dataplane::{Choice, Dataplane},
     ebpf::{entries::SlotEntries, pins::Pins},
     injection::{FsmInit, Serving},
@@ -246,7 +246,15 @@ impl Agent {
         }
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.finish_mesh();
-            ebpf.remove_unknown(|id| self.state.pods.contains_key(&id))?;
+            // A pod recorded in a form this agent can't read keeps its
+            // pins (and its interception); with no readable record at all,
+            // every pinned pod does.
+            if self.state.ids_unknown {
+                log::warn!("the state was unreadable: pinned pods are kept, none taken for a leftover");
+            } else {
+                let state = &self.state;
+                ebpf.remove_unknown(|id| state.pods.contains_key(&id) || state.unreadable.contains_key(&id))?;
+            }
         }
         self.state.save(&self.state_dir)
     }
@@ -732,6 +740,13 @@ impl Agent {
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
             removed_netns_gone: self.removed_gone,
+            unreadable_pods: self
+                .state
+                .unreadable
+                .iter()
+                .map(|(id, u)| UnreadablePod { id: *id, name: u.name().to_owned(), why: u.why.clone() })
+                .collect(),
+            state_problems: self.state.problems.clone(),
             maps: self.ebpf.as_ref().map(|e| crate::ebpf::maps::fill(&e.pins)).unwrap_or_default(),
         }
     }
@@ -767,6 +782,12 @@ pub fn uninstall(pins: &Pins, state_dir: &Path) -> anyhow::Result<()> {
     if let Ok(Some(state)) = State::load(state_dir) {
         for pod in state.pods.values().filter(|p| p.dataplane == Dataplane::Iptables && p.netns.exists()) {
             iptables_pods::remove_rules(&pod.name, &pod.netns)?;
+        }
+        // An entry this agent can't read otherwise still names its netns.
+        for pod in state.unreadable.values().filter(|u| u.entry["dataplane"] == "iptables") {
+            if let Some(netns) = pod.entry["netns"].as_str().map(Path::new).filter(|n| n.exists()) {
+                iptables_pods::remove_rules(pod.name(), netns)?;
+            }
         }
         if let Some(install) = &state.cni {
             install.uninstall()?;
