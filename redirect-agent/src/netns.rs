@@ -29,7 +29,7 @@ pub fn open(path: &Path) -> anyhow::Result<File> {
 
 /// What tells network namespaces apart, whatever path names them: the
 /// nsfs device and inode (`ip netns identify` compares the same).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     dev: u64,
     ino: u64,

@@ -12,6 +12,7 @@ use crate::{
     dataplane::Dataplane,
     injection::Injection,
     ipv6::Ipv6Mode,
+    netns,
     settings::ProxySettings,
 };
 
@@ -67,12 +68,17 @@ impl EnrollRequest {
 
 /// An enrolled pod: its dataplane chosen, its annotations parsed and
 /// validated once. The state file records it as the request it came from,
-/// with the dataplane filled in.
+/// with the dataplane filled in, and its namespace's identity
+/// ([`PodRecord`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "EnrollRequest", into = "EnrollRequest")]
+#[serde(try_from = "PodRecord", into = "PodRecord")]
 pub struct Pod {
     pub name: String,
     pub netns: PathBuf,
+    /// The namespace `netns` named at enrolment: a path can come to name
+    /// another one (`/proc/PID/ns/net` once PID is reused). `None` in a
+    /// record of an earlier release, until the agent's start takes it.
+    pub netns_identity: Option<netns::Identity>,
     pub cgroup: Option<PathBuf>,
     pub dataplane: Dataplane,
     /// `None`: the agent's `--fast-path`.
@@ -114,7 +120,20 @@ impl Pod {
             started_unintercepted,
             injection,
         } = request;
-        Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists, container_id, started_unintercepted, injection }
+        Pod {
+            name,
+            netns,
+            netns_identity: None,
+            cgroup,
+            dataplane,
+            fast_path,
+            ipv6,
+            annotations,
+            lists,
+            container_id,
+            started_unintercepted,
+            injection,
+        }
     }
 
     /// The node's proxy settings with the pod's own fast-path and IPv6
@@ -142,9 +161,44 @@ impl TryFrom<EnrollRequest> for Pod {
 
 impl From<Pod> for EnrollRequest {
     fn from(pod: Pod) -> Self {
-        let Pod { name, netns, cgroup, dataplane, fast_path, ipv6, annotations, lists: _, container_id, started_unintercepted, injection } =
-            pod;
-        EnrollRequest {
+        PodRecord::from(pod).request
+    }
+}
+
+/// A pod as the state file records it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PodRecord {
+    #[serde(flatten)]
+    request: EnrollRequest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns_identity: Option<netns::Identity>,
+}
+
+impl TryFrom<PodRecord> for Pod {
+    type Error = ConfigError;
+
+    fn try_from(record: PodRecord) -> Result<Self, ConfigError> {
+        Ok(Pod { netns_identity: record.netns_identity, ..Pod::try_from(record.request)? })
+    }
+}
+
+impl From<Pod> for PodRecord {
+    fn from(pod: Pod) -> Self {
+        let Pod {
+            name,
+            netns,
+            netns_identity,
+            cgroup,
+            dataplane,
+            fast_path,
+            ipv6,
+            annotations,
+            lists: _,
+            container_id,
+            started_unintercepted,
+            injection,
+        } = pod;
+        let request = EnrollRequest {
             name,
             netns,
             cgroup,
@@ -155,7 +209,8 @@ impl From<Pod> for EnrollRequest {
             container_id,
             started_unintercepted,
             injection,
-        }
+        };
+        PodRecord { request, netns_identity }
     }
 }
 

@@ -10,10 +10,7 @@ use std::{
 use anyhow::Context as _;
 use redirect_common::maps::{PodId, capacity};
 
-use crate::{
-    pod::{EnrollRequest, Pod},
-    settings::ProxySettings,
-};
+use crate::{pod::Pod, settings::ProxySettings};
 
 pub const DEFAULT_DIR: &str = redirect_cni::wire::DEFAULT_STATE_DIR;
 
@@ -90,10 +87,7 @@ impl From<StateFile> for State {
         let mut pods = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         for (id, entry) in file.pods {
-            let pod = serde_json::from_value::<EnrollRequest>(entry.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|request| Pod::try_from(request).map_err(|e| e.to_string()));
-            match pod {
+            match serde_json::from_value::<Pod>(entry.clone()).map_err(|e| e.to_string()) {
                 Ok(pod) => {
                     pods.insert(id, pod);
                 }

@@ -572,3 +572,57 @@ fn a_state_file_the_agent_cant_read_keeps_every_pod_intercepted_and_is_reported(
     let (ok, out) = node.cli(&["diagnose"]);
     assert!(!ok && out.contains("moved to"), "{out}");
 }
+
+/// Spawns `cmd` as process `pid` (the kernel's `ns_last_pid`, retried
+/// while other processes take the number first); `None` if it never got it.
+fn spawn_as_pid(cmd: &mut std::process::Command, pid: u32) -> Option<std::process::Child> {
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = cmd.spawn().unwrap();
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn a_pod_recorded_by_its_process_is_not_followed_into_the_namespace_a_reused_pid_names() {
+    let node = Node::start_with(NO_LISTS, &["--refresh-interval", "1"]).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    // The sandbox's process holds the pod's namespace, named by its /proc
+    // path (as reconciling and cri-dockerd record it).
+    let mut sandbox = std::process::Command::new("sleep");
+    sandbox.arg("600").stdin(Stdio::null());
+    redirect_agent::sandbox::enter_netns(&mut sandbox, &pod.ns.path()).unwrap();
+    let mut sandbox = sandbox.spawn().unwrap();
+    let pid = sandbox.id();
+    let path = Path::new("/proc").join(pid.to_string()).join("ns/net");
+    let (ok, out) = enroll_args(&node, &pod.name, &path, pod.cgroup_path().unwrap());
+    assert!(ok, "{out}");
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+
+    // The process exits; its PID goes to a process of another namespace,
+    // with an address of its own.
+    sandbox.kill().unwrap();
+    sandbox.wait().unwrap();
+    let stranger = redirect_agent::sandbox::Netns::create(&tests::unique("pidreuse")).unwrap();
+    stranger.exec(&["addr", "add", "10.250.9.9/32", "dev", "lo"]).unwrap();
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600").stdin(Stdio::null());
+    redirect_agent::sandbox::enter_netns(&mut cmd, &stranger.path()).unwrap();
+    let Some(mut reused) = spawn_as_pid(&mut cmd, pid) else { panic!("PID {pid} was never given again") };
+    assert_ne!(redirect_agent::netns::identity(&path).unwrap(), redirect_agent::netns::identity(&pod.ns.path()).unwrap());
+
+    // The next refresh removes the pod as gone, and never reads the
+    // stranger's namespace as the pod's.
+    let removed = eventually(scaled(Duration::from_secs(10)), || pod_status(&node, &pod).is_none());
+    let status = node.status();
+    let _ = reused.kill();
+    let _ = reused.wait();
+    assert!(removed, "still enrolled: {}\n{}", status, node.agent_log());
+    assert_eq!(status["removed_netns_gone"], 1, "{status}");
+    assert!(node.agent_log().contains("names another namespace now"), "{}", node.agent_log());
+}

@@ -106,6 +106,19 @@ pub struct Agent {
     kubelet_cgroup_root: String,
 }
 
+/// Why a pod's recorded netns is no longer its namespace, if it is not:
+/// the path is gone, or a process's path (`/proc/PID/ns/net`, as
+/// reconciling and cri-dockerd record it) names another namespace: the
+/// process exited and its PID was reused, and following the path would
+/// read and attach in a stranger's namespace. A bind mount made again
+/// under the same path (a runtime that names namespaces after the pod) is
+/// still the pod's, and followed (`EbpfPods::reattach`).
+fn netns_gone(path: &Path, recorded: Option<netns::Identity>) -> Option<&'static str> {
+    let Ok(now) = netns::identity(path) else { return Some("is gone") };
+    let by_process = path.starts_with("/proc");
+    (by_process && recorded.is_some_and(|was| was != now)).then_some("names another namespace now (its process exited; the PID was reused)")
+}
+
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -260,13 +273,21 @@ impl Agent {
     }
 
     /// Removes a pod whose netns no longer exists (logged and counted);
-    /// whether it did.
+    /// whether it did. Checked before anything reads or attaches in a
+    /// pod's netns again.
     fn remove_if_gone(&mut self, id: PodId) -> bool {
-        if self.state.pods[&id].netns.exists() {
+        let pod = &self.state.pods[&id];
+        let Some(why) = netns_gone(&pod.netns, pod.netns_identity) else {
+            // A record of an earlier release takes the identity now.
+            if pod.netns_identity.is_none()
+                && let Ok(identity) = netns::identity(&pod.netns)
+            {
+                self.state.pods.get_mut(&id).expect("a recorded pod").netns_identity = Some(identity);
+            }
             return false;
-        }
+        };
         let pod = self.state.pods.remove(&id).expect("a recorded pod");
-        log::warn!("pod {}: its netns {} is gone: removed (deleted without `remove`?)", pod.name, pod.netns.display());
+        log::warn!("pod {}: its netns {} {why}: removed (deleted without `remove`?)", pod.name, pod.netns.display());
         self.uninstall_best_effort(id, &pod);
         self.degraded.remove(&id);
         self.removed_gone += 1;
@@ -302,7 +323,8 @@ impl Agent {
     /// Refuses what would enroll more than one pod at once, or the node: the
     /// host's netns, a netns already enrolled (under any path or name), the
     /// cgroup2 root, a cgroup nested with an enrolled pod's.
-    fn refuse_overlap(&self, request: &EnrollRequest) -> anyhow::Result<()> {
+    /// The identity of the request's netns, where nothing overlaps.
+    fn refuse_overlap(&self, request: &EnrollRequest) -> anyhow::Result<netns::Identity> {
         netns::open(&request.netns)?;
         netns::refuse_host(&request.netns)?;
         let identity = netns::identity(&request.netns)?;
@@ -313,7 +335,7 @@ impl Agent {
             let enrolled = self.state.pods.values().filter_map(|p| Some((p.name.as_str(), p.cgroup_path().ok()?)));
             cgroup::refuse_overlap(&cg, enrolled)?;
         }
-        Ok(())
+        Ok(identity)
     }
 
     /// Whose a pod's interception is (`crate::injection`), and why: from
@@ -434,14 +456,14 @@ impl Agent {
         if self.state.pod_id(&request.name).is_some() {
             bail!("pod {}: already enrolled (remove it first)", request.name);
         }
-        self.refuse_overlap(&request)?;
+        let identity = self.refuse_overlap(&request)?;
         let (dataplane, why) = match self.serving(&request)? {
             (Serving::Nobody(why), _) => bail!("pod {}: not enrolled: {why}", request.name),
             // Whatever was asked for: the agent never runs beside fsm-init.
             (Serving::FsmInit, why) => (Dataplane::FsmInit, why),
             (Serving::Agent { .. }, _) => self.choose(&request, &lists)?,
         };
-        let pod = Pod::validated(request, lists, dataplane);
+        let pod = Pod { netns_identity: Some(identity), ..Pod::validated(request, lists, dataplane) };
         let id = self.state.take_id()?;
         if let (Dataplane::Ebpf, Some(ebpf)) = (dataplane, &mut self.ebpf) {
             ebpf.reset_counters(id)?;
