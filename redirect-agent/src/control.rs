@@ -124,6 +124,13 @@ pub struct Status {
     /// Pods removed since the agent started because their netns was gone.
     #[serde(default)]
     pub removed_netns_gone: u64,
+    /// The pod ids whose programs are verified ahead of their enrolment
+    /// (`ebpf::prewarm`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prewarmed: Vec<PodId>,
+    /// Where the MeshConfig in force came from.
+    #[serde(default)]
+    pub mesh_source: Option<crate::config::source::MeshSource>,
     /// Fill levels of the kernel maps.
     pub maps: Vec<MapFill>,
     /// Pods recorded in a form this agent can't read (a newer agent's):
@@ -315,6 +322,7 @@ mod tests {
         let added = Response::Ok(Reply::Cni(CniReply::CniAdded(crate::cni::CniAdded::Enrolled {
             id: 3,
             dataplane: Dataplane::FsmInit.name().into(),
+            note: None,
         })));
         assert_eq!(
             serde_json::to_string(&added).unwrap(),

@@ -115,7 +115,8 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         Some(k) => {
             let mut w = kubernetes::start(k).await?;
             opts.pods = PodSource::Api(w.pods.clone());
-            if kubernetes::first_mesh_config(&mut w.mesh_config, FIRST_LIST).await == MeshConfigSeen::Unknown {
+            opts.mesh_object = Some(format!("{}/{}", k.fsm_namespace, k.mesh_config_name));
+            if !kubernetes::first_mesh_config(&mut w.mesh_config, FIRST_LIST).await.listed() {
                 log::warn!("FSM's MeshConfig was not listed within {FIRST_LIST:?}: starting with the lists applied last");
             }
             if tokio::time::timeout(FIRST_LIST, w.pods.wait_until_ready()).await.is_err() {

@@ -54,6 +54,7 @@ pub async fn run(log_decisions: bool) -> anyhow::Result<()> {
         kubelet_cgroup_root: "/".into(),
         cni_install: None,
         mount_bpffs: true,
+        mesh_object: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(crate::daemon::run(opts, crate::daemon::DaemonOptions::default(), async move {

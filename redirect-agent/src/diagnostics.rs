@@ -18,7 +18,7 @@ use redirect_common::{
 
 use crate::{
     agent::Agent,
-    config::{PodPolicy, Source},
+    config::{PodPolicy, Source, source::MeshSource},
     control::{Check, Decision, Explanation, Query},
     dataplane::Dataplane,
     ebpf::{
@@ -234,6 +234,7 @@ impl Agent {
         if let Some(why) = &self.ebpf_unavailable {
             checks.push(Check::pass("agent", "dataplane", format!("eBPF unavailable ({why}): pods get iptables")));
         }
+        checks.push(self.check_mesh_source());
         if let Some(install) = &self.state.cni {
             const WHAT: &str = "CNI plugin chained";
             checks.push(match &self.cni_chained {
@@ -266,6 +267,25 @@ impl Agent {
             checks.extend(self.diagnose_pod(id, pod));
         }
         Ok(checks)
+    }
+
+    /// Whether the MeshConfig in force is the mesh's (`config::source`).
+    fn check_mesh_source(&self) -> Check {
+        const WHAT: &str = "MeshConfig";
+        const WHERE: &str = "check --fsm-namespace and --mesh-config-name: FSM keeps its MeshConfig in its own namespace (fsm-system/fsm-mesh-config by default)";
+        let detail = self.mesh_source.describe();
+        match &self.mesh_source {
+            MeshSource::File { .. } | MeshSource::Api { gone: false, .. } => Check::pass("agent", WHAT, detail),
+            // Told of no other: the operator's choice.
+            MeshSource::Defaults { .. } if self.mesh_object.is_none() => Check::pass("agent", WHAT, detail),
+            MeshSource::Defaults { .. } | MeshSource::Api { gone: true, .. } => Check::fail("agent", WHAT, detail, WHERE),
+            MeshSource::Unknown { .. } => Check::fail(
+                "agent",
+                WHAT,
+                detail,
+                "let the agent reach the API and list meshconfigs.config.flomesh.io in FSM's namespace (deploy/clusterrole.yaml); meshed pods' ADDs fail until it can",
+            ),
+        }
     }
 
     fn diagnose_pod(&self, id: PodId, spec: &Pod) -> Vec<Check> {

@@ -45,9 +45,20 @@ pub struct KubernetesOptions {
 pub enum MeshConfigSeen {
     /// Not listed yet.
     Unknown,
+    /// Not listed yet: the API refused or failed, with this error (RBAC, the
+    /// CRD missing), retried.
+    Failing(String),
     /// Listed, and not there (or deleted).
     Absent,
     Present(Box<DynamicObject>),
+}
+
+impl MeshConfigSeen {
+    /// Whether the API has answered with the MeshConfig, or that there is
+    /// none.
+    pub fn listed(&self) -> bool {
+        matches!(self, MeshConfigSeen::Absent | MeshConfigSeen::Present(_))
+    }
 }
 
 /// What the watches deliver to the agent's loop.
@@ -126,7 +137,18 @@ pub async fn start(opts: &KubernetesOptions) -> anyhow::Result<Watches> {
                 Ok(watcher::Event::Delete(_)) => {
                     tx.send_replace(MeshConfigSeen::Absent);
                 }
-                Err(e) => log::warn!("watching MeshConfig {name}: {e} (retrying)"),
+                Err(e) => {
+                    log::warn!("watching MeshConfig {name}: {e} (retrying)");
+                    // What stands in the way until it is listed (RBAC, the
+                    // CRD missing), for the ADDs that wait on it.
+                    tx.send_if_modified(|seen| match seen {
+                        MeshConfigSeen::Unknown | MeshConfigSeen::Failing(_) => {
+                            *seen = MeshConfigSeen::Failing(e.to_string());
+                            true
+                        }
+                        _ => false,
+                    });
+                }
             }
         }
     });
@@ -173,7 +195,7 @@ impl kube::runtime::utils::Backoff for Retry {
 /// Waits (up to `limit`) until the MeshConfig was listed once, so that a
 /// starting agent enrolls pods with the mesh's lists rather than defaults.
 pub async fn first_mesh_config(rx: &mut watch::Receiver<MeshConfigSeen>, limit: Duration) -> MeshConfigSeen {
-    match tokio::time::timeout(limit, rx.wait_for(|seen| *seen != MeshConfigSeen::Unknown)).await {
+    match tokio::time::timeout(limit, rx.wait_for(MeshConfigSeen::listed)).await {
         Ok(Ok(seen)) => seen.clone(),
         _ => MeshConfigSeen::Unknown,
     }

@@ -463,6 +463,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 // On Kubernetes the agent runs in a container.
                 mount_bpffs: !kubernetes.kubernetes,
+                // Filled in where the agent reads the API.
+                mesh_object: None,
             };
             let daemon_opts = daemon::DaemonOptions {
                 refresh: std::time::Duration::from_secs(refresh_interval),

@@ -15,7 +15,9 @@ pub fn status(s: &Status) -> String {
     let _ = writeln!(
         o,
         "MeshConfig: {}   ports: outbound {} inbound {}   proxy UID {}",
-        s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()),
+        s.mesh_source
+            .as_ref()
+            .map_or_else(|| s.mesh_config.as_ref().map_or("FSM defaults".into(), |p| p.display().to_string()), |m| m.describe()),
         s.settings.outbound_port,
         s.settings.inbound_port,
         s.settings.proxy_uid,
@@ -166,6 +168,8 @@ mod tests {
                 },
             ],
             removed_netns_gone: 0,
+            mesh_source: None,
+            prewarmed: vec![],
             maps: vec![],
             unreadable_pods: vec![],
             state_problems: vec![],

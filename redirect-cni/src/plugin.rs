@@ -141,8 +141,11 @@ fn add(env: &Env, conf: &NetConf, client: &Agent) -> Result<String, CniError> {
         annotations: conf.runtime_config.pod_annotations.clone(),
     };
     match client.add(request) {
-        Ok(CniAdded::Enrolled { id, dataplane }) => {
+        Ok(CniAdded::Enrolled { id, dataplane, note }) => {
             eprintln!("fsm-redirect: pod {} enrolled as {id} ({dataplane})", pod.key());
+            if let Some(note) = note {
+                eprintln!("fsm-redirect: pod {}: {note}", pod.key());
+            }
             Ok(result)
         }
         Ok(CniAdded::NotMeshed { why }) => {

@@ -73,6 +73,10 @@ pub enum CniAdded {
         /// The dataplane's name (`ebpf`, `iptables`, `fsm-init`), for the
         /// plugin's log.
         dataplane: String,
+        /// What the runtime's log should say besides (the MeshConfig it
+        /// was enrolled with is not the mesh's own, say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// FSM does not mesh the pod: nothing was done.
     NotMeshed { why: String },
@@ -94,7 +98,7 @@ mod tests {
     /// an ADD answered by an agent of either side reads the same.
     #[test]
     fn the_wire_form_is_the_one_plugins_and_agents_already_speak() {
-        let added = CniReply::CniAdded(CniAdded::Enrolled { id: 7, dataplane: "ebpf".into() });
+        let added = CniReply::CniAdded(CniAdded::Enrolled { id: 7, dataplane: "ebpf".into(), note: None });
         let line = serde_json::to_string(&Response::Ok(added.clone())).unwrap();
         assert_eq!(line, r#"{"ok":{"reply":"cni-added","outcome":"enrolled","id":7,"dataplane":"ebpf"}}"#);
         let back: Response<CniReply> = serde_json::from_str(&line).unwrap();

@@ -75,6 +75,8 @@ struct Inner {
     requests: Vec<Seen>,
     /// Evictions still to refuse with 429 (a PodDisruptionBudget).
     refuse_evictions: u32,
+    /// MeshConfigs are refused with 403 (RBAC without the rule for them).
+    forbid_mesh_configs: bool,
 }
 
 pub struct FakeApi {
@@ -205,6 +207,12 @@ impl FakeApi {
         self.inner.lock().unwrap().refuse_evictions = n;
     }
 
+    /// Whether listing and watching MeshConfigs is refused with 403, as
+    /// for a service account without the rule for them.
+    pub fn forbid_mesh_configs(&self, forbid: bool) {
+        self.inner.lock().unwrap().forbid_mesh_configs = forbid;
+    }
+
     /// The pod as the server has it now.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
         self.inner.lock().unwrap().objects.get(&(Kind::Pods, namespace.to_owned(), name.to_owned())).cloned()
@@ -321,6 +329,10 @@ async fn serve(
     };
     let mut guard = inner.lock().unwrap();
     guard.requests.push(Seen { method: "GET", path, query: query.clone(), body: None });
+    if kind == Kind::MeshConfigs && guard.forbid_mesh_configs {
+        let why = "meshconfigs.config.flomesh.io is forbidden: User \"system:serviceaccount:fsm-system:fsm-redirect\" cannot list resource \"meshconfigs\"";
+        return (axum::http::StatusCode::FORBIDDEN, axum::Json(status(403, "Forbidden", why))).into_response();
+    }
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     if !watch {
         let items: Vec<Value> = guard.objects.iter().filter(|((k, _, _), o)| *k == kind && in_scope(o)).map(|(_, o)| o.clone()).collect();

@@ -14,7 +14,7 @@ use std::{
 
 use redirect_agent::sandbox::{Cgroup, Netns, enter_netns};
 use serde_json::{Value, json};
-use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, eventually};
+use tests::{APP_UID, Driver, Kubelet, Node, PROXY_UID, Pod, eventually, scaled};
 
 const NO_LISTS: &str = "kind: MeshConfig\nspec: {}\n";
 
@@ -30,10 +30,12 @@ struct Chain {
     node_ns: PathBuf,
 }
 
-/// One plugin's outcome: exit status and stdout.
+/// One plugin's outcome: exit status, stdout and stderr (the runtime's
+/// log).
 struct Run {
     ok: bool,
     stdout: String,
+    stderr: String,
 }
 
 impl Run {
@@ -105,8 +107,9 @@ impl Chain {
             child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
-        eprintln!("{kind} {command}: {}", String::from_utf8_lossy(&out.stderr).trim());
-        Run { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned() }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        eprintln!("{kind} {command}: {stderr}");
+        Run { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(), stderr }
     }
 
     /// ADD through every plugin, each given the previous one's result: the
@@ -895,14 +898,16 @@ fn add_attaches_programs_verified_before_it_came() {
     kubelet.pod(&sandbox.uid);
     write_pods(&pods, &[sandbox.pod_object(true)]);
     let chain = Chain::new(&node, 48, json!({}));
-    // The agent verifies the next pods' programs while it waits: six per
-    // pod, for the next few pod ids. Waited for until every one is whole:
-    // the workers load several at once, and an ADD whose instance is
-    // still loading waits for it, so a part of it would come after
-    // `before`.
+    // The agent verifies the next pods' programs while it waits, for the
+    // next few pod ids. Waited for until every one is whole (`status`
+    // says which are): the workers load several at once, and an ADD whose
+    // instance is still loading waits for it, so a part of it would come
+    // after `before`. (Counting the programs held was not enough on a
+    // busy machine: the count was reached while one was still loading.)
     let pid = node.agent_pid().unwrap();
-    let whole = 6 * redirect_agent::ebpf::prewarm::AHEAD;
-    assert!(eventually(Duration::from_secs(20), || programs_held(pid).len() >= whole), "{:?}", programs_held(pid));
+    let ahead = redirect_agent::ebpf::prewarm::AHEAD;
+    let ready = || node.status()["prewarmed"].as_array().map_or(0, Vec::len);
+    assert!(eventually(scaled(Duration::from_secs(20)), || ready() >= ahead), "{}", node.status());
     let before = programs_held(pid);
 
     let add = chain.add(&sandbox);
@@ -1227,4 +1232,62 @@ fn the_plugin_is_chained_only_where_the_runtime_looks_for_it() {
     assert!(ok && out.contains("CNI plugin chained"), "{out}");
     let (ok, out) = node.cli(&["uninstall"]);
     assert!(ok, "{out}");
+}
+
+/// After a reboot the MeshConfig kept in `/run` is gone: until the API
+/// lists it, meshed pods wait (fail closed, saying why); where the API has
+/// none, they get FSM's defaults, said in `status`, `diagnose` and the
+/// ADD's answer.
+#[test]
+fn a_meshconfig_the_api_refuses_holds_meshed_pods_back_and_one_it_lacks_gives_fsms_defaults_said_so() {
+    if !tests::requires(tests::Feature::CniPlugins) {
+        return;
+    }
+    use tests::kube_api::FakeApi;
+    let api = FakeApi::start().unwrap();
+    api.forbid_mesh_configs(true);
+    let mut kubelet = Kubelet::new(Driver::Cgroupfs);
+    let path = api.kubeconfig.path().to_str().unwrap().to_owned();
+    let args = ["--kubernetes", "--kubeconfig", &path, "--node-name", NODE_NAME, "--kubelet-cgroup-root", &kubelet.root];
+    let node = Node::start_with(NO_LISTS, &args).unwrap();
+    let sandbox = Sandbox::new("cart-15");
+    kubelet.pod(&sandbox.uid);
+    api.apply_pod(sandbox.pod_object(true));
+    let chain = Chain::new(&node, 55, json!({}));
+    let source = |node: &Node| node.status()["mesh_source"].clone();
+
+    // Refused (RBAC without the rule): the ADD fails, to be retried, and
+    // says why.
+    assert!(eventually(scaled(Duration::from_secs(20)), || source(&node)["why"].as_str().is_some_and(|w| w.contains("forbidden"))));
+    assert_eq!(source(&node)["from"], "unknown");
+    let add = chain.add(&sandbox);
+    assert!(!add.ok && add.stdout.contains("try again") && add.stdout.contains("refuses to list"), "{}", add.stdout);
+    assert!(chain.del(&sandbox, None));
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok && out.contains("MeshConfig") && out.contains("NOT KNOWN"), "{out}");
+    assert!(enrolled(&node, &sandbox.key()).is_none());
+
+    // Listed, and none there: FSM's defaults, said everywhere.
+    api.forbid_mesh_configs(false);
+    assert!(eventually(scaled(Duration::from_secs(20)), || source(&node)["from"] == "defaults"), "{}", node.agent_log());
+    assert!(source(&node)["why"].as_str().is_some_and(|w| w.contains("fsm-system/fsm-mesh-config")), "{}", source(&node));
+    let add = chain.add(&sandbox);
+    assert!(add.ok, "{}", add.stdout);
+    assert!(
+        add.stderr.contains("enrolled with FSM's default MeshConfig (the API has no MeshConfig fsm-system/fsm-mesh-config)"),
+        "{}",
+        add.stderr
+    );
+    let (ok, out) = node.cli(&["diagnose"]);
+    assert!(!ok && out.contains("FSM's defaults (the API has no MeshConfig"), "{out}");
+    let (_, text) = node.cli(&["status"]);
+    assert!(text.contains("MeshConfig: FSM's defaults"), "{text}");
+
+    // The mesh's own: the API's, and the check passes.
+    api.apply_mesh_config(json!({"apiVersion": "config.flomesh.io/v1alpha3", "kind": "MeshConfig",
+        "metadata": {"name": "fsm-mesh-config", "namespace": "fsm-system"}, "spec": {}}));
+    assert!(eventually(scaled(Duration::from_secs(20)), || source(&node)["from"] == "api"), "{}", node.agent_log());
+    let (_, out) = node.cli(&["diagnose", &sandbox.key()]);
+    assert!(out.lines().any(|l| l.contains("MeshConfig") && l.contains("the API's fsm-system/fsm-mesh-config")), "{out}");
+    assert!(chain.del(&sandbox, None));
 }

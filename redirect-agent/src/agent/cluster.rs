@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod as ApiPod;
 use super::Agent;
 use crate::{
     cni::{kubelet, pods},
-    config::{MeshConfig, annotations::PodAnnotations},
+    config::{MeshConfig, annotations::PodAnnotations, source::MeshSource},
     dataplane::{Choice, Dataplane},
     injection::{Injection, Serving},
     kubernetes::MeshConfigSeen,
@@ -23,7 +23,7 @@ use crate::{
 
 /// Where the MeshConfig last read from the API is kept: a starting agent
 /// applies it until the API answers (never FSM's defaults in between).
-const API_MESH_CONFIG: &str = "meshconfig-from-api.json";
+pub(super) const API_MESH_CONFIG: &str = "meshconfig-from-api.json";
 
 impl Agent {
     /// Brings the node's meshed pods in line with the pod source: enrolled
@@ -32,7 +32,7 @@ impl Agent {
     /// Pods that are not meshed are never touched.
     pub fn sync_pods(&mut self) {
         // Not with FSM's defaults in place of the mesh's MeshConfig.
-        if !self.mesh_known {
+        if !self.mesh_source.known() {
             return;
         }
         let pods = match self.pods.meshed_pods() {
@@ -152,25 +152,42 @@ impl Agent {
     /// applied as a file would be. One that is refused (a malformed field)
     /// or gone leaves the previous lists.
     pub fn apply_api_mesh_config(&mut self, seen: &MeshConfigSeen) -> anyhow::Result<bool> {
+        let name = self.mesh_object.clone().unwrap_or_default();
         let object = match seen {
             MeshConfigSeen::Present(object) => object,
             MeshConfigSeen::Unknown => return Ok(false),
+            // Known already (kept from before, or listed once): it stays.
+            MeshConfigSeen::Failing(why) => {
+                if !self.mesh_source.known() {
+                    self.mesh_source = MeshSource::Unknown { why: format!("MeshConfig {name}: the API refuses to list it: {why}") };
+                }
+                return Ok(false);
+            }
             MeshConfigSeen::Absent => {
-                log::warn!("FSM's MeshConfig is not in the API: the lists applied last stay");
-                self.mesh_known = true;
+                match &mut self.mesh_source {
+                    MeshSource::Api { gone, .. } => {
+                        log::warn!("MeshConfig {name} was deleted from the API: the lists applied last stay");
+                        *gone = true;
+                    }
+                    source => {
+                        log::warn!("the API has no MeshConfig {name}: meshed pods are enrolled with FSM's defaults");
+                        *source = MeshSource::Defaults { why: format!("the API has no MeshConfig {name}") };
+                    }
+                }
                 return Ok(false);
             }
         };
         let text = serde_json::to_string(object).context("the API's MeshConfig")?;
         let mesh = MeshConfig::parse(&text).context("the API's MeshConfig")?;
         let path = self.state_dir.join(API_MESH_CONFIG);
+        let source = MeshSource::Api { object: name, kept: path.clone(), gone: false };
         if mesh == self.mesh && self.state.mesh_config.as_deref() == Some(path.as_path()) {
-            self.mesh_known = true;
+            self.mesh_source = source;
             return Ok(false);
         }
         crate::files::replace(&path, text.as_bytes())?;
         let degraded = self.set_mesh_config(mesh, Some(path))?;
-        self.mesh_known = true;
+        self.mesh_source = source;
         for d in degraded {
             log::warn!("pod {}: degraded: {}", d.pod, d.why);
         }

@@ -7,13 +7,24 @@ use anyhow::{Context as _, bail};
 use super::Agent;
 use crate::{
     cni::{CniAdd, CniAdded, kubelet, spec::KubernetesPod},
+    config::source::MeshSource,
     dataplane::Dataplane,
     injection::{FsmInit, Injection, Serving},
     pod::EnrollRequest,
 };
 
 impl Agent {
+    /// ADD: a meshed pod enrolled, the MeshConfig's state said where it is
+    /// not the mesh's own (`config::source`).
     pub fn cni_add(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
+        let mut added = self.enroll_added(add)?;
+        if let CniAdded::Enrolled { note, .. } = &mut added {
+            *note = self.mesh_source.note();
+        }
+        Ok(added)
+    }
+
+    fn enroll_added(&mut self, add: CniAdd) -> anyhow::Result<CniAdded> {
         let key = add.pod.key();
         // The plugin passes these without asking (an entry of an older
         // agent may not know them yet).
@@ -26,8 +37,8 @@ impl Agent {
             Ok(pod) => pod,
             Err(why) => return Ok(CniAdded::NotMeshed { why }),
         };
-        if !self.mesh_known {
-            bail!("pod {key}: FSM's MeshConfig is not known yet (the Kubernetes API has not answered since the agent started): try again");
+        if let MeshSource::Unknown { why } = &self.mesh_source {
+            bail!("pod {key}: FSM's MeshConfig is not known ({why}): try again");
         }
         let injection = Injection::of_pod(&pod);
         let serving = crate::injection::serving(self.mesh.interception_mode, Some(&injection));
@@ -39,7 +50,7 @@ impl Agent {
             let enrolled = &self.state.pods[&id];
             // ADD again for the same sandbox (the runtime retried): done.
             if enrolled.container_id.as_deref() == Some(add.container_id.as_str()) {
-                return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane.name().to_owned() });
+                return Ok(CniAdded::Enrolled { id, dataplane: enrolled.dataplane.name().to_owned(), note: None });
             }
             // Reconciling found the sandbox running first (a runtime that
             // starts the sandbox's process before its network): the same
@@ -50,7 +61,7 @@ impl Agent {
                 let dataplane = enrolled.dataplane;
                 self.state.pods.get_mut(&id).expect("enrolled").container_id = Some(add.container_id);
                 self.state.save(&self.state_dir)?;
-                return Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() });
+                return Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned(), note: None });
             }
             // A new sandbox for the pod whose old one went without a DEL
             // that reached us: the old enrolment goes with its netns.
@@ -77,7 +88,7 @@ impl Agent {
             return Ok(self.record_fsm_init(as_fsm_init));
         }
         match self.cni_enroll(request, &add.pod.uid, &add.ips) {
-            Ok((id, dataplane)) => Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() }),
+            Ok((id, dataplane)) => Ok(CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned(), note: None }),
             // Whatever failed, a guarded fsm-init finds no mark and applies
             // its rules: the pod starts intercepted all the same, by
             // fsm-init, which the agent records.
@@ -96,7 +107,7 @@ impl Agent {
     fn record_fsm_init(&mut self, request: EnrollRequest) -> CniAdded {
         let key = request.name.clone();
         match self.enroll_scanning(request, false) {
-            Ok((id, dataplane)) => CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned() },
+            Ok((id, dataplane)) => CniAdded::Enrolled { id, dataplane: dataplane.name().to_owned(), note: None },
             Err(e) => {
                 log::warn!("pod {key}: served by its own fsm-init, not recorded: {e:#}");
                 CniAdded::NotMeshed { why: format!("pod {key}: served by its own fsm-init (not recorded by the agent: {e:#})") }

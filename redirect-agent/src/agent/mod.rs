@@ -31,7 +31,7 @@ use self::{
 use crate::{
     cgroup,
     cni::{install::Chained, pods::PodSource},
-    config::{MeshConfig, PodPolicy, annotations::PodAnnotations},
+    config::{MeshConfig, PodPolicy, annotations::PodAnnotations, source::MeshSource},
     control::{Degraded, PodStatus, Status, UnreadablePod},
     dataplane::{Choice, Dataplane},
     ebpf::{entries::SlotEntries, pins::Pins},
@@ -59,6 +59,9 @@ pub struct AgentOptions {
     /// Mount a bpffs at /sys/fs/bpf if the node has none (not in a
     /// container: see `Pins::prepare`).
     pub mount_bpffs: bool,
+    /// The API's MeshConfig (`namespace/name`), where the agent reads it
+    /// from the API.
+    pub mesh_object: Option<String>,
 }
 
 pub struct Agent {
@@ -87,13 +90,11 @@ pub struct Agent {
     pub(crate) iptables: IptablesPods,
     pub(crate) fsm_init: FsmInitPods,
     pub(crate) pods: PodSource,
-    /// Whether the MeshConfig in force is the mesh's: a file, the one the
-    /// API gave (kept in the state dir), or the API's answer that there is
-    /// none. An agent on the API that has none of these yet (started while
-    /// the API is away, after a reboot emptied its state dir) enrolls no
-    /// meshed pod: FSM's defaults could be the wrong interception mode or
-    /// lists.
-    pub(crate) mesh_known: bool,
+    /// Where the MeshConfig in force came from; meshed pods are enrolled
+    /// only while it is known (`config::source` decides).
+    pub(crate) mesh_source: MeshSource,
+    /// The API's MeshConfig (`namespace/name`), with the API.
+    pub(crate) mesh_object: Option<String>,
     /// How the last check of the CNI plugin's entry went (with
     /// `--cni-conf-dir`).
     pub(crate) cni_chained: Option<Result<(), String>>,
@@ -206,7 +207,15 @@ impl Agent {
             },
         };
         let mesh_mtime = state.mesh_config.as_deref().and_then(mtime);
-        let mesh_known = state.mesh_config.is_some() || !matches!(opts.pods, PodSource::Api(_));
+        let kept = opts.state_dir.join(cluster::API_MESH_CONFIG);
+        let mesh_source = match (&state.mesh_config, &opts.mesh_object) {
+            (Some(path), Some(object)) if *path == kept => MeshSource::Api { object: object.clone(), kept, gone: false },
+            (Some(path), _) => MeshSource::File { path: path.clone() },
+            (None, Some(object)) => {
+                MeshSource::Unknown { why: format!("MeshConfig {object}: the Kubernetes API has not answered since the agent started") }
+            }
+            (None, None) => MeshSource::Defaults { why: "no --mesh-config and no Kubernetes API".into() },
+        };
         let mut agent = Agent {
             state_dir: opts.state_dir,
             bpffs_dir: opts.bpffs_dir,
@@ -219,7 +228,8 @@ impl Agent {
             refused_over_limit: 0,
             choice: opts.dataplane,
             pods: opts.pods,
-            mesh_known,
+            mesh_source,
+            mesh_object: opts.mesh_object,
             cni_chained,
             unadoptable: BTreeMap::new(),
             repair: None,
@@ -610,6 +620,11 @@ impl Agent {
     /// back). Returns the pods that are degraded (retried at each refresh).
     pub fn reload(&mut self, path: Option<PathBuf>) -> anyhow::Result<Vec<Degraded>> {
         let path = path.or_else(|| self.state.mesh_config.clone());
+        // A file given now is the MeshConfig from here on (the API's kept
+        // copy, reloaded, stays the API's).
+        if let Some(p) = path.as_ref().filter(|p| !matches!(&self.mesh_source, MeshSource::Api { kept, .. } if kept == *p)) {
+            self.mesh_source = MeshSource::File { path: p.clone() };
+        }
         let mesh = match &path {
             Some(p) => MeshConfig::load(p)?,
             None => MeshConfig::fsm_default(),
@@ -762,6 +777,8 @@ impl Agent {
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
             removed_netns_gone: self.removed_gone,
+            mesh_source: Some(self.mesh_source.clone()),
+            prewarmed: self.ebpf.as_ref().map(|e| e.prewarm.ready()).unwrap_or_default(),
             unreadable_pods: self
                 .state
                 .unreadable

@@ -7,6 +7,7 @@ pub mod annotations;
 pub mod error;
 pub mod meshconfig;
 pub mod policy;
+pub mod source;
 pub mod values;
 
 pub use error::ConfigError;

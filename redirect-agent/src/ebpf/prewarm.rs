@@ -87,6 +87,11 @@ impl Prewarm {
         }
     }
 
+    /// The ids whose instances are ready (whole, verified).
+    pub fn ready(&self) -> Vec<PodId> {
+        self.shared.slots().ready.keys().copied().collect()
+    }
+
     /// Keeps instances for exactly `next` (the ids the next enrolments
     /// will get): asks for the missing ones, drops the others.
     pub fn want(&mut self, next: &[PodId]) {
