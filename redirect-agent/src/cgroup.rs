@@ -173,6 +173,33 @@ pub fn open(path: &Path) -> anyhow::Result<File> {
 }
 
 #[cfg(test)]
+mod proc_mounts {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        // The first cgroup2 line's mount point, its spaces as the kernel
+        // escapes them (`\040`); none where no line is of type cgroup2.
+        #[test]
+        fn the_first_cgroup2_mount_is_found_among_any_other_lines(
+            before in prop::collection::vec(("[a-z0-9]{1,8}", "/[a-z/]{0,20}", prop::sample::select(vec!["cgroup", "tmpfs", "proc", "bpf"])), 0..6),
+            cgroup2 in prop::option::of("/[a-z][a-z ]{0,20}"),
+            noise in "\\PC{0,40}",
+        ) {
+            let mut text: String = before.iter().map(|(d, m, t)| format!("{d} {m} {t} rw,nosuid 0 0\n")).collect();
+            if let Some(dir) = &cgroup2 {
+                text += &format!("cgroup2 {} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n", dir.replace(' ', "\\040"));
+            }
+            let found = parse_cgroup2_mount(&text);
+            prop_assert_eq!(found.clone(), cgroup2.as_ref().map(PathBuf::from));
+            text += &noise;
+            prop_assert_eq!(parse_cgroup2_mount(&text).is_some(), found.is_some() || noise.split_whitespace().nth(2) == Some("cgroup2"));
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -308,7 +308,65 @@ pub fn guard_mark(path: &Path) -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A line of /proc/net/route as the kernel prints it.
+    fn route_line(iface: &str, net: Ipv4Net) -> String {
+        let hex = |a: Ipv4Addr| format!("{:08X}", u32::from_ne_bytes(a.octets()));
+        format!("{iface}\t{}\t00000000\t0001\t0\t0\t0\t{}\t0\t0\t0", hex(net.network()), hex(net.netmask()))
+    }
+
+    /// A line of /proc/net/ipv6_route as the kernel prints it (main table,
+    /// unicast).
+    fn route6_line(iface: &str, net: Ipv6Net) -> String {
+        format!(
+            "{:032x} {:02x} {:032x} 00 {:032x} 00000100 00000001 00000000 00000001 {iface:>8}",
+            u128::from(net.network()),
+            net.prefix_len(),
+            0,
+            0
+        )
+    }
+
+    proptest! {
+        // What the kernel prints is read back; anything else in the file
+        // (a line cut short, another format) is passed by, never a panic.
+        #[test]
+        fn proc_net_route_gives_back_the_routes_printed_and_skips_the_rest(
+            routes in prop::collection::vec(("[a-z][a-z0-9]{0,7}", any::<u32>(), 0u8..=32), 0..8),
+            noise in prop::collection::vec("\\PC{0,60}", 0..4),
+        ) {
+            let nets: Vec<(String, Ipv4Net)> =
+                routes.iter().map(|(i, a, l)| (i.clone(), Ipv4Net::new(Ipv4Addr::from(*a), *l).unwrap().trunc())).collect();
+            let mut text = String::from("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n");
+            for (iface, net) in &nets {
+                text += &route_line(iface, *net);
+                text.push('\n');
+            }
+            let parsed = parse_routes(&text);
+            prop_assert_eq!(parsed.iter().map(|r| (r.iface.clone(), r.net)).collect::<Vec<_>>(),
+                            nets.iter().map(|(i, n)| (i.clone(), IpNet::V4(*n))).collect::<Vec<_>>());
+            for line in &noise {
+                let _ = parse_routes(&format!("{text}{line}\n"));
+                let _ = parse_routes6(line);
+            }
+        }
+
+        #[test]
+        fn proc_net_ipv6_route_gives_back_the_unicast_routes_printed(
+            routes in prop::collection::vec(("[a-z][a-z0-9]{0,7}", 0u128..(0xff << 120), 0u8..=128), 0..8),
+        ) {
+            let nets: Vec<(String, Ipv6Net)> =
+                routes.iter().map(|(i, a, l)| (i.clone(), Ipv6Net::new(Ipv6Addr::from(*a), *l).unwrap().trunc())).collect();
+            let text: String = nets.iter().map(|(i, n)| route6_line(i, *n) + "\n").collect();
+            let (parsed, handover) = parse_routes6(&text);
+            prop_assert!(!handover);
+            prop_assert_eq!(parsed.iter().map(|r| (r.iface.clone(), r.net)).collect::<Vec<_>>(),
+                            nets.iter().map(|(i, n)| (i.clone(), IpNet::V6(*n))).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn reads_proc_net_route() {

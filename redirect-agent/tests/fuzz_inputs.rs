@@ -1,16 +1,27 @@
-//! Property tests over what users and clients send the agent: MeshConfig
-//! YAML/JSON, pod annotations and control requests. Whatever arrives, the
-//! parsers never panic; what they refuse is named by field and value; what
-//! they accept is valid by the same rules an independent oracle applies.
-//! CI runs each property's default number of cases (256), seeded afresh.
+//! Property tests over what users, clients and the node send the agent:
+//! MeshConfig YAML/JSON, pod annotations, control requests, the primary
+//! CNI's conflist it rewrites and its own state file (which another release
+//! may have written). Whatever arrives, the parsers never panic; what they
+//! refuse is named by field and value; what they accept is valid by the
+//! same rules an independent oracle applies. CI runs each property's
+//! default number of cases (256; 64 for those that write files), seeded
+//! afresh. The plugin's side is `redirect-cni/tests/fuzz_inputs.rs`; the
+//! /proc parsers' are unit properties beside them.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use redirect_agent::{
+    cni::install::{Chained, CniInstall},
     config::{ConfigError, MeshConfig, annotations::PodAnnotations},
     control::Request,
+    state::State,
 };
+
+// The plugin's generator of JSON of any shape.
+#[path = "../../redirect-cni/tests/support/arbitrary_json.rs"]
+mod arbitrary_json;
+use arbitrary_json::json_value;
 
 /// The lists of `spec.traffic` and what each holds.
 const LISTS: [(&str, Kind); 5] = [
@@ -176,6 +187,105 @@ proptest! {
         let Request::Enroll { pod } = request else { panic!() };
         if let Err(ConfigError::Invalid { field, .. }) = pod.validate() {
             prop_assert!(!field.is_empty());
+        }
+    }
+}
+
+/// A plugin of a primary CNI's conflist: a type and settings of any shape.
+fn plugin() -> impl Strategy<Value = serde_json::Value> {
+    ("[a-z-]{1,12}", proptest::collection::btree_map("[a-zA-Z]{1,10}", json_value(), 0..4)).prop_map(|(kind, settings)| {
+        let mut p: serde_json::Map<String, serde_json::Value> = settings.into_iter().collect();
+        p.insert("type".into(), kind.into());
+        serde_json::Value::Object(p)
+    })
+}
+
+fn install(dir: &std::path::Path) -> CniInstall {
+    CniInstall {
+        conf_dir: dir.join("net.d"),
+        bin_dir: dir.join("bin"),
+        socket: "/run/fsm-redirect/agent.sock".into(),
+        exclude_namespaces: vec!["kube-system".into()],
+        fail_open: false,
+        runtime_configs: vec![],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    // Chaining puts the entry last, once, and leaves every plugin of the
+    // primary CNI as it was, in order; again, it changes nothing;
+    // uninstalling gives back the primary's plugins. Any version the plugin
+    // does not speak is refused by name, and the file is left untouched.
+    #[test]
+    fn chaining_into_any_conflist_keeps_the_primarys_plugins_and_uninstall_gives_them_back(
+        version in prop_oneof![Just("1.0.0".to_owned()), Just("0.4.0".to_owned()), Just("1.1.0".to_owned()), "[0-9.]{0,6}"],
+        plugins in proptest::collection::vec(plugin(), 1..5),
+        extra in proptest::collection::btree_map("[a-z]{1,8}", json_value(), 0..3),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let install = install(dir.path());
+        std::fs::create_dir_all(&install.conf_dir).unwrap();
+        let mut conf: serde_json::Map<String, serde_json::Value> = extra.into_iter().collect();
+        conf.insert("cniVersion".into(), version.clone().into());
+        conf.insert("name".into(), "k8s-pod-network".into());
+        conf.insert("plugins".into(), plugins.clone().into());
+        let path = install.conf_dir.join("10-primary.conflist");
+        let original = serde_json::to_vec(&conf).unwrap();
+        std::fs::write(&path, &original).unwrap();
+        let theirs: Vec<&serde_json::Value> = plugins.iter().filter(|p| p["type"] != "fsm-redirect-cni").collect();
+        match install.ensure_chained() {
+            Ok(chained) => {
+                prop_assert!(redirect_cni::spec::SUPPORTED_VERSIONS.contains(&version.as_str()));
+                prop_assert!(matches!(chained, Chained::Added(_) | Chained::Updated(_)), "{chained:?}");
+                let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let list = written["plugins"].as_array().unwrap();
+                prop_assert_eq!(list.last(), Some(&install.entry()));
+                prop_assert_eq!(list[..list.len() - 1].iter().collect::<Vec<_>>(), theirs.clone());
+                for (k, v) in &conf {
+                    if k != "plugins" {
+                        prop_assert_eq!(&written[k], v, "{}", k);
+                    }
+                }
+                prop_assert_eq!(install.ensure_chained().unwrap(), Chained::Already);
+                install.uninstall().unwrap();
+                let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                prop_assert_eq!(back["plugins"].as_array().unwrap().iter().collect::<Vec<_>>(), theirs);
+            }
+            Err(e) => {
+                prop_assert!(!redirect_cni::spec::SUPPORTED_VERSIONS.contains(&version.as_str()), "{e:#}");
+                prop_assert!(format!("{e:#}").contains(&format!("{version:?}")), "{e:#}");
+                prop_assert_eq!(std::fs::read(&path).unwrap(), original);
+            }
+        }
+    }
+
+    // Whatever is in the state file (another release's, a hand edit, a
+    // torn disk), the agent gets a state: every pod entry is either read
+    // or kept as it was to be written back, and nothing is lost.
+    #[test]
+    fn any_state_file_gives_a_state_and_every_pod_entry_is_read_or_kept(
+        pods in proptest::collection::btree_map(1u32..4096, json_value(), 0..5),
+        last_id in json_value(),
+        cni in json_value(),
+        garbage in proptest::option::of("\\PC{0,40}"),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let pods: serde_json::Map<String, serde_json::Value> = pods.into_iter().map(|(id, v)| (id.to_string(), v)).collect();
+        let file = serde_json::json!({"pods": pods, "last_id": last_id, "cni": cni, "settings": {}});
+        let text = garbage.clone().unwrap_or_else(|| file.to_string());
+        std::fs::write(State::file(dir.path()), &text).unwrap();
+        let state = State::load(dir.path()).expect("a state, whatever the file").expect("the file is there");
+        if state.ids_unknown {
+            prop_assert!(garbage.is_some() || serde_json::from_str::<State>(&text).is_err());
+            prop_assert!(dir.path().join("state.json.unreadable").exists());
+        } else {
+            prop_assert_eq!(state.pods.len() + state.unreadable.len(), pods.len());
+            let written = serde_json::to_value(&state).unwrap();
+            for (id, u) in &state.unreadable {
+                prop_assert_eq!(&written["pods"][id.to_string()], &u.entry);
+            }
         }
     }
 }

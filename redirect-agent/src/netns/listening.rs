@@ -131,7 +131,31 @@ fn parse_proc_net_tcp(text: &str, port: u16, v6: bool) -> Vec<Listening> {
 mod tests {
     use std::os::fd::AsRawFd as _;
 
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        // The rows in LISTEN on the port are found, by inode; other states,
+        // ports and lines that are not rows are not.
+        #[test]
+        fn proc_net_tcp_gives_the_listeners_on_the_port_and_nothing_else(
+            rows in prop::collection::vec((any::<u32>(), any::<u16>(), prop::sample::select(vec!["0A", "01", "06"]), any::<u64>()), 0..10),
+            port in any::<u16>(),
+            noise in "\\PC{0,80}",
+        ) {
+            let mut text = String::from("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n");
+            for (n, (addr, lport, state, inode)) in rows.iter().enumerate() {
+                text += &format!("{n:4}: {addr:08X}:{lport:04X} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000  1500        0 {inode} 1\n");
+            }
+            text += &noise;
+            let found: Vec<u64> = parse_proc_net_tcp(&text, port, false).iter().map(|l| l.inode).collect();
+            let expected: Vec<u64> = rows.iter().filter(|(_, p, s, _)| *p == port && *s == "0A").map(|r| r.3).collect();
+            // The noise line may itself read as a row: only ever more.
+            prop_assert!(found.starts_with(&expected), "{found:?} {expected:?}");
+            prop_assert!(found.len() <= expected.len() + 1);
+        }
+    }
 
     fn inode(fd: i32) -> u64 {
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
