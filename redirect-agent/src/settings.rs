@@ -30,6 +30,17 @@ pub struct ProxySettings {
 /// the CIDR tries, and of the ports map; FSM's examples hold a handful.
 pub const DEFAULT_MAX_ANNOTATION_ENTRIES: u32 = 256;
 
+// A node's pods at their quotas fit the node-wide maps: each pod's two
+// policy slots (one is written while the other serves) and the
+// MeshConfig's two, ports of both directions in one map.
+const _: () = {
+    use redirect_common::maps::capacity::{CIDRS, PODS, PODS_AT_QUOTA, PORTS};
+    let slots = 2 * PODS_AT_QUOTA + 2;
+    assert!(PODS_AT_QUOTA <= PODS);
+    assert!(slots * 2 * DEFAULT_MAX_ANNOTATION_ENTRIES <= 2 * PORTS);
+    assert!(slots * DEFAULT_MAX_ANNOTATION_ENTRIES <= CIDRS);
+};
+
 fn default_max_annotation_entries() -> u32 {
     DEFAULT_MAX_ANNOTATION_ENTRIES
 }

@@ -137,6 +137,19 @@ pub mod capacity {
     /// Routes of the pods' network namespaces (for outbound interface
     /// exclusions).
     pub const ROUTES: u32 = 16 * 1024;
+    /// The pods a node holds with every list at its quota: Kubernetes'
+    /// default `--max-pods`. More fit where lists are shorter; a pod that
+    /// finds a map full is refused (or degraded) by name.
+    pub const PODS_AT_QUOTA: u32 = 110;
+    /// A pod's own addresses, per family: a pod whose namespace holds more
+    /// is refused by name (the node's pods share `LOCAL_ADDRS`, and a pod
+    /// with NET_ADMIN could otherwise fill it for all).
+    pub const ADDRS_PER_POD: u32 = 64;
+    /// A pod's routes, per family (kept only where an interface is
+    /// excluded), as `ADDRS_PER_POD`.
+    pub const ROUTES_PER_POD: u32 = 128;
+    const _: () = assert!(PODS_AT_QUOTA * ADDRS_PER_POD <= LOCAL_ADDRS);
+    const _: () = assert!(PODS_AT_QUOTA * ROUTES_PER_POD <= ROUTES);
     /// Local sockets on the fast path, per pod (each local connection is two
     /// sockets). A full map leaves new local connections on the TCP path.
     pub const FAST_PATH_SOCKETS: u32 = 8 * 1024;

@@ -626,3 +626,39 @@ fn a_pod_recorded_by_its_process_is_not_followed_into_the_namespace_a_reused_pid
     assert_eq!(status["removed_netns_gone"], 1, "{status}");
     assert!(node.agent_log().contains("names another namespace now"), "{}", node.agent_log());
 }
+
+#[test]
+fn a_pod_that_fills_its_netns_with_addresses_is_refused_by_name_and_keeps_no_one_else_out() {
+    use redirect_common::maps::capacity::ADDRS_PER_POD;
+    let node = Node::start_with(NO_LISTS, &["--refresh-interval", "1"]).unwrap();
+    let greedy = Pod::create(&node).unwrap();
+    let later = Pod::create(&node).unwrap();
+    node.enroll(&later, &[]).unwrap();
+    node.enroll(&greedy, &[]).unwrap();
+    // Enrolled, then it takes more addresses than a pod may have (a pod
+    // with NET_ADMIN can): degraded by name at the next refresh, its
+    // previous entries kept, so it stays intercepted.
+    for i in 0..ADDRS_PER_POD {
+        greedy.ns.exec(&["addr", "add", &format!("10.251.{}.{}/32", i / 200, i % 200 + 1), "dev", "lo"]).unwrap();
+    }
+    let over = format!("holds {} IPv4 addresses, over the {ADDRS_PER_POD}", ADDRS_PER_POD + 1);
+    let degraded = eventually(scaled(Duration::from_secs(10)), || {
+        pod_status(&node, &greedy).is_some_and(|p| p["degraded"].as_str().is_some_and(|d| d.contains(&over)))
+    });
+    assert!(degraded, "{}", node.status());
+    assert!(pod_status(&node, &greedy).unwrap()["local_addrs"].as_array().unwrap().len() <= 2, "its previous addresses kept");
+    assert_eq!(greedy.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    // A new pod like it is refused by name; the others go on.
+    node.cli(&["remove", &greedy.name]);
+    let (ok, out) = node.cli(&[
+        "enroll",
+        &greedy.name,
+        "--netns",
+        &greedy.ns.path().display().to_string(),
+        "--cgroup",
+        &greedy.cgroup_path().unwrap().display().to_string(),
+    ]);
+    assert!(!ok && out.contains(&greedy.name) && out.contains(&over), "{out}");
+    assert!(pod_status(&node, &later).is_some_and(|p| p["degraded"].is_null()));
+    assert_eq!(later.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+}

@@ -195,6 +195,9 @@ impl PodHandler for EbpfPods {
                 pod.name
             );
         }
+        // Nothing changes for a pod over its caps: it keeps what it had.
+        let own = PodEntries::own(cx.mesh, &pod.lists, net, ipv6);
+        own.within_pod_caps().with_context(|| format!("pod {}", pod.name))?;
         // The route first: connect6 redirects IPv6 only once the pod's
         // config says so, and sends it into this prefix.
         if ipv6 && !net.handover_route {
@@ -202,7 +205,7 @@ impl PodHandler for EbpfPods {
                 .with_context(|| format!("pod {}: intercepting its IPv6 ({:?})", pod.name, settings.ipv6))?;
         }
         let pod_ips = pod_ips(cx)?;
-        self.maps.apply(id, PodEntries::own(cx.mesh, &pod.lists, net, ipv6), settings)?;
+        self.maps.apply(id, own, settings)?;
         self.maps.set_pod_ips(id, pod_ips)?;
         if !ipv6 && net.handover_route {
             netns::set_handover_route(&pod.netns, false)?;

@@ -179,6 +179,25 @@ pub(super) fn ip6(a: &Ipv6Addr) -> Ip6 {
 }
 
 impl SlotEntries {
+    /// Refuses, by count and cap, a pod whose namespace holds more
+    /// addresses or routes than a pod may put into the node's maps
+    /// (`capacity::ADDRS_PER_POD`, `ROUTES_PER_POD`).
+    pub fn within_pod_caps(&self) -> anyhow::Result<()> {
+        use redirect_common::maps::capacity::{ADDRS_PER_POD, ROUTES_PER_POD};
+        let counts = [
+            ("IPv4 addresses", self.local_addrs.len(), ADDRS_PER_POD),
+            ("IPv6 addresses", self.local_addrs6.len(), ADDRS_PER_POD),
+            ("IPv4 routes", self.routes.len(), ROUTES_PER_POD),
+            ("IPv6 routes", self.routes6.len(), ROUTES_PER_POD),
+        ];
+        for (what, n, cap) in counts {
+            if n > cap as usize {
+                anyhow::bail!("its network namespace holds {n} {what}, over the {cap} a pod may have (the node's pods share the maps)");
+            }
+        }
+        Ok(())
+    }
+
     /// The lists, each family's CIDRs into its own maps.
     fn lists(excluded: &[Cidr], included: &[Cidr], out_ports: &[Port], in_ports: &[Port]) -> Self {
         fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
