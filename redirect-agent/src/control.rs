@@ -128,6 +128,11 @@ pub struct Status {
     /// (`ebpf::prewarm`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prewarmed: Vec<PodId>,
+    /// Why eBPF pods' sockets may no longer meet their programs (net_cls or
+    /// net_prio in use on a kernel before 5.15): they have fsm-init's rules
+    /// too, as a backstop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_sockets_unreliable: Option<String>,
     /// Where the MeshConfig in force came from.
     #[serde(default)]
     pub mesh_source: Option<crate::config::source::MeshSource>,

@@ -235,6 +235,14 @@ impl Agent {
             checks.push(Check::pass("agent", "dataplane", format!("eBPF unavailable ({why}): pods get iptables")));
         }
         checks.push(self.check_mesh_source());
+        if let Some(why) = &self.cgroup_sockets_unreliable {
+            checks.push(Check::fail(
+                "agent",
+                "cgroup v2 socket matching",
+                format!("{why}: eBPF pods have fsm-init's rules too, as a backstop"),
+                "stop using net_cls/net_prio (cgroup v1) on the node, or run a kernel from 5.15, and reboot it: the kernel keeps the matching off until then",
+            ));
+        }
         if let Some(install) = &self.state.cni {
             const WHAT: &str = "CNI plugin chained";
             checks.push(match &self.cni_chained {

@@ -25,6 +25,9 @@ pub fn status(s: &Status) -> String {
     if let Some(why) = &s.ebpf_unavailable {
         let _ = writeln!(o, "eBPF dataplane unavailable: {why}");
     }
+    if let Some(why) = &s.cgroup_sockets_unreliable {
+        let _ = writeln!(o, "BACKSTOP {why}: eBPF pods have fsm-init's rules too");
+    }
     let _ = writeln!(
         o,
         "{:<4} {:<28} {:<9} {:<9} {:<8} {:<5} {:<22} {:>6} {:>6} {:>6}",
@@ -169,6 +172,7 @@ mod tests {
             ],
             removed_netns_gone: 0,
             mesh_source: None,
+            cgroup_sockets_unreliable: None,
             prewarmed: vec![],
             maps: vec![],
             unreadable_pods: vec![],

@@ -662,3 +662,53 @@ fn a_pod_that_fills_its_netns_with_addresses_is_refused_by_name_and_keeps_no_one
     assert!(pod_status(&node, &later).is_some_and(|p| p["degraded"].is_null()));
     assert_eq!(later.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 }
+
+/// Before 5.15, a net_cls or net_prio group in use turns the kernel's
+/// cgroup v2 socket matching off node-wide: eBPF pods' new sockets would
+/// leave unintercepted. The agent looks at each refresh and gives eBPF pods
+/// fsm-init's rules too. The mount is a fake /proc/mounts
+/// (`REDIRECT_TEST_PROC_MOUNTS`): a real one would take eBPF from every
+/// other test of the machine for good. From 5.15 the kernel keeps the
+/// matching, and nothing changes.
+#[test]
+fn net_cls_coming_into_use_before_5_15_gives_every_ebpf_pod_fsm_inits_rules_too() {
+    use aya::util::KernelVersion;
+    let mounts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy("/proc/mounts", mounts.path()).unwrap();
+    let mut node = Node::start_with(NO_LISTS, &["--refresh-interval", "1"]).unwrap();
+    node.agent_env.push(("REDIRECT_TEST_PROC_MOUNTS".into(), mounts.path().display().to_string()));
+    node.kill_agent();
+    node.start_agent().unwrap();
+    let pod = Pod::create(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    assert_eq!(pod_status(&node, &pod).unwrap()["dataplane"], "ebpf");
+    assert!(tests::nat_chains(&pod.ns).is_empty());
+
+    // A privileged pod mounts net_cls (and uses it).
+    let mut text = std::fs::read_to_string(mounts.path()).unwrap();
+    text += "cgroup /sys/fs/cgroup/net_cls,net_prio cgroup rw,nosuid,nodev,noexec,relatime,net_cls,net_prio 0 0\n";
+    std::fs::write(mounts.path(), text).unwrap();
+    // A refresh has run since once the pod's new address shows.
+    pod.ns.exec(&["addr", "add", "10.250.3.3/32", "dev", "lo"]).unwrap();
+    let refreshed = || pod_status(&node, &pod).is_some_and(|p| p["local_addrs"].as_array().unwrap().iter().any(|a| a == "10.250.3.3"));
+    assert!(eventually(scaled(Duration::from_secs(10)), refreshed), "{}", node.status());
+
+    let before_fix = KernelVersion::current().unwrap() < KernelVersion::new(5, 15, 0);
+    if before_fix {
+        let backstop = eventually(scaled(Duration::from_secs(10)), || tests::nat_chains(&pod.ns).iter().any(|c| c == "FSM_PROXY_OUTBOUND"));
+        assert!(backstop, "{:?}\n{}", tests::nat_chains(&pod.ns), node.agent_log());
+        let status = node.status();
+        assert!(status["cgroup_sockets_unreliable"].as_str().is_some_and(|w| w.contains("net_cls")), "{status}");
+        let (ok, out) = node.cli(&["diagnose"]);
+        assert!(!ok && out.contains("cgroup v2 socket matching"), "{out}");
+    } else {
+        assert!(node.status()["cgroup_sockets_unreliable"].is_null());
+        assert!(tests::nat_chains(&pod.ns).is_empty(), "{:?}", tests::nat_chains(&pod.ns));
+    }
+    assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(Pod::dial_from(&node.ns, &format!("{}:8080", pod.ip)), format!("in {}:8080", pod.ip));
+    // Removed: the backstop's rules go with the programs.
+    let (ok, out) = node.cli(&["remove", &pod.name]);
+    assert!(ok, "{out}");
+    assert!(tests::nat_chains(&pod.ns).is_empty(), "{:?}", tests::nat_chains(&pod.ns));
+}

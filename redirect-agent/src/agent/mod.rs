@@ -86,6 +86,12 @@ pub struct Agent {
     pub(crate) choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
     pub(crate) ebpf_unavailable: Option<String>,
+    /// Why sockets may have stopped meeting their pod's cgroup v2 programs
+    /// since the agent started (`features::cgroup_sockets_reliable`, looked
+    /// at each refresh): eBPF pods then get fsm-init's rules too, as a
+    /// backstop, until the agent restarts (the kernel's switch stays off
+    /// until a reboot).
+    pub(crate) cgroup_sockets_unreliable: Option<String>,
     pub ebpf: Option<EbpfPods>,
     pub(crate) iptables: IptablesPods,
     pub(crate) fsm_init: FsmInitPods,
@@ -235,6 +241,7 @@ impl Agent {
             repair: None,
             kubelet_cgroup_root: opts.kubelet_cgroup_root,
             ebpf_unavailable,
+            cgroup_sockets_unreliable: None,
             ebpf,
             iptables: IptablesPods::default(),
             fsm_init: FsmInitPods::default(),
@@ -425,7 +432,38 @@ impl Agent {
     fn install(&mut self, id: PodId, find_listener: bool) -> anyhow::Result<()> {
         let pod = &self.state.pods[&id];
         let cx = Install::new(id, pod, &self.mesh, &self.state.settings, find_listener)?;
-        handler(handlers!(self), pod.dataplane)?.install(&cx)
+        handler(handlers!(self), pod.dataplane)?.install(&cx)?;
+        // A pod with both fsm-init's rules and the programs behaves as with
+        // fsm-init alone (the differential test's third variant): the rules
+        // catch what the programs no longer see.
+        if pod.dataplane == Dataplane::Ebpf && self.cgroup_sockets_unreliable.is_some() {
+            self.iptables.install(&cx).with_context(|| format!("pod {}: fsm-init's rules as a backstop", pod.name))?;
+        }
+        Ok(())
+    }
+
+    /// Takes out what the pod's handler installed, and the backstop's rules
+    /// where an eBPF pod has them.
+    fn uninstall_pod(&mut self, id: PodId, pod: &Pod) -> anyhow::Result<()> {
+        handler(handlers!(self), pod.dataplane)?.uninstall(id, pod)?;
+        if pod.dataplane == Dataplane::Ebpf && self.iptables.attached(id) {
+            self.iptables.uninstall(id, pod)?;
+        }
+        Ok(())
+    }
+
+    /// Looks again whether sockets still meet their cgroup v2 programs (a
+    /// privileged pod may mount and use net_cls/net_prio on a kernel before
+    /// 5.15 after the agent started); once they may not, says so, and every
+    /// eBPF pod gets the backstop at its install.
+    fn check_cgroup_sockets(&mut self) {
+        if self.ebpf.is_none() || self.cgroup_sockets_unreliable.is_some() {
+            return;
+        }
+        if let Err(why) = crate::ebpf::features::cgroup_sockets_reliable_now() {
+            log::error!("{why}: eBPF pods' sockets may no longer meet their programs; each gets fsm-init's rules too, as a backstop");
+            self.cgroup_sockets_unreliable = Some(why);
+        }
     }
 
     /// Leaves (or takes away) the mark by which a guarded fsm-init knows
@@ -443,8 +481,7 @@ impl Agent {
     /// Takes away whatever the pod's dataplane installed; a failure can only
     /// be logged (a pod that is being dropped or was never enrolled).
     fn uninstall_best_effort(&mut self, id: PodId, pod: &Pod) {
-        let result = handler(handlers!(self), pod.dataplane).and_then(|h| h.uninstall(id, pod));
-        if let Err(e) = result {
+        if let Err(e) = self.uninstall_pod(id, pod) {
             log::warn!("pod {}: removing what was installed: {e:#}", pod.name);
         }
     }
@@ -500,8 +537,8 @@ impl Agent {
         if let Err(e) = self.mark_guarded(id, false) {
             log::warn!("{e:#}");
         }
-        let pod = &self.state.pods[&id];
-        handler(handlers!(self), pod.dataplane)?.uninstall(id, pod)?;
+        let pod = self.state.pods[&id].clone();
+        self.uninstall_pod(id, &pod)?;
         self.state.pods.remove(&id);
         self.degraded.remove(&id);
         self.state.save(&self.state_dir)
@@ -566,7 +603,8 @@ impl Agent {
     /// looked at.)
     fn step_aside_for_fsm_init(&mut self, id: PodId) -> anyhow::Result<()> {
         let pod = &self.state.pods[&id];
-        if pod.injection.is_some() || pod.dataplane != Dataplane::Ebpf {
+        // The backstop's rules are the agent's own.
+        if pod.injection.is_some() || pod.dataplane != Dataplane::Ebpf || self.iptables.attached(id) {
             return Ok(());
         }
         let Some(chain) = crate::iptables::fsm_init::found(&pod.netns)? else { return Ok(()) };
@@ -672,6 +710,7 @@ impl Agent {
     /// more to do.
     pub fn begin_refresh(&mut self) -> Option<Refresh> {
         self.ensure_cni_entry();
+        self.check_cgroup_sockets();
         if let Some(path) = self.state.mesh_config.clone() {
             let now = mtime(&path);
             if now != self.mesh_mtime {
@@ -777,6 +816,7 @@ impl Agent {
             ebpf_unavailable: self.ebpf_unavailable.clone(),
             pods,
             removed_netns_gone: self.removed_gone,
+            cgroup_sockets_unreliable: self.cgroup_sockets_unreliable.clone(),
             mesh_source: Some(self.mesh_source.clone()),
             prewarmed: self.ebpf.as_ref().map(|e| e.prewarm.ready()).unwrap_or_default(),
             unreadable_pods: self

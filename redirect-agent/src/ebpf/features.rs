@@ -44,6 +44,21 @@ pub fn cgroup_sockets_reliable(kernel: KernelVersion, mounts: &str) -> Result<()
     }
 }
 
+/// `cgroup_sockets_reliable` for this kernel and its mounts now. The
+/// tests' agent (feature `sandbox`) reads the mounts from
+/// `$REDIRECT_TEST_PROC_MOUNTS` where it is set: a test can't mount
+/// net_cls on a kernel before 5.15 without taking eBPF from every other
+/// test of the machine.
+pub fn cgroup_sockets_reliable_now() -> Result<(), String> {
+    let kernel = KernelVersion::current().map_err(|e| format!("can't read the kernel version: {e}"))?;
+    #[cfg(feature = "sandbox")]
+    let path = std::env::var("REDIRECT_TEST_PROC_MOUNTS").unwrap_or_else(|_| "/proc/mounts".into());
+    #[cfg(not(feature = "sandbox"))]
+    let path = String::from("/proc/mounts");
+    let mounts = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    cgroup_sockets_reliable(kernel, &mounts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

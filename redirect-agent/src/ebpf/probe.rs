@@ -16,8 +16,7 @@ pub fn probe_ebpf() -> Result<String, String> {
     if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
         return Err(format!("kernel {kernel} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1));
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| format!("reading /proc/mounts: {e}"))?;
-    super::features::cgroup_sockets_reliable(kernel, &mounts)?;
+    super::features::cgroup_sockets_reliable_now()?;
     // Load (not attach) every program, with throwaway maps.
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| format!("loading the eBPF object: {e}"))?;
     for (name, attach_type) in super::programs::every_program() {
