@@ -72,6 +72,9 @@ pub enum Feature {
     /// containerd as above, and the pause image `./x test` builds (see
     /// `pause_image`).
     ContainerdCri,
+    /// The previous release's agent, which `./x test` builds from git
+    /// (`xtask/src/previous.rs`).
+    PreviousRelease,
 }
 
 impl Feature {
@@ -86,6 +89,9 @@ impl Feature {
                     && Path::new("/bin/busybox").exists()
             }
             Feature::ContainerdCri => Feature::Containerd.available() && pause_image().is_some(),
+            Feature::PreviousRelease => {
+                std::env::var_os("REDIRECT_TEST_BINS").is_some_and(|d| Path::new(&d).join("redirect-agent-previous").exists())
+            }
             Feature::UnshareCgroup => {
                 Command::new("unshare").arg("--help").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--cgroup"))
             }
@@ -100,6 +106,7 @@ impl Feature {
             Feature::Containerd => "containerd(Debian's containerd, runc and a static /bin/busybox)",
             Feature::UnshareCgroup => "unshare --cgroup(util-linux)",
             Feature::ContainerdCri => "containerd-cri(containerd, and the pause image that ./x test builds)",
+            Feature::PreviousRelease => "previous-release(the agent that ./x test builds from git)",
         }
     }
 }
@@ -219,6 +226,9 @@ pub struct Node {
     /// A command the agent runs under from its next start (`unshare -C`:
     /// in a cgroup namespace of its own, as in a container).
     pub agent_wrapper: Vec<String>,
+    /// Another agent binary (an earlier release's) for the agent and the
+    /// CLI, from its next start; `None`: this tree's.
+    pub agent_program: Option<PathBuf>,
 }
 
 impl Node {
@@ -229,6 +239,11 @@ impl Node {
 
     /// With extra `redirect-agent run` arguments.
     pub fn start_with(mesh_yaml: &str, run_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_program(None, mesh_yaml, run_args)
+    }
+
+    /// With `program` as the agent (an earlier release's).
+    pub fn start_program(program: Option<PathBuf>, mesh_yaml: &str, run_args: &[&str]) -> anyhow::Result<Self> {
         let state_dir = tempfile::Builder::new().prefix("redirect-test-").tempdir()?;
         let bpffs = Bpffs::mount(&state_dir.path().join("bpffs"))?;
         let mesh_config = state_dir.path().join("mesh.yaml");
@@ -264,13 +279,18 @@ impl Node {
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
             agent_env: Vec::new(),
             agent_wrapper: Vec::new(),
+            agent_program: program,
         };
         node.start_agent()?;
         Ok(node)
     }
 
+    fn program(&self) -> PathBuf {
+        self.agent_program.clone().unwrap_or_else(agent_bin)
+    }
+
     pub fn agent_cmd(&self) -> Command {
-        let mut c = Command::new(agent_bin());
+        let mut c = Command::new(self.program());
         c.env("RUST_LOG", "warn").arg("--state-dir").arg(self.state_dir.path()).arg("--bpffs-dir").arg(&self.bpffs_dir);
         c
     }
@@ -280,7 +300,7 @@ impl Node {
             None => self.agent_cmd(),
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(agent_bin()).arg("--state-dir").arg(self.state_dir.path()).arg("--bpffs-dir").arg(&self.bpffs_dir);
+                c.args(args).arg(self.program()).arg("--state-dir").arg(self.state_dir.path()).arg("--bpffs-dir").arg(&self.bpffs_dir);
                 c
             }
         };

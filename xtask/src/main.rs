@@ -12,6 +12,7 @@ mod envoy;
 mod image;
 mod image_check;
 mod oci;
+mod previous;
 mod process;
 mod rootfs;
 mod run;

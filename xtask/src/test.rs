@@ -60,6 +60,8 @@ impl StagedBins {
         // a node's pause image would be pulled: no registry is reachable.
         let pause = crate::oci::archive(&crate::rootfs::Rootfs::for_pause(std::path::Path::new(BUSYBOX))?.to_tar()?, &PAUSE)?;
         std::fs::write(staged.0.join("pause.tar"), pause).context("writing the pause image")?;
+        // The upgrade test's previous release.
+        crate::previous::stage(&crate::process::workspace_root(), &staged.0)?;
         Ok(staged)
     }
 }

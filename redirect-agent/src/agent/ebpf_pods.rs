@@ -40,7 +40,10 @@ pub struct EbpfPods {
     /// Shared maps were replaced at start (their layout changed), or an
     /// older agent's maps removed: every pod's programs still use the old
     /// ones until attached again.
-    reattach_all: bool,
+    pub(crate) reattach_all: bool,
+    /// Pods whose links still run other programs than this agent's: given
+    /// these at their next install, once their entries are written.
+    pub(crate) reattach_pending: std::collections::BTreeSet<PodId>,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: HashSet<PodId>,
     /// Instances for the next enrolments, verified ahead.
@@ -50,19 +53,26 @@ pub struct EbpfPods {
 impl EbpfPods {
     /// Loads the programs and opens the pinned maps (replacing those whose
     /// layout changed), removing pinned maps this agent doesn't know.
-    pub fn open(pins: Pins, may_mount: bool) -> anyhow::Result<Self> {
+    /// `tags`: this agent's programs' (the probe's); pods whose links run
+    /// others (an earlier release's) are given these at the start's
+    /// reconcile, in place.
+    pub fn open(pins: Pins, may_mount: bool, tags: &programs::Tags) -> anyhow::Result<Self> {
         pins.prepare(may_mount)?;
         let removed = pins.remove_unknown_maps(&redirect_common::maps::names::SHARED)?;
+        let outdated = programs::outdated(&pins, tags)?;
+        if let Some((pod, which)) = outdated.first() {
+            log::info!(
+                "{} pod(s) run other programs than this agent's (pod {pod}: {}): replacing them in place",
+                outdated.len(),
+                which.join(", ")
+            );
+        }
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let decisions = DecisionLog::open(&mut object)?;
         let maps = SharedMaps::open(&mut object)?;
         let prewarm = Prewarm::start(pins.clone());
-        Ok(EbpfPods { pins, maps, decisions, reattach_all: removed || !replaced.is_empty(), sockops_failing: HashSet::new(), prewarm })
-    }
-
-    /// Whether every pod must be attached again (once, after `open`).
-    pub fn take_reattach_all(&mut self) -> bool {
-        std::mem::take(&mut self.reattach_all)
+        let reattach_all = removed || !replaced.is_empty() || !outdated.is_empty();
+        Ok(EbpfPods { pins, maps, decisions, reattach_all, reattach_pending: Default::default(), sockops_failing: HashSet::new(), prewarm })
     }
 
     /// Replaces the pod's programs with new instances of this agent's, on

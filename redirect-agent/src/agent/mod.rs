@@ -201,9 +201,9 @@ impl Agent {
         let (ebpf, ebpf_unavailable) = match opts.dataplane {
             Choice::Iptables => (None, Some("--dataplane iptables".to_owned())),
             choice => match crate::ebpf::probe::probe_ebpf() {
-                Ok(what) => {
+                Ok((what, tags)) => {
                     log::info!("eBPF dataplane available: {what}");
-                    (Some(EbpfPods::open(Pins::new(&opts.bpffs_dir), opts.mount_bpffs)?), None)
+                    (Some(EbpfPods::open(Pins::new(&opts.bpffs_dir), opts.mount_bpffs, &tags)?), None)
                 }
                 Err(why) if choice == Choice::Auto => {
                     log::warn!("eBPF dataplane unavailable ({why}): pods get iptables rules");
@@ -260,19 +260,24 @@ impl Agent {
     /// refresh.
     fn reconcile(&mut self) -> anyhow::Result<()> {
         self.sync_mesh()?;
-        let reattach = self.ebpf.as_mut().is_some_and(EbpfPods::take_reattach_all);
         let ids: Vec<PodId> = self.state.pods.keys().copied().collect();
+        if let Some(ebpf) = self.ebpf.as_mut().filter(|e| e.reattach_all) {
+            ebpf.reattach_all = false;
+            let pods = &self.state.pods;
+            ebpf.reattach_pending.extend(ids.iter().filter(|id| pods[id].dataplane == Dataplane::Ebpf));
+        }
+        let started = std::time::Instant::now();
+        let pending = self.ebpf.as_ref().map_or(0, |e| e.reattach_pending.len());
         for id in ids {
             if self.remove_if_gone(id) {
                 continue;
             }
-            let pod = &self.state.pods[&id];
-            let reattached = match (&mut self.ebpf, pod.dataplane) {
-                (Some(ebpf), Dataplane::Ebpf) if reattach => ebpf.reattach(id, pod),
-                _ => Ok(()),
-            };
-            let result = reattached.and_then(|()| self.install(id, true));
+            let result = self.install(id, true);
             self.record_install(id, result);
+        }
+        let swapped = pending - self.ebpf.as_ref().map_or(0, |e| e.reattach_pending.len());
+        if swapped > 0 {
+            log::info!("programs replaced in {swapped} pod(s) in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
         }
         if let Some(ebpf) = &mut self.ebpf {
             ebpf.finish_mesh();
@@ -433,6 +438,15 @@ impl Agent {
         let pod = &self.state.pods[&id];
         let cx = Install::new(id, pod, &self.mesh, &self.state.settings, find_listener)?;
         handler(handlers!(self), pod.dataplane)?.install(&cx)?;
+        // Its entries written, its links are given this agent's programs
+        // where they still run others (`BPF_LINK_UPDATE`): the new programs
+        // never run on maps not written for them, and the old ones keep
+        // theirs (replaced maps are new objects) until the swap. One that
+        // fails stays pending, for the next install.
+        if let Some(ebpf) = self.ebpf.as_mut().filter(|e| pod.dataplane == Dataplane::Ebpf && e.reattach_pending.contains(&id)) {
+            ebpf.reattach(id, pod)?;
+            ebpf.reattach_pending.remove(&id);
+        }
         // A pod with both fsm-init's rules and the programs behaves as with
         // fsm-init alone (the differential test's third variant): the rules
         // catch what the programs no longer see.
@@ -446,6 +460,9 @@ impl Agent {
     /// where an eBPF pod has them.
     fn uninstall_pod(&mut self, id: PodId, pod: &Pod) -> anyhow::Result<()> {
         handler(handlers!(self), pod.dataplane)?.uninstall(id, pod)?;
+        if let Some(ebpf) = &mut self.ebpf {
+            ebpf.reattach_pending.remove(&id);
+        }
         if pod.dataplane == Dataplane::Ebpf && self.iptables.attached(id) {
             self.iptables.uninstall(id, pod)?;
         }

@@ -9,8 +9,9 @@ use aya::{EbpfLoader, util::KernelVersion};
 
 use super::{OBJECT, features::MIN_KERNEL};
 
-/// Why the eBPF dataplane can't run here, if it can't.
-pub fn probe_ebpf() -> Result<String, String> {
+/// What the eBPF dataplane found here, and the tags of its programs as
+/// this kernel loads them (`programs::tags`); or why it can't run here.
+pub fn probe_ebpf() -> Result<(String, super::programs::Tags), String> {
     let mount = crate::cgroup::cgroup2_mount().map_err(|e| format!("{e:#}"))?;
     let kernel = KernelVersion::current().map_err(|e| format!("can't read the kernel version: {e}"))?;
     if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
@@ -27,5 +28,6 @@ pub fn probe_ebpf() -> Result<String, String> {
             format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
         })?;
     }
-    Ok(format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()))
+    let tags = super::programs::tags(&ebpf).map_err(|e| format!("{e:#}"))?;
+    Ok((format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()), tags))
 }

@@ -163,6 +163,57 @@ pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'
         .collect()
 }
 
+/// The kernel's tag of each of this agent's programs, by link pin (sockops
+/// by its program pin): a hash of the instructions with map references
+/// left out, so every pod's instance of one program has the same, and an
+/// older release's differs. `ebpf`: an instance with every program loaded.
+pub type Tags = std::collections::BTreeMap<&'static str, u64>;
+
+pub fn tags(ebpf: &Ebpf) -> anyhow::Result<Tags> {
+    PROGRAMS
+        .iter()
+        .map(|(pin, name, _)| (*pin, *name))
+        .chain([(SOCKOPS_PROGRAM_PIN, SOCKOPS.1)])
+        .map(|(pin, name)| {
+            let program = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+            Ok((pin, program.info().with_context(|| format!("{name}: its tag"))?.tag()))
+        })
+        .collect()
+}
+
+/// The pinned pods that run other programs than `ours` (an earlier
+/// release's, or one without a program this one has), with the pins that
+/// differ. Their links are given this agent's programs in place.
+pub fn outdated(pins: &Pins, ours: &Tags) -> anyhow::Result<Vec<(PodId, Vec<&'static str>)>> {
+    let pods = pins.pinned_pods()?;
+    if pods.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One pass over the node's programs, rather than one per link.
+    let loaded: std::collections::HashMap<u32, u64> =
+        aya::programs::loaded_programs().filter_map(Result::ok).map(|p| (p.id(), p.tag())).collect();
+    let mut found = Vec::new();
+    for pod in pods {
+        let differ: Vec<&'static str> = ours
+            .iter()
+            .filter(|(pin, tag)| {
+                let path = pins.link(pod, pin);
+                let theirs = if **pin == SOCKOPS_PROGRAM_PIN {
+                    aya::programs::ProgramInfo::from_pin(&path).ok().map(|p| p.tag())
+                } else {
+                    link::get(&path).ok().and_then(|fd| link::info(fd.as_fd()).ok()).and_then(|i| loaded.get(&i.prog_id).copied())
+                };
+                theirs != Some(**tag)
+            })
+            .map(|(pin, _)| *pin)
+            .collect();
+        if !differ.is_empty() {
+            found.push((pod, differ));
+        }
+    }
+    Ok(found)
+}
+
 /// Loads (verifies) one program of the object into the kernel.
 pub fn load_program(ebpf: &mut Ebpf, name: &str, attach_type: AttachType) -> anyhow::Result<OwnedFd> {
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
