@@ -58,6 +58,11 @@ fn pass_through_connect4() -> std::os::fd::OwnedFd {
     attr[1] = insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     attr[8] = BPF_CGROUP_INET4_CONNECT << 32;
+    // Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (EPERM
+    // at the default; aya raises it for the agent the same way).
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit; failing leaves the limit as it was.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     // SAFETY: a zero-padded bpf_attr; the kernel reads what it points at now.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
     assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
@@ -99,24 +104,32 @@ fn an_upgrade_gives_running_pods_this_releases_programs_while_they_dial_and_none
     }
     let (previous, commit) = previous_release().unwrap();
     let mut node = Node::start_program(Some(previous), NO_LISTS, &["--refresh-interval", "3600"]).unwrap();
-    let pods: Vec<Pod> = (0..8).map(|_| Pod::create(&node).unwrap()).collect();
+    // The first dials over IPv6 (its hand-over changed form too).
+    let mut pods = vec![Pod::dual_stack(&node).unwrap()];
+    pods.extend((0..7).map(|_| Pod::create(&node).unwrap()));
     for pod in &pods {
         node.enroll(pod, &[]).unwrap();
     }
     let before: Vec<_> = pods.iter().map(|p| programs_of(&node, p)).collect();
     assert_eq!(pods[0].dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80", "under {commit}");
 
-    // Two pods dial all through the upgrade, each connection asking where
-    // it went.
+    // Two pods dial all through the upgrade, one over IPv6, each connection
+    // asking where it went.
     let millis = scaled(Duration::from_secs(8)).as_millis().to_string();
     let clients: Vec<_> = pods[..2]
         .iter()
-        .map(|p| {
-            let mut cmd = p.netprobe_cmd(&["connrate", "10.96.0.10:80", &millis, "out 10.96.0.10:80"], APP_UID);
+        .zip(["[fd00:96::10]:80", "10.96.0.10:80"])
+        .map(|(p, dst)| {
+            let mut cmd = p.netprobe_cmd(&["connrate", dst, &millis, &format!("out {dst}")], APP_UID);
             cmd.stdout(Stdio::piped()).spawn().unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Both dialling before the old agent goes.
+    let dialled =
+        |p: &Pod| ["outbound_redirected", "outbound_ipv6"].iter().map(|c| node.counters(p).get(*c).copied().unwrap_or(0)).sum::<u64>();
+    let at_start: Vec<u64> = pods[..2].iter().map(dialled).collect();
+    let dialling = eventually(scaled(Duration::from_secs(10)), || pods[..2].iter().zip(&at_start).all(|(p, n)| dialled(p) > n + 100));
+    assert!(dialling, "the clients did not start");
     node.kill_agent();
     node.agent_program = None;
     node.start_agent().unwrap();
