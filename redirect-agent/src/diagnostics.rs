@@ -495,7 +495,7 @@ fn check_listening(
     }
     // connect4 sends each redirected connection (to the inbound port too:
     // the proxy dialling its own pod IP) to an address of its own in
-    // 127.128.0.0/10, connect6 to one in the IPv6 hand-over prefix
+    // 127.64.0.0/10 (127.128.0.0/10 before 5.12), connect6 to one in the IPv6 hand-over prefix
     // (redirect_common::handover): a listener bound to 127.0.0.1 or ::1
     // alone never sees them. (ip6tables REDIRECT goes to ::1.)
     if ebpf_pod && !l.iter().any(|l| l.wildcard) {
@@ -503,7 +503,7 @@ fn check_listening(
             pod,
             &check,
             format!(
-                "the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused"
+                "the {what} listener is bound to one address, not 0.0.0.0: redirected connections arrive at addresses of 127.0.0.0/8 other than 127.0.0.1 and are refused"
             ),
             &format!("bind the proxy's {what} listener to 0.0.0.0 (or [::])"),
         );

@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use redirect_common::maps::{PodId, capacity};
+use redirect_common::{
+    handover::per_pod,
+    maps::{PodId, capacity},
+};
 
 use crate::{pod::Pod, settings::ProxySettings};
 
@@ -190,11 +193,17 @@ impl State {
 
     /// The first id after `last`, going round, that no pod holds and that
     /// is not in `also_taken`.
+    /// Among those, one whose hand-over region no other pod has comes
+    /// first (`redirect_common::handover::per_pod`): so one pod's connects
+    /// can't take another's hand-overs while the node has at most
+    /// `HANDOVER_REGIONS` pods.
     fn free_after(&self, last: PodId, also_taken: &[PodId]) -> Option<PodId> {
         let last = last.clamp(0, capacity::PODS - 1);
-        (last + 1..capacity::PODS)
-            .chain(1..=last)
-            .find(|id| !self.pods.contains_key(id) && !self.unreadable.contains_key(id) && !also_taken.contains(id))
+        let free = |id: &PodId| !self.pods.contains_key(id) && !self.unreadable.contains_key(id) && !also_taken.contains(id);
+        let held: std::collections::BTreeSet<u32> =
+            self.pods.keys().chain(self.unreadable.keys()).chain(also_taken).map(|id| per_pod::region(*id)).collect();
+        let round = || (last + 1..capacity::PODS).chain(1..=last);
+        round().find(|id| free(id) && !held.contains(&per_pod::region(*id))).or_else(|| round().find(free))
     }
 
     /// The smallest free id from 1 (0 is what an unset `POD_ID` reads).
@@ -272,6 +281,27 @@ mod tests {
             .collect();
         assert_eq!(predicted, taken);
         assert_eq!(taken, [capacity::PODS - 2, capacity::PODS - 1, 2, 5]);
+    }
+
+    #[test]
+    fn a_new_pod_gets_a_hand_over_region_of_its_own_while_one_is_free() {
+        let regions = capacity::HANDOVER_REGIONS;
+        let mut s = State::default();
+        let first = s.take_id().unwrap();
+        s.pods.insert(first, pod("a"));
+        // Going round reaches first + REGIONS, which shares a's region: the
+        // next id with a region of its own is taken instead.
+        s.last_id = first + regions - 1;
+        assert_eq!(s.next_ids(2), [first + regions + 1, first + regions + 2]);
+        // Every region held: any free id, going round as before.
+        for i in 1..regions {
+            let id = s.take_id().unwrap();
+            s.pods.insert(id, pod(&format!("p{i}")));
+        }
+        let held: std::collections::BTreeSet<u32> = s.pods.keys().map(|id| per_pod::region(*id)).collect();
+        assert_eq!(held.len() as u32, regions, "{regions} pods, each with its own region");
+        let last = s.last_id;
+        assert_eq!(s.take_id().unwrap(), last + 1);
     }
 
     #[test]

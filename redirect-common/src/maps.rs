@@ -65,9 +65,17 @@ pub mod names {
     pub const PROXY_DIALLED: &str = "PROXY_DIALLED";
     /// The per-CPU event counters.
     pub const COUNTERS: &str = "COUNTERS";
-    /// The IPv4 outbound hand-over (array).
+    /// The IPv4 outbound hand-over, a region per pod (array:
+    /// `crate::handover::per_pod`).
+    pub const HANDOVER_POD: &str = "HANDOVER_POD";
+    /// The IPv6 outbound hand-over, a region per pod (array).
+    pub const HANDOVER6_POD: &str = "HANDOVER6_POD";
+    /// Each region's counters of `HANDOVER_POD` and `HANDOVER6_POD`.
+    pub const HANDOVER_SEQ: &str = "HANDOVER_SEQ";
+    /// The IPv4 outbound hand-over of kernels before 5.12 and of earlier
+    /// releases, one ring for the node (array: `crate::handover::node_wide`).
     pub const HANDOVER: &str = "HANDOVER";
-    /// The IPv6 outbound hand-over (LRU).
+    /// The IPv6 one (LRU).
     pub const HANDOVER6: &str = "HANDOVER6";
     /// The decision log's ring buffer (`crate::decision_log`).
     pub const DECISIONS: &str = "DECISIONS";
@@ -83,7 +91,7 @@ pub mod names {
     pub const DNS_REDIRECTED: &str = "DNS_REDIRECTED";
     /// Every map that is shared between program instances (all but the
     /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 20] = [
+    pub const SHARED: [&str; 23] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
@@ -97,6 +105,9 @@ pub mod names {
         IFACE_ROUTES,
         IFACE_ROUTES6,
         PROXY_LISTENERS,
+        HANDOVER_POD,
+        HANDOVER6_POD,
+        HANDOVER_SEQ,
         HANDOVER,
         HANDOVER6,
         PROXY_DIALLED,
@@ -121,8 +132,16 @@ pub mod capacity {
     pub const CIDRS: u32 = 64 * 1024;
     /// Excluded ports of all policy slots, both directions.
     pub const PORTS: u32 = 64 * 1024;
-    /// Slots of the outbound hand-over, node-wide (a power of two; see
-    /// [`crate::handover`]). A slot is reused by the next redirected
+    /// Regions of the per-pod outbound hand-over (a power of two; see
+    /// [`crate::handover::per_pod`]): pods have one each while the node
+    /// has at most this many meshed pods.
+    pub const HANDOVER_REGIONS: u32 = 256;
+    /// Slots per region, either family: a pod's connection keeps its
+    /// hand-over for this many later redirected connects of the same pod
+    /// (a power of two).
+    pub const HANDOVER_REGION_SLOTS: u32 = 2 * 1024;
+    /// Slots of the node-wide outbound hand-over (a power of two; see
+    /// [`crate::handover::node_wide`]). A slot is reused by the next redirected
     /// connection whose socket cookie names it, about every 256Ki cookies
     /// handed out on the node.
     pub const HANDOVER_SLOTS: u32 = 256 * 1024;

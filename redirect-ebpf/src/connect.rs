@@ -18,13 +18,16 @@ use redirect_common::{
     addr::{Address, Ip6},
     decision::{AddrLists, Dest6, Outbound, OutboundRule, Verdict, decide_outbound, to_pod_ip},
     decision_log::DecisionRecord,
-    handover::{self, Handover, Handover6},
+    handover::{
+        node_wide::{self, Handover, Handover6},
+        per_pod,
+    },
     maps::{PodConfig, counter, pod_flags},
 };
 
 use crate::{
     fields::{read_ip6, write_ip6},
-    maps::{DECISIONS, HANDOVER, HANDOVER6, POD_CONFIG, POD_IPS, count},
+    maps::{DECISIONS, HANDOVER, HANDOVER_POD, HANDOVER_SEQ, HANDOVER6, HANDOVER6_POD, POD_CONFIG, POD_IPS, count},
     policy::MapLists,
 };
 
@@ -32,10 +35,16 @@ const IPPROTO_TCP: u32 = 6;
 /// Let the `connect()` go on (returning 0 would fail it with EPERM).
 const ALLOW: i32 = 1;
 
+// Two of each: the per-pod hand-over takes one atomic fetch-and-add, an
+// instruction kernels before 5.12 refuse wherever it stands (their
+// verifier checks every instruction's fields before it follows any
+// branch), so those kernels are given the node-wide one
+// (`redirect_common::handover`). The agent loads one of the two.
+
 #[cgroup_sock_addr(connect4)]
 pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect4(&ctx) };
+    unsafe { try_connect4::<false>(&ctx) };
     // Whatever happens, never fail the application's connect(): a pod whose
     // lists can't be read connects directly, as it would without a mesh.
     ALLOW
@@ -44,7 +53,21 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect6(&ctx) };
+    unsafe { try_connect6::<false>(&ctx) };
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn redirect_connect4_per_pod(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
+    unsafe { try_connect4::<true>(&ctx) };
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn redirect_connect6_per_pod(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
+    unsafe { try_connect6::<true>(&ctx) };
     ALLOW
 }
 
@@ -82,19 +105,93 @@ where
     (rule, port)
 }
 
+/// The pod's next connection number of one family (see
+/// `handover::per_pod`) in the per-pod programs; None in the node-wide ones.
+#[inline(always)]
+fn next_number<const PER_POD: bool>(v6: bool) -> Option<u32> {
+    if !PER_POD {
+        return None;
+    }
+    let counter = HANDOVER_SEQ.get_ptr_mut(per_pod::counter(crate::pod_id(), v6))?;
+    // SAFETY: a valid, aligned u64 of an array map, only ever accessed
+    // atomically.
+    Some(unsafe { fetch_add_one(counter) } as u32)
+}
+
+/// `*counter += 1`, atomically, returning the value before. (u64: BPF has
+/// 32-bit atomics only with ALU32; the low 32 bits are the number.)
+///
+/// # Safety
+/// `counter` is valid and aligned, and only ever accessed atomically.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn fetch_add_one(counter: *mut u64) -> u64 {
+    // core's atomics lack fetch_add on BPF (no compare-and-swap), and LLVM
+    // emits BPF_FETCH only for the v3 CPU, which the rest of the object
+    // does not need: the one instruction is written out.
+    let mut n: u64 = 1;
+    // SAFETY: the caller's.
+    unsafe {
+        core::arch::asm!("{n} = atomic_fetch_add((u64 *)({p} + 0), {n})", n = inout(reg) n, p = in(reg) counter, options(nostack));
+    }
+    n
+}
+
+/// The host build (`cargo clippy --workspace`) only type-checks this.
+#[cfg(not(target_arch = "bpf"))]
+unsafe fn fetch_add_one(counter: *mut u64) -> u64 {
+    // SAFETY: the caller's.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Leaves the original destination of an IPv4 connection for the proxy
 /// and returns the loopback address to send it to (host byte order).
 #[inline(always)]
-fn hand_over_v4(cookie: u64, conn: &Outbound<u32>) -> u32 {
+fn hand_over_v4<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<u32>) -> u32 {
+    let (pod, addr) = (crate::pod_id(), conn.dst.to_be_bytes());
+    if let Some(n) = next_number::<PER_POD>(false) {
+        if let Some(slot) = HANDOVER_POD.get_ptr_mut(per_pod::slot(pod, n)) {
+            // SAFETY: a valid array slot. One 8-byte store: getsockopt
+            // never sees half of it.
+            unsafe { core::ptr::write_volatile(slot, per_pod::Slot::new(pod, n, addr, conn.dst_port)) };
+        }
+        return per_pod::address(n);
+    }
+    let cookie = cookie(ctx);
     // The slot index is masked to the array's size: always there.
-    if let Some(slot) = HANDOVER.get_ptr_mut(handover::slot(cookie)) {
+    if let Some(slot) = HANDOVER.get_ptr_mut(node_wide::slot(cookie)) {
         // SAFETY: a valid array slot. One 8-byte store: getsockopt, or
         // another connect writing the same slot, never sees half of it.
-        unsafe {
-            core::ptr::write_volatile(slot, Handover::new(crate::pod_id(), cookie, conn.dst.to_be_bytes(), conn.dst_port));
-        }
+        unsafe { core::ptr::write_volatile(slot, Handover::new(pod, cookie, addr, conn.dst_port)) };
     }
-    handover::address(cookie)
+    node_wide::address(cookie)
+}
+
+/// [`hand_over_v4`] for an IPv6 connection.
+#[inline(always)]
+fn hand_over_v6<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<Ip6>) -> Ip6 {
+    let pod = crate::pod_id();
+    if let Some(n) = next_number::<PER_POD>(true) {
+        if let Some(slot) = HANDOVER6_POD.get_ptr_mut(per_pod::slot(pod, n)) {
+            let words = per_pod::Slot6::new(pod, n, conn.dst, conn.dst_port).0;
+            // SAFETY: a valid array slot of three u64s. Each word is one
+            // 8-byte store naming the connection: a reader meanwhile sees
+            // a mix it refuses (ENOENT), never another's destination.
+            unsafe {
+                let w = slot.cast::<u64>();
+                core::ptr::write_volatile(w, words[0]);
+                core::ptr::write_volatile(w.add(1), words[1]);
+                core::ptr::write_volatile(w.add(2), words[2]);
+            }
+        }
+        return per_pod::address6(n);
+    }
+    let cookie = cookie(ctx);
+    // Whole-entry update: a reader sees this entry or none. If it can't be
+    // written the proxy gets ENOENT and refuses the connection: redirected
+    // all the same, never around the proxy.
+    let _ = HANDOVER6.insert(&cookie, &Handover6 { addr: conn.dst, port: conn.dst_port, _pad: 0, pod }, 0);
+    node_wide::address6(cookie)
 }
 
 /// Where a connection the table left direct goes in `localProxyMode:
@@ -142,36 +239,31 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 /// passed to one log call compiled to a read of a register the verifier
 /// saw as never written on the direct path.)
 #[inline(always)]
-fn redirect_v4(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
+fn redirect_v4<const PER_POD: bool>(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
         log_v4(config, conn, None, rule);
         return pod_ip_v4(rule, conn);
     };
-    let to = hand_over_v4(cookie(ctx), conn);
+    let to = hand_over_v4::<PER_POD>(ctx, conn);
     log_v4(config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
 /// [`redirect_v4`] for an IPv6 connection.
 #[inline(always)]
-fn redirect_v6(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
+fn redirect_v6<const PER_POD: bool>(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
     let (rule, port) = decide(config, conn);
     let Some(port) = port else {
         log_v6(config, conn, None, rule);
         return pod_ip_v6(rule, conn);
     };
-    let cookie = cookie(ctx);
-    // Whole-entry update: a reader sees this entry or none. If it can't be
-    // written the proxy gets ENOENT and refuses the connection: redirected
-    // all the same, never around the proxy.
-    let _ = HANDOVER6.insert(&cookie, &Handover6 { addr: conn.dst, port: conn.dst_port, _pad: 0, pod: crate::pod_id() }, 0);
-    let to = handover::address6(cookie);
+    let to = hand_over_v6::<PER_POD>(ctx, conn);
     log_v6(config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
-unsafe fn try_connect4(ctx: &SockAddrContext) {
+unsafe fn try_connect4<const PER_POD: bool>(ctx: &SockAddrContext) {
     // A UDP socket's connect(): only the local DNS proxy's rule applies.
     if unsafe { crate::dns::redirect4(ctx) } {
         return;
@@ -181,14 +273,14 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
     // SAFETY: user_ip4/user_port are readable and writable in connect4.
     unsafe {
         let conn = Outbound { dst: u32::from_be((*sa).user_ip4), dst_port: u16::from_be((*sa).user_port as u16), uid: uid() };
-        if let Some((to, port)) = redirect_v4(ctx, &config, &conn) {
+        if let Some((to, port)) = redirect_v4::<PER_POD>(ctx, &config, &conn) {
             (*sa).user_ip4 = to.to_be();
             (*sa).user_port = u32::from(port.to_be());
         }
     }
 }
 
-unsafe fn try_connect6(ctx: &SockAddrContext) {
+unsafe fn try_connect6<const PER_POD: bool>(ctx: &SockAddrContext) {
     if unsafe { crate::dns::redirect6(ctx) } {
         return;
     }
@@ -201,11 +293,11 @@ unsafe fn try_connect6(ctx: &SockAddrContext) {
             Dest6::Mapped(v4) => {
                 count(counter::OUTBOUND_MAPPED);
                 // The mapped form keeps it an IPv4 connection.
-                redirect_v4(ctx, &config, &Outbound { dst: v4, dst_port, uid: uid() }).map(|(to, port)| (Ip6::mapped(to), port))
+                redirect_v4::<PER_POD>(ctx, &config, &Outbound { dst: v4, dst_port, uid: uid() }).map(|(to, port)| (Ip6::mapped(to), port))
             }
             Dest6::V6(addr) => {
                 count(counter::OUTBOUND_IPV6);
-                redirect_v6(ctx, &config, &Outbound { dst: addr, dst_port, uid: uid() })
+                redirect_v6::<PER_POD>(ctx, &config, &Outbound { dst: addr, dst_port, uid: uid() })
             }
         };
         if let Some((to, port)) = to {

@@ -19,6 +19,8 @@
 //!   is the fast path of local hops (fast_path.rs); attached only while a
 //!   pod needs it.
 #![no_std]
+// The one atomic fetch-and-add of the hand-over (connect.rs).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![no_main]
 
 mod connect;

@@ -7,7 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use redirect_common::{
-    handover::{Handover, Handover6},
+    handover::{
+        node_wide::{Handover, Handover6},
+        per_pod,
+    },
     maps::{ConnKey, ListenerKey, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyIface, PolicyPort, capacity, counter},
 };
 
@@ -42,13 +45,28 @@ pub static INCLUDED_CIDRS6: LpmTrie<PolicyAddr6, u8> = LpmTrie::with_max_entries
 #[map]
 pub static EXCLUDED_PORTS: HashMap<PolicyPort, u8> = HashMap::with_max_entries(capacity::PORTS, 0);
 
-/// Original destinations of redirected connections, by the slot their
-/// redirect address names (`redirect_common::handover`).
+/// Original destinations of redirected connections, by the slot their pod
+/// and their redirect address name (`redirect_common::handover::per_pod`).
+#[map]
+pub static HANDOVER_POD: Array<per_pod::Slot> = Array::with_max_entries(capacity::HANDOVER_REGIONS * capacity::HANDOVER_REGION_SLOTS, 0);
+
+/// The same for IPv6 connections.
+#[map]
+pub static HANDOVER6_POD: Array<per_pod::Slot6> = Array::with_max_entries(capacity::HANDOVER_REGIONS * capacity::HANDOVER_REGION_SLOTS, 0);
+
+/// The next connection number of each region, IPv4 then IPv6
+/// (`per_pod::counter`), taken by atomic fetch-and-add.
+#[map]
+pub static HANDOVER_SEQ: Array<u64> = Array::with_max_entries(2 * capacity::HANDOVER_REGIONS, 0);
+
+/// The node-wide form (`redirect_common::handover::node_wide`): written on
+/// kernels before 5.12, read everywhere (an earlier release's connect4
+/// wrote it until an upgrade swapped the pod's programs).
 #[map]
 pub static HANDOVER: Array<Handover> = Array::with_max_entries(capacity::HANDOVER_SLOTS, 0);
 
-/// Original destinations of redirected IPv6 connections, by the cookie
-/// their redirect address carries (`redirect_common::handover`).
+/// The node-wide form's IPv6 connections, by the cookie their redirect
+/// address carries.
 #[map]
 pub static HANDOVER6: LruHashMap<u64, Handover6> = LruHashMap::with_max_entries(capacity::HANDOVER6, 0);
 

@@ -55,10 +55,10 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         // from a local address: the outbound table has decided them. So do
         // stray segments of redirected connections already closed, sent
         // from the proxy's side: from the IPv6 hand-over prefix (routed to
-        // lo, the pod's own as 127.0.0.0/8 is) or from 127.128.0.0/10.
+        // lo, the pod's own as 127.0.0.0/8 is) or from loopback.
         let from_pod = if ipv6 {
             let remote = read_ip6(&raw const (*l).remote_ip6);
-            remote.is_loopback() || handover::cookie_of6(remote).is_some() || lists.is_local_v6(remote)
+            remote.is_loopback() || handover::in_net6(remote) || lists.is_local_v6(remote)
         } else {
             let remote = u32::from_be((*l).remote_ip4);
             remote.is_loopback() || lists.is_local_v4(remote)

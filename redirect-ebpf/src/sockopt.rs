@@ -47,13 +47,14 @@
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_get_current_uid_gid, macros::cgroup_sockopt, programs::SockoptContext};
 use redirect_common::{
     IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
-    handover::{self, Record},
-    maps::counter,
+    addr::Ip6,
+    handover::{self, Record, node_wide, per_pod},
+    maps::{Ipv4Be, counter},
 };
 
 use crate::{
     fields::read_ip6,
-    maps::{HANDOVER, HANDOVER6, POD_CONFIG, count},
+    maps::{HANDOVER, HANDOVER_POD, HANDOVER6, HANDOVER6_POD, POD_CONFIG, count},
 };
 
 /// Whether the caller may be told the original destination of `sk`'s
@@ -133,19 +134,19 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             return false;
         }
         let local_addr = u32::from_be((*sk).src_ip4);
-        let slot = handover::slot_of(local_addr);
-        if !may_answer(sk, if slot.is_some() { Record::Handover } else { Record::OwnAddress }) {
+        let sent_by_connect = is_handover_v4(local_addr);
+        if !may_answer(sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
-        let (a, port) = match slot {
-            // Sent here by connect4: the slot its address names, if it still
-            // holds this pod's connection. One 8-byte load (see handover.rs).
-            Some(slot) => match HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), local_addr)) {
-                Some(Some(orig)) => orig,
-                _ => return false,
-            },
-            None if accepted(sk) => ((*sk).src_ip4.to_ne_bytes(), local_port(sk)),
-            None => return false,
+        let (a, port) = if sent_by_connect {
+            match handed_over_v4(local_addr) {
+                Some(orig) => orig,
+                None => return false,
+            }
+        } else if accepted(sk) {
+            ((*sk).src_ip4.to_ne_bytes(), local_port(sk))
+        } else {
+            return false;
         };
         write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
     }
@@ -165,13 +166,10 @@ unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         }
         // struct sockaddr_in: the address at bytes 4..8, network order.
         let dialled = u32::from_be_bytes([*optval.add(4), *optval.add(5), *optval.add(6), *optval.add(7)]);
-        let Some(slot) = handover::slot_of(dialled) else { return false };
-        if !may_answer(sk, Record::Handover) {
+        if !is_handover_v4(dialled) || !may_answer(sk, Record::Handover) {
             return false;
         }
-        let Some(Some((a, port))) = HANDOVER.get_ptr(slot).map(|h| core::ptr::read_volatile(h).orig_for(crate::pod_id(), dialled)) else {
-            return false;
-        };
+        let Some((a, port)) = handed_over_v4(dialled) else { return false };
         write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
     }
 }
@@ -188,13 +186,55 @@ unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         // struct sockaddr_in6: the address at bytes 8..24, network order.
         let word = |i: usize| u32::from_ne_bytes([*optval.add(i), *optval.add(i + 1), *optval.add(i + 2), *optval.add(i + 3)]);
         let dialled = redirect_common::addr::Ip6([word(8), word(12), word(16), word(20)]);
-        let Some(cookie) = handover::cookie_of6(dialled) else { return false };
-        if !may_answer(sk, Record::Handover) {
+        if !handover::in_net6(dialled) || !may_answer(sk, Record::Handover) {
             return false;
         }
-        let Some((addr, port)) = HANDOVER6.get(&cookie).and_then(|h| h.orig_for(crate::pod_id())) else { return false };
+        let Some((addr, port)) = handed_over_v6(dialled) else { return false };
         write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }
+}
+
+/// Whether connect4 chose `addr` (host byte order) to hand a connection
+/// over, in either form.
+#[inline(always)]
+fn is_handover_v4(addr: u32) -> bool {
+    per_pod::slot_of(0, addr).is_some() || node_wide::slot_of(addr).is_some()
+}
+
+/// The original destination of this pod's connection that connect4 sent
+/// to `local_addr`, if its slot still holds it: one 8-byte load of the
+/// slot the address names, in the form the address is of.
+#[inline(always)]
+fn handed_over_v4(local_addr: u32) -> Option<(Ipv4Be, u16)> {
+    let pod = crate::pod_id();
+    if let Some(slot) = per_pod::slot_of(pod, local_addr) {
+        let slot = HANDOVER_POD.get_ptr(slot)?;
+        // SAFETY: a valid array slot, read whole.
+        return unsafe { core::ptr::read_volatile(slot) }.orig_for(pod, local_addr);
+    }
+    let slot = HANDOVER.get_ptr(node_wide::slot_of(local_addr)?)?;
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(slot) }.orig_for(pod, local_addr)
+}
+
+/// [`handed_over_v4`] for an IPv6 connection connect6 sent to `local`: the
+/// per-pod form's three words (each read whole, checked together), or the
+/// node-wide form's entry.
+#[inline(always)]
+fn handed_over_v6(local: Ip6) -> Option<(Ip6, u16)> {
+    let pod = crate::pod_id();
+    if let Some(n) = per_pod::number_of6(local) {
+        let slot = HANDOVER6_POD.get_ptr(per_pod::slot(pod, n))?;
+        // SAFETY: a valid array slot of three u64s.
+        let words = unsafe {
+            let w = slot.cast::<u64>();
+            [core::ptr::read_volatile(w), core::ptr::read_volatile(w.add(1)), core::ptr::read_volatile(w.add(2))]
+        };
+        return per_pod::Slot6::orig_for(words, pod, n);
+    }
+    let cookie = node_wide::cookie_of6(local)?;
+    // SAFETY: the value is copied out.
+    unsafe { HANDOVER6.get(&cookie) }.and_then(|h| h.orig_for(pod))
 }
 
 /// `struct sockaddr_in { sa_family_t; in_port_t (BE); in_addr (BE); zero[8] }`.
@@ -235,19 +275,19 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         if local.to_mapped_v4().is_some() {
             return false;
         }
-        let cookie = handover::cookie_of6(local);
-        if !may_answer(sk, if cookie.is_some() { Record::Handover } else { Record::OwnAddress }) {
+        let sent_by_connect = handover::in_net6(local);
+        if !may_answer(sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
-        let (addr, port) = match cookie {
-            // Sent here by connect6: the entry of the cookie its address
-            // carries, if it is this pod's.
-            Some(cookie) => match HANDOVER6.get(&cookie).and_then(|h| h.orig_for(crate::pod_id())) {
+        let (addr, port) = if sent_by_connect {
+            match handed_over_v6(local) {
                 Some(orig) => orig,
                 None => return false,
-            },
-            None if accepted(sk) => (local, local_port(sk)),
-            None => return false,
+            }
+        } else if accepted(sk) {
+            (local, local_port(sk))
+        } else {
+            return false;
         };
         write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }

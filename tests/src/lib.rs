@@ -75,6 +75,8 @@ pub enum Feature {
     /// The previous release's agent, which `./x test` builds from git
     /// (`xtask/src/previous.rs`).
     PreviousRelease,
+    /// Atomic fetch-and-add in BPF (Linux 5.12): the per-pod hand-over.
+    AtomicFetch,
 }
 
 impl Feature {
@@ -92,6 +94,7 @@ impl Feature {
             Feature::PreviousRelease => {
                 std::env::var_os("REDIRECT_TEST_BINS").is_some_and(|d| Path::new(&d).join("redirect-agent-previous").exists())
             }
+            Feature::AtomicFetch => redirect_agent::ebpf::features::has_atomic_fetch(),
             Feature::UnshareCgroup => {
                 Command::new("unshare").arg("--help").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--cgroup"))
             }
@@ -107,6 +110,7 @@ impl Feature {
             Feature::UnshareCgroup => "unshare --cgroup(util-linux)",
             Feature::ContainerdCri => "containerd-cri(containerd, and the pause image that ./x test builds)",
             Feature::PreviousRelease => "previous-release(the agent that ./x test builds from git)",
+            Feature::AtomicFetch => "atomic-fetch(BPF atomic fetch-and-add, 5.12: the per-pod hand-over)",
         }
     }
 }

@@ -120,7 +120,7 @@ fn diagnose_names_an_outbound_listener_bound_to_127_0_0_1_alone() {
     let mut pod = Pod::create(&node).unwrap();
     pod.stop_listeners();
     // Enough for iptables REDIRECT (to 127.0.0.1), not for the eBPF path,
-    // which sends each connection to an address of its own in 127.128.0.0/10.
+    // which sends each connection to an address of its own in 127.0.0.0/8.
     pod.start_proxy("127.0.0.1:15001", "out", PROXY_UID).unwrap();
     pod.start_inbound_proxy(15003, PROXY_UID).unwrap();
     node.enroll(&pod, &[]).unwrap();
@@ -129,7 +129,7 @@ fn diagnose_names_an_outbound_listener_bound_to_127_0_0_1_alone() {
     assert!(!ok);
     let f = failed(&checks);
     assert!(
-        f.contains(&"proxy listens on 15001: the outbound listener is bound to one address, not 0.0.0.0: redirected connections arrive at 127.128.0.0/10 and are refused".to_owned()),
+        f.contains(&"proxy listens on 15001: the outbound listener is bound to one address, not 0.0.0.0: redirected connections arrive at addresses of 127.0.0.0/8 other than 127.0.0.1 and are refused".to_owned()),
         "{f:#?}"
     );
     assert!(!f.iter().any(|c| c.starts_with("proxy listens on 15003")), "{f:#?}");

@@ -717,3 +717,48 @@ fn net_cls_coming_into_use_before_5_15_gives_every_ebpf_pod_fsm_inits_rules_too(
     assert!(ok, "{out}");
     assert!(tests::nat_chains(&pod.ns).is_empty(), "{:?}", tests::nat_chains(&pod.ns));
 }
+
+/// One pod's connects can't take another's outbound hand-overs: each pod
+/// writes its own region of `HANDOVER_POD` and `HANDOVER6_POD`, in turn.
+/// Before (and on kernels before 5.12, documented), the node had one ring
+/// of 256 Ki slots for IPv4 and one LRU of 64 Ki entries for IPv6, and a
+/// pod that connected that many times while another pod's proxy had not
+/// yet asked took its entry (ENOENT).
+#[test]
+fn a_connect_flood_from_one_pod_leaves_another_pods_outbound_hand_overs_alone() {
+    if !tests::requires(tests::Feature::NativeSpeed) || !tests::requires(tests::Feature::AtomicFetch) {
+        return;
+    }
+    let node = Node::start(NO_LISTS).unwrap();
+    // The flooder has no proxy: each connect is refused at once, after
+    // connect4/6 has redirected it and written its slot.
+    let flooder = Pod::wired(&node, true).unwrap();
+    let mut victim = Pod::wired(&node, true).unwrap();
+    victim.spawn_listener(&["proxy-asked", "[::]:15001", "out"], PROXY_UID).unwrap();
+    node.enroll(&flooder, &[]).unwrap();
+    node.enroll(&victim, &[]).unwrap();
+
+    for (dst, connects, counter) in
+        [("10.96.0.10:80", 300 * 1024u32, "outbound_redirected"), ("[fd00:96::10]:80", 100 * 1024, "outbound_ipv6")]
+    {
+        let mut asker = victim.netprobe_cmd(&["ask-when-told", dst], APP_UID);
+        let mut asker = asker.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = std::io::BufReader::new(asker.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "connected", "{dst}");
+
+        let before = node.counters(&flooder).get(counter).copied().unwrap_or(0);
+        let flood = flooder.netprobe(&["connect-flood", dst, &connects.to_string()], APP_UID);
+        assert_eq!(flood, format!("connects={connects} refused={connects}"));
+        let redirected = node.counters(&flooder).get(counter).copied().unwrap_or(0) - before;
+        assert!(redirected >= u64::from(connects), "only {redirected} of the flood's connects to {dst} were redirected");
+
+        // The victim's proxy asks only now.
+        std::io::Write::write_all(asker.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let _ = asker.wait();
+        assert_eq!(line.trim(), format!("out {dst}"), "the victim's hand-over after {connects} connects of another pod");
+    }
+}

@@ -156,7 +156,7 @@ fn the_kernels_own_original_destination_stands_where_iptables_nat_rewrote_the_co
     nat("PREROUTING -p tcp --dport 8080 -j REDIRECT --to-port 15003");
     assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:8080")), format!("in {ip}:8080"), "conntrack's answer, not the proxy's port");
     assert_eq!(Pod::dial_from(&node.ns, &format!("{ip}:9999")), format!("in {ip}:9999"), "not NATed: the socket's own address");
-    nat("OUTPUT -p tcp -d 127.128.0.0/10 -m owner --uid-owner 1500 -j REDIRECT --to-port 15003");
+    nat("OUTPUT -p tcp -d 127.0.0.0/8 -m owner --uid-owner 1500 -j REDIRECT --to-port 15003");
     assert_eq!(pod.dial(&format!("{ip}:8080"), PROXY_UID), format!("in {ip}:8080"), "a hand-over address in conntrack's answer");
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 }

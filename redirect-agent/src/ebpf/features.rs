@@ -11,6 +11,12 @@ pub fn sees_ingress_interface() -> bool {
     KernelVersion::current().is_ok_and(|k| k >= KernelVersion::new(5, 17, 0))
 }
 
+/// Whether BPF has atomic fetch-and-add (5.12), which the per-pod
+/// hand-over needs (`redirect_common::handover`).
+pub fn has_atomic_fetch() -> bool {
+    KernelVersion::current().is_ok_and(|k| k >= KernelVersion::new(5, 12, 0))
+}
+
 /// The kernel that stops sockets losing their cgroup v2 programs on hybrid
 /// hosts (commit 8520e224f547, "bpf, cgroups: Fix cgroup v2 fallback on
 /// v1/v2 mixed mode").

@@ -18,7 +18,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use redirect_common::{
-    handover::Handover6,
+    handover::node_wide::Handover6,
     maps::{
         ConnKey, List, ListenerKey, MESH_OWNER, PodConfig, PodId, PodIps, PolicyAddr, PolicyAddr6, PolicyId, PolicyIface, PolicyPort,
         capacity, counter, lpm_prefix_len, names, pod_flags, policy_id,

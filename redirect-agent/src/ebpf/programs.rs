@@ -55,7 +55,20 @@ const SOCKOPS_PROGRAM_PIN: &str = "sockops_program";
 
 /// Every program of a pod (not the fast path's sk_msg), by function name.
 pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
-    PROGRAMS.iter().map(|(_, name, t)| (*name, *t)).chain([(SOCKOPS.1, AttachType::CgroupSockOps)])
+    PROGRAMS.iter().map(|(_, name, t)| (on_this_kernel(name), *t)).chain([(SOCKOPS.1, AttachType::CgroupSockOps)])
+}
+
+/// The function this kernel runs for `name`: connect4/6 hand over per pod
+/// where BPF has atomic fetch-and-add (5.12), node-wide before, whose
+/// verifier refuses that instruction wherever it stands
+/// (`redirect_common::handover`).
+fn on_this_kernel(name: &'static str) -> &'static str {
+    static PER_POD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match name {
+        "redirect_connect4" if *PER_POD.get_or_init(super::features::has_atomic_fetch) => "redirect_connect4_per_pod",
+        "redirect_connect6" if *PER_POD.get_or_init(super::features::has_atomic_fetch) => "redirect_connect6_per_pod",
+        other => other,
+    }
 }
 
 /// Whether a pod needs sockops: to put local connections on the fast path,
@@ -172,7 +185,7 @@ pub type Tags = std::collections::BTreeMap<&'static str, u64>;
 pub fn tags(ebpf: &Ebpf) -> anyhow::Result<Tags> {
     PROGRAMS
         .iter()
-        .map(|(pin, name, _)| (*pin, *name))
+        .map(|(pin, name, _)| (*pin, on_this_kernel(name)))
         .chain([(SOCKOPS_PROGRAM_PIN, SOCKOPS.1)])
         .map(|(pin, name)| {
             let program = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
@@ -264,7 +277,7 @@ impl Prepared {
         let sockops = load_program(&mut ebpf, SOCKOPS.1, AttachType::CgroupSockOps)?;
         let mut programs = Vec::new();
         for (pin, name, attach_type) in PROGRAMS {
-            programs.push((pin, load_program(&mut ebpf, name, attach_type)?, attach_type));
+            programs.push((pin, load_program(&mut ebpf, on_this_kernel(name), attach_type)?, attach_type));
         }
         Ok(Prepared { pod, ebpf, sockops, programs })
     }

@@ -223,6 +223,8 @@ fn main() {
         ["serve", port, tag] => serve(bind_addr(port), tag, Serve::Local),
         ["proxy", port, tag] => serve(bind_addr(port), tag, Serve::Proxy),
         ["proxy-asked", port, tag] => serve(bind_addr(port), tag, Serve::ProxyWhenAsked),
+        ["ask-when-told", addr] => ask_when_told(addr.parse().unwrap()),
+        ["connect-flood", addr, n] => connect_flood(addr.parse().unwrap(), n.parse().unwrap()),
         ["ask-after-flood", victim, target, n] => ask_after_flood(victim.parse().unwrap(), target.parse().unwrap(), n.parse().unwrap()),
         ["http", port, tag] => http(bind_addr(port), tag),
         ["dial", addr, rest @ ..] => dial(addr.parse().unwrap(), rest),
@@ -367,6 +369,39 @@ fn peek(addr: SocketAddr, port: u16) -> Result<(), String> {
         Err(e) => println!("peek {via} refused {}", e.raw_os_error().unwrap_or(0)),
     }
     drop(first);
+    Ok(())
+}
+
+/// Connects to `addr`, says `connected`, and once a line comes on stdin
+/// sends `ask` and prints the answer (a `proxy-asked` listener's: where
+/// the connection was going, as `SO_ORIGINAL_DST` tells it then).
+fn ask_when_told(addr: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    println!("connected");
+    let _ = std::io::stdout().flush();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).map_err(|e| format!("stdin: {e}"))?;
+    s.write_all(b"ask\n").map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+    println!("{}", line.trim());
+    Ok(())
+}
+
+/// `n` connects to `addr`, each on a socket of its own closed at once
+/// (whatever the connect gave: refused where nothing listens). Each one
+/// that is redirected writes a hand-over slot.
+fn connect_flood(addr: SocketAddr, n: u32) -> Result<(), String> {
+    let mut refused = 0;
+    for _ in 0..n {
+        let s =
+            socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
+        if s.connect(&addr.into()).is_err() {
+            refused += 1;
+        }
+    }
+    println!("connects={n} refused={refused}");
     Ok(())
 }
 

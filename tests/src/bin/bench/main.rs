@@ -490,11 +490,20 @@ fn main() -> anyhow::Result<()> {
             let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / cap as f64);
             mem.insert(name, serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
         }
-        // The outbound hand-over: a fixed array, node-wide, however many pods
-        // and connections (redirect_common::handover).
-        {
-            let name = redirect_common::maps::names::HANDOVER;
-            let cap = redirect_common::maps::capacity::HANDOVER_SLOTS;
+        // The outbound hand-over: fixed arrays, however many pods and
+        // connections (redirect_common::handover): the per-pod ones, and
+        // the node-wide one kernels before 5.12 write.
+        for (name, cap) in [
+            (
+                redirect_common::maps::names::HANDOVER_POD,
+                redirect_common::maps::capacity::HANDOVER_REGIONS * redirect_common::maps::capacity::HANDOVER_REGION_SLOTS,
+            ),
+            (
+                redirect_common::maps::names::HANDOVER6_POD,
+                redirect_common::maps::capacity::HANDOVER_REGIONS * redirect_common::maps::capacity::HANDOVER_REGION_SLOTS,
+            ),
+            (redirect_common::maps::names::HANDOVER, redirect_common::maps::capacity::HANDOVER_SLOTS),
+        ] {
             let bytes = memlock(&node.bpffs_dir.join("maps").join(name)).unwrap_or(0);
             let _ = writeln!(md, "| {name} | {cap} | {} | {:.0} |", bytes / 1024, bytes as f64 / f64::from(cap));
             mem.insert(name.into(), serde_json::json!({"capacity": cap, "memlock_bytes": bytes}));
