@@ -13,6 +13,7 @@ use anyhow::bail;
 use redirect_cni::wire::{CniReply, CniRequest};
 use redirect_common::maps::PodId;
 
+pub use crate::ebpf::maps::MapFill;
 use crate::{
     dataplane::{Choice, Dataplane},
     pod::EnrollRequest,
@@ -153,13 +154,6 @@ pub struct UnreadablePod {
     pub id: PodId,
     pub name: String,
     pub why: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct MapFill {
-    pub map: String,
-    pub entries: usize,
-    pub capacity: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -7,8 +7,9 @@
 //! - `agent`: enrolled pods and their kernel state, one handler per
 //!   dataplane; `daemon` its event loop; `control` the typed protocol of the
 //!   socket the CLI talks to it over; `render` the CLI's tables.
-//! - `sandbox`, `demo` (feature `sandbox`): throwaway pods for the demo and
-//!   the tests; the agent a node runs is built without them.
+//! - `sandbox`, `demo`, `original_dst` (feature `sandbox`): throwaway pods
+//!   for the demo and the tests, and the proxy side of `SO_ORIGINAL_DST`
+//!   they serve with; the agent a node runs is built without them.
 
 pub mod agent;
 pub mod cgroup;
@@ -26,10 +27,10 @@ pub mod injection;
 pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;
-pub mod listener;
 pub mod lists;
 pub mod metrics;
 pub mod netns;
+#[cfg(feature = "sandbox")]
 pub mod original_dst;
 pub mod pod;
 pub mod render;

@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
 mod listening;
-pub use listening::{Listening, listening};
+pub use listening::{Listening, duplicate as duplicate_listeners, listening};
 
 /// Opens `path` and checks that it is a network namespace.
 pub fn open(path: &Path) -> anyhow::Result<File> {

@@ -18,7 +18,7 @@ use crate::{
     config::{LocalProxyMode, MeshConfig},
     dataplane::Dataplane,
     ebpf::{
-        decisions::DecisionLog,
+        decision_log::DecisionLog,
         entries::PodEntries,
         features,
         maps::{Listeners, SharedMaps},
@@ -130,7 +130,7 @@ impl EbpfPods {
     /// port (found by the agent, not by sockops). Returns what is registered.
     fn register_running_listener(&mut self, id: PodId, netns: &Path, cgroup: &Path, port: u16) -> anyhow::Result<Listeners> {
         use std::os::fd::AsFd as _;
-        for (v6, socket) in crate::listener::find(netns, cgroup, port)? {
+        for (v6, socket) in crate::netns::duplicate_listeners(netns, cgroup, port)? {
             self.maps.set_listener(id, v6, socket.as_fd())?;
         }
         Ok(self.maps.listeners(id))

@@ -26,7 +26,7 @@ use redirect_common::{
 };
 
 use super::entries::{Entry, SlotEntries, ip6};
-use crate::{control::MapFill, settings::ProxySettings};
+use crate::settings::ProxySettings;
 
 /// Which of a pod's inbound listening sockets the kernel knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -568,6 +568,14 @@ pub const FILLABLE: [(&str, u32); 14] = [
     (names::FAST_PATH_STATE, capacity::FAST_PATH_DECISIONS),
     (names::POD_IPS, capacity::PODS),
 ];
+
+/// How full one kernel map is (`status`, the metrics).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
 
 /// Entries in use of each of the [`FILLABLE`] maps, read from their pins,
 /// so that the metrics' thread reads them as `status` does, without the

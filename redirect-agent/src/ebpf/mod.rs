@@ -1,9 +1,9 @@
 //! The eBPF dataplane: the embedded object, what the kernel can do
 //! (`features`, `probe`), where its state is pinned (`pins`), how a pod's programs are
 //! attached (`programs`, `link`; verified ahead of need: `prewarm`), a policy in map terms (`entries`)
-//! written to the maps (`maps`), and the decision log (`decisions`).
+//! written to the maps (`maps`), and the decision log (`decision_log`).
 
-pub mod decisions;
+pub mod decision_log;
 pub mod entries;
 pub mod features;
 pub mod link;
