@@ -3,23 +3,20 @@
 //! line, each request with its own typed [`Reply`], and the types those
 //! carry. [`Client`] is the CLI's (and the demo's) side of it.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use redirect_cni::wire::{CniReply, CniRequest};
 use redirect_common::maps::PodId;
 
-pub use crate::ebpf::maps::MapFill;
-use crate::{
-    dataplane::{Choice, Dataplane},
-    pod::EnrollRequest,
-    settings::ProxySettings,
-    state::State,
+// The types the replies carry live with what makes them; the protocol
+// carries them as they are.
+pub use crate::{
+    agent::status::{Degraded, PodStatus, Status, UnreadablePod},
+    diagnostics::{Check, Decision, Explanation, Query},
+    ebpf::maps::MapFill,
 };
+use crate::{dataplane::Dataplane, pod::EnrollRequest, state::State};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
@@ -77,146 +74,6 @@ pub enum Reply {
 
 /// The reply, or why the request failed.
 pub type Response = redirect_cni::wire::Response<Reply>;
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct PodStatus {
-    pub id: PodId,
-    pub name: String,
-    pub dataplane: Dataplane,
-    pub netns: PathBuf,
-    pub cgroup: Option<PathBuf>,
-    pub attached: bool,
-    /// Whether the pod's sockops program is attached right now (only while
-    /// it needs it: see `programs::sockops_needed`).
-    pub sockops: bool,
-    /// Whether the pod's IPv6 is intercepted (its `--ipv6`, resolved).
-    #[serde(default)]
-    pub ipv6: bool,
-    pub local_addrs: Vec<String>,
-    pub excluded_cidrs: usize,
-    pub included_cidrs: usize,
-    pub excluded_ports: usize,
-    /// Kernel event counters by name (eBPF pods).
-    pub counters: BTreeMap<String, u64>,
-    /// Why its last install failed, while it keeps what the kernel held
-    /// before and is retried at each refresh.
-    #[serde(default)]
-    pub degraded: Option<String>,
-    /// Its processes ran before the agent enrolled it (found by
-    /// reconciling): connections they opened before are not intercepted.
-    #[serde(default)]
-    pub started_unintercepted: bool,
-}
-
-/// A pod whose install failed: it keeps its previous state, retried.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Degraded {
-    pub pod: String,
-    pub why: String,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub mesh_config: Option<PathBuf>,
-    pub settings: ProxySettings,
-    pub dataplane: Choice,
-    pub ebpf_unavailable: Option<String>,
-    pub pods: Vec<PodStatus>,
-    /// Pods removed since the agent started because their netns was gone.
-    #[serde(default)]
-    pub removed_netns_gone: u64,
-    /// The pod ids whose programs are verified ahead of their enrolment
-    /// (`ebpf::prewarm`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prewarmed: Vec<PodId>,
-    /// Why eBPF pods' sockets may no longer meet their programs (net_cls or
-    /// net_prio in use on a kernel before 5.15): they have fsm-init's rules
-    /// too, as a backstop.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup_sockets_unreliable: Option<String>,
-    /// Where the MeshConfig in force came from.
-    #[serde(default)]
-    pub mesh_source: Option<crate::config::source::MeshSource>,
-    /// Fill levels of the kernel maps.
-    pub maps: Vec<MapFill>,
-    /// Pods recorded in a form this agent can't read (a newer agent's):
-    /// left as they are in the kernel and in the state file.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unreadable_pods: Vec<UnreadablePod>,
-    /// What else of the state file could not be read.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub state_problems: Vec<String>,
-}
-
-/// A recorded pod the agent can't read, and why.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct UnreadablePod {
-    pub id: PodId,
-    pub name: String,
-    pub why: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "direction")]
-pub enum Query {
-    /// A process of the pod with `uid` connects to `to` (IPv4, IPv6, or
-    /// IPv4-mapped: an IPv4 connection).
-    Outbound { to: SocketAddr, uid: u32 },
-    /// A connection from elsewhere to the pod's `port`, arriving on `iface`,
-    /// over IPv6 or IPv4.
-    Inbound {
-        port: u16,
-        iface: Option<String>,
-        #[serde(default)]
-        ipv6: bool,
-    },
-    /// A process of the pod sends UDP to `to` (the local DNS proxy's rule).
-    Udp { to: SocketAddr },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Decision {
-    /// `redirect-outbound`, `redirect-inbound`, `redirect-dns-proxy` or
-    /// `direct`.
-    pub verdict: String,
-    /// The row of the table that decided (outbound 1-10, inbound 1-4).
-    pub rule: u8,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Explanation {
-    pub pod: String,
-    pub dataplane: Dataplane,
-    pub query: Query,
-    /// From the configured lists.
-    pub config: Decision,
-    /// The list entry that matched, with where it came from.
-    pub matched: Option<String>,
-    /// How the destination was read (an IPv4-mapped address is IPv4).
-    pub note: Option<String>,
-    /// From the kernel's maps (eBPF pods).
-    pub kernel: Option<Decision>,
-    pub agrees: bool,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Check {
-    pub pod: String,
-    pub check: String,
-    pub pass: bool,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn pass(pod: &str, check: &str, detail: String) -> Self {
-        Check { pod: pod.into(), check: check.into(), pass: true, detail, fix: None }
-    }
-    pub fn fail(pod: &str, check: &str, detail: String, fix: &str) -> Self {
-        Check { pod: pod.into(), check: check.into(), pass: false, detail, fix: Some(fix.into()) }
-    }
-}
 
 /// The CLI's side of the control socket: one connection per request.
 pub struct Client {

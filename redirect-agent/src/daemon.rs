@@ -137,7 +137,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     let mut agent = Agent::start(opts)?;
     let (pods_changed, mut mesh_config) = match watches {
         Some(Watches { pods: _, pods_changed, mesh_config, client }) => {
-            agent.repair = crate::repair::Repairer::new(daemon.repair, client);
+            agent.set_repair(crate::repair::Repairer::new(daemon.repair, client));
             (Some(pods_changed), Some(mesh_config))
         }
         None => (None, None),
@@ -171,9 +171,9 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
         }
     });
     // Only readiness is awaited here; reading goes through the decision log.
-    let logs = match &agent.ebpf {
-        Some(ebpf) => {
-            let fd = ebpf.decisions.as_fd().try_clone_to_owned()?;
+    let logs = match agent.decision_log() {
+        Some(log) => {
+            let fd = log.as_fd().try_clone_to_owned()?;
             // SAFETY: `fd` is our own descriptor, owned by the AsyncFd.
             Some(
                 unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
@@ -220,8 +220,8 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
             }
             guard = readable(&logs) => {
                 let mut guard = guard?;
-                if let Some(ebpf) = &mut agent.ebpf {
-                    ebpf.decisions.print_pending();
+                if let Some(log) = agent.decision_log() {
+                    log.print_pending();
                 }
                 guard.clear_ready();
             }
@@ -375,8 +375,8 @@ fn handle(agent: &mut Agent, request: Request) -> Response {
         }),
         Request::Status => Ok(Reply::Status(Box::new(agent.status()))),
         Request::Reload { path } => agent.reload(path).map(|degraded| Reply::Reloaded { degraded }),
-        Request::Explain { pod, query } => agent.explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
-        Request::Diagnose { pod } => agent.diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
+        Request::Explain { pod, query } => agent.view().explain(&pod, query).map(|e| Reply::Explanation(Box::new(e))),
+        Request::Diagnose { pod } => agent.view().diagnose(pod.as_deref()).map(|checks| Reply::Checks { checks }),
         Request::Cni(CniRequest::CniAdd { add }) => agent.cni_add(add).map(|added| Reply::Cni(CniReply::CniAdded(added))),
         Request::Cni(CniRequest::CniDel { container_id }) => {
             agent.cni_del(&container_id).map(|removed| Reply::Cni(CniReply::CniDeleted { removed }))

@@ -6,7 +6,10 @@
 //! came from) and on what the kernel's maps hold right now, and says when
 //! the two disagree.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use anyhow::{Context as _, anyhow};
 use redirect_common::{
@@ -17,19 +20,84 @@ use redirect_common::{
 };
 
 use crate::{
-    agent::Agent,
-    config::{PodPolicy, Source, source::MeshSource},
-    control::{Check, Decision, Explanation, Query},
+    config::{MeshConfig, PodPolicy, Source, source::MeshSource},
     dataplane::Dataplane,
     ebpf::{
         entries::{PodEntries, SlotEntries},
         maps::SharedMaps,
+        pins::Pins,
     },
     iptables::{self, Family as IptFamily, PodIp},
     lists::PolicyLists,
     netns::{self, PodNet},
     pod::Pod,
+    state::State,
 };
+
+// What `explain` and `diagnose` answer (the control protocol carries
+// these as they are).
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "direction")]
+pub enum Query {
+    /// A process of the pod with `uid` connects to `to` (IPv4, IPv6, or
+    /// IPv4-mapped: an IPv4 connection).
+    Outbound { to: SocketAddr, uid: u32 },
+    /// A connection from elsewhere to the pod's `port`, arriving on `iface`,
+    /// over IPv6 or IPv4.
+    Inbound {
+        port: u16,
+        iface: Option<String>,
+        #[serde(default)]
+        ipv6: bool,
+    },
+    /// A process of the pod sends UDP to `to` (the local DNS proxy's rule).
+    Udp { to: SocketAddr },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// `redirect-outbound`, `redirect-inbound`, `redirect-dns-proxy` or
+    /// `direct`.
+    pub verdict: String,
+    /// The row of the table that decided (outbound 1-10, inbound 1-4).
+    pub rule: u8,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    pub pod: String,
+    pub dataplane: Dataplane,
+    pub query: Query,
+    /// From the configured lists.
+    pub config: Decision,
+    /// The list entry that matched, with where it came from.
+    pub matched: Option<String>,
+    /// How the destination was read (an IPv4-mapped address is IPv4).
+    pub note: Option<String>,
+    /// From the kernel's maps (eBPF pods).
+    pub kernel: Option<Decision>,
+    pub agrees: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Check {
+    pub pod: String,
+    pub check: String,
+    pub pass: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(pod: &str, check: &str, detail: String) -> Self {
+        Check { pod: pod.into(), check: check.into(), pass: true, detail, fix: None }
+    }
+    pub fn fail(pod: &str, check: &str, detail: String, fix: &str) -> Self {
+        Check { pod: pod.into(), check: check.into(), pass: false, detail, fix: Some(fix.into()) }
+    }
+}
 
 fn verdict_name(v: Verdict) -> &'static str {
     match v {
@@ -169,7 +237,35 @@ fn matched_entry(policy: &PodPolicy, net: &PodNet, query: &Query, rule: &Decisio
     }
 }
 
-impl Agent {
+/// What `explain` and `diagnose` read of the agent, handed out by it
+/// (`Agent::view`): its record, the MeshConfig, the kernel's pins and maps,
+/// and what it knows of the node. Read-only: diagnostics never reach into
+/// the agent.
+pub struct AgentView<'a> {
+    pub state: &'a State,
+    pub mesh: &'a MeshConfig,
+    /// The eBPF dataplane's, where it runs.
+    pub kernel: Option<Kernel<'a>>,
+    /// Pods whose last install failed, with why.
+    pub degraded: &'a BTreeMap<PodId, String>,
+    pub ebpf_unavailable: &'a Option<String>,
+    pub cgroup_sockets_unreliable: &'a Option<String>,
+    pub mesh_source: &'a MeshSource,
+    pub mesh_object: &'a Option<String>,
+    pub cni_chained: &'a Option<Result<(), String>>,
+}
+
+/// The eBPF dataplane's state: where it is pinned, and its maps.
+pub struct Kernel<'a> {
+    pub pins: &'a Pins,
+    pub maps: &'a SharedMaps,
+}
+
+impl AgentView<'_> {
+    fn policy(&self, pod: &Pod) -> PodPolicy {
+        PodPolicy::merge(self.mesh, &pod.lists)
+    }
+
     fn pod(&self, name: &str) -> anyhow::Result<(PodId, &Pod)> {
         let id = self.state.pod_id(name).ok_or_else(|| {
             let known: Vec<&str> = self.state.pods.values().map(|p| p.name.as_str()).collect();
@@ -195,10 +291,10 @@ impl Agent {
             Query::Inbound { port, iface, ipv6 } => inbound_decision(decide_inbound(&inbound(*port, iface, *ipv6)?, &lists)),
             Query::Udp { to } => udp_decision(to, self.mesh.local_dns_proxy),
         };
-        let kernel = match (pod.dataplane, &self.ebpf) {
+        let kernel = match (pod.dataplane, &self.kernel) {
             (Dataplane::Ebpf, Some(ebpf)) => {
                 let kernel_config = ebpf.maps.pod_config(id).ok_or_else(|| anyhow!("pod {name}: no POD_CONFIG entry in the kernel"))?;
-                let k = KernelLists { maps: &ebpf.maps, config: kernel_config };
+                let k = KernelLists { maps: ebpf.maps, config: kernel_config };
                 Some(match &query {
                     Query::Outbound { to, uid } => outbound_decision(decide_connect(*to, *uid, &k)),
                     Query::Inbound { .. } if kernel_config.flags & pod_flags::INBOUND == 0 => {
@@ -328,13 +424,13 @@ impl Agent {
                 (false, _) => "off (--ipv6 auto: the pod has no global IPv6 address)".into(),
             },
         ));
-        match (spec.dataplane, &self.ebpf) {
+        match (spec.dataplane, &self.kernel) {
             (Dataplane::Iptables, _) => out.push(check_iptables(pod, spec, &policy, &net, &settings, ipv6)),
             (Dataplane::Ebpf, Some(ebpf)) => {
-                let mut missing: Vec<String> = crate::ebpf::programs::missing(&ebpf.pins, id).iter().map(|p| p.to_string()).collect();
+                let mut missing: Vec<String> = crate::ebpf::programs::missing(ebpf.pins, id).iter().map(|p| p.to_string()).collect();
                 if let Ok(cg) = spec.cgroup_path() {
                     missing.extend(
-                        crate::ebpf::programs::misplaced(&ebpf.pins, id, &cg, &spec.netns)
+                        crate::ebpf::programs::misplaced(ebpf.pins, id, &cg, &spec.netns)
                             .iter()
                             .map(|p| format!("{p} (on a cgroup or netns that is gone)")),
                     );
@@ -353,7 +449,7 @@ impl Agent {
                         "the agent re-attaches missing programs within its refresh interval; or `redirect-agent reload`",
                     )
                 });
-                out.push(check_maps(pod, id, &ebpf.maps, &policy, &self.mesh, &spec.lists, &net, &settings, ipv6));
+                out.push(check_maps(pod, id, ebpf.maps, &policy, self.mesh, &spec.lists, &net, &settings, ipv6));
                 out.push(check_outsiders(pod, spec));
                 if ipv6 {
                     out.push(if net.handover_route {
@@ -372,7 +468,7 @@ impl Agent {
                 }
                 let listeners = ebpf.maps.listeners(id);
                 let needed = crate::ebpf::programs::sockops_needed(settings.fast_path, settings.inbound, listeners.serve(ipv6));
-                let attached = crate::ebpf::programs::has_sockops(&ebpf.pins, id);
+                let attached = crate::ebpf::programs::has_sockops(ebpf.pins, id);
                 let why = match (settings.fast_path, needed) {
                     (true, _) => "needed by the fast path",
                     (false, true) => "needed until the proxy's inbound listeners register",
@@ -426,17 +522,6 @@ impl Agent {
             out.push(check_listening(pod, port, what, ebpf_pod, ipv6, netns::listening(&spec.netns, port)));
         }
         out
-    }
-
-    /// What the metrics endpoint needs of the agent (`crate::metrics`).
-    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
-        crate::metrics::Snapshot {
-            pods: self.state.pods.iter().map(|(id, p)| (*id, p.name.clone(), p.dataplane)).collect(),
-            degraded: self.degraded.len(),
-            removed_gone: self.removed_gone,
-            refused_over_limit: self.refused_over_limit,
-            ebpf: self.ebpf.is_some(),
-        }
     }
 }
 

@@ -33,21 +33,21 @@ use crate::{
 
 /// The eBPF dataplane's user-space half, when the kernel can run it.
 pub struct EbpfPods {
-    pub(crate) pins: Pins,
-    pub(crate) maps: SharedMaps,
+    pub(super) pins: Pins,
+    pub(super) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
-    pub decisions: DecisionLog,
+    pub(super) decisions: DecisionLog,
     /// Shared maps were replaced at start (their layout changed), or an
     /// older agent's maps removed: every pod's programs still use the old
     /// ones until attached again.
-    pub(crate) reattach_all: bool,
+    pub(super) reattach_all: bool,
     /// Pods whose links still run other programs than this agent's: given
     /// these at their next install, once their entries are written.
-    pub(crate) reattach_pending: std::collections::BTreeSet<PodId>,
+    pub(super) reattach_pending: std::collections::BTreeSet<PodId>,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: HashSet<PodId>,
     /// Instances for the next enrolments, verified ahead.
-    pub(crate) prewarm: Prewarm,
+    pub(super) prewarm: Prewarm,
 }
 
 impl EbpfPods {

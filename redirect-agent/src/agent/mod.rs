@@ -13,6 +13,7 @@ pub mod ebpf_pods;
 pub mod fsm_init_pods;
 pub mod handler;
 pub mod iptables_pods;
+pub mod status;
 
 use std::{
     collections::BTreeMap,
@@ -27,13 +28,14 @@ use self::{
     fsm_init_pods::FsmInitPods,
     handler::{Install, PodHandler},
     iptables_pods::IptablesPods,
+    status::{Degraded, PodStatus, Status, UnreadablePod},
 };
 use crate::{
     cgroup,
     cni::{install::Chained, pods::PodSource},
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations, source::MeshSource},
-    control::{Degraded, PodStatus, Status, UnreadablePod},
     dataplane::{Choice, Dataplane},
+    diagnostics::{AgentView, Kernel},
     ebpf::{entries::SlotEntries, pins::Pins},
     injection::{FsmInit, Serving},
     netns,
@@ -65,10 +67,10 @@ pub struct AgentOptions {
 }
 
 pub struct Agent {
-    pub(crate) state_dir: PathBuf,
-    pub(crate) bpffs_dir: PathBuf,
-    pub(crate) state: State,
-    pub(crate) mesh: MeshConfig,
+    state_dir: PathBuf,
+    bpffs_dir: PathBuf,
+    state: State,
+    mesh: MeshConfig,
     /// The MeshConfig file's mtime when it was last applied.
     mesh_mtime: Option<std::time::SystemTime>,
     /// The mtime of a file version that was refused, so that it is logged
@@ -77,39 +79,39 @@ pub struct Agent {
     /// Pods whose last install failed, with why: they keep what the kernel
     /// held before (pins, previous lists) and are tried again at each
     /// refresh. Never dropped for it.
-    pub(crate) degraded: BTreeMap<PodId, String>,
+    degraded: BTreeMap<PodId, String>,
     /// Pods removed because their netns was gone (a pod deleted without
     /// `remove`: a crashed kubelet, a missed CNI DEL).
-    pub(crate) removed_gone: u64,
+    removed_gone: u64,
     /// Enrolments refused for annotations over the per-pod limit.
-    pub(crate) refused_over_limit: u64,
-    pub(crate) choice: Choice,
+    refused_over_limit: u64,
+    choice: Choice,
     /// Why eBPF can't serve pods here, if it can't.
-    pub(crate) ebpf_unavailable: Option<String>,
+    ebpf_unavailable: Option<String>,
     /// Why sockets may have stopped meeting their pod's cgroup v2 programs
     /// since the agent started (`features::cgroup_sockets_reliable`, looked
     /// at each refresh): eBPF pods then get fsm-init's rules too, as a
     /// backstop, until the agent restarts (the kernel's switch stays off
     /// until a reboot).
-    pub(crate) cgroup_sockets_unreliable: Option<String>,
-    pub ebpf: Option<EbpfPods>,
-    pub(crate) iptables: IptablesPods,
-    pub(crate) fsm_init: FsmInitPods,
-    pub(crate) pods: PodSource,
+    cgroup_sockets_unreliable: Option<String>,
+    ebpf: Option<EbpfPods>,
+    iptables: IptablesPods,
+    fsm_init: FsmInitPods,
+    pods: PodSource,
     /// Where the MeshConfig in force came from; meshed pods are enrolled
     /// only while it is known (`config::source` decides).
-    pub(crate) mesh_source: MeshSource,
+    mesh_source: MeshSource,
     /// The API's MeshConfig (`namespace/name`), with the API.
-    pub(crate) mesh_object: Option<String>,
+    mesh_object: Option<String>,
     /// How the last check of the CNI plugin's entry went (with
     /// `--cni-conf-dir`).
-    pub(crate) cni_chained: Option<Result<(), String>>,
+    cni_chained: Option<Result<(), String>>,
     /// Meshed pods that reconciling could not enroll, by UID, with why
     /// (logged when it changes).
-    pub(crate) unadoptable: BTreeMap<String, String>,
+    unadoptable: BTreeMap<String, String>,
     /// What becomes of meshed pods that started around the plugin, beyond
     /// their enrolment in place (`run --repair`, with the API).
-    pub(crate) repair: Option<crate::repair::Repairer>,
+    repair: Option<crate::repair::Repairer>,
     kubelet_cgroup_root: String,
 }
 
@@ -418,9 +420,42 @@ impl Agent {
         })
     }
 
-    /// The pod's effective lists: the MeshConfig's and its annotations'.
-    pub(crate) fn policy(&self, pod: &Pod) -> PodPolicy {
-        PodPolicy::merge(&self.mesh, &pod.lists)
+    /// Sets what becomes of meshed pods that started around the plugin
+    /// (`run --repair`, with the API's client).
+    pub fn set_repair(&mut self, repair: Option<crate::repair::Repairer>) {
+        self.repair = repair;
+    }
+
+    /// The eBPF dataplane's decision log, where it runs (the daemon
+    /// prints its records as they come).
+    pub fn decision_log(&mut self) -> Option<&mut crate::ebpf::decision_log::DecisionLog> {
+        self.ebpf.as_mut().map(|e| &mut e.decisions)
+    }
+
+    /// What `explain` and `diagnose` read (`crate::diagnostics`).
+    pub fn view(&self) -> AgentView<'_> {
+        AgentView {
+            state: &self.state,
+            mesh: &self.mesh,
+            kernel: self.ebpf.as_ref().map(|e| Kernel { pins: &e.pins, maps: &e.maps }),
+            degraded: &self.degraded,
+            ebpf_unavailable: &self.ebpf_unavailable,
+            cgroup_sockets_unreliable: &self.cgroup_sockets_unreliable,
+            mesh_source: &self.mesh_source,
+            mesh_object: &self.mesh_object,
+            cni_chained: &self.cni_chained,
+        }
+    }
+
+    /// What the metrics endpoint needs of the agent (`crate::metrics`).
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            pods: self.state.pods.iter().map(|(id, p)| (*id, p.name.clone(), p.dataplane)).collect(),
+            degraded: self.degraded.len(),
+            removed_gone: self.removed_gone,
+            refused_over_limit: self.refused_over_limit,
+            ebpf: self.ebpf.is_some(),
+        }
     }
 
     /// Writes the MeshConfig's lists into their shared slot if they changed:
