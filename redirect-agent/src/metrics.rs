@@ -8,9 +8,14 @@
 //! it is accepted: a thousand idle connections hold a few dozen of the
 //! agent's file descriptors for seconds, not a thousand for good.
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use redirect_common::maps::{PodId, counter, names};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -128,66 +133,96 @@ async fn answer(mut stream: tokio::net::TcpStream, pins: &Pins, snapshot: &watch
         ("404 Not Found", String::new())
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(response.as_bytes())).await;
 }
 
-/// The Prometheus text: the counters per pod and the maps' fill levels,
-/// read from the pins now, and the snapshot's totals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    pod: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataplaneLabels {
+    dataplane: &'static str,
+}
+
+/// A gauge set to `value` (the registry is made for one scrape).
+fn gauge_at(value: u64) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    g
+}
+
+/// A counter at `value`: the kernel's and the agent's counts, read now.
+fn counter_at(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+/// The metrics in OpenMetrics text (`prometheus-client`, which Prometheus
+/// scrapes as it scrapes its own text format): the counters per pod and
+/// the maps' fill levels, read from the pins now, and the snapshot's
+/// totals. A registry per scrape: every value is read fresh, nothing is
+/// kept between scrapes.
 pub fn render(s: &Snapshot, pins: &Pins) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "# HELP fsm_redirect_events_total Interception decisions and answers, per pod, from the kernel.");
-    let _ = writeln!(o, "# TYPE fsm_redirect_events_total counter");
+    let mut registry = Registry::default();
     if s.ebpf {
+        let events = Family::<EventLabels, Counter>::default();
         match counters(pins) {
             Ok(read) => {
                 for (id, name, _) in s.pods.iter().filter(|(_, _, d)| *d == Dataplane::Ebpf) {
                     for slot in 0..counter::SLOTS {
                         if let Some(event) = counter::name(slot) {
-                            let _ =
-                                writeln!(o, "fsm_redirect_events_total{{pod=\"{}\",event=\"{event}\"}} {}", escape(name), read(*id, slot));
+                            events.get_or_create(&EventLabels { pod: name.clone(), event }).inc_by(read(*id, slot));
                         }
                     }
                 }
             }
             Err(e) => log::warn!("metrics: reading the counters: {e:#}"),
         }
-        let _ = writeln!(o, "# HELP fsm_redirect_map_entries Entries in use per kernel map.");
-        let _ = writeln!(o, "# TYPE fsm_redirect_map_entries gauge");
+        registry.register("fsm_redirect_events", "Interception decisions and answers, per pod, from the kernel", events);
+        let entries = Family::<MapLabels, Gauge>::default();
         for m in fill(pins) {
-            let _ = writeln!(o, "fsm_redirect_map_entries{{map=\"{}\"}} {}", m.map, m.entries);
+            entries.get_or_create(&MapLabels { map: m.map }).set(i64::try_from(m.entries).unwrap_or(i64::MAX));
         }
-        let _ = writeln!(o, "# HELP fsm_redirect_map_capacity Capacity per kernel map.");
-        let _ = writeln!(o, "# TYPE fsm_redirect_map_capacity gauge");
-        for (map, capacity) in FILLABLE {
-            let _ = writeln!(o, "fsm_redirect_map_capacity{{map=\"{map}\"}} {capacity}");
+        registry.register("fsm_redirect_map_entries", "Entries in use per kernel map", entries);
+        let capacity = Family::<MapLabels, Gauge>::default();
+        for (map, cap) in FILLABLE {
+            capacity.get_or_create(&MapLabels { map: map.into() }).set(i64::from(cap));
         }
+        registry.register("fsm_redirect_map_capacity", "Capacity per kernel map", capacity);
     }
-    let _ = writeln!(o, "# HELP fsm_redirect_pods_degraded Pods whose last install failed (previous state kept, retried).");
-    let _ = writeln!(o, "# TYPE fsm_redirect_pods_degraded gauge");
-    let _ = writeln!(o, "fsm_redirect_pods_degraded {}", s.degraded);
-    let _ = writeln!(o, "# HELP fsm_redirect_pods_removed_netns_gone_total Pods removed because their netns was gone.");
-    let _ = writeln!(o, "# TYPE fsm_redirect_pods_removed_netns_gone_total counter");
-    let _ = writeln!(o, "fsm_redirect_pods_removed_netns_gone_total {}", s.removed_gone);
-    let _ = writeln!(
-        o,
-        "# HELP fsm_redirect_enrolments_refused_over_limit_total Enrolments refused for annotations over --max-annotation-entries."
+    registry.register(
+        "fsm_redirect_pods_degraded",
+        "Pods whose last install failed (previous state kept, retried)",
+        gauge_at(s.degraded as u64),
     );
-    let _ = writeln!(o, "# TYPE fsm_redirect_enrolments_refused_over_limit_total counter");
-    let _ = writeln!(o, "fsm_redirect_enrolments_refused_over_limit_total {}", s.refused_over_limit);
-    let _ = writeln!(o, "# HELP fsm_redirect_pods Enrolled pods per dataplane.");
-    let _ = writeln!(o, "# TYPE fsm_redirect_pods gauge");
+    registry.register("fsm_redirect_pods_removed_netns_gone", "Pods removed because their netns was gone", counter_at(s.removed_gone));
+    registry.register(
+        "fsm_redirect_enrolments_refused_over_limit",
+        "Enrolments refused for annotations over --max-annotation-entries",
+        counter_at(s.refused_over_limit),
+    );
+    let pods = Family::<DataplaneLabels, Gauge>::default();
     for dp in Dataplane::ALL {
         let n = s.pods.iter().filter(|(_, _, d)| *d == dp).count();
-        let _ = writeln!(o, "fsm_redirect_pods{{dataplane=\"{}\"}} {n}", dp.name());
+        pods.get_or_create(&DataplaneLabels { dataplane: dp.name() }).set(n as i64);
     }
-    o
-}
-
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    registry.register("fsm_redirect_pods", "Enrolled pods per dataplane", pods);
+    let mut text = String::new();
+    // Writing into a String can't fail.
+    let _ = encode(&mut text, &registry);
+    text
 }
 
 /// The pinned per-CPU `COUNTERS`, as a reader of (pod, slot) summed over
