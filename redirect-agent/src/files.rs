@@ -11,7 +11,7 @@ use anyhow::Context as _;
 /// Replaces `path` with `bytes` in one rename. The temporary name starts
 /// with a dot and has no `.conf`, `.conflist` or `.json` ending, so that a
 /// CNI runtime listing the directory meanwhile passes it by.
-pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     replace_with(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display())))
 }
 
@@ -19,7 +19,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// temporary path it is given (`std::fs::copy`, say, which keeps the
 /// source's permissions, as a binary needs). On failure the temporary is
 /// removed and `path` is left as it was.
-pub fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     replace_checked(path, make, || Ok(()))
 }
 
@@ -27,7 +27,7 @@ pub fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>)
 /// to go on (it fails when what the new file was made from changed
 /// meanwhile: another writer's new version must not be replaced by one
 /// made from its old one).
-pub fn replace_checked(
+pub(crate) fn replace_checked(
     path: &Path,
     make: impl FnOnce(&Path) -> anyhow::Result<()>,
     still: impl FnOnce() -> anyhow::Result<()>,

@@ -20,15 +20,15 @@ pub mod daemon;
 pub mod dataplane;
 #[cfg(feature = "sandbox")]
 pub mod demo;
-pub mod diagnostics;
+mod diagnostics;
 pub mod ebpf;
-pub mod files;
+mod files;
 pub mod injection;
 pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;
-pub mod lists;
-pub mod metrics;
+mod lists;
+mod metrics;
 pub mod netns;
 #[cfg(feature = "sandbox")]
 pub mod original_dst;

@@ -14,7 +14,7 @@ use crate::{
     netns::PodNet,
 };
 
-pub struct PolicyLists<'a> {
+pub(crate) struct PolicyLists<'a> {
     pub policy: &'a PodPolicy,
     pub net: &'a PodNet,
     pub proxy_uid: u32,

@@ -31,9 +31,9 @@ use crate::{
 };
 
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the metrics need of the agent, handed over by its loop whenever it
 /// changes.
@@ -51,7 +51,7 @@ pub struct Snapshot {
 /// Binds `addr` and serves it from a thread of its own. The bind is tried
 /// again every few seconds while it fails (a port another process holds):
 /// the agent goes on serving pods meanwhile, never exits for it.
-pub fn spawn(addr: SocketAddr, pins: Pins, snapshot: watch::Receiver<Arc<Snapshot>>) -> anyhow::Result<()> {
+pub(crate) fn spawn(addr: SocketAddr, pins: Pins, snapshot: watch::Receiver<Arc<Snapshot>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the metrics thread's runtime")?;
     std::thread::Builder::new()
         .name("metrics".into())
@@ -174,7 +174,7 @@ fn counter_at(value: u64) -> Counter {
 /// the maps' fill levels, read from the pins now, and the snapshot's
 /// totals. A registry per scrape: every value is read fresh, nothing is
 /// kept between scrapes.
-pub fn render(s: &Snapshot, pins: &Pins) -> String {
+pub(crate) fn render(s: &Snapshot, pins: &Pins) -> String {
     let mut registry = Registry::default();
     if s.ebpf {
         let events = Family::<EventLabels, Counter>::default();

@@ -12,7 +12,7 @@ use redirect_cni::spec::{self, Command, Env, NetConf, SUPPORTED_VERSIONS, code};
 use support::arbitrary_json::json_value;
 
 mod support {
-    pub mod arbitrary_json;
+    pub(crate) mod arbitrary_json;
 }
 
 /// The environment of an ADD with `args` as `CNI_ARGS`.

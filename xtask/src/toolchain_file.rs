@@ -4,6 +4,6 @@
 //! read the same way by both.
 
 /// The `channel = "..."` value of a rust-toolchain.toml's text.
-pub fn channel(text: &str) -> Option<&str> {
+pub(crate) fn channel(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.trim().strip_prefix("channel")).and_then(|rest| rest.split('"').nth(1))
 }

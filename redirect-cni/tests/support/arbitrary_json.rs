@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 /// JSON of any shape, a few levels deep.
-pub fn json_value() -> impl Strategy<Value = serde_json::Value> {
+pub(crate) fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(Into::into),
