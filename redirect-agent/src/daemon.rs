@@ -151,6 +151,10 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
     log::info!("agent ready: {} pod(s) enrolled, control socket {}", agent.status().pods.len(), sock.display());
 
     let (tx, mut rx) = mpsc::channel::<Job>(16);
+    // Each pod's network, followed as it changes (the refresh stays for
+    // what announces nothing).
+    let (mut net_events, mut net_changed) = crate::netns::NetEvents::new();
+    net_events.sync(&agent.watched_netns());
     let (snapshot, snapshot_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.metrics_snapshot()));
     if let Some(addr) = daemon.metrics_listen {
         crate::metrics::spawn(addr, crate::ebpf::pins::Pins::new(&opts_bpffs_dir), snapshot_rx)?;
@@ -202,6 +206,7 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                     return Ok(());
                 }
                 let _ = reply.send(handle(&mut agent, request));
+                net_events.sync(&agent.watched_netns());
                 agent.prepare_ahead();
                 publish(&snapshot, &agent);
                 // The loop shares its thread with the clients' tasks: let
@@ -225,7 +230,9 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                 }
                 guard.clear_ready();
             }
+            Some(id) = net_changed.recv() => agent.refresh_pod(id),
             _ = tick.tick() => {
+                net_events.sync(&agent.watched_netns());
                 agent.watch_listeners();
                 agent.prepare_ahead();
                 publish(&snapshot, &agent);

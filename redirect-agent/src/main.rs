@@ -201,7 +201,8 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
         /// Seconds between re-reads of pods' addresses, interfaces and
-        /// routes (missing programs are re-attached then too).
+        /// routes (missing programs are re-attached then too); changes the
+        /// kernel announces are followed at once besides.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         refresh_interval: u64,
         /// The most entries each of a pod's four list annotations may hold;

@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
+mod events;
 mod listening;
+pub use events::NetEvents;
 pub use listening::{Listening, duplicate as duplicate_listeners, listening};
 
 /// Opens `path` and checks that it is a network namespace.

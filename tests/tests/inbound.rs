@@ -66,6 +66,34 @@ fn excluded_interfaces_are_not_intercepted_in_either_direction() {
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 }
 
+/// A route change in the pod's netns reaches the interface exclusion as
+/// the kernel announces it (`netns::events`), not at the next refresh:
+/// here there is none for an hour.
+#[test]
+fn a_route_via_an_excluded_interface_is_followed_as_soon_as_it_is_added() {
+    let node = Node::start_with("spec:\n  traffic:\n    networkInterfaceExclusionList: [net1]\n", &["--refresh-interval", "3600"]).unwrap();
+    let pod = Pod::create(&node).unwrap();
+    pod.add_net1(&node).unwrap();
+    node.enroll(&pod, &[]).unwrap();
+    let peer = pod.net1_peer();
+    assert_eq!(pod.dial("10.96.0.11:80", APP_UID), "out 10.96.0.11:80");
+    pod.ns.exec(&["route", "add", "10.96.0.11/32", "via", &peer]).unwrap();
+    let added = std::time::Instant::now();
+    let deadline = added + tests::scaled(std::time::Duration::from_secs(10));
+    while pod.dial("10.96.0.11:80", APP_UID) != "direct 10.96.0.11:80" {
+        assert!(std::time::Instant::now() < deadline, "the new route via net1 was not followed without a refresh");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("route via net1 followed {} ms after it was added (no refresh)", added.elapsed().as_millis());
+    // And its removal: back through the proxy.
+    pod.ns.exec(&["route", "del", "10.96.0.11/32"]).unwrap();
+    let deadline = std::time::Instant::now() + tests::scaled(std::time::Duration::from_secs(10));
+    while pod.dial("10.96.0.11:80", APP_UID) != "out 10.96.0.11:80" {
+        assert!(std::time::Instant::now() < deadline, "the removed route was not followed without a refresh");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn pods_on_one_node_go_through_the_receivers_inbound_listener() {
     let node = Node::start("kind: MeshConfig\nspec: {}\n").unwrap();

@@ -741,6 +741,26 @@ impl Agent {
         }
     }
 
+    /// The pods whose network the agent follows as it changes
+    /// (`netns::events`), with their netns: every pod but those their own
+    /// fsm-init serves.
+    pub fn watched_netns(&self) -> Vec<(PodId, PathBuf)> {
+        self.state.pods.iter().filter(|(_, p)| p.dataplane != Dataplane::FsmInit).map(|(id, p)| (*id, p.netns.clone())).collect()
+    }
+
+    /// Reads one pod's network again and installs what changed, at once:
+    /// its netns announced a change of its interfaces, addresses or routes.
+    pub fn refresh_pod(&mut self, id: PodId) {
+        if !self.state.pods.contains_key(&id) {
+            return;
+        }
+        if self.apply_pod(id, false)
+            && let Err(e) = self.state.save(&self.state_dir)
+        {
+            log::error!("saving the state: {e:#}");
+        }
+    }
+
     /// Keeps each eBPF pod's sockops attached exactly while it is needed
     /// (`EbpfPods::watch_listeners`). Runs every tick (1 s).
     pub fn watch_listeners(&mut self) {
