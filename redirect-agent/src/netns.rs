@@ -13,6 +13,7 @@ use nix::sched::{CloneFlags, setns};
 
 mod events;
 mod listening;
+mod rtnl;
 pub use events::NetEvents;
 pub use listening::{Listening, duplicate as duplicate_listeners, listening};
 
@@ -267,45 +268,19 @@ pub fn pod_net(path: &Path) -> anyhow::Result<PodNet> {
 /// A `local` route in the local table, as the kernel's own for the pod's
 /// addresses: every address of the prefix is the pod's, like 127.0.0.0/8.
 pub fn set_handover_route(path: &Path, present: bool) -> anyhow::Result<()> {
-    let prefix = handover_net().to_string();
-    let action = if present { "replace" } else { "del" };
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["-6", "route", action, "local", &prefix, "dev", "lo", "table", "local"]);
-    command_in(&mut cmd, path)?;
-    let out = cmd.output().context("running ip (iproute2) for the IPv6 hand-over route")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !present && err.contains("No such process") {
-            return Ok(());
-        }
-        anyhow::bail!("netns {}: ip -6 route {action} local {prefix} dev lo: {}", path.display(), err.trim());
-    }
-    Ok(())
+    rtnl::set_local_route(path, handover_net(), present)
 }
 
 /// Leaves (or takes away) the mark a guarded fsm-init looks for before it
 /// applies its rules (`crate::injection::GUARD`): the alias of the pod's
 /// `lo`, which its containers read at `/sys/class/net/lo/ifalias`.
 pub fn set_guard_mark(path: &Path, present: bool) -> anyhow::Result<()> {
-    let alias = if present { crate::injection::GUARD_MARK } else { "" };
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["link", "set", "dev", "lo", "alias", alias]);
-    command_in(&mut cmd, path)?;
-    let out = cmd.output().context("running ip (iproute2) for the fsm-init guard's mark")?;
-    if !out.status.success() {
-        anyhow::bail!("netns {}: ip link set dev lo alias {alias:?}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    rtnl::set_lo_alias(path, if present { crate::injection::GUARD_MARK } else { "" })
 }
 
 /// Whether the pod's `lo` carries the guard's mark.
 pub fn guard_mark(path: &Path) -> anyhow::Result<bool> {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["-o", "link", "show", "dev", "lo"]);
-    command_in(&mut cmd, path)?;
-    let out = cmd.output().context("running ip (iproute2) to read lo's alias")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split("alias ").nth(1).is_some_and(|a| a.split_whitespace().next() == Some(crate::injection::GUARD_MARK)))
+    Ok(rtnl::lo_alias(path)?.as_deref() == Some(crate::injection::GUARD_MARK))
 }
 
 #[cfg(test)]

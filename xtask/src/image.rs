@@ -1,6 +1,6 @@
 //! `cargo xtask image`: the agent's container image, made on this machine
 //! without pulling a base image: the agent and the CNI plugin built static
-//! (musl), the host's iptables and iproute2 with their libraries
+//! (musl), the host's iptables with their libraries
 //! (`rootfs`), as an OCI archive (`oci`), then checked by running its
 //! commands in a chroot of its file system (`image_check`).
 //!

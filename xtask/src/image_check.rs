@@ -26,7 +26,6 @@ pub fn check(archive: &[u8]) -> anyhow::Result<()> {
     expect(root, &["fsm-redirect-cni"], &[("CNI_COMMAND", "VERSION")], "supportedVersions")?;
     expect(root, &["iptables", "--version"], &[], "(nf_tables)")?;
     expect(root, &["iptables-legacy-save", "--version"], &[], "(legacy)")?;
-    expect(root, &["ip", "-V"], &[], "iproute2")?;
 
     // fsm-init's rules as the agent writes them, loaded by both backends
     // (every match and target module they use must load), then listed.

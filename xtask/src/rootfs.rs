@@ -1,5 +1,5 @@
 //! The image's file system: the agent and the CNI plugin (static), and
-//! the host's iptables and iproute2 with the shared libraries they load,
+//! the host's iptables and coreutils' sleep, with the shared libraries they load,
 //! written as one tar layer. Every entry is root's, dated 1970, in path
 //! order, so the same inputs give the same bytes (and image digest).
 
@@ -90,8 +90,6 @@ impl Rootfs {
                 Err(_) => fs.host_binary(&module, &module)?,
             }
         }
-        // iproute2's `ip`: the agent routes the IPv6 hand-over prefix with it.
-        fs.host_binary(&host_command("ip")?, Path::new("/usr/sbin/ip"))?;
         // `sleep infinity` holds the uninstall DaemonSet's pods
         // (deploy/uninstall/daemonset.yaml).
         fs.host_binary(&host_command("sleep")?, Path::new("/usr/bin/sleep"))?;

@@ -360,7 +360,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("bench: {family}: direct {:.0}/s, iptables {:.0}/s, eBPF {:.0}/s", d.per_sec, i.per_sec, e.per_sec);
         }
         json.insert("connection_rate_by_family", serde_json::Value::Array(by_family));
-        md.push_str("\nWhat the eBPF programs cost a connection of each family (kernel run-time statistics; IPv6 hands its destination over through an LRU hash keyed by the socket cookie, IPv4 and IPv4-mapped through the one-word array slot):\n\n| family | program | runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|\n");
+        md.push_str("\nWhat the eBPF programs cost a connection of each family (kernel run-time statistics; from Linux 5.12 each family hands its destination over through the pod's own region of an array, taking its slot with one atomic fetch-and-add: one word for IPv4 and IPv4-mapped, three for IPv6; before 5.12 IPv6 goes through an LRU hash keyed by the socket cookie):\n\n| family | program | runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|\n");
         let mut family_cost = BTreeMap::new();
         for (family, _, service) in families {
             let (conns, cost) = program_cost(&bpf6, service, if smoke { 200 } else { 2000 })?;
