@@ -8,7 +8,7 @@ use crate::{
     tools::apt_install,
 };
 
-pub fn bench(root: &Path, smoke: bool, png: bool, rounds: Option<String>) -> anyhow::Result<()> {
+pub fn bench(smoke: bool, png: bool, rounds: Option<String>) -> anyhow::Result<()> {
     require_root("bench")?;
     // Smoke mode checks that every section runs, not its figures: the
     // debug build that `test` made does (a release build of the agent and
@@ -19,8 +19,11 @@ pub fn bench(root: &Path, smoke: bool, png: bool, rounds: Option<String>) -> any
     } else {
         cargo(&["build", "--release", "--bins"])?;
     }
-    let mut cmd = Command::new(root.join("target").join(profile).join("bench"));
-    cmd.args(["--out", "target/bench"]);
+    // Where cargo put it: `CARGO_TARGET_DIR` if set (before, this ran
+    // target/release/bench whatever it was, and failed).
+    let mut cmd = Command::new(crate::process::target_dir().join(profile).join("bench"));
+    let out = crate::process::target_dir().join("bench");
+    cmd.arg("--out").arg(&out);
     if let Some(rounds) = rounds {
         cmd.args(["--rounds", &rounds]);
     }

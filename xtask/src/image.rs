@@ -28,7 +28,7 @@ pub fn image(root: &Path) -> anyhow::Result<()> {
         bail!("`cargo xtask image` checks the image in a chroot: run it as root");
     }
     let started = Instant::now();
-    let bins = build(root)?;
+    let bins = build()?;
     let built = started.elapsed();
     let fs = Rootfs::for_agent(&bins.join("redirect-agent"), &bins.join("fsm-redirect-cni"))?;
     let layer = fs.to_tar()?;
@@ -57,7 +57,7 @@ pub fn image(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Builds the two binaries for musl; returns their directory.
-fn build(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+fn build() -> anyhow::Result<std::path::PathBuf> {
     let has_target = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -84,7 +84,7 @@ fn build(root: &Path) -> anyhow::Result<std::path::PathBuf> {
         "--bin",
         "fsm-redirect-cni",
     ]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let target_dir = crate::process::target_dir();
     let dir = target_dir.join(TARGET).join("release");
     for bin in ["redirect-agent", "fsm-redirect-cni"] {
         if !crate::rootfs::is_static(&dir.join(bin))? {

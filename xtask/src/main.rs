@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build => build::build(),
         Cmd::Run { log_decisions } => run::demo(&root, log_decisions),
         Cmd::Test { args } => test::test(&args),
-        Cmd::Bench { smoke, png, rounds } => bench::bench(&root, smoke, png, rounds),
+        Cmd::Bench { smoke, png, rounds } => bench::bench(smoke, png, rounds),
         Cmd::VmTest { kernels } => vm_test::vm_test(&root, &kernels),
         Cmd::Image => image::image(&root),
         Cmd::DeployCheck => deploy::check(&root),

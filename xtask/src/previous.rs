@@ -21,7 +21,7 @@ pub fn stage(root: &Path, staged: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let target = crate::process::target_dir();
     let dir = target.join("previous-release").join(&commit[..12]);
     let bin = dir.join("target/debug/redirect-agent");
     if !bin.exists() {

@@ -12,6 +12,12 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the
+/// workspace, where cargo runs, if it is relative) or `target`.
+pub fn target_dir() -> PathBuf {
+    workspace_root().join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
+}
+
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {

@@ -47,7 +47,7 @@ impl StagedBins {
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let staged = StagedBins(dir);
         std::fs::set_permissions(&staged.0, std::fs::Permissions::from_mode(0o755))?;
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::process::workspace_root().join("target"), PathBuf::from);
+        let target = crate::process::target_dir();
         // netprobe runs as the proxy's and the app's users; the agent's CLI
         // as another user, to see it turned away; the agent installs the
         // CNI plugin from its own directory.
