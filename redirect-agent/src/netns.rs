@@ -3,12 +3,12 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     path::Path,
 };
 
 use anyhow::{Context as _, bail};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
 mod events;
@@ -173,54 +173,24 @@ fn is_link_local(a: &Ipv6Addr) -> bool {
     a.segments()[0] & 0xffc0 == 0xfe80
 }
 
-/// Parses /proc/net/route: `Iface Destination Gateway Flags RefCnt Use
-/// Metric Mask ...`, addresses as little-endian hex. It holds the main
-/// table only.
-fn parse_routes(text: &str) -> Vec<Route> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
-            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            // The kernel prints the address as a native integer.
-            let net = Ipv4Net::new(Ipv4Addr::from(dst.to_ne_bytes()), mask.count_ones() as u8).ok()?;
-            Some(Route { net: IpNet::V4(net), iface: f[0].to_owned() })
-        })
-        .collect()
-}
-
-/// `RTF_REJECT`, `RTF_CACHE`, `RTF_LOCAL` (include/uapi/linux/ipv6_route.h, route.h).
-const RTF_REJECT: u32 = 0x0200;
-const RTF_CACHE: u32 = 0x0100_0000;
-const RTF_LOCAL: u32 = 0x8000_0000;
-
-/// Parses /proc/net/ipv6_route: `dst dst_len src src_len next_hop metric
-/// refcnt use flags iface`, in hex. It holds every table: the main table's
-/// unicast routes are those neither local, nor reject (the unreachable
-/// default), nor cached, nor multicast. Also returns whether the hand-over
-/// prefix is routed locally to `lo`.
-fn parse_routes6(text: &str) -> (Vec<Route>, bool) {
-    let handover = handover_net();
-    let mut handover_route = false;
-    let mut routes = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(dst), Some(len), Some(flags), Some(iface)) = (f.first(), f.get(1), f.get(8), f.get(9)) else { continue };
-        let (Ok(dst), Ok(len), Ok(flags)) = (u128::from_str_radix(dst, 16), u8::from_str_radix(len, 16), u32::from_str_radix(flags, 16))
-        else {
-            continue;
-        };
-        let Ok(net) = Ipv6Net::new(Ipv6Addr::from(dst), len) else { continue };
-        if flags & RTF_LOCAL != 0 {
-            handover_route |= net == handover && *iface == "lo";
-            continue;
-        }
-        if flags & (RTF_REJECT | RTF_CACHE) != 0 || dst >> 120 == 0xff {
-            continue;
-        }
-        routes.push(Route { net: IpNet::V6(net), iface: (*iface).to_owned() });
-    }
+/// The main table's unicast routes of both families, named by their
+/// interface (`ifaces`, name and index), in the kernel's order, from a
+/// dump of every route (`rtnl::routes`). Also returns whether the
+/// hand-over prefix is routed locally to `lo` (index `lo`), in the local
+/// table.
+fn routes_of(dumped: &[rtnl::DumpedRoute], ifaces: &[(String, u32)], lo: Option<u32>) -> (Vec<Route>, bool) {
+    use netlink_packet_route::route::RouteType;
+    const RT_TABLE_MAIN: u32 = 254;
+    let handover = IpNet::V6(handover_net());
+    let handover_route = dumped.iter().any(|r| {
+        r.table == u32::from(rtnl::RT_TABLE_LOCAL) && r.kind == RouteType::Local && r.net == handover && r.oif.is_some() && r.oif == lo
+    });
+    let name = |index: u32| ifaces.iter().find(|(_, i)| *i == index).map(|(n, _)| n.clone());
+    let routes = dumped
+        .iter()
+        .filter(|r| r.table == RT_TABLE_MAIN && r.kind == RouteType::Unicast)
+        .filter_map(|r| Some(Route { net: r.net, iface: name(r.oif?)? }))
+        .collect();
     (routes, handover_route)
 }
 
@@ -250,15 +220,10 @@ pub fn pod_net(path: &Path) -> anyhow::Result<PodNet> {
         for iface in nix::net::if_::if_nameindex().context("if_nameindex")?.iter() {
             net.ifaces.push((iface.name().to_string_lossy().into_owned(), iface.index()));
         }
-        // /proc/thread-self/net is this thread's (the pod's) namespace.
-        let routes = std::fs::read_to_string("/proc/thread-self/net/route").context("reading the pod's routes")?;
-        net.routes = parse_routes(&routes);
-        // Absent where the kernel or the namespace has no IPv6.
-        if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/ipv6_route") {
-            let (routes6, handover_route) = parse_routes6(&text);
-            net.routes.extend(routes6);
-            net.handover_route = handover_route;
-        }
+        // This thread is in the pod's namespace: so is the socket.
+        let dumped = rtnl::routes().context("reading the pod's routes")?;
+        let lo = net.ifindex("lo");
+        (net.routes, net.handover_route) = routes_of(&dumped, &net.ifaces, lo);
         Ok(net)
     })
 }
@@ -285,96 +250,61 @@ pub fn guard_mark(path: &Path) -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
 
-    /// A line of /proc/net/route as the kernel prints it.
-    fn route_line(iface: &str, net: Ipv4Net) -> String {
-        let hex = |a: Ipv4Addr| format!("{:08X}", u32::from_ne_bytes(a.octets()));
-        format!("{iface}\t{}\t00000000\t0001\t0\t0\t0\t{}\t0\t0\t0", hex(net.network()), hex(net.netmask()))
-    }
-
-    /// A line of /proc/net/ipv6_route as the kernel prints it (main table,
-    /// unicast).
-    fn route6_line(iface: &str, net: Ipv6Net) -> String {
-        format!(
-            "{:032x} {:02x} {:032x} 00 {:032x} 00000100 00000001 00000000 00000001 {iface:>8}",
-            u128::from(net.network()),
-            net.prefix_len(),
-            0,
-            0
-        )
-    }
-
-    proptest! {
-        // What the kernel prints is read back; anything else in the file
-        // (a line cut short, another format) is passed by, never a panic.
-        #[test]
-        fn proc_net_route_gives_back_the_routes_printed_and_skips_the_rest(
-            routes in prop::collection::vec(("[a-z][a-z0-9]{0,7}", any::<u32>(), 0u8..=32), 0..8),
-            noise in prop::collection::vec("\\PC{0,60}", 0..4),
-        ) {
-            let nets: Vec<(String, Ipv4Net)> =
-                routes.iter().map(|(i, a, l)| (i.clone(), Ipv4Net::new(Ipv4Addr::from(*a), *l).unwrap().trunc())).collect();
-            let mut text = String::from("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n");
-            for (iface, net) in &nets {
-                text += &route_line(iface, *net);
-                text.push('\n');
-            }
-            let parsed = parse_routes(&text);
-            prop_assert_eq!(parsed.iter().map(|r| (r.iface.clone(), r.net)).collect::<Vec<_>>(),
-                            nets.iter().map(|(i, n)| (i.clone(), IpNet::V4(*n))).collect::<Vec<_>>());
-            for line in &noise {
-                let _ = parse_routes(&format!("{text}{line}\n"));
-                let _ = parse_routes6(line);
-            }
-        }
-
-        #[test]
-        fn proc_net_ipv6_route_gives_back_the_unicast_routes_printed(
-            routes in prop::collection::vec(("[a-z][a-z0-9]{0,7}", 0u128..(0xff << 120), 0u8..=128), 0..8),
-        ) {
-            let nets: Vec<(String, Ipv6Net)> =
-                routes.iter().map(|(i, a, l)| (i.clone(), Ipv6Net::new(Ipv6Addr::from(*a), *l).unwrap().trunc())).collect();
-            let text: String = nets.iter().map(|(i, n)| route6_line(i, *n) + "\n").collect();
-            let (parsed, handover) = parse_routes6(&text);
-            prop_assert!(!handover);
-            prop_assert_eq!(parsed.iter().map(|r| (r.iface.clone(), r.net)).collect::<Vec<_>>(),
-                            nets.iter().map(|(i, n)| (i.clone(), IpNet::V6(*n))).collect::<Vec<_>>());
-        }
+    fn dumped(table: u32, kind: netlink_packet_route::route::RouteType, net: &str, oif: Option<u32>) -> rtnl::DumpedRoute {
+        rtnl::DumpedRoute { table, kind, net: net.parse().unwrap(), oif }
     }
 
     #[test]
-    fn reads_proc_net_route() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-eth0\t00000000\t0101F40A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-eth0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-net1\t0000A8C0\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
-        let r = parse_routes(text);
+    fn the_main_tables_unicast_routes_are_kept_with_their_interface_and_the_hand_over_route_is_seen() {
+        use netlink_packet_route::route::RouteType::{Broadcast, Local, Multicast, Unicast, Unreachable};
+        let ifaces = [("lo".to_owned(), 1), ("eth0".to_owned(), 2), ("net1".to_owned(), 3)];
+        // What a pod's namespace dumps: its main table, its local table
+        // (loopback, its own addresses, broadcast, the hand-over prefix),
+        // IPv6 multicast, the unreachable default of the null table.
+        let dump = [
+            dumped(254, Unicast, "0.0.0.0/0", Some(2)),
+            dumped(254, Unicast, "10.244.1.0/24", Some(2)),
+            dumped(254, Unicast, "192.168.0.0/16", Some(3)),
+            dumped(255, Local, "127.0.0.0/8", Some(1)),
+            dumped(255, Broadcast, "10.244.1.255/32", Some(2)),
+            dumped(254, Unicast, "fd00:1::/64", Some(2)),
+            dumped(254, Unicast, "::/0", Some(2)),
+            dumped(255, Local, "fd00:1::2/128", Some(2)),
+            dumped(255, Local, "fd3c:a7e1:52b9:1::/64", Some(1)),
+            dumped(255, Multicast, "ff00::/8", Some(2)),
+            dumped(0, Unreachable, "::/0", Some(1)),
+            // A route of another table (policy routing is not mirrored),
+            // and one whose interface is gone meanwhile.
+            dumped(100, Unicast, "10.9.0.0/16", Some(3)),
+            dumped(254, Unicast, "10.8.0.0/16", Some(9)),
+        ];
+        let (routes, handover) = routes_of(&dump, &ifaces, Some(1));
         let route = |net: &str, iface: &str| Route { net: net.parse().unwrap(), iface: iface.into() };
-        assert_eq!(r, [route("0.0.0.0/0", "eth0"), route("10.244.1.0/24", "eth0"), route("192.168.0.0/16", "net1")]);
-    }
-
-    #[test]
-    fn reads_proc_net_ipv6_route_main_table_unicast_only() {
-        // From a pod netns: a connected /64, a default route, the local
-        // table's entries (loopback, its own address, the hand-over
-        // prefix), the unreachable default of the null table, multicast.
-        let text = "\
-fd000001000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001       a6
-00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000001000000000000000000000001 00000400 00000001 00000000 00000003       a6
-00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo
-fd000001000000000000000000000002 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 80200001       a6
-fd3ca7e152b900010000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 80000001       lo
-ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001       a6
-00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
-";
-        let (routes, handover) = parse_routes6(text);
-        let route = |net: &str| Route { net: net.parse().unwrap(), iface: "a6".into() };
-        assert_eq!(routes, [route("fd00:1::/64"), route("::/0")]);
+        assert_eq!(
+            routes,
+            [
+                route("0.0.0.0/0", "eth0"),
+                route("10.244.1.0/24", "eth0"),
+                route("192.168.0.0/16", "net1"),
+                route("fd00:1::/64", "eth0"),
+                route("::/0", "eth0")
+            ]
+        );
         assert!(handover);
-        assert!(!parse_routes6(&text.replace("fd3ca7e152b90001", "fd3ca7e152b90002")).1, "another prefix is not ours");
+        let elsewhere: Vec<_> = dump
+            .iter()
+            .map(|r| {
+                if r.net == "fd3c:a7e1:52b9:1::/64".parse().unwrap() {
+                    dumped(255, Local, "fd3c:a7e1:52b9:2::/64", Some(1))
+                } else {
+                    r.clone()
+                }
+            })
+            .collect();
+        assert!(!routes_of(&elsewhere, &ifaces, Some(1)).1, "another prefix is not ours");
+        assert!(!routes_of(&dump, &ifaces, Some(2)).1, "on another device than lo");
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! What the agent changes in a pod's network itself, over rtnetlink (the
-//! `netlink-packet-route` crate's messages), instead of running iproute2's
-//! `ip` in the namespace: the IPv6 hand-over route and the fsm-init
-//! guard's mark on `lo`. A node needs no `ip` binary for the agent.
+//! A pod's routes, and what the agent changes in its network itself, over
+//! rtnetlink (the `netlink-packet-route` crate's messages), instead of
+//! parsing `/proc/net/route` and `ipv6_route` and running iproute2's `ip`
+//! in the namespace: the routes read, the IPv6 hand-over route and the
+//! fsm-init guard's mark on `lo` written. A node needs no `ip` binary for
+//! the agent.
 //!
 //! Each call opens a socket in the pod's namespace (a netlink socket stays
 //! in the namespace it was made in), sends one request and reads until the
 //! kernel's answer: its acknowledgement, its error, or the end of a dump.
 
-use std::{io, path::Path};
+use std::{io, net::IpAddr, path::Path};
 
 use anyhow::Context as _;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
@@ -19,7 +24,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// The kernel's `local` routing table.
-const RT_TABLE_LOCAL: u8 = 255;
+pub(super) const RT_TABLE_LOCAL: u8 = 255;
 
 /// Sends `message` with `flags` on a fresh socket of this thread's
 /// namespace; the messages the kernel answers with, up to its ack (or the
@@ -57,6 +62,65 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetl
             offset += length;
         }
     }
+}
+
+/// A route as the kernel dumps it, reduced to what the agent uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct DumpedRoute {
+    pub table: u32,
+    pub kind: RouteType,
+    pub net: IpNet,
+    /// The interface it leaves by (a multipath route's first hop's).
+    pub oif: Option<u32>,
+}
+
+impl DumpedRoute {
+    fn of(route: RouteMessage) -> Option<Self> {
+        let h = &route.header;
+        let mut table = u32::from(h.table);
+        let mut dst: Option<IpAddr> = None;
+        let mut oif = None;
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::MultiPath(hops) => oif = oif.or(hops.first().map(|h| h.interface_index)),
+                _ => {}
+            }
+        }
+        // No destination: the default route of its family.
+        let dst = match (dst, h.address_family) {
+            (Some(a), _) => a,
+            (None, AddressFamily::Inet) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            (None, AddressFamily::Inet6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        let net = IpNet::new(dst, h.destination_prefix_length).ok()?;
+        Some(DumpedRoute { table, kind: h.kind, net, oif })
+    }
+}
+
+/// Every route of this thread's namespace, IPv4 then IPv6, each family in
+/// the kernel's order (a namespace without IPv6 has none of it).
+pub(super) fn routes() -> io::Result<Vec<DumpedRoute>> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        let answers = match request(RouteNetlinkMessage::GetRoute(query), NLM_F_REQUEST | NLM_F_DUMP) {
+            Ok(a) => a,
+            // A kernel or namespace without IPv6.
+            Err(e) if family == AddressFamily::Inet6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend(answers.into_iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => DumpedRoute::of(r),
+            _ => None,
+        }));
+    }
+    Ok(out)
 }
 
 /// `lo`'s index in this thread's namespace.
@@ -134,6 +198,32 @@ pub(super) fn lo_alias(path: &Path) -> anyhow::Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dumped_route_names_its_table_destination_and_interface() {
+        use netlink_packet_route::route::RouteNextHop;
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = 16;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Unicast;
+        r.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet("10.96.0.0".parse().unwrap())), RouteAttribute::Oif(3)];
+        let d = DumpedRoute::of(r.clone()).unwrap();
+        assert_eq!((d.table, d.kind, d.net, d.oif), (254, RouteType::Unicast, "10.96.0.0/16".parse().unwrap(), Some(3)));
+        // A table above 255 is in its attribute; no destination is the
+        // default route; a multipath route leaves by its first hop.
+        r.header.destination_prefix_length = 0;
+        let hop = |i| {
+            let mut h = RouteNextHop::default();
+            h.interface_index = i;
+            h
+        };
+        r.attributes = vec![RouteAttribute::Table(1000), RouteAttribute::MultiPath(vec![hop(7), hop(8)])];
+        let d = DumpedRoute::of(r.clone()).unwrap();
+        assert_eq!((d.table, d.net, d.oif), (1000, "0.0.0.0/0".parse().unwrap(), Some(7)));
+        r.header.address_family = AddressFamily::Inet6;
+        assert_eq!(DumpedRoute::of(r).unwrap().net, "::/0".parse::<IpNet>().unwrap());
+    }
+
     use std::net::Ipv6Addr;
 
     use super::*;
