@@ -23,14 +23,14 @@ use crate::{
     config::{MeshConfig, PodPolicy, Source, source::MeshSource},
     dataplane::Dataplane,
     ebpf::{
-        entries::{PodEntries, SlotEntries},
         maps::SharedMaps,
         pins::Pins,
+        policy_entries::{PodEntries, SlotEntries},
     },
     iptables::{self, Family as IptFamily, PodIp},
-    lists::PolicyLists,
     netns::{self, PodNet},
     pod::Pod,
+    policy_lists::PolicyLists,
     state::State,
 };
 

@@ -1,7 +1,7 @@
 //! The node agent of the FSM eBPF interception dataplane.
 //!
 //! - `config`: MeshConfig, pod annotations, the merged per-pod policy.
-//! - `lists`: that policy as the shared decision's `OutboundLists`.
+//! - `policy_lists`: that policy as the shared decision's `OutboundLists`.
 //! - `ebpf`: the embedded programs, pins, per-pod attachment, map writes.
 //! - `pod`: a pod asked for (`EnrollRequest`) and enrolled (`Pod`).
 //! - `agent`: enrolled pods and their kernel state, one handler per
@@ -27,12 +27,12 @@ pub mod injection;
 pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;
-mod lists;
 mod metrics;
 pub mod netns;
 #[cfg(feature = "sandbox")]
 pub mod original_dst;
 pub mod pod;
+mod policy_lists;
 pub mod render;
 pub mod repair;
 #[cfg(feature = "sandbox")]

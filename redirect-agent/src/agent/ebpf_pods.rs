@@ -19,10 +19,10 @@ use crate::{
     dataplane::Dataplane,
     ebpf::{
         decision_log::DecisionLog,
-        entries::PodEntries,
         features,
         maps::{Listeners, SharedMaps},
         pins::Pins,
+        policy_entries::PodEntries,
         prewarm::Prewarm,
         programs,
     },

@@ -36,7 +36,7 @@ use crate::{
     config::{MeshConfig, PodPolicy, annotations::PodAnnotations, source::MeshSource},
     dataplane::{Choice, Dataplane},
     diagnostics::{AgentView, Kernel},
-    ebpf::{entries::SlotEntries, pins::Pins},
+    ebpf::{pins::Pins, policy_entries::SlotEntries},
     injection::{FsmInit, Serving},
     netns,
     pod::{EnrollRequest, Pod},

@@ -25,7 +25,7 @@ use redirect_common::{
     },
 };
 
-use super::entries::{Entry, SlotEntries, ip6};
+use super::policy_entries::{Entry, SlotEntries, ip6};
 use crate::settings::ProxySettings;
 
 /// Which of a pod's inbound listening sockets the kernel knows.
