@@ -14,7 +14,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cni;
-pub mod config;
+pub use redirect_config as config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

@@ -139,7 +139,10 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 #[test]
 fn no_module_imports_one_that_imports_it_back() {
     let g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    assert!(g.len() > 20 && g["agent"].contains("state") && g["ebpf::maps"].contains("ebpf::policy_entries"), "the scan found too little: {g:#?}");
+    assert!(
+        g.len() > 20 && g["agent"].contains("state") && g["ebpf::maps"].contains("ebpf::policy_entries"),
+        "the scan found too little: {g:#?}"
+    );
     if let Some(c) = cycle(&g) {
         panic!("modules import each other: {}", c.join(" -> "));
     }

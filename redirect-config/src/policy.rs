@@ -65,7 +65,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::annotations::*;
+    use crate::annotations::*;
 
     #[test]
     fn merges_as_fsms_injector_without_duplicates() {
