@@ -12,7 +12,7 @@
 //!   they serve with; the agent a node runs is built without them.
 
 pub mod agent;
-pub mod cgroup;
+pub use redirect_node::cgroup;
 pub mod cni;
 pub use redirect_config as config;
 pub mod control;
@@ -28,7 +28,7 @@ pub mod iptables;
 pub mod ipv6;
 pub mod kubernetes;
 mod metrics;
-pub mod netns;
+pub use redirect_node::netns;
 #[cfg(feature = "sandbox")]
 pub mod original_dst;
 pub mod pod;

@@ -525,7 +525,8 @@ impl Agent {
         let pod = &self.state.pods[&id];
         let guarded = pod.injection.is_some_and(|i| i.fsm_init == FsmInit::Guarded);
         if guarded && pod.dataplane != Dataplane::FsmInit {
-            netns::set_guard_mark(&pod.netns, present).with_context(|| format!("pod {}: the fsm-init guard's mark", pod.name))?;
+            netns::set_lo_alias(&pod.netns, if present { crate::injection::GUARD_MARK } else { "" })
+                .with_context(|| format!("pod {}: the fsm-init guard's mark", pod.name))?;
         }
         Ok(())
     }

@@ -236,16 +236,16 @@ pub fn set_handover_route(path: &Path, present: bool) -> anyhow::Result<()> {
     rtnl::set_local_route(path, handover_net(), present)
 }
 
-/// Leaves (or takes away) the mark a guarded fsm-init looks for before it
-/// applies its rules (`crate::injection::GUARD`): the alias of the pod's
-/// `lo`, which its containers read at `/sys/class/net/lo/ifalias`.
-pub fn set_guard_mark(path: &Path, present: bool) -> anyhow::Result<()> {
-    rtnl::set_lo_alias(path, if present { crate::injection::GUARD_MARK } else { "" })
+/// Sets the alias of the pod's `lo` (empty: none), which its containers
+/// read at `/sys/class/net/lo/ifalias` (the fsm-init guard's mark:
+/// `crate::injection` in the agent).
+pub fn set_lo_alias(path: &Path, alias: &'static str) -> anyhow::Result<()> {
+    rtnl::set_lo_alias(path, alias)
 }
 
-/// Whether the pod's `lo` carries the guard's mark.
-pub fn guard_mark(path: &Path) -> anyhow::Result<bool> {
-    Ok(rtnl::lo_alias(path)?.as_deref() == Some(crate::injection::GUARD_MARK))
+/// The alias of the pod's `lo`, if it has one.
+pub fn lo_alias(path: &Path) -> anyhow::Result<Option<String>> {
+    rtnl::lo_alias(path)
 }
 
 #[cfg(test)]
