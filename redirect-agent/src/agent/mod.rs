@@ -115,17 +115,20 @@ pub struct Agent {
     kubelet_cgroup_root: String,
 }
 
-/// Why a pod's recorded netns is no longer its namespace, if it is not:
-/// the path is gone, or a process's path (`/proc/PID/ns/net`, as
+/// The identity of a pod's recorded netns, or why it is no longer its
+/// namespace: the path is gone, or a process's path (`/proc/PID/ns/net`, as
 /// reconciling and cri-dockerd record it) names another namespace: the
 /// process exited and its PID was reused, and following the path would
 /// read and attach in a stranger's namespace. A bind mount made again
 /// under the same path (a runtime that names namespaces after the pod) is
 /// still the pod's, and followed (`EbpfPods::reattach`).
-fn netns_gone(path: &Path, recorded: Option<netns::Identity>) -> Option<&'static str> {
-    let Ok(now) = netns::identity(path) else { return Some("is gone") };
+fn netns_now(path: &Path, recorded: Option<netns::Identity>) -> Result<netns::Identity, &'static str> {
+    let Ok(now) = netns::identity(path) else { return Err("is gone") };
     let by_process = path.starts_with("/proc");
-    (by_process && recorded.is_some_and(|was| was != now)).then_some("names another namespace now (its process exited; the PID was reused)")
+    if by_process && recorded.is_some_and(|was| was != now) {
+        return Err("names another namespace now (its process exited; the PID was reused)");
+    }
+    Ok(now)
 }
 
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
@@ -301,14 +304,15 @@ impl Agent {
     /// pod's netns again.
     fn remove_if_gone(&mut self, id: PodId) -> bool {
         let pod = &self.state.pods[&id];
-        let Some(why) = netns_gone(&pod.netns, pod.netns_identity) else {
-            // A record of an earlier release takes the identity now.
-            if pod.netns_identity.is_none()
-                && let Ok(identity) = netns::identity(&pod.netns)
-            {
-                self.state.pods.get_mut(&id).expect("a recorded pod").netns_identity = Some(identity);
+        let why = match netns_now(&pod.netns, pod.netns_identity) {
+            Ok(identity) => {
+                // A record of an earlier release takes the identity now.
+                if pod.netns_identity.is_none() {
+                    self.state.pods.get_mut(&id).expect("a recorded pod").netns_identity = Some(identity);
+                }
+                return false;
             }
-            return false;
+            Err(why) => why,
         };
         let pod = self.state.pods.remove(&id).expect("a recorded pod");
         log::warn!("pod {}: its netns {} {why}: removed (deleted without `remove`?)", pod.name, pod.netns.display());
@@ -662,7 +666,9 @@ impl Agent {
         }
         let Some(chain) = crate::iptables::fsm_init::found(&pod.netns)? else { return Ok(()) };
         let pod = pod.clone();
-        handler(handlers!(self), pod.dataplane)?.uninstall(id, &pod)?;
+        // As any uninstall: an upgrade's pending re-attach goes too, or it
+        // would give fsm-init's pod the agent's programs back.
+        self.uninstall_pod(id, &pod)?;
         log::warn!("pod {}: fsm-init's rules appeared in its netns ({chain}): they serve it; the agent's programs are detached", pod.name);
         self.state.pods.get_mut(&id).expect("enrolled").dataplane = Dataplane::FsmInit;
         self.degraded.remove(&id);
