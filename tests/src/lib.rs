@@ -465,6 +465,22 @@ impl Pod {
     }
 
     /// A pod whose proxy uses FSM's default ports and UID.
+    /// Waits (bounded) until the kernel has finished setting the pod's
+    /// network up: no IPv6 address still tentative (duplicate address
+    /// detection announces its end, and the agent, which follows each
+    /// pod's network as the kernel announces changes, reads the pod again
+    /// then: a test that changes something behind the agent's back and
+    /// looks before any refresh waits for this first).
+    pub fn wait_network_settled(&self) {
+        let settled = eventually(Duration::from_secs(10), || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns.name, "ip", "-6", "addr", "show", "tentative"])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+        });
+        assert!(settled, "pod {}: IPv6 addresses still tentative", self.name);
+    }
+
     pub fn create(node: &Node) -> anyhow::Result<Self> {
         use redirect_common::defaults::{INBOUND_PORT, OUTBOUND_PORT};
         Self::with_proxy(node, OUTBOUND_PORT, INBOUND_PORT, PROXY_UID)

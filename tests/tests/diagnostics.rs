@@ -36,6 +36,9 @@ fn diagnose_passes_on_a_healthy_pod_and_names_a_detached_program() {
     // workqueue run (bpffs frees its inodes in an RCU callback), not when
     // the unlink returns: on a busy machine or under emulation the program
     // still ran a moment after.
+    // The agent re-attaches missing programs whenever it reads the pod
+    // again, which the end of duplicate address detection makes it do.
+    pod.wait_network_settled();
     std::fs::remove_file(node.bpffs_dir.join("pods/1/connect4")).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || pod.dial("10.96.0.10:80", APP_UID) == "direct 10.96.0.10:80"),

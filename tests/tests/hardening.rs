@@ -612,7 +612,10 @@ fn a_pod_recorded_by_its_process_is_not_followed_into_the_namespace_a_reused_pid
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 
     // The process exits; its PID goes to a process of another namespace,
-    // with an address of its own.
+    // with an address of its own. (Settled first: a change the kernel
+    // announces meanwhile would have the agent look at the path while no
+    // process holds it, and find it gone rather than another namespace.)
+    pod.wait_network_settled();
     sandbox.kill().unwrap();
     sandbox.wait().unwrap();
     let stranger = redirect_agent::sandbox::Netns::create(&tests::unique("pidreuse")).unwrap();
