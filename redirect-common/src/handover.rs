@@ -61,6 +61,13 @@ pub const fn in_net6(addr: Ip6) -> bool {
     a == net[0] && b == net[1]
 }
 
+/// Whether connect4 chose `addr` (host byte order) to hand a connection
+/// over, in either form.
+#[inline(always)]
+pub const fn is_address_v4(addr: u32) -> bool {
+    per_pod::is_address(addr) || node_wide::is_address(addr)
+}
+
 /// The interface identifier of an address of [`NET6`] (host order).
 #[inline(always)]
 const fn iid6(addr: Ip6) -> u64 {
@@ -183,11 +190,17 @@ pub mod per_pod {
         NET | (n & ADDR_MASK)
     }
 
+    /// Whether connect4 chose `addr` (host byte order) in this form.
+    #[inline(always)]
+    pub const fn is_address(addr: u32) -> bool {
+        addr & !ADDR_MASK == NET
+    }
+
     /// The slot of `pod` named by an accepted socket's local address (host
     /// byte order), if connect4 chose that address in this form.
     #[inline(always)]
     pub const fn slot_of(pod: PodId, local_addr: u32) -> Option<u32> {
-        if local_addr & !ADDR_MASK == NET { Some(slot(pod, local_addr)) } else { None }
+        if is_address(local_addr) { Some(slot(pod, local_addr)) } else { None }
     }
 
     /// A slot of `HANDOVER_POD`: bits 0–31 the original address (as it
@@ -313,7 +326,13 @@ pub mod node_wide {
     /// order), if connect4 chose that address in this form.
     #[inline(always)]
     pub const fn slot_of(local_addr: u32) -> Option<u32> {
-        if local_addr & !ADDR_MASK == NET { Some(local_addr & SLOT_MASK) } else { None }
+        if is_address(local_addr) { Some(local_addr & SLOT_MASK) } else { None }
+    }
+
+    /// Whether connect4 chose `addr` (host byte order) in this form.
+    #[inline(always)]
+    pub const fn is_address(addr: u32) -> bool {
+        addr & !ADDR_MASK == NET
     }
 
     #[inline(always)]
@@ -582,6 +601,16 @@ mod tests {
                 assert_eq!(slot_of(a), None, "{a:#x}");
             }
             assert_eq!(slot_of(super::super::per_pod::address(5)), None);
+        }
+
+        #[test]
+        fn an_address_of_either_form_is_a_hand_over_address_and_no_other_is() {
+            for a in [super::super::per_pod::address(0), super::super::per_pod::address(u32::MAX), address(1), address(u64::MAX)] {
+                assert!(super::super::is_address_v4(a), "{a:#x}");
+            }
+            for a in [LOOPBACK, 0x7F00_0035, 0x7F3F_FFFF, 0x7FC0_0000, 0x7FFF_FFFF, 0x0A60_000A] {
+                assert!(!super::super::is_address_v4(a), "{a:#x}");
+            }
         }
 
         #[test]

@@ -358,11 +358,6 @@ fn ctrl_c_at_any_moment_of_the_demo_leaves_nothing_behind() {
     }
 }
 
-/// Whether connect4 chose `addr` (host order), in either hand-over form.
-fn is_hand_over_address(addr: u32) -> bool {
-    redirect_common::handover::per_pod::slot_of(1, addr).is_some() || redirect_common::handover::node_wide::slot_of(addr).is_some()
-}
-
 #[test]
 fn only_the_proxy_on_its_listener_learns_an_original_destination() {
     let node = Node::start(NO_LISTS).unwrap();
@@ -375,7 +370,7 @@ fn only_the_proxy_on_its_listener_learns_an_original_destination() {
         let out = pod.netprobe(&["peek", "10.96.0.10:80", "9977"], uid);
         let dialled = out.strip_prefix("peek ").and_then(|o| o.strip_suffix(" refused 2"));
         let dialled: Option<std::net::Ipv4Addr> = dialled.and_then(|a| a.parse().ok());
-        assert!(dialled.is_some_and(|a| is_hand_over_address(u32::from(a))), "uid {uid}: {out}");
+        assert!(dialled.is_some_and(|a| redirect_common::handover::is_address_v4(u32::from(a))), "uid {uid}: {out}");
     }
     // The proxy still learns its connections' destinations.
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
