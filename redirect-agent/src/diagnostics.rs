@@ -279,7 +279,8 @@ impl AgentView<'_> {
         let policy = self.policy(pod);
         let net = netns::pod_net(&pod.netns)?;
         let settings = pod.settings(&self.state.settings);
-        let lists = PolicyLists { policy: &policy, net: &net, proxy_uid: settings.proxy_uid, ipv6: settings.ipv6.intercepts(&net) };
+        let lists =
+            PolicyLists { policy: &policy, net: &net, proxy_uid: settings.proxy_uid, ipv6: settings.ipv6.intercepts(net.has_global_v6()) };
         let ifindex = |iface: &Option<String>| -> anyhow::Result<Option<u32>> {
             iface.as_ref().map(|i| net.ifindex(i).ok_or_else(|| anyhow!("pod {name}: no interface {i:?}"))).transpose()
         };
@@ -412,7 +413,7 @@ impl AgentView<'_> {
             }
         };
         let settings = spec.settings(&self.state.settings);
-        let ipv6 = settings.ipv6.intercepts(&net) && spec.dataplane != Dataplane::FsmInit;
+        let ipv6 = settings.ipv6.intercepts(net.has_global_v6()) && spec.dataplane != Dataplane::FsmInit;
         out.push(Check::pass(
             pod,
             "IPv6 interception",

@@ -2,7 +2,10 @@
 //!
 //! - `config`: MeshConfig, pod annotations, the merged per-pod policy.
 //! - `policy_lists`: that policy as the shared decision's `OutboundLists`.
-//! - `ebpf`: the embedded programs, pins, per-pod attachment, map writes.
+//! - `ebpf` (the `redirect-loader` crate): the embedded programs, pins,
+//!   per-pod attachment, map writes; `iptables` (`redirect-iptables`):
+//!   fsm-init's rules; `netns`, `cgroup` (`redirect-node`); `config`,
+//!   `settings`, `ipv6` (`redirect-config`). Re-exported under these names.
 //! - `pod`: a pod asked for (`EnrollRequest`) and enrolled (`Pod`).
 //! - `agent`: enrolled pods and their kernel state, one handler per
 //!   dataplane; `daemon` its event loop; `control` the typed protocol of the
@@ -21,11 +24,11 @@ pub mod dataplane;
 #[cfg(feature = "sandbox")]
 pub mod demo;
 mod diagnostics;
-pub mod ebpf;
+pub use redirect_loader as ebpf;
 mod files;
 pub mod injection;
-pub mod iptables;
-pub mod ipv6;
+pub use redirect_config::ipv6;
+pub use redirect_iptables as iptables;
 pub mod kubernetes;
 mod metrics;
 pub use redirect_node::netns;
@@ -37,5 +40,5 @@ pub mod render;
 pub mod repair;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
-pub mod settings;
+pub use redirect_config::settings;
 pub mod state;

@@ -1,5 +1,5 @@
 //! Reads the `channel` of a `rust-toolchain.toml`. Shared, by path, with
-//! redirect-agent's build script (which can't depend on xtask): the eBPF
+//! redirect-loader's build script (which can't depend on xtask): the eBPF
 //! toolchain is named in one place, redirect-ebpf/rust-toolchain.toml, and
 //! read the same way by both.
 

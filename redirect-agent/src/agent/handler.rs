@@ -28,7 +28,7 @@ impl<'a> Install<'a> {
     pub fn new(id: PodId, pod: &'a Pod, mesh: &'a MeshConfig, node: &ProxySettings, find_listener: bool) -> anyhow::Result<Self> {
         let net = crate::netns::pod_net(&pod.netns)?;
         let settings = pod.settings(node);
-        let ipv6 = settings.ipv6.intercepts(&net);
+        let ipv6 = settings.ipv6.intercepts(net.has_global_v6());
         Ok(Install { id, pod, mesh, settings, net, ipv6, find_listener })
     }
 }

@@ -8,10 +8,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 use redirect_common::maps::{Ip6, List, PolicyAddr, PolicyAddr6, PolicyId, PolicyIface, PolicyPort, direction};
 
-use crate::{
-    config::{Cidr, InterfaceName, MeshConfig, Port, annotations::PodAnnotations},
-    netns::PodNet,
-};
+use redirect_config::{Cidr, InterfaceName, MeshConfig, Port, annotations::PodAnnotations};
+use redirect_node::netns::PodNet;
 
 /// What is written for one pod, in map terms.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -279,8 +277,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::netns::Route;
     use redirect_common::maps::List;
+    use redirect_node::netns::Route;
 
     fn ip6s(s: &str) -> Ip6 {
         ip6(&s.parse().unwrap())

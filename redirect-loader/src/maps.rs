@@ -25,8 +25,8 @@ use redirect_common::{
     },
 };
 
-use super::policy_entries::{Entry, SlotEntries, ip6};
-use crate::settings::ProxySettings;
+use crate::policy_entries::{Entry, SlotEntries, ip6};
+use redirect_config::settings::ProxySettings;
 
 /// Which of a pod's inbound listening sockets the kernel knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -580,7 +580,7 @@ pub struct MapFill {
 /// Entries in use of each of the [`FILLABLE`] maps, read from their pins,
 /// so that the metrics' thread reads them as `status` does, without the
 /// agent's loop. A map that can't be read is left out.
-pub fn fill(pins: &super::pins::Pins) -> Vec<MapFill> {
+pub fn fill(pins: &crate::pins::Pins) -> Vec<MapFill> {
     FILLABLE
         .iter()
         .filter_map(|&(map, capacity)| Some(MapFill { map: map.to_owned(), entries: entries(&pins.map(map)).ok()?, capacity }))

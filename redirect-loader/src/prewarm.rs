@@ -15,7 +15,7 @@ use std::{
 
 use redirect_common::maps::PodId;
 
-use super::{pins::Pins, programs::Prepared};
+use crate::{pins::Pins, programs::Prepared};
 
 /// How many instances are kept ready.
 pub const AHEAD: usize = 4;

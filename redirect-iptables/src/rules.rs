@@ -18,10 +18,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use redirect_common::defaults::{DNS_PORT, LOCAL_DNS_PROXY_IP, LOCAL_DNS_PROXY_PORT};
 
-use crate::{
-    config::{LocalProxyMode, PodPolicy, Port, Sourced},
-    settings::ProxySettings,
-};
+use redirect_config::{LocalProxyMode, PodPolicy, Port, Sourced, settings::ProxySettings};
 
 /// Whose chain names the rules use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -215,7 +212,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{MeshConfig, annotations::PodAnnotations};
+    use redirect_config::{MeshConfig, annotations::PodAnnotations};
 
     fn policy(mesh: &str, annotations: &BTreeMap<String, String>) -> PodPolicy {
         PodPolicy::merge(&MeshConfig::parse(mesh).unwrap(), &PodAnnotations::from_map(annotations).unwrap())
@@ -228,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_seed_example_byte_for_byte() {
-        let want = include_str!("../../tests/golden/seed-net1-net2.sh");
+        let want = include_str!("../tests/golden/seed-net1-net2.sh");
         let got = script("spec:\n  traffic:\n    networkInterfaceExclusionList: [net1, net2]\n", &[], Family::V4, Form::Seed);
         assert_eq!(got, want);
     }
@@ -288,7 +285,7 @@ mod tests {
             ("flomesh.io/outbound-ip-range-exclusion-list", "3.3.3.0/24,fd01::/16"),
             ("flomesh.io/outbound-ip-range-inclusion-list", "10.244.0.0/16"),
         ];
-        assert_eq!(script(mesh, &ann, Family::V6, Form::Fsm), include_str!("../../tests/golden/all-lists-v6.sh"));
+        assert_eq!(script(mesh, &ann, Family::V6, Form::Fsm), include_str!("../tests/golden/all-lists-v6.sh"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use aya::{
 };
 use redirect_common::maps::{PodId, names};
 
-use super::{
+use crate::{
     OBJECT,
     link::{self, AttachType},
     pins::Pins,
@@ -65,8 +65,8 @@ pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
 fn on_this_kernel(name: &'static str) -> &'static str {
     static PER_POD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     match name {
-        "redirect_connect4" if *PER_POD.get_or_init(super::features::has_atomic_fetch) => "redirect_connect4_per_pod",
-        "redirect_connect6" if *PER_POD.get_or_init(super::features::has_atomic_fetch) => "redirect_connect6_per_pod",
+        "redirect_connect4" if *PER_POD.get_or_init(crate::features::has_atomic_fetch) => "redirect_connect4_per_pod",
+        "redirect_connect6" if *PER_POD.get_or_init(crate::features::has_atomic_fetch) => "redirect_connect6_per_pod",
         other => other,
     }
 }
@@ -95,7 +95,7 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     // bpf_sk_lookup.ingress_ifindex exists from 5.17.
-    let has_ifindex = u8::from(super::features::sees_ingress_interface());
+    let has_ifindex = u8::from(crate::features::sees_ingress_interface());
     loader
         .override_global("POD_ID", &pod, true)
         .override_global("HAS_INGRESS_IFINDEX", &has_ifindex, true)
@@ -155,7 +155,7 @@ pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, prepared: Op
 fn target_ids(cgroup: &Path, netns: &Path) -> anyhow::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
     let cg = std::fs::metadata(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?.ino();
-    Ok((cg, crate::netns::identity(netns)?.ino()))
+    Ok((cg, redirect_node::netns::identity(netns)?.ino()))
 }
 
 /// The pod's links that are pinned but attached to a cgroup or network
@@ -289,8 +289,8 @@ impl Prepared {
         // the previous instance's sockhash keep its sk_msg program.
         replace_pin(fast_path_map(&self.ebpf)?, &pins.link(pod, FAST_PATH_PIN))?;
         replace_pin(&self.sockops, &pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
-        let cg = crate::cgroup::open(cgroup)?;
-        let ns = crate::netns::open(netns)?;
+        let cg = redirect_node::cgroup::open(cgroup)?;
+        let ns = redirect_node::netns::open(netns)?;
         let (cg_id, ns_id) = target_ids(cgroup, netns)?;
         let mut links: Vec<(&str, BorrowedFd<'_>, AttachType)> =
             self.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type)).collect();
@@ -370,7 +370,7 @@ pub fn set_sockops(pins: &Pins, pod: PodId, cgroup: &Path, attached: bool) -> an
     }
     if attached {
         let prog = link::get(&pins.link(pod, SOCKOPS_PROGRAM_PIN))?;
-        let cg = crate::cgroup::open(cgroup)?;
+        let cg = redirect_node::cgroup::open(cgroup)?;
         link_and_pin(prog.as_fd(), cg.as_fd(), AttachType::CgroupSockOps, cgroup, &link_pin)
     } else {
         // The pin is the link's last reference: removing it detaches.
@@ -402,5 +402,5 @@ pub fn is_attached(pins: &Pins, pod: PodId) -> bool {
 /// both live on until the pod's last such socket closes, while new messages
 /// go the TCP way (the pod's config is gone: the switch reads off).
 pub fn detach(pins: &Pins, pod: PodId) -> anyhow::Result<()> {
-    super::pins::remove_dir(&pins.pod_dir(pod))
+    crate::pins::remove_dir(&pins.pod_dir(pod))
 }

@@ -8,8 +8,6 @@
 //! (`::ffff:a.b.c.d`) are IPv4 connections and intercepted whatever the
 //! switch says, as fsm-init's iptables rules catch them.
 
-use crate::netns::PodNet;
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6Mode {
@@ -23,11 +21,12 @@ pub enum Ipv6Mode {
 }
 
 impl Ipv6Mode {
-    /// Whether a pod with this network's IPv6 is intercepted now (`auto`
-    /// follows addresses that come and go: the agent re-reads them).
-    pub fn intercepts(self, net: &PodNet) -> bool {
+    /// Whether a pod's IPv6 is intercepted now, given whether its network
+    /// has a global IPv6 address (`auto` follows addresses that come and go:
+    /// the agent re-reads them).
+    pub fn intercepts(self, has_global_v6: bool) -> bool {
         match self {
-            Ipv6Mode::Auto => net.has_global_v6(),
+            Ipv6Mode::Auto => has_global_v6,
             Ipv6Mode::On => true,
             Ipv6Mode::Off => false,
         }

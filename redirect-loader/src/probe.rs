@@ -7,27 +7,27 @@
 
 use aya::{EbpfLoader, util::KernelVersion};
 
-use super::{OBJECT, features::MIN_KERNEL};
+use crate::{OBJECT, features::MIN_KERNEL};
 
 /// What the eBPF dataplane found here, and the tags of its programs as
 /// this kernel loads them (`programs::tags`); or why it can't run here.
-pub fn probe_ebpf() -> Result<(String, super::programs::Tags), String> {
-    let mount = crate::cgroup::cgroup2_mount().map_err(|e| format!("{e:#}"))?;
+pub fn probe_ebpf() -> Result<(String, crate::programs::Tags), String> {
+    let mount = redirect_node::cgroup::cgroup2_mount().map_err(|e| format!("{e:#}"))?;
     let kernel = KernelVersion::current().map_err(|e| format!("can't read the kernel version: {e}"))?;
     if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
         return Err(format!("kernel {kernel} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1));
     }
-    super::features::cgroup_sockets_reliable_now()?;
+    crate::features::cgroup_sockets_reliable_now()?;
     // Load (not attach) every program, with throwaway maps.
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| format!("loading the eBPF object: {e}"))?;
-    for (name, attach_type) in super::programs::every_program() {
-        super::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
+    for (name, attach_type) in crate::programs::every_program() {
+        crate::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
             let first = format!("{e:#}");
             // The verifier's whole log, for whoever debugs a kernel that refuses.
             log::debug!("{name}: {first}");
             format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
         })?;
     }
-    let tags = super::programs::tags(&ebpf).map_err(|e| format!("{e:#}"))?;
+    let tags = crate::programs::tags(&ebpf).map_err(|e| format!("{e:#}"))?;
     Ok((format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()), tags))
 }

@@ -14,14 +14,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{
+use crate::{
     Family,
     rules::{Form, dns_rule, every_chain},
 };
 
 fn in_netns(netns: &Path, program: &str) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
-    crate::netns::command_in(&mut cmd, netns)?;
+    redirect_node::netns::command_in(&mut cmd, netns)?;
     Ok(cmd)
 }
 

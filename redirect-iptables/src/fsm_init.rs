@@ -31,11 +31,11 @@ fn declared(save: &str) -> Option<&'static str> {
 /// Where fsm-init's rules are in the pod's netns: the chain found and the
 /// backend holding it (`None`: neither backend has them).
 pub fn found(netns: &Path) -> anyhow::Result<Option<String>> {
-    let (nft, legacy) = crate::netns::in_netns(netns, || Ok((nft_tables()?.iter().any(|t| t == "nat"), legacy_nat_table()?)))?;
-    if nft && let Some(chain) = declared(&super::apply::save_with(netns, "iptables-save")?) {
+    let (nft, legacy) = redirect_node::netns::in_netns(netns, || Ok((nft_tables()?.iter().any(|t| t == "nat"), legacy_nat_table()?)))?;
+    if nft && let Some(chain) = declared(&crate::apply::save_with(netns, "iptables-save")?) {
         return Ok(Some(format!("{chain} (iptables, nf_tables)")));
     }
-    if legacy && let Some(chain) = declared(&super::apply::save_with(netns, "iptables-legacy-save")?) {
+    if legacy && let Some(chain) = declared(&crate::apply::save_with(netns, "iptables-legacy-save")?) {
         return Ok(Some(format!("{chain} (iptables-legacy)")));
     }
     Ok(None)
