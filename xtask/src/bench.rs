@@ -8,7 +8,7 @@ use crate::{
     tools::apt_install,
 };
 
-pub fn bench(smoke: bool, png: bool, rounds: Option<String>) -> anyhow::Result<()> {
+pub fn bench(smoke: bool, png: bool, rounds: Option<String>, only: Option<String>) -> anyhow::Result<()> {
     require_root("bench")?;
     // Smoke mode checks that every section runs, not its figures: the
     // debug build that `test` made does (a release build of the agent and
@@ -26,6 +26,9 @@ pub fn bench(smoke: bool, png: bool, rounds: Option<String>) -> anyhow::Result<(
     cmd.arg("--out").arg(&out);
     if let Some(rounds) = rounds {
         cmd.args(["--rounds", &rounds]);
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", &only]);
     }
     if smoke {
         cmd.arg("--smoke");

@@ -52,11 +52,16 @@ enum Cmd {
         /// Also draw the scaling curves (target/bench/bench.png).
         #[arg(long)]
         png: bool,
-        /// Connection-rate rounds per cell (200 ms per path each; default
-        /// 10, at least 4); more rounds narrow the spread of the ratios.
-        /// Passed on as given: the bench owns the default and the bound.
+        /// Rounds per cell (each gives every path one run: 200 ms of
+        /// connections, or one long-lived connection; default 10, at least
+        /// 4); more rounds narrow the spread of the ratios. Passed on as
+        /// given: the bench owns the default and the bound.
         #[arg(long)]
         rounds: Option<String>,
+        /// One section alone: connection-rate, long-lived, apply or cni
+        /// (passed on; the bench says what it takes).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The privileged integration tests inside Debian's cloud kernels under
     /// qemu; prints (and writes to target/vm-matrix.md) kernel × test.
@@ -81,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build => build::build(),
         Cmd::Run { log_decisions } => run::demo(&root, log_decisions),
         Cmd::Test { args } => test::test(&args),
-        Cmd::Bench { smoke, png, rounds } => bench::bench(smoke, png, rounds),
+        Cmd::Bench { smoke, png, rounds, only } => bench::bench(smoke, png, rounds, only),
         Cmd::VmTest { kernels } => vm_test::vm_test(&root, &kernels),
         Cmd::Image => image::image(&root),
         Cmd::DeployCheck => deploy::check(&root),
