@@ -134,7 +134,7 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             return false;
         }
         let local_addr = u32::from_be((*sk).src_ip4);
-        let sent_by_connect = is_handover_v4(local_addr);
+        let sent_by_connect = handover::is_address_v4(local_addr);
         if !may_answer(sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
@@ -166,7 +166,7 @@ unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         }
         // struct sockaddr_in: the address at bytes 4..8, network order.
         let dialled = u32::from_be_bytes([*optval.add(4), *optval.add(5), *optval.add(6), *optval.add(7)]);
-        if !is_handover_v4(dialled) || !may_answer(sk, Record::Handover) {
+        if !handover::is_address_v4(dialled) || !may_answer(sk, Record::Handover) {
             return false;
         }
         let Some((a, port)) = handed_over_v4(dialled) else { return false };
@@ -192,13 +192,6 @@ unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         let Some((addr, port)) = handed_over_v6(dialled) else { return false };
         write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }
-}
-
-/// Whether connect4 chose `addr` (host byte order) to hand a connection
-/// over, in either form.
-#[inline(always)]
-fn is_handover_v4(addr: u32) -> bool {
-    per_pod::slot_of(0, addr).is_some() || node_wide::slot_of(addr).is_some()
 }
 
 /// The original destination of this pod's connection that connect4 sent

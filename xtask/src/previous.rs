@@ -1,6 +1,7 @@
 //! The previous release's agent, for the upgrade test
 //! (`tests/tests/upgrade.rs`): the tree before the newest commit that
-//! changed the eBPF programs, taken from git and built into
+//! changed the eBPF programs (their crate, or `redirect-common`, which they
+//! are built from too), taken from git and built into
 //! `target/previous-release/COMMIT/` (kept: later runs reuse it), then
 //! staged beside the test binaries as `redirect-agent-previous`, with the
 //! commit in `previous-release`. Where git has no such commit (a shallow
@@ -58,7 +59,9 @@ pub fn stage(root: &Path, staged: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The parent of the newest commit that changed the programs.
+/// The parent of the newest commit that changed the programs: theirs or
+/// the shared crate's sources, where the decision, the map layouts and the
+/// hand-over are (a change there alone changes the object too).
 fn previous_commit(root: &Path) -> anyhow::Result<String> {
     let git = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new("git").current_dir(root).args(args).output().context("running git")?;
@@ -67,9 +70,9 @@ fn previous_commit(root: &Path) -> anyhow::Result<String> {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
-    let changed = git(&["rev-list", "-1", "HEAD", "--", "redirect-ebpf/src"])?;
+    let changed = git(&["rev-list", "-1", "HEAD", "--", "redirect-ebpf/src", "redirect-common/src"])?;
     if changed.is_empty() {
-        bail!("no commit changed redirect-ebpf/src");
+        bail!("no commit changed redirect-ebpf/src or redirect-common/src");
     }
     git(&["rev-parse", "--verify", &format!("{changed}^")])
 }
