@@ -83,6 +83,13 @@ pub mod names {
     pub const FAST_PATH_STATE: &str = "FAST_PATH_STATE";
     /// The pod IPs of pods in `localProxyMode: PodIP`.
     pub const POD_IPS: &str = "POD_IPS";
+    /// Each pod cgroup's id of its pod, for the node's shared programs
+    /// (cgroup storage: one value per cgroup that a program using it is
+    /// attached to, made by the kernel at the first attach, keyed by the
+    /// cgroup's id alone so that every hook of the cgroup reads the same).
+    /// Its layout is fixed for good: a link keeps the storage it was
+    /// attached with when it is given a later release's program in place.
+    pub const POD_OF_CGROUP: &str = "POD_OF_CGROUP";
     /// Per pod, not shared: a pod's local sockets for the fast path (see
     /// [`super::fast_path`]). Pinned in the pod's own directory.
     pub const FAST_PATH: &str = "FAST_PATH";
@@ -90,8 +97,8 @@ pub mod names {
     /// storage, as `PROXY_DIALLED`).
     pub const DNS_REDIRECTED: &str = "DNS_REDIRECTED";
     /// Every map that is shared between program instances (all but the
-    /// per-instance `.rodata` that holds `POD_ID`).
-    pub const SHARED: [&str; 23] = [
+    /// per-instance `.rodata` that holds `POD_ID`, and `FAST_PATH`).
+    pub const SHARED: [&str; 24] = [
         COUNTERS,
         POD_CONFIG,
         LOCAL_ADDRS,
@@ -115,6 +122,7 @@ pub mod names {
         DECISIONS,
         FAST_PATH_STATE,
         POD_IPS,
+        POD_OF_CGROUP,
     ];
 }
 

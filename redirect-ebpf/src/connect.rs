@@ -39,49 +39,46 @@ const ALLOW: i32 = 1;
 // instruction kernels before 5.12 refuse wherever it stands (their
 // verifier checks every instruction's fields before it follows any
 // branch), so those kernels are given the node-wide one
-// (`redirect_common::handover`). The agent loads one of the two.
+// (`redirect_common::handover`). The agent loads one of the two. And each
+// of those twice: the node's shared program reads its pod from the
+// cgroup's storage, a pod's own (`_own`) has it baked in (see main.rs).
 
-#[cgroup_sock_addr(connect4)]
-pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect4::<false>(&ctx) };
-    // Whatever happens, never fail the application's connect(): a pod whose
-    // lists can't be read connects directly, as it would without a mesh.
-    ALLOW
+/// One entry point: `hook`, running `try_connect` with the hand-over form
+/// and where the pod comes from. Whatever happens, it never fails the
+/// application's connect(): a pod whose lists can't be read connects
+/// directly, as it would without a mesh.
+macro_rules! connect_program {
+    ($name:ident, $hook:ident, $try_connect:ident, $per_pod:literal, $pod:path) => {
+        #[cgroup_sock_addr($hook)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            // SAFETY: the kernel passes a valid bpf_sock_addr for this hook,
+            // and a shared program's link has storage (`storage_pod_id`).
+            unsafe { $try_connect::<$per_pod>(&ctx, $pod()) };
+            ALLOW
+        }
+    };
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect6::<false>(&ctx) };
-    ALLOW
-}
-
-#[cgroup_sock_addr(connect4)]
-pub fn redirect_connect4_per_pod(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect4::<true>(&ctx) };
-    ALLOW
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn redirect_connect6_per_pod(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { try_connect6::<true>(&ctx) };
-    ALLOW
-}
+connect_program!(redirect_connect4, connect4, try_connect4, false, crate::storage_pod_id);
+connect_program!(redirect_connect6, connect6, try_connect6, false, crate::storage_pod_id);
+connect_program!(redirect_connect4_per_pod, connect4, try_connect4, true, crate::storage_pod_id);
+connect_program!(redirect_connect6_per_pod, connect6, try_connect6, true, crate::storage_pod_id);
+connect_program!(redirect_connect4_own, connect4, try_connect4, false, crate::own_pod_id);
+connect_program!(redirect_connect6_own, connect6, try_connect6, false, crate::own_pod_id);
+connect_program!(redirect_connect4_per_pod_own, connect4, try_connect4, true, crate::own_pod_id);
+connect_program!(redirect_connect6_per_pod_own, connect6, try_connect6, true, crate::own_pod_id);
 
 /// The pod's config, if this is a TCP connect of an enrolled pod. A
 /// socket its proxy dials is marked as such on the way (see
 /// `maps::PROXY_DIALLED`): its `SO_ORIGINAL_DST` is not its own address.
 #[inline(always)]
-unsafe fn tcp_config(ctx: &SockAddrContext) -> Option<PodConfig> {
+unsafe fn tcp_config(ctx: &SockAddrContext, pod: u32) -> Option<PodConfig> {
     // SAFETY: `sock_addr` is the context pointer; protocol is readable here.
     if unsafe { (*ctx.sock_addr).protocol } != IPPROTO_TCP {
         return None;
     }
     // SAFETY: the value is copied out before any other map access.
-    let config = unsafe { POD_CONFIG.get(&crate::pod_id()) }.copied()?;
+    let config = unsafe { POD_CONFIG.get(&pod) }.copied()?;
     if uid() == config.proxy_uid {
         crate::maps::mark_dialled(ctx);
     }
@@ -91,12 +88,12 @@ unsafe fn tcp_config(ctx: &SockAddrContext) -> Option<PodConfig> {
 /// Runs the table, counts the rule, and says which proxy port a redirect
 /// goes to.
 #[inline(always)]
-fn decide<A: Address>(config: &PodConfig, conn: &Outbound<A>) -> (OutboundRule, Option<u16>)
+fn decide<A: Address>(pod: u32, config: &PodConfig, conn: &Outbound<A>) -> (OutboundRule, Option<u16>)
 where
     for<'a> MapLists<'a>: AddrLists<A>,
 {
     let rule = decide_outbound(conn, &MapLists { config });
-    count(counter::outbound(rule));
+    count(pod, counter::outbound(rule));
     let port = match rule.verdict() {
         Verdict::Direct => None,
         Verdict::RedirectOutbound => Some(config.outbound_port),
@@ -108,11 +105,11 @@ where
 /// The pod's next connection number of one family (see
 /// `handover::per_pod`) in the per-pod programs; None in the node-wide ones.
 #[inline(always)]
-fn next_number<const PER_POD: bool>(v6: bool) -> Option<u32> {
+fn next_number<const PER_POD: bool>(pod: u32, v6: bool) -> Option<u32> {
     if !PER_POD {
         return None;
     }
-    let counter = HANDOVER_SEQ.get_ptr_mut(per_pod::counter(crate::pod_id(), v6))?;
+    let counter = HANDOVER_SEQ.get_ptr_mut(per_pod::counter(pod, v6))?;
     // SAFETY: a valid, aligned u64 of an array map, only ever accessed
     // atomically.
     Some(unsafe { fetch_add_one(counter) } as u32)
@@ -147,9 +144,9 @@ unsafe fn fetch_add_one(counter: *mut u64) -> u64 {
 /// Leaves the original destination of an IPv4 connection for the proxy
 /// and returns the loopback address to send it to (host byte order).
 #[inline(always)]
-fn hand_over_v4<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<u32>) -> u32 {
-    let (pod, addr) = (crate::pod_id(), conn.dst.to_be_bytes());
-    if let Some(n) = next_number::<PER_POD>(false) {
+fn hand_over_v4<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32, conn: &Outbound<u32>) -> u32 {
+    let addr = conn.dst.to_be_bytes();
+    if let Some(n) = next_number::<PER_POD>(pod, false) {
         if let Some(slot) = HANDOVER_POD.get_ptr_mut(per_pod::slot(pod, n)) {
             // SAFETY: a valid array slot. One 8-byte store: getsockopt
             // never sees half of it.
@@ -169,9 +166,8 @@ fn hand_over_v4<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<u32>
 
 /// [`hand_over_v4`] for an IPv6 connection.
 #[inline(always)]
-fn hand_over_v6<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<Ip6>) -> Ip6 {
-    let pod = crate::pod_id();
-    if let Some(n) = next_number::<PER_POD>(true) {
+fn hand_over_v6<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32, conn: &Outbound<Ip6>) -> Ip6 {
+    if let Some(n) = next_number::<PER_POD>(pod, true) {
         if let Some(slot) = HANDOVER6_POD.get_ptr_mut(per_pod::slot(pod, n)) {
             let words = per_pod::Slot6::new(pod, n, conn.dst, conn.dst_port).0;
             // SAFETY: a valid array slot of three u64s. Each word is one
@@ -198,24 +194,24 @@ fn hand_over_v6<const PER_POD: bool>(ctx: &SockAddrContext, conn: &Outbound<Ip6>
 /// PodIP` (`decision::to_pod_ip`): the pod IP, same port. None: where it
 /// was going.
 #[inline(always)]
-fn pod_ip_v4(rule: OutboundRule, conn: &Outbound<u32>) -> Option<(u32, u16)> {
+fn pod_ip_v4(pod: u32, rule: OutboundRule, conn: &Outbound<u32>) -> Option<(u32, u16)> {
     if !to_pod_ip(rule, conn) {
         return None;
     }
     // SAFETY: the value is copied out.
-    let ips = unsafe { POD_IPS.get(&crate::pod_id()) }.copied()?;
+    let ips = unsafe { POD_IPS.get(&pod) }.copied()?;
     let ip = u32::from_be_bytes(ips.v4);
     (ip != 0).then_some((ip, conn.dst_port))
 }
 
 /// [`pod_ip_v4`] for `::1`.
 #[inline(always)]
-fn pod_ip_v6(rule: OutboundRule, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
+fn pod_ip_v6(pod: u32, rule: OutboundRule, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
     if !to_pod_ip(rule, conn) {
         return None;
     }
     // SAFETY: the value is copied out.
-    let ips = unsafe { POD_IPS.get(&crate::pod_id()) }.copied()?;
+    let ips = unsafe { POD_IPS.get(&pod) }.copied()?;
     (!ips.v6.same(Ip6::UNSPECIFIED)).then_some((ips.v6, conn.dst_port))
 }
 
@@ -239,65 +235,66 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 /// passed to one log call compiled to a read of a register the verifier
 /// saw as never written on the direct path.)
 #[inline(always)]
-fn redirect_v4<const PER_POD: bool>(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
-    let (rule, port) = decide(config, conn);
+fn redirect_v4<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32, config: &PodConfig, conn: &Outbound<u32>) -> Option<(u32, u16)> {
+    let (rule, port) = decide(pod, config, conn);
     let Some(port) = port else {
-        log_v4(config, conn, None, rule);
-        return pod_ip_v4(rule, conn);
+        log_v4(pod, config, conn, None, rule);
+        return pod_ip_v4(pod, rule, conn);
     };
-    let to = hand_over_v4::<PER_POD>(ctx, conn);
-    log_v4(config, conn, Some((to, port)), rule);
+    let to = hand_over_v4::<PER_POD>(ctx, pod, conn);
+    log_v4(pod, config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
 /// [`redirect_v4`] for an IPv6 connection.
 #[inline(always)]
-fn redirect_v6<const PER_POD: bool>(ctx: &SockAddrContext, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
-    let (rule, port) = decide(config, conn);
+fn redirect_v6<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32, config: &PodConfig, conn: &Outbound<Ip6>) -> Option<(Ip6, u16)> {
+    let (rule, port) = decide(pod, config, conn);
     let Some(port) = port else {
-        log_v6(config, conn, None, rule);
-        return pod_ip_v6(rule, conn);
+        log_v6(pod, config, conn, None, rule);
+        return pod_ip_v6(pod, rule, conn);
     };
-    let to = hand_over_v6::<PER_POD>(ctx, conn);
-    log_v6(config, conn, Some((to, port)), rule);
+    let to = hand_over_v6::<PER_POD>(ctx, pod, conn);
+    log_v6(pod, config, conn, Some((to, port)), rule);
     Some((to, port))
 }
 
-unsafe fn try_connect4<const PER_POD: bool>(ctx: &SockAddrContext) {
+unsafe fn try_connect4<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32) {
     // A UDP socket's connect(): only the local DNS proxy's rule applies.
-    if unsafe { crate::dns::redirect4(ctx) } {
+    if unsafe { crate::dns::redirect4(ctx, pod) } {
         return;
     }
-    let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
+    let Some(config) = (unsafe { tcp_config(ctx, pod) }) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: user_ip4/user_port are readable and writable in connect4.
     unsafe {
         let conn = Outbound { dst: u32::from_be((*sa).user_ip4), dst_port: u16::from_be((*sa).user_port as u16), uid: uid() };
-        if let Some((to, port)) = redirect_v4::<PER_POD>(ctx, &config, &conn) {
+        if let Some((to, port)) = redirect_v4::<PER_POD>(ctx, pod, &config, &conn) {
             (*sa).user_ip4 = to.to_be();
             (*sa).user_port = u32::from(port.to_be());
         }
     }
 }
 
-unsafe fn try_connect6<const PER_POD: bool>(ctx: &SockAddrContext) {
-    if unsafe { crate::dns::redirect6(ctx) } {
+unsafe fn try_connect6<const PER_POD: bool>(ctx: &SockAddrContext, pod: u32) {
+    if unsafe { crate::dns::redirect6(ctx, pod) } {
         return;
     }
-    let Some(config) = (unsafe { tcp_config(ctx) }) else { return };
+    let Some(config) = (unsafe { tcp_config(ctx, pod) }) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: user_ip6/user_port are readable and writable in connect6.
     unsafe {
         let (dst, dst_port) = (read_ip6(&raw const (*sa).user_ip6), u16::from_be((*sa).user_port as u16));
         let to = match Dest6::of(dst) {
             Dest6::Mapped(v4) => {
-                count(counter::OUTBOUND_MAPPED);
+                count(pod, counter::OUTBOUND_MAPPED);
                 // The mapped form keeps it an IPv4 connection.
-                redirect_v4::<PER_POD>(ctx, &config, &Outbound { dst: v4, dst_port, uid: uid() }).map(|(to, port)| (Ip6::mapped(to), port))
+                redirect_v4::<PER_POD>(ctx, pod, &config, &Outbound { dst: v4, dst_port, uid: uid() })
+                    .map(|(to, port)| (Ip6::mapped(to), port))
             }
             Dest6::V6(addr) => {
-                count(counter::OUTBOUND_IPV6);
-                redirect_v6::<PER_POD>(ctx, &config, &Outbound { dst: addr, dst_port, uid: uid() })
+                count(pod, counter::OUTBOUND_IPV6);
+                redirect_v6::<PER_POD>(ctx, pod, &config, &Outbound { dst: addr, dst_port, uid: uid() })
             }
         };
         if let Some((to, port)) = to {
@@ -317,11 +314,11 @@ fn log(config: &PodConfig, record: &DecisionRecord) {
 }
 
 #[inline(always)]
-fn log_v4(config: &PodConfig, conn: &Outbound<u32>, to: Option<(u32, u16)>, rule: OutboundRule) {
-    log(config, &DecisionRecord::v4(crate::pod_id(), conn.uid, conn.dst, conn.dst_port, to, rule as u8));
+fn log_v4(pod: u32, config: &PodConfig, conn: &Outbound<u32>, to: Option<(u32, u16)>, rule: OutboundRule) {
+    log(config, &DecisionRecord::v4(pod, conn.uid, conn.dst, conn.dst_port, to, rule as u8));
 }
 
 #[inline(always)]
-fn log_v6(config: &PodConfig, conn: &Outbound<Ip6>, to: Option<(Ip6, u16)>, rule: OutboundRule) {
-    log(config, &DecisionRecord::v6(crate::pod_id(), conn.uid, conn.dst, conn.dst_port, to, rule as u8));
+fn log_v6(pod: u32, config: &PodConfig, conn: &Outbound<Ip6>, to: Option<(Ip6, u16)>, rule: OutboundRule) {
+    log(config, &DecisionRecord::v6(pod, conn.uid, conn.dst, conn.dst_port, to, rule as u8));
 }

@@ -30,45 +30,45 @@ const ALLOW: i32 = 1;
 /// Whether this is a UDP socket of an enrolled pod, and the MeshConfig's
 /// DNS proxy is on for it.
 #[inline(always)]
-unsafe fn udp_dns_on(ctx: &SockAddrContext) -> Option<bool> {
+unsafe fn udp_dns_on(ctx: &SockAddrContext, pod: u32) -> Option<bool> {
     // SAFETY: `sock_addr` is the context pointer; the value is copied out.
     unsafe {
         if (*ctx.sock_addr).protocol != IPPROTO_UDP {
             return None;
         }
-        POD_CONFIG.get(&crate::pod_id()).map(|c| c.flags & pod_flags::DNS_PROXY != 0)
+        POD_CONFIG.get(&pod).map(|c| c.flags & pod_flags::DNS_PROXY != 0)
     }
 }
 
 /// Decides UDP to an IPv4 destination (host byte order) and, where it goes
 /// to the proxy, rewrites the port and marks the socket; whether it did.
 #[inline(always)]
-unsafe fn redirect(ctx: &SockAddrContext, dst: u32) -> bool {
+unsafe fn redirect(ctx: &SockAddrContext, pod: u32, dst: u32) -> bool {
     // SAFETY: user_port is readable and writable in connect and sendmsg.
     unsafe {
-        let Some(on) = udp_dns_on(ctx) else { return false };
+        let Some(on) = udp_dns_on(ctx, pod) else { return false };
         let sa = ctx.sock_addr;
         let Some(port) = dns::decide(dst, u16::from_be((*sa).user_port as u16), on).port() else { return false };
         (*sa).user_port = u32::from(port.to_be());
-        mark(ctx);
+        mark(ctx, pod);
         true
     }
 }
 
 /// Used by sendmsg4 and connect4.
 #[inline(always)]
-pub unsafe fn redirect4(ctx: &SockAddrContext) -> bool {
+pub unsafe fn redirect4(ctx: &SockAddrContext, pod: u32) -> bool {
     // SAFETY: user_ip4 is readable in connect4 and sendmsg4.
-    unsafe { redirect(ctx, u32::from_be((*ctx.sock_addr).user_ip4)) }
+    unsafe { redirect(ctx, pod, u32::from_be((*ctx.sock_addr).user_ip4)) }
 }
 
 /// For an IPv6 socket's IPv4-mapped destination: sendmsg6 and connect6.
 #[inline(always)]
-pub unsafe fn redirect6(ctx: &SockAddrContext) -> bool {
+pub unsafe fn redirect6(ctx: &SockAddrContext, pod: u32) -> bool {
     // SAFETY: user_ip6 is readable in connect6 and sendmsg6.
     unsafe {
         match read_ip6(&raw const (*ctx.sock_addr).user_ip6).to_mapped_v4() {
-            Some(v4) => redirect(ctx, v4),
+            Some(v4) => redirect(ctx, pod, v4),
             None => false,
         }
     }
@@ -78,9 +78,9 @@ pub unsafe fn redirect6(ctx: &SockAddrContext) -> bool {
 /// the kernel can't allocate the mark, its replies keep the proxy's port
 /// (the resolver drops them and retries).
 #[inline(always)]
-fn mark(ctx: &SockAddrContext) {
+fn mark(ctx: &SockAddrContext, pod: u32) {
     let _ = DNS_REDIRECTED.get_or_insert_ptr_mut(ctx, None);
-    count(counter::DNS_REDIRECTED);
+    count(pod, counter::DNS_REDIRECTED);
 }
 
 #[inline(always)]
@@ -121,37 +121,47 @@ unsafe fn unredirect6(ctx: &SockAddrContext) -> bool {
     }
 }
 
-#[cgroup_sock_addr(sendmsg4)]
-pub fn redirect_sendmsg4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    unsafe { redirect4(&ctx) };
-    ALLOW
+// sendmsg and recvmsg twice each: the node's shared program (the pod
+// from the cgroup's storage) and a pod's own (`_own`, see main.rs).
+// getpeername needs no pod: one program serves both.
+
+/// A sendmsg entry point: `redirect` (4 or 6) with the pod from `pod`.
+macro_rules! sendmsg_program {
+    ($name:ident, $hook:ident, $redirect:ident, $pod:path) => {
+        #[cgroup_sock_addr($hook)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            // SAFETY: the kernel passes a valid bpf_sock_addr for this hook,
+            // and a shared program's link has storage (`storage_pod_id`).
+            unsafe { $redirect(&ctx, $pod()) };
+            ALLOW
+        }
+    };
 }
 
-#[cgroup_sock_addr(sendmsg6)]
-pub fn redirect_sendmsg6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as sendmsg4's.
-    unsafe { redirect6(&ctx) };
-    ALLOW
+/// A recvmsg entry point: `unredirect` (4 or 6), counted for the pod.
+macro_rules! recvmsg_program {
+    ($name:ident, $hook:ident, $unredirect:ident, $pod:path) => {
+        #[cgroup_sock_addr($hook)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            // SAFETY: as sendmsg's.
+            unsafe {
+                if $unredirect(&ctx) {
+                    count($pod(), counter::DNS_REPLIES);
+                }
+            }
+            ALLOW
+        }
+    };
 }
 
-#[cgroup_sock_addr(recvmsg4)]
-pub fn redirect_recvmsg4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel passes a valid bpf_sock_addr for this hook.
-    if unsafe { unredirect4(&ctx) } {
-        count(counter::DNS_REPLIES);
-    }
-    ALLOW
-}
-
-#[cgroup_sock_addr(recvmsg6)]
-pub fn redirect_recvmsg6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: as recvmsg4's.
-    if unsafe { unredirect6(&ctx) } {
-        count(counter::DNS_REPLIES);
-    }
-    ALLOW
-}
+sendmsg_program!(redirect_sendmsg4, sendmsg4, redirect4, crate::storage_pod_id);
+sendmsg_program!(redirect_sendmsg6, sendmsg6, redirect6, crate::storage_pod_id);
+sendmsg_program!(redirect_sendmsg4_own, sendmsg4, redirect4, crate::own_pod_id);
+sendmsg_program!(redirect_sendmsg6_own, sendmsg6, redirect6, crate::own_pod_id);
+recvmsg_program!(redirect_recvmsg4, recvmsg4, unredirect4, crate::storage_pod_id);
+recvmsg_program!(redirect_recvmsg6, recvmsg6, unredirect6, crate::storage_pod_id);
+recvmsg_program!(redirect_recvmsg4_own, recvmsg4, unredirect4, crate::own_pod_id);
+recvmsg_program!(redirect_recvmsg6_own, recvmsg6, unredirect6, crate::own_pod_id);
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn redirect_getpeername4(ctx: SockAddrContext) -> i32 {

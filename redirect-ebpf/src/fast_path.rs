@@ -31,7 +31,7 @@ fn is_local_hop(local: [u8; 4], remote: [u8; 4]) -> bool {
 #[inline(always)]
 fn enabled() -> bool {
     // SAFETY: copied out at once.
-    unsafe { POD_CONFIG.get(&crate::pod_id()) }.is_some_and(|c| c.flags & pod_flags::FAST_PATH != 0)
+    unsafe { POD_CONFIG.get(&crate::own_pod_id()) }.is_some_and(|c| c.flags & pod_flags::FAST_PATH != 0)
 }
 
 /// sockops, at ACTIVE_ or PASSIVE_ESTABLISHED: a local socket joins.
@@ -54,7 +54,7 @@ pub fn join(ctx: &SockOpsContext, mut own: ConnKey) {
     }
     // The kernel drops the socket from the sockhash itself at close.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    count(counter::FAST_PATH_SOCKETS);
+    count(crate::own_pod_id(), counter::FAST_PATH_SOCKETS);
 }
 
 /// sockops, at close.
@@ -73,7 +73,7 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     }
     let own = ConnKey {
-        pod: crate::pod_id(),
+        pod: crate::own_pod_id(),
         src_addr: md.local_ip4.to_ne_bytes(),
         dst_addr: md.remote_ip4.to_ne_bytes(),
         src_port: md.local_port as u16,
@@ -100,6 +100,6 @@ pub fn redirect_sk_msg(ctx: SkMsgContext) -> u32 {
         let _ = FAST_PATH_STATE.insert(&own, &next, BPF_EXIST as u64);
     }
     // A socket leaves once: after that its state is TCP and it returns above.
-    count(if spliced { counter::FAST_PATH_MESSAGES } else { counter::FAST_PATH_LEFT });
+    count(crate::own_pod_id(), if spliced { counter::FAST_PATH_MESSAGES } else { counter::FAST_PATH_LEFT });
     SK_PASS
 }

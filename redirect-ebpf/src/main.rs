@@ -1,6 +1,11 @@
-//! The kernel half of the dataplane. One instance of these programs is
-//! loaded per enrolled pod, with `POD_ID` set at load time, and attached to
-//! the pod's cgroup; all instances share the pinned maps of `maps.rs`.
+//! The kernel half of the dataplane. The cgroup hooks' programs (connect,
+//! getsockopt, the UDP ones) are loaded once per node and attached to every
+//! pod's cgroup: they read their pod from the cgroup's storage
+//! (`POD_OF_CGROUP`), which the agent writes at attach. The programs whose
+//! hook has no cgroup storage (sk_lookup on the pod's netns, sk_msg on its
+//! sockhash) and sockops, whose sockhash is the pod's own, are loaded per
+//! pod with `POD_ID` set at load time. Every instance shares the pinned
+//! maps of `maps.rs`.
 //!
 //! - `connect4` and `connect6` decide each TCP `connect()` (the outbound
 //!   table; an IPv4-mapped destination as IPv4) and rewrite redirected ones
@@ -35,7 +40,8 @@ mod sockopt;
 
 use aya_ebpf::Global;
 
-/// The pod this program instance serves; set by the agent at load time.
+/// The pod this program instance serves, set by the agent at load time;
+/// 0 in the node's shared instance.
 #[unsafe(no_mangle)]
 static POD_ID: Global<u32> = Global::new(0);
 
@@ -44,9 +50,27 @@ static POD_ID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static HAS_INGRESS_IFINDEX: Global<u8> = Global::new(0);
 
+/// The pod of a program of a pod's own instance: sk_lookup, sockops,
+/// sk_msg, and the cgroup hooks' `_own` programs.
 #[inline(always)]
-fn pod_id() -> u32 {
+fn own_pod_id() -> u32 {
     POD_ID.load()
+}
+
+/// The pod of a shared program (a cgroup hook's): the one the agent wrote
+/// into the storage of the cgroup it runs for (0 until the agent has
+/// written it: no pod, whose config no lookup finds).
+///
+/// # Safety
+/// Only in a program whose links have storage: the kernel makes it at
+/// attach for a program that uses the map, and a link given another
+/// program in place keeps what it was made with. A pod's links made for
+/// programs of its own (an earlier release's) have none: those get the
+/// `_own` programs, which read `POD_ID` and never touch the map.
+#[inline(always)]
+unsafe fn storage_pod_id() -> u32 {
+    // SAFETY: the caller's; the helper's pointer is valid for this run.
+    unsafe { *maps::POD_OF_CGROUP.get() }
 }
 
 // Only for the BPF target: checked for the host (`cargo clippy

@@ -107,9 +107,10 @@ pub static DECISIONS: RingBuf = RingBuf::with_byte_size(capacity::DECISIONS_BYTE
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::PODS * counter::SLOTS, 0);
 
+/// Counts event `id` of `pod`.
 #[inline(always)]
-pub fn count(id: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter::index(crate::pod_id(), id)) {
+pub fn count(pod: u32, id: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter::index(pod, id)) {
         // SAFETY: a per-CPU slot: no other CPU writes it.
         unsafe { *slot += 1 };
     }
@@ -142,3 +143,34 @@ pub fn dialled(sk: *mut aya_ebpf::bindings::bpf_sock) -> bool {
     // SAFETY: a lookup without creation; `sk` is the context's socket.
     !unsafe { aya_ebpf::helpers::bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.is_null()
 }
+
+/// `POD_OF_CGROUP` (`redirect_common::maps::names`): cgroup storage keyed by
+/// the cgroup's id alone, which aya-ebpf's `CgroupStorage` (keyed by cgroup
+/// and attach type, a value per hook) doesn't declare.
+#[repr(transparent)]
+pub struct PodOfCgroup(core::cell::UnsafeCell<aya_ebpf::bindings::bpf_map_def>);
+
+// SAFETY: the kernel owns the definition once loaded; nothing writes it.
+unsafe impl Sync for PodOfCgroup {}
+
+impl PodOfCgroup {
+    /// This run's cgroup's value: the storage of the cgroup the program is
+    /// attached to (`bpf_get_local_storage`, never null in a cgroup hook).
+    #[inline(always)]
+    pub unsafe fn get(&self) -> *const u32 {
+        // SAFETY: the map definition the loader relocated; flags must be 0.
+        unsafe { aya_ebpf::helpers::bpf_get_local_storage(self.0.get().cast(), 0) }.cast()
+    }
+}
+
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "POD_OF_CGROUP")]
+pub static POD_OF_CGROUP: PodOfCgroup = PodOfCgroup(core::cell::UnsafeCell::new(aya_ebpf::bindings::bpf_map_def {
+    type_: aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_CGROUP_STORAGE_DEPRECATED,
+    key_size: core::mem::size_of::<u64>() as u32,
+    value_size: core::mem::size_of::<u32>() as u32,
+    max_entries: 0,
+    map_flags: 0,
+    id: 0,
+    pinning: 0,
+}));

@@ -43,7 +43,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         if (*l).protocol != IPPROTO_TCP {
             return SK_PASS;
         }
-        let Some(config) = POD_CONFIG.get(&crate::pod_id()).copied() else {
+        let Some(config) = POD_CONFIG.get(&crate::own_pod_id()).copied() else {
             return SK_PASS;
         };
         if config.flags & pod_flags::INBOUND == 0 {
@@ -72,14 +72,14 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         // elsewhere as dead code.
         let ingress_ifindex = if crate::HAS_INGRESS_IFINDEX.load() != 0 { Some((*l).ingress_ifindex) } else { None };
         let rule = decide_inbound(&Inbound { dst_port: local_port, ingress_ifindex, ipv6 }, &lists);
-        count(counter::inbound(rule));
+        count(crate::own_pod_id(), counter::inbound(rule));
         if ipv6 {
-            count(counter::INBOUND_IPV6);
+            count(crate::own_pod_id(), counter::INBOUND_IPV6);
         }
         if rule.verdict() == Verdict::Direct {
             return SK_PASS;
         }
-        let pod = crate::pod_id();
+        let pod = crate::own_pod_id();
         // An IPv4 connection goes to the IPv4 listener, or else to a
         // dual-stack `[::]` one (registered as IPv6; a v6-only socket
         // refuses it, and the connection is refused).
@@ -94,7 +94,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         }
         // No proxy listening: refuse rather than let the connection reach
         // the application around the proxy (fail closed).
-        count(counter::INBOUND_NO_PROXY);
+        count(crate::own_pod_id(), counter::INBOUND_NO_PROXY);
         SK_DROP
     }
 }

@@ -42,7 +42,7 @@ pub fn redirect_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn key_as_client(ctx: &SockOpsContext) -> ConnKey {
     ConnKey {
-        pod: crate::pod_id(),
+        pod: crate::own_pod_id(),
         src_addr: ctx.local_ip4().to_ne_bytes(),
         dst_addr: ctx.remote_ip4().to_ne_bytes(),
         src_port: ctx.local_port() as u16,
@@ -56,7 +56,7 @@ fn key_as_client(ctx: &SockOpsContext) -> ConnKey {
 /// inbound connections of its family are steered to it (see sk_lookup.rs;
 /// a dual-stack `[::]` listener serves IPv4 too).
 fn on_listen(ctx: &SockOpsContext, family: u32) {
-    let pod = crate::pod_id();
+    let pod = crate::own_pod_id();
     // SAFETY: copied out at once.
     let Some(inbound_port) = (unsafe { POD_CONFIG.get(&pod) }).map(|c| c.inbound_port) else {
         return;

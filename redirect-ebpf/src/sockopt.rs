@@ -60,10 +60,10 @@ use crate::{
 /// Whether the caller may be told the original destination of `sk`'s
 /// connection, read from `record` (see `handover::may_answer`).
 #[inline(always)]
-unsafe fn may_answer(sk: *const bpf_sock, record: Record) -> bool {
+unsafe fn may_answer(pod: u32, sk: *const bpf_sock, record: Record) -> bool {
     // SAFETY: the map value is read whole; `sk` is the context's.
     unsafe {
-        let Some(config) = POD_CONFIG.get(&crate::pod_id()) else { return false };
+        let Some(config) = POD_CONFIG.get(&pod) else { return false };
         handover::may_answer(config, bpf_get_current_uid_gid() as u32, local_port(sk), record)
     }
 }
@@ -91,6 +91,18 @@ const SOCKADDR_IN6_LEN: usize = 28;
 
 #[cgroup_sockopt(getsockopt)]
 pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: a shared program's link has storage.
+    getsockopt(&ctx, unsafe { crate::storage_pod_id() })
+}
+
+/// A pod's own (see main.rs).
+#[cgroup_sockopt(getsockopt)]
+pub fn redirect_getsockopt_own(ctx: SockoptContext) -> i32 {
+    getsockopt(&ctx, crate::own_pod_id())
+}
+
+#[inline(always)]
+fn getsockopt(ctx: &SockoptContext, pod: u32) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: the kernel passes a valid bpf_sockopt for this hook.
     unsafe {
@@ -98,10 +110,10 @@ pub fn redirect_getsockopt(ctx: SockoptContext) -> i32 {
         // 0: the kernel answered (conntrack knew the connection).
         let kernel_answered = (*so).retval == 0;
         let answered = match level {
-            SOL_IP if optname == SO_ORIGINAL_DST && kernel_answered => translate_v4(so),
-            SOL_IP if optname == SO_ORIGINAL_DST => answer_v4(so),
-            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST && kernel_answered => translate_v6(so),
-            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST => answer_v6(so),
+            SOL_IP if optname == SO_ORIGINAL_DST && kernel_answered => translate_v4(so, pod),
+            SOL_IP if optname == SO_ORIGINAL_DST => answer_v4(so, pod),
+            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST && kernel_answered => translate_v6(so, pod),
+            SOL_IPV6 if optname == IP6T_SO_ORIGINAL_DST => answer_v6(so, pod),
             _ => false,
         };
         if !answered {
@@ -121,7 +133,7 @@ unsafe fn local_port(sk: *const bpf_sock) -> u16 {
 
 /// `SOL_IP`: an IPv4 connection, on an AF_INET socket or in mapped form on
 /// an AF_INET6 one. Whether the call was answered.
-unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt, pod: u32) -> bool {
     // SAFETY (whole body): `so` is the context; `sk` is checked for null.
     unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
@@ -135,11 +147,11 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         }
         let local_addr = u32::from_be((*sk).src_ip4);
         let sent_by_connect = handover::is_address_v4(local_addr);
-        if !may_answer(sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
+        if !may_answer(pod, sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
         let (a, port) = if sent_by_connect {
-            match handed_over_v4(local_addr) {
+            match handed_over_v4(pod, local_addr) {
                 Some(orig) => orig,
                 None => return false,
             }
@@ -148,14 +160,14 @@ unsafe fn answer_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         } else {
             return false;
         };
-        write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
+        write_answer(so, pod, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
     }
 }
 
 /// The kernel's `SO_ORIGINAL_DST` answer, if it names a hand-over address:
 /// the original destination that hand-over holds, written in its place.
 /// Whether it was (otherwise the kernel's answer stands).
-unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt, pod: u32) -> bool {
     // SAFETY (whole body): `so` is the context; `sk` is checked for null,
     // the kernel's answer is read within the bounds-checked window.
     unsafe {
@@ -166,16 +178,16 @@ unsafe fn translate_v4(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         }
         // struct sockaddr_in: the address at bytes 4..8, network order.
         let dialled = u32::from_be_bytes([*optval.add(4), *optval.add(5), *optval.add(6), *optval.add(7)]);
-        if !handover::is_address_v4(dialled) || !may_answer(sk, Record::Handover) {
+        if !handover::is_address_v4(dialled) || !may_answer(pod, sk, Record::Handover) {
             return false;
         }
-        let Some((a, port)) = handed_over_v4(dialled) else { return false };
-        write_answer(so, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
+        let Some((a, port)) = handed_over_v4(pod, dialled) else { return false };
+        write_answer(so, pod, &sockaddr_in(a, port), counter::ORIGINAL_DST_ANSWERED)
     }
 }
 
 /// [`translate_v4`] for `IP6T_SO_ORIGINAL_DST` (ip6tables' NAT).
-unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt, pod: u32) -> bool {
     // SAFETY: as translate_v4's.
     unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
@@ -186,11 +198,11 @@ unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         // struct sockaddr_in6: the address at bytes 8..24, network order.
         let word = |i: usize| u32::from_ne_bytes([*optval.add(i), *optval.add(i + 1), *optval.add(i + 2), *optval.add(i + 3)]);
         let dialled = redirect_common::addr::Ip6([word(8), word(12), word(16), word(20)]);
-        if !handover::in_net6(dialled) || !may_answer(sk, Record::Handover) {
+        if !handover::in_net6(dialled) || !may_answer(pod, sk, Record::Handover) {
             return false;
         }
-        let Some((addr, port)) = handed_over_v6(dialled) else { return false };
-        write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
+        let Some((addr, port)) = handed_over_v6(pod, dialled) else { return false };
+        write_answer(so, pod, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }
 }
 
@@ -198,8 +210,7 @@ unsafe fn translate_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
 /// to `local_addr`, if its slot still holds it: one 8-byte load of the
 /// slot the address names, in the form the address is of.
 #[inline(always)]
-fn handed_over_v4(local_addr: u32) -> Option<(Ipv4Be, u16)> {
-    let pod = crate::pod_id();
+fn handed_over_v4(pod: u32, local_addr: u32) -> Option<(Ipv4Be, u16)> {
     if let Some(slot) = per_pod::slot_of(pod, local_addr) {
         let slot = HANDOVER_POD.get_ptr(slot)?;
         // SAFETY: a valid array slot, read whole.
@@ -214,8 +225,7 @@ fn handed_over_v4(local_addr: u32) -> Option<(Ipv4Be, u16)> {
 /// per-pod form's three words (each read whole, checked together), or the
 /// node-wide form's entry.
 #[inline(always)]
-fn handed_over_v6(local: Ip6) -> Option<(Ip6, u16)> {
-    let pod = crate::pod_id();
+fn handed_over_v6(pod: u32, local: Ip6) -> Option<(Ip6, u16)> {
     if let Some(n) = per_pod::number_of6(local) {
         let slot = HANDOVER6_POD.get_ptr(per_pod::slot(pod, n))?;
         // SAFETY: a valid array slot of three u64s.
@@ -257,7 +267,7 @@ fn sockaddr_in6(addr: redirect_common::addr::Ip6, port: u16) -> [u8; SOCKADDR_IN
 }
 
 /// `SOL_IPV6`: a native IPv6 connection. Whether the call was answered.
-unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
+unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt, pod: u32) -> bool {
     // SAFETY (whole body): `so` is the context; `sk` is checked for null.
     unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
@@ -269,11 +279,11 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
             return false;
         }
         let sent_by_connect = handover::in_net6(local);
-        if !may_answer(sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
+        if !may_answer(pod, sk, if sent_by_connect { Record::Handover } else { Record::OwnAddress }) {
             return false;
         }
         let (addr, port) = if sent_by_connect {
-            match handed_over_v6(local) {
+            match handed_over_v6(pod, local) {
                 Some(orig) => orig,
                 None => return false,
             }
@@ -282,7 +292,7 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
         } else {
             return false;
         };
-        write_answer(so, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
+        write_answer(so, pod, &sockaddr_in6(addr, port), counter::ORIGINAL_DST_ANSWERED_IPV6)
     }
 }
 
@@ -290,7 +300,7 @@ unsafe fn answer_v6(so: *mut aya_ebpf::bindings::bpf_sockopt) -> bool {
 /// (otherwise the kernel's answer stands, as conntrack refuses a short
 /// buffer too). Whether it was written.
 #[inline(always)]
-unsafe fn write_answer<const N: usize>(so: *mut aya_ebpf::bindings::bpf_sockopt, bytes: &[u8; N], answered: u32) -> bool {
+unsafe fn write_answer<const N: usize>(so: *mut aya_ebpf::bindings::bpf_sockopt, pod: u32, bytes: &[u8; N], answered: u32) -> bool {
     // SAFETY: the optval window is bounds-checked before the write, as the
     // verifier demands.
     unsafe {
@@ -304,7 +314,7 @@ unsafe fn write_answer<const N: usize>(so: *mut aya_ebpf::bindings::bpf_sockopt,
         // store LLVM would merge them into.
         core::ptr::write_volatile(&raw mut (*so).optlen, N as i32);
         core::ptr::write_volatile(&raw mut (*so).retval, 0);
-        count(answered);
+        count(pod, answered);
         true
     }
 }

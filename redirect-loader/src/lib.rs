@@ -1,6 +1,7 @@
 //! The eBPF dataplane: the embedded object, what the kernel can do
 //! (`features`, `probe`), where its state is pinned (`pins`), how a pod's programs are
-//! attached (`programs`, `link`; verified ahead of need: `prewarm`), a policy in map terms (`policy_entries`)
+//! attached (`programs`, `link`; verified ahead of need: `prewarm`; the
+//! shared programs' pod of each cgroup: `pod_of_cgroup`), a policy in map terms (`policy_entries`)
 //! written to the maps (`maps`), and the decision log (`decision_log`).
 
 pub mod decision_log;
@@ -8,6 +9,7 @@ pub mod features;
 pub mod link;
 pub mod maps;
 pub mod pins;
+pub mod pod_of_cgroup;
 pub mod policy_entries;
 pub mod prewarm;
 pub mod probe;

@@ -44,7 +44,7 @@ pub enum AttachType {
     SkLookup = 36,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<i32> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<i32> {
     // SAFETY: `attr` is a zero-padded bpf_attr of 64 bytes, large enough for
     // both commands; the kernel checks the unused tail is zero.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };

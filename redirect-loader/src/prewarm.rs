@@ -1,9 +1,11 @@
-//! Pod instances verified ahead of need. Loading a pod's programs (the
-//! verifier's pass over each of them, and the instance's maps) is most of
-//! what a CNI ADD waits for; the pod id baked into an instance is known
-//! before the pod (`State::next_ids`), so worker threads, one per CPU, load
-//! the instances of the next few ids while the agent waits for work, and an
-//! enrolment that finds its id ready only attaches. One whose id a worker
+//! Pods' own programs verified ahead of need (sk_lookup, sockops, sk_msg:
+//! the cgroup hooks' are the node's, loaded once, `programs::Shared`).
+//! Loading them (the object, the instance's maps, a verifier pass each,
+//! about 2 ms in all) is still most of what a CNI ADD does in the agent;
+//! the pod id baked into an instance is known before the pod
+//! (`State::next_ids`), so worker threads, one per CPU, load the instances
+//! of the next few ids while the agent waits for work, and an enrolment
+//! that finds its id ready only attaches. One whose id a worker
 //! is loading waits for that worker rather than loading it a second time;
 //! one whose id no worker has started (a burst larger than the pool) loads
 //! its own, as before.

@@ -1,15 +1,20 @@
-//! Loading one instance of the programs for a pod and attaching it to the
-//! pod's cgroup (sk_lookup: to its network namespace), with every link
-//! pinned so that it outlives the agent.
+//! The pod's programs, attached to the pod's cgroup (sk_lookup: to its
+//! network namespace), with every link pinned so that it outlives the
+//! agent.
 //!
-//! Why one instance per pod: the programs need to know which pod a socket
-//! belongs to in all three hooks. `bpf_get_netns_cookie` would tell, but
-//! sockops and getsockopt only have it from Linux 5.15, and the cgroup id
-//! seen in softirq context (sockops) is not the pod's. A per-pod instance
-//! with `POD_ID` baked in at load time works from 5.7 (cgroup bpf_link) on,
-//! keeps every pod's verdicts independent, and costs one verifier pass per
-//! enrolment.
-
+//! Which pod a socket belongs to: the cgroup hooks' programs (connect4/6,
+//! getsockopt, the UDP ones) are loaded once per node ([`Shared`]) and read
+//! the pod from the storage of the cgroup they run for, which the agent
+//! writes at attach (`pod_of_cgroup`). sk_lookup (a netns hook, which has
+//! no cgroup storage), sockops and sk_msg (the pod's own fast-path
+//! sockhash) are loaded per pod with `POD_ID` baked in ([`Prepared`]): one
+//! verifier pass of about 1 ms per pod, where all of them took about 11.
+//!
+//! A pod whose cgroup links were made before the shared programs (by an
+//! earlier release) keeps programs of its own for them, `POD_ID` baked in:
+//! a link given another program in place keeps the storage it was made with
+//! (none), and a program reading storage there would read none. Its links
+//! get shared programs when they are made anew (the pod enrolled again).
 use std::{
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
@@ -26,6 +31,7 @@ use crate::{
     OBJECT,
     link::{self, AttachType},
     pins::Pins,
+    pod_of_cgroup::PodOfCgroup,
 };
 
 /// The programs of one pod that are always attached, by the name of their
@@ -53,9 +59,31 @@ const SOCKOPS: (&str, &str) = ("sockops", "redirect_sockops");
 // (bpffs refuses names with a dot.)
 const SOCKOPS_PROGRAM_PIN: &str = "sockops_program";
 
-/// Every program of a pod (not the fast path's sk_msg), by function name.
+/// Every program a pod's links may run (not the fast path's sk_msg), by
+/// function name: the shared ones, a pod's own, sockops.
 pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
-    PROGRAMS.iter().map(|(_, name, t)| (on_this_kernel(name), *t)).chain([(SOCKOPS.1, AttachType::CgroupSockOps)])
+    let shared = PROGRAMS.iter().map(|(_, name, t)| (on_this_kernel(name), *t));
+    let own = PROGRAMS.iter().filter(|(_, name, _)| own_variant(on_this_kernel(name)) != on_this_kernel(name));
+    shared.chain(own.map(|(_, name, t)| (own_variant(on_this_kernel(name)), *t))).chain([(SOCKOPS.1, AttachType::CgroupSockOps)])
+}
+
+/// The program of a pod's own instance for a cgroup hook whose shared
+/// program is `name`: it reads `POD_ID`, never the cgroup's storage (for
+/// links made without storage: see the module's header). getpeername's
+/// program needs no pod and serves both; sk_lookup has no shared one.
+fn own_variant(name: &'static str) -> &'static str {
+    match name {
+        "redirect_connect4" => "redirect_connect4_own",
+        "redirect_connect6" => "redirect_connect6_own",
+        "redirect_connect4_per_pod" => "redirect_connect4_per_pod_own",
+        "redirect_connect6_per_pod" => "redirect_connect6_per_pod_own",
+        "redirect_getsockopt" => "redirect_getsockopt_own",
+        "redirect_sendmsg4" => "redirect_sendmsg4_own",
+        "redirect_sendmsg6" => "redirect_sendmsg6_own",
+        "redirect_recvmsg4" => "redirect_recvmsg4_own",
+        "redirect_recvmsg6" => "redirect_recvmsg6_own",
+        other => other,
+    }
 }
 
 /// The function this kernel runs for `name`: connect4/6 hand over per pod
@@ -86,8 +114,53 @@ pub fn sockops_needed(fast_path: bool, inbound: bool, listener_registered: bool)
 const FAST_PATH_PROGRAM: &str = "redirect_sk_msg";
 pub const FAST_PATH_PIN: &str = "fast_path";
 
+/// The marker, in the pod's pin directory, that every cgroup link of the
+/// pod was made for the shared programs (so has storage): a pin of the
+/// `POD_OF_CGROUP` map itself.
+const SHARED_LINKS_PIN: &str = "shared_links";
+
+/// Whether a program of [`PROGRAMS`] is one of the node's shared ones (a
+/// cgroup hook: it can read the cgroup's storage).
+fn is_shared(attach_type: AttachType) -> bool {
+    !matches!(attach_type, AttachType::SkLookup)
+}
+
+/// The pin of the link that a pod's attach makes first: one whose program
+/// reads the storage (the kernel makes storage only for a program that
+/// uses the map) and does nothing for a pod whose id isn't written yet
+/// (getsockopt looks up the pod's config, finds none and leaves the
+/// kernel's answer), made first so that the cgroup's storage exists, and
+/// the id is written, before any other hook runs.
+const FIRST_LINK: &str = "getsockopt";
+
+/// The cgroup hooks' programs, loaded (verified) once, in the agent's own
+/// instance (`POD_ID` 0): every pod's cgroup links run these.
+pub struct Shared {
+    programs: Vec<(&'static str, OwnedFd, AttachType)>,
+    storage: PodOfCgroup,
+}
+
+impl Shared {
+    /// `ebpf`: the agent's own instance (`load_replacing_changed_maps`).
+    pub fn load(ebpf: &mut Ebpf, pins: &Pins) -> anyhow::Result<Self> {
+        let mut programs = Vec::new();
+        for (pin, name, attach_type) in PROGRAMS.iter().filter(|(_, _, t)| is_shared(*t)) {
+            programs.push((*pin, load_program(ebpf, on_this_kernel(name), *attach_type)?, *attach_type));
+        }
+        // The first link's program first: see FIRST_LINK.
+        programs.sort_by_key(|(pin, _, _)| *pin != FIRST_LINK);
+        Ok(Shared { programs, storage: PodOfCgroup::open(pins)? })
+    }
+}
+
+/// Whether the pod's cgroup links were made for programs of its own (no
+/// storage): some are pinned, without the shared-links marker.
+fn has_own_cgroup_links(pins: &Pins, pod: PodId) -> bool {
+    !pins.link(pod, SHARED_LINKS_PIN).exists() && PROGRAMS.iter().any(|(pin, _, t)| is_shared(*t) && pins.link(pod, pin).exists())
+}
+
 /// Loads the object with every shared map opened from (or created at) its
-/// pin. `pod` is baked into the instance's `POD_ID`.
+/// pin. `pod` is baked into the instance's `POD_ID` (0: the shared one).
 pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
     let map_paths: Vec<_> = names::SHARED.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
@@ -138,16 +211,16 @@ pub fn load_replacing_changed_maps(pins: &Pins) -> anyhow::Result<(Ebpf, Vec<Str
 /// or namespace is gone (made again under the same path) is replaced.
 /// Everything is loaded and verified first; if loading fails, what the pod
 /// had stays, and if one link fails, the others are done all the same.
-/// `prepared`: an instance verified ahead for this pod id (`prewarm`),
-/// else one is loaded now.
-pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, prepared: Option<Prepared>) -> anyhow::Result<()> {
+/// `prepared`: the pod's own programs verified ahead for this pod id
+/// (`prewarm`), else they are loaded now; `shared`: the node's.
+pub fn attach(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, prepared: Option<Prepared>, shared: &Shared) -> anyhow::Result<()> {
     let loaded = match prepared {
         Some(p) if p.pod == pod => p,
         _ => Prepared::new(pins, pod)?,
     };
     let dir = pins.pod_dir(pod);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    loaded.attach(pins, pod, cgroup, netns)
+    loaded.attach(pins, pod, cgroup, netns, shared)
 }
 
 /// What the pod's cgroup links and its netns link must be attached to: the
@@ -176,22 +249,26 @@ pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'
         .collect()
 }
 
-/// The kernel's tag of each of this agent's programs, by link pin (sockops
-/// by its program pin): a hash of the instructions with map references
-/// left out, so every pod's instance of one program has the same, and an
-/// older release's differs. `ebpf`: an instance with every program loaded.
-pub type Tags = std::collections::BTreeMap<&'static str, u64>;
+/// The kernel's tags of this agent's programs, by link pin (sockops by its
+/// program pin): those a link there may run (the shared program's and a
+/// pod's own). A tag is a hash of the instructions with map references
+/// left out, so every instance of one program has the same, and an older
+/// release's differs. `ebpf`: an instance with every program loaded
+/// (`every_program`).
+pub type Tags = std::collections::BTreeMap<&'static str, Vec<u64>>;
 
 pub fn tags(ebpf: &Ebpf) -> anyhow::Result<Tags> {
-    PROGRAMS
-        .iter()
-        .map(|(pin, name, _)| (*pin, on_this_kernel(name)))
-        .chain([(SOCKOPS_PROGRAM_PIN, SOCKOPS.1)])
-        .map(|(pin, name)| {
-            let program = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-            Ok((pin, program.info().with_context(|| format!("{name}: its tag"))?.tag()))
-        })
-        .collect()
+    let tag = |name: &str| -> anyhow::Result<u64> {
+        let program = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        Ok(program.info().with_context(|| format!("{name}: its tag"))?.tag())
+    };
+    let mut tags = Tags::new();
+    for (pin, name, _) in PROGRAMS {
+        let name = on_this_kernel(name);
+        tags.insert(pin, vec![tag(name)?, tag(own_variant(name))?]);
+    }
+    tags.insert(SOCKOPS_PROGRAM_PIN, vec![tag(SOCKOPS.1)?]);
+    Ok(tags)
 }
 
 /// The pinned pods that run other programs than `ours` (an earlier
@@ -209,14 +286,14 @@ pub fn outdated(pins: &Pins, ours: &Tags) -> anyhow::Result<Vec<(PodId, Vec<&'st
     for pod in pods {
         let differ: Vec<&'static str> = ours
             .iter()
-            .filter(|(pin, tag)| {
+            .filter(|(pin, tags)| {
                 let path = pins.link(pod, pin);
                 let theirs = if **pin == SOCKOPS_PROGRAM_PIN {
                     aya::programs::ProgramInfo::from_pin(&path).ok().map(|p| p.tag())
                 } else {
                     link::get(&path).ok().and_then(|fd| link::info(fd.as_fd()).ok()).and_then(|i| loaded.get(&i.prog_id).copied())
                 };
-                theirs != Some(**tag)
+                !theirs.is_some_and(|t| tags.contains(&t))
             })
             .map(|(pin, _)| *pin)
             .collect();
@@ -256,13 +333,15 @@ where
     load(program.try_into()?)
 }
 
-/// One pod's instance, loaded and verified, not yet attached.
+/// One pod's own programs, loaded and verified, not yet attached.
 pub struct Prepared {
     /// The id baked into it.
     pod: PodId,
     /// Holds the instance's maps (the fast path's sockhash) until pinned.
     ebpf: Ebpf,
     sockops: OwnedFd,
+    /// sk_lookup; and the cgroup hooks' too where the pod needs its own
+    /// ([`has_own_cgroup_links`]).
     programs: Vec<(&'static str, OwnedFd, AttachType)>,
 }
 
@@ -276,13 +355,26 @@ impl Prepared {
             .context("attaching the fast path's sk_msg program to its sockhash")?;
         let sockops = load_program(&mut ebpf, SOCKOPS.1, AttachType::CgroupSockOps)?;
         let mut programs = Vec::new();
-        for (pin, name, attach_type) in PROGRAMS {
+        for (pin, name, attach_type) in PROGRAMS.into_iter().filter(|(_, _, t)| !is_shared(*t)) {
             programs.push((pin, load_program(&mut ebpf, on_this_kernel(name), attach_type)?, attach_type));
         }
         Ok(Prepared { pod, ebpf, sockops, programs })
     }
 
-    fn attach(self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> anyhow::Result<()> {
+    /// Loads the cgroup hooks' programs into this instance too (a verifier
+    /// pass each, as every enrolment took before the shared programs).
+    fn load_own_cgroup_programs(&mut self) -> anyhow::Result<()> {
+        for (pin, name, attach_type) in PROGRAMS.into_iter().filter(|(_, _, t)| is_shared(*t)) {
+            self.programs.push((pin, load_program(&mut self.ebpf, own_variant(on_this_kernel(name)), attach_type)?, attach_type));
+        }
+        Ok(())
+    }
+
+    fn attach(mut self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, shared: &Shared) -> anyhow::Result<()> {
+        let own = has_own_cgroup_links(pins, pod);
+        if own {
+            self.load_own_cgroup_programs()?;
+        }
         // The pin is what keeps the sk_msg program attached: the kernel
         // detaches a sockhash's programs when the last file descriptor or pin
         // of the map goes, even while sockops still uses the map. Sockets in
@@ -292,24 +384,44 @@ impl Prepared {
         let cg = redirect_node::cgroup::open(cgroup)?;
         let ns = redirect_node::netns::open(netns)?;
         let (cg_id, ns_id) = target_ids(cgroup, netns)?;
-        let mut links: Vec<(&str, BorrowedFd<'_>, AttachType)> =
-            self.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type)).collect();
+        // Each with whether its program is a shared one.
+        let mut links: Vec<(&str, BorrowedFd<'_>, AttachType, bool)> =
+            self.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type, false)).collect();
+        if !own {
+            links.extend(shared.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type, true)));
+        }
         // sockops only where it is attached now (`set_sockops` decides).
         if pins.link(pod, SOCKOPS.0).exists() {
-            links.push((SOCKOPS.0, self.sockops.as_fd(), AttachType::CgroupSockOps));
+            links.push((SOCKOPS.0, self.sockops.as_fd(), AttachType::CgroupSockOps, false));
+        }
+        // The shared programs' pod: written before any link changes where
+        // the cgroup has storage already, else after the first link.
+        let mut written = own;
+        if !written && shared.storage.get(cg_id).is_some() {
+            shared.storage.set(cg_id, pod)?;
+            written = true;
         }
         let mut failed = Vec::new();
-        for (pin, prog, attach_type) in links {
+        for (pin, prog, attach_type, is_shared) in links {
             let (target, what, id) = match attach_type {
                 AttachType::SkLookup => (ns.as_fd(), netns, ns_id),
                 _ => (cg.as_fd(), cgroup, cg_id),
             };
             if let Err(e) = replace_link(prog, target, id, attach_type, what, &pins.link(pod, pin)) {
                 failed.push(format!("{e:#}"));
+            } else if !written && is_shared {
+                // Fails only if the kernel made no storage: the links run
+                // with no pod, so the pod is not enrolled.
+                shared.storage.set(cg_id, pod)?;
+                written = true;
             }
         }
         if !failed.is_empty() {
             anyhow::bail!("{}", failed.join("; "));
+        }
+        let marker = pins.link(pod, SHARED_LINKS_PIN);
+        if !own && !marker.exists() {
+            link::pin(shared.storage.fd(), &marker)?;
         }
         Ok(())
     }

@@ -76,6 +76,9 @@ fn removing_a_pod_stops_interception_and_reenrolling_restores_it() {
     let (ok, out) = node.cli(&["remove", &pod.name]);
     assert!(ok, "{out}");
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+    // Enrolled again under a new id, in the same cgroup: the shared
+    // programs read the new id from its storage (the old one's config is
+    // gone: read under it, the connection would go direct).
     node.enroll(&pod, &[]).unwrap();
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 }
@@ -347,5 +350,35 @@ fn the_redirect_needs_no_sockops_and_concurrent_connections_each_get_their_own_d
     for (to, child) in clients {
         let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         assert_eq!(out.trim(), format!("out {to}"));
+    }
+}
+
+#[test]
+fn every_pod_runs_the_nodes_one_instance_of_the_cgroup_programs_with_its_own_policy() {
+    use std::os::fd::AsFd as _;
+
+    use redirect_agent::ebpf::{link, programs::PROGRAMS};
+    let (node, a) = both(NO_LISTS);
+    let b = Pod::create(&node).unwrap();
+    node.enroll(&a, &["flomesh.io/outbound-port-exclusion-list=80"]).unwrap();
+    node.enroll(&b, &[]).unwrap();
+    // One program for both pods, each connection under its own pod's policy.
+    assert_eq!(a.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80");
+    assert_eq!(b.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
+    assert_eq!(a.dial("10.96.0.10:81", APP_UID), "out 10.96.0.10:81");
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(node.bpffs_dir.join("pods")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let program = |dir: &std::path::Path, pin: &str| {
+        let fd = link::get(&dir.join(pin)).unwrap();
+        link::info(fd.as_fd()).unwrap().prog_id
+    };
+    for (pin, _, _) in PROGRAMS {
+        let (pa, pb) = (program(&dirs[0], pin), program(&dirs[1], pin));
+        if pin == "sk_lookup" {
+            // A netns hook has no cgroup storage: each pod's own.
+            assert_ne!(pa, pb, "{pin}");
+        } else {
+            assert_eq!(pa, pb, "{pin}: the node's one program");
+        }
     }
 }

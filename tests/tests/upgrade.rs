@@ -44,13 +44,26 @@ fn the_same_agent_restarting_leaves_every_link_on_its_program() {
 /// A cgroup/connect4 program that lets every connect through unchanged
 /// (`r0 = 1; exit`): what a pod's link runs if another release's (or a
 /// broken) program is on it.
-fn pass_through_connect4() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd as _;
+fn pass_through_connect4(pins: &Pins) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u64 = 18;
     const BPF_CGROUP_INET4_CONNECT: u64 = 10;
-    // struct bpf_insn: code, regs, off, imm (little-endian).
-    let insns: [u64; 2] = [0xb7 | (1 << 32), 0x95];
+    // It reads the cgroup's storage, as the agent's shared programs do: the
+    // kernel gives a link made with storage only a program that uses it.
+    let storage = link::get(&pins.map(redirect_common::maps::names::POD_OF_CGROUP)).unwrap();
+    // struct bpf_insn: code, regs (dst | src << 4), off, imm (little-endian).
+    let insns: [u64; 6] = [
+        // r1 = the map (ld_imm64, BPF_PSEUDO_MAP_FD), two slots
+        0x18 | (0x11 << 8) | ((storage.as_raw_fd() as u64) << 32),
+        0,
+        // r2 = 0; call bpf_get_local_storage
+        0xb7 | (2 << 8),
+        0x85 | (81 << 32),
+        // r0 = 1 (let the connect go on, where it was going); exit
+        0xb7 | (1 << 32),
+        0x95,
+    ];
     let license = c"GPL";
     // { prog_type, insn_cnt }, insns, license, ..., at 68: expected_attach_type
     let mut attr = [0u64; 16];
@@ -81,7 +94,7 @@ fn a_link_running_another_program_is_given_this_agents_at_the_next_start() {
     node.enroll(&pod, &[]).unwrap();
     let id = node.status()["pods"][0]["id"].as_u64().unwrap() as u32;
     node.kill_agent();
-    let other = pass_through_connect4();
+    let other = pass_through_connect4(&Pins::new(&node.bpffs_dir));
     let connect4 = link::get(&Pins::new(&node.bpffs_dir).link(id, "connect4")).unwrap();
     link::update(std::os::fd::AsFd::as_fd(&connect4), std::os::fd::AsFd::as_fd(&other)).unwrap();
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "direct 10.96.0.10:80", "the other program lets it through");

@@ -37,6 +37,8 @@ pub struct EbpfPods {
     pub(super) maps: SharedMaps,
     /// Decision logs of every pod's programs (one pinned ring buffer).
     pub(super) decisions: DecisionLog,
+    /// The cgroup hooks' programs, loaded once for every pod.
+    shared: programs::Shared,
     /// Shared maps were replaced at start (their layout changed), or an
     /// older agent's maps removed: every pod's programs still use the old
     /// ones until attached again.
@@ -46,7 +48,7 @@ pub struct EbpfPods {
     pub(super) reattach_pending: std::collections::BTreeSet<PodId>,
     /// Pods whose sockops could not be attached or detached (logged once).
     sockops_failing: HashSet<PodId>,
-    /// Instances for the next enrolments, verified ahead.
+    /// The next enrolments' own programs, verified ahead.
     pub(super) prewarm: Prewarm,
 }
 
@@ -70,15 +72,25 @@ impl EbpfPods {
         let (mut object, replaced) = programs::load_replacing_changed_maps(&pins)?;
         let decisions = DecisionLog::open(&mut object)?;
         let maps = SharedMaps::open(&mut object)?;
+        let shared = programs::Shared::load(&mut object, &pins)?;
         let prewarm = Prewarm::start(pins.clone());
         let reattach_all = removed || !replaced.is_empty() || !outdated.is_empty();
-        Ok(EbpfPods { pins, maps, decisions, reattach_all, reattach_pending: Default::default(), sockops_failing: HashSet::new(), prewarm })
+        Ok(EbpfPods {
+            pins,
+            maps,
+            decisions,
+            shared,
+            reattach_all,
+            reattach_pending: Default::default(),
+            sockops_failing: HashSet::new(),
+            prewarm,
+        })
     }
 
     /// Replaces the pod's programs with new instances of this agent's, on
     /// the maps it has now (see `programs::load_replacing_changed_maps`).
     pub fn reattach(&mut self, id: PodId, pod: &Pod) -> anyhow::Result<()> {
-        programs::attach(&self.pins, id, &pod.cgroup_path()?, &pod.netns, None)
+        programs::attach(&self.pins, id, &pod.cgroup_path()?, &pod.netns, None, &self.shared)
     }
 
     /// Writes the MeshConfig's lists into their shared slot if they changed:
@@ -230,7 +242,7 @@ impl PodHandler for EbpfPods {
         }
         if !programs::is_attached(&self.pins, id) || !misplaced.is_empty() {
             let prepared = self.prewarm.take(id);
-            programs::attach(&self.pins, id, &cg, &pod.netns, prepared)?;
+            programs::attach(&self.pins, id, &cg, &pod.netns, prepared, &self.shared)?;
         }
         let mut listeners = self.maps.listeners(id);
         // A proxy that was listening before it was enrolled.
