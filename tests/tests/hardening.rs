@@ -607,10 +607,13 @@ fn a_pod_recorded_by_its_process_is_not_followed_into_the_namespace_a_reused_pid
     assert_eq!(pod.dial("10.96.0.10:80", APP_UID), "out 10.96.0.10:80");
 
     // The process exits; its PID goes to a process of another namespace,
-    // with an address of its own. (Settled first: a change the kernel
-    // announces meanwhile would have the agent look at the path while no
-    // process holds it, and find it gone rather than another namespace.)
+    // with an address of its own. The agent is stopped meanwhile: a look
+    // at the path while no process holds it (a refresh, every second, or a
+    // change the kernel announces) finds it gone rather than another
+    // namespace, and under emulation giving the PID again takes seconds.
     pod.wait_network_settled();
+    let agent = nix::unistd::Pid::from_raw(node.agent_pid().unwrap() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
     sandbox.kill().unwrap();
     sandbox.wait().unwrap();
     let stranger = redirect_agent::sandbox::Netns::create(&tests::unique("pidreuse")).unwrap();
@@ -618,7 +621,9 @@ fn a_pod_recorded_by_its_process_is_not_followed_into_the_namespace_a_reused_pid
     let mut cmd = std::process::Command::new("sleep");
     cmd.arg("600").stdin(Stdio::null());
     redirect_agent::sandbox::enter_netns(&mut cmd, &stranger.path()).unwrap();
-    let Some(mut reused) = spawn_as_pid(&mut cmd, pid) else { panic!("PID {pid} was never given again") };
+    let reused = spawn_as_pid(&mut cmd, pid);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let Some(mut reused) = reused else { panic!("PID {pid} was never given again") };
     assert_ne!(redirect_agent::netns::identity(&path).unwrap(), redirect_agent::netns::identity(&pod.ns.path()).unwrap());
 
     // The next refresh removes the pod as gone, and never reads the
