@@ -22,8 +22,8 @@ pub const DEFAULT_DIR: &str = redirect_cni::wire::DEFAULT_STATE_DIR;
 /// kept as it was and reported, never a reason to stop (an agent that
 /// crashloops leaves its plugin chained, and every meshed pod's ADD
 /// failing).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "StateFile", into = "StateFile")]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(from = "StateFile")]
 pub struct State {
     /// Enrolled pods by their id in the kernel maps.
     pub pods: BTreeMap<PodId, Pod>,
@@ -61,7 +61,7 @@ impl Unreadable {
 }
 
 /// The file as JSON, each part read on its own (`State`'s `From`).
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct StateFile {
     #[serde(default)]
     pods: BTreeMap<PodId, serde_json::Value>,
@@ -114,18 +114,57 @@ impl From<StateFile> for State {
     }
 }
 
-impl From<State> for StateFile {
-    fn from(state: State) -> Self {
-        let value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
-        let mut pods: BTreeMap<PodId, serde_json::Value> = state.unreadable.into_iter().map(|(id, u)| (id, u.entry)).collect();
-        pods.extend(state.pods.into_iter().map(|(id, pod)| (id, value(serde_json::to_value(pod)))));
-        StateFile {
-            pods,
-            mesh_config: value(serde_json::to_value(state.mesh_config)),
-            settings: value(serde_json::to_value(state.settings)),
-            last_id: state.last_id.into(),
-            cni: value(serde_json::to_value(state.cni)),
+/// The file as written: `StateFile`'s form, each part serialized from the
+/// state where it is (the state is written at every enrolment, whole: a
+/// copy of it, each pod turned into a JSON value first, took most of that
+/// time on a full node).
+#[derive(serde::Serialize)]
+struct StateFileRef<'a> {
+    pods: PodsRef<'a>,
+    mesh_config: &'a Option<PathBuf>,
+    settings: &'a ProxySettings,
+    last_id: PodId,
+    #[serde(skip_serializing_if = "is_none")]
+    cni: &'a Option<crate::cni::install::CniInstall>,
+}
+
+fn is_none<T>(value: &&Option<T>) -> bool {
+    value.is_none()
+}
+
+/// The pods, read and unreadable (written back as they were), by id.
+struct PodsRef<'a>(&'a State);
+
+impl serde::Serialize for PodsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        enum Entry<'a> {
+            Read(&'a Pod),
+            Kept(&'a serde_json::Value),
         }
+        let mut all: BTreeMap<PodId, Entry<'_>> = self.0.unreadable.iter().map(|(id, u)| (*id, Entry::Kept(&u.entry))).collect();
+        all.extend(self.0.pods.iter().map(|(id, pod)| (*id, Entry::Read(pod))));
+        let mut map = serializer.serialize_map(Some(all.len()))?;
+        for (id, entry) in all {
+            match entry {
+                Entry::Read(pod) => map.serialize_entry(&id, pod)?,
+                Entry::Kept(value) => map.serialize_entry(&id, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StateFileRef {
+            pods: PodsRef(self),
+            mesh_config: &self.mesh_config,
+            settings: &self.settings,
+            last_id: self.last_id,
+            cni: &self.cni,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -166,7 +205,9 @@ impl State {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = Self::file(dir);
-        crate::files::replace(&path, &serde_json::to_vec_pretty(self)?)
+        // Compact: it is written at every enrolment, whole, and a node's
+        // worth of pods pretty-printed took most of the time of writing it.
+        crate::files::replace(&path, &serde_json::to_vec(self)?)
     }
 
     pub fn pod_id(&self, name: &str) -> Option<PodId> {

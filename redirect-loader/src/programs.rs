@@ -235,6 +235,10 @@ fn target_ids(cgroup: &Path, netns: &Path) -> anyhow::Result<(u64, u64)> {
 /// namespace that is not the pod's any more (removed, and made again under
 /// the same path): they intercept nothing. Empty where they can't be read.
 pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'static str> {
+    // A pod being enrolled has no links yet: nothing to look up.
+    if !pins.pod_dir(pod).exists() {
+        return Vec::new();
+    }
     let Ok((cg, ns)) = target_ids(cgroup, netns) else { return Vec::new() };
     PROGRAMS
         .iter()

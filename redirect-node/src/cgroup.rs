@@ -56,6 +56,15 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(full)
 }
 
+/// A cgroup's path as `resolve` gave it when it was recorded, without
+/// looking at the file system again (None where it can't be told so: not
+/// plain names below the mount, which `resolve` then checks).
+pub fn as_recorded(path: &Path) -> Option<PathBuf> {
+    let mount = cgroup2_mount().ok()?;
+    let full = if path.is_absolute() { path.to_owned() } else { mount.join(path) };
+    plain_below(&full, &mount).or_else(|| resolve(path).ok())
+}
+
 /// `path` without its repeated and trailing slashes, if it is `mount`
 /// followed by plain names only (no `.` or `..`).
 fn plain_below(path: &Path, mount: &Path) -> Option<PathBuf> {

@@ -60,8 +60,8 @@ impl PodSource {
         let key = pod.key();
         let found = match self {
             PodSource::None => return Ok(Err("the agent has no pod source (run --kubernetes or --pods-file)".into())),
-            PodSource::File(path) => match read_file(path)?.into_iter().find(|p| self::key(p) == key) {
-                Some(p) => p,
+            PodSource::File(path) => match read_file(path)?.iter().find(|p| self::key(p) == key) {
+                Some(p) => p.clone(),
                 None => return Ok(Err(format!("pod {key} is not among the node's pods in {}", path.display()))),
             },
             PodSource::Api(store) => {
@@ -85,7 +85,7 @@ impl PodSource {
     pub fn meshed_pods(&self) -> anyhow::Result<Vec<Pod>> {
         let all = match self {
             PodSource::None => Vec::new(),
-            PodSource::File(path) => read_file(path)?,
+            PodSource::File(path) => read_file(path)?.to_vec(),
             PodSource::Api(store) => store.state().iter().map(|p| (**p).clone()).collect(),
         };
         Ok(all.into_iter().filter(is_meshed).collect())
@@ -112,10 +112,25 @@ impl PodSource {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<Vec<Pod>> {
+/// The pods of the file, parsed again only when its bytes changed: an ADD
+/// reads it, and parsing a node's worth of pods took most of an ADD's time
+/// (reading and comparing the bytes costs microseconds; a timestamp would
+/// miss a rewrite within the clock's tick).
+fn read_file(path: &Path) -> anyhow::Result<std::sync::Arc<Vec<Pod>>> {
+    type Parsed = (PathBuf, Vec<u8>, std::sync::Arc<Vec<Pod>>);
+    static LAST: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
     let text = std::fs::read(path).with_context(|| format!("pods file {}: can't read", path.display()))?;
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, bytes, pods)) = last.as_ref()
+        && p == path
+        && *bytes == text
+    {
+        return Ok(pods.clone());
+    }
     let list: List<Pod> = serde_json::from_slice(&text).with_context(|| format!("pods file {}: not a PodList in JSON", path.display()))?;
-    Ok(list.items)
+    let pods = std::sync::Arc::new(list.items);
+    *last = Some((path.to_owned(), text, pods.clone()));
+    Ok(pods)
 }
 
 #[cfg(test)]

@@ -509,6 +509,7 @@ fn main() -> anyhow::Result<()> {
         for (what, r) in [
             ("all at once, not meshed (the floor)", &adds.floor),
             ("all at once", &adds.burst),
+            ("one at a time, not meshed (the floor)", &adds.one_floor),
             ("one at a time, after the burst", &adds.one),
         ] {
             let _ = writeln!(md, "| {what} | {} | {:.1} | {:.1} | {:.0} |", r.pods, r.p50_ms, r.p99_ms, r.total_ms);
