@@ -114,9 +114,9 @@ pub fn sockops_needed(fast_path: bool, inbound: bool, listener_registered: bool)
 const FAST_PATH_PROGRAM: &str = "redirect_sk_msg";
 pub const FAST_PATH_PIN: &str = "fast_path";
 
-/// The marker, in the pod's pin directory, that every cgroup link of the
-/// pod was made for the shared programs (so has storage): a pin of the
-/// `POD_OF_CGROUP` map itself.
+/// The marker, in the pod's pin directory, that the pod's cgroup links are
+/// made for the shared programs (so have storage): a pin of the
+/// `POD_OF_CGROUP` map itself, made before the first of them.
 const SHARED_LINKS_PIN: &str = "shared_links";
 
 /// Whether a program of [`PROGRAMS`] is one of the node's shared ones (a
@@ -400,6 +400,14 @@ impl Prepared {
         }
         // The shared programs' pod: written before any link changes where
         // the cgroup has storage already, else after the first link.
+        // The marker first: a link made for a shared program (with storage)
+        // must never be given a pod's own (without), which the kernel
+        // refuses, so a pod whose attach fails half-way is tried again
+        // with the shared programs.
+        let marker = pins.link(pod, SHARED_LINKS_PIN);
+        if !own && !marker.exists() {
+            link::pin(shared.storage.fd(), &marker)?;
+        }
         let mut written = own;
         if !written && shared.storage.get(cg_id).is_some() {
             shared.storage.set(cg_id, pod)?;
@@ -422,10 +430,6 @@ impl Prepared {
         }
         if !failed.is_empty() {
             anyhow::bail!("{}", failed.join("; "));
-        }
-        let marker = pins.link(pod, SHARED_LINKS_PIN);
-        if !own && !marker.exists() {
-            link::pin(shared.storage.fd(), &marker)?;
         }
         Ok(())
     }
