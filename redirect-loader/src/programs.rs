@@ -153,6 +153,12 @@ impl Shared {
     }
 }
 
+/// Whether the shared program of the link at `pin` reads the cgroup's
+/// storage: all that need the pod (those with an own variant).
+fn reads_storage(pin: &str) -> bool {
+    PROGRAMS.iter().any(|(p, name, _)| *p == pin && own_variant(on_this_kernel(name)) != on_this_kernel(name))
+}
+
 /// Whether the pod's cgroup links were made for programs of its own (no
 /// storage): some are pinned, without the shared-links marker.
 fn has_own_cgroup_links(pins: &Pins, pod: PodId) -> bool {
@@ -388,18 +394,17 @@ impl Prepared {
         let cg = redirect_node::cgroup::open(cgroup)?;
         let ns = redirect_node::netns::open(netns)?;
         let (cg_id, ns_id) = target_ids(cgroup, netns)?;
-        // Each with whether its program is a shared one.
+        // Each with whether its program reads the cgroup's storage (a
+        // shared one that needs the pod: all but getpeername's).
         let mut links: Vec<(&str, BorrowedFd<'_>, AttachType, bool)> =
             self.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type, false)).collect();
         if !own {
-            links.extend(shared.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type, true)));
+            links.extend(shared.programs.iter().map(|(pin, prog, attach_type)| (*pin, prog.as_fd(), *attach_type, reads_storage(pin))));
         }
         // sockops only where it is attached now (`set_sockops` decides).
         if pins.link(pod, SOCKOPS.0).exists() {
             links.push((SOCKOPS.0, self.sockops.as_fd(), AttachType::CgroupSockOps, false));
         }
-        // The shared programs' pod: written before any link changes where
-        // the cgroup has storage already, else after the first link.
         // The marker first: a link made for a shared program (with storage)
         // must never be given a pod's own (without), which the kernel
         // refuses, so a pod whose attach fails half-way is tried again
@@ -408,20 +413,23 @@ impl Prepared {
         if !own && !marker.exists() {
             link::pin(shared.storage.fd(), &marker)?;
         }
+        // The shared programs' pod: written before any link changes where
+        // the cgroup has storage already, else after the first link whose
+        // program reads it (the kernel makes storage for such a program).
         let mut written = own;
         if !written && shared.storage.get(cg_id).is_some() {
             shared.storage.set(cg_id, pod)?;
             written = true;
         }
         let mut failed = Vec::new();
-        for (pin, prog, attach_type, is_shared) in links {
+        for (pin, prog, attach_type, reads) in links {
             let (target, what, id) = match attach_type {
                 AttachType::SkLookup => (ns.as_fd(), netns, ns_id),
                 _ => (cg.as_fd(), cgroup, cg_id),
             };
             if let Err(e) = replace_link(prog, target, id, attach_type, what, &pins.link(pod, pin)) {
                 failed.push(format!("{e:#}"));
-            } else if !written && is_shared {
+            } else if !written && reads {
                 // Fails only if the kernel made no storage: the links run
                 // with no pod, so the pod is not enrolled.
                 shared.storage.set(cg_id, pod)?;
