@@ -71,7 +71,7 @@ struct StateFile {
     settings: serde_json::Value,
     #[serde(default)]
     last_id: serde_json::Value,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(default)]
     cni: serde_json::Value,
 }
 

@@ -143,10 +143,7 @@ pub struct Shared {
 impl Shared {
     /// `ebpf`: the agent's own instance (`load_replacing_changed_maps`).
     pub fn load(ebpf: &mut Ebpf, pins: &Pins) -> anyhow::Result<Self> {
-        let mut programs = Vec::new();
-        for (pin, name, attach_type) in PROGRAMS.iter().filter(|(_, _, t)| is_shared(*t)) {
-            programs.push((*pin, load_program(ebpf, on_this_kernel(name), *attach_type)?, *attach_type));
-        }
+        let mut programs = load_cgroup_programs(ebpf, |name| name)?;
         // The first link's program first: see FIRST_LINK.
         programs.sort_by_key(|(pin, _, _)| *pin != FIRST_LINK);
         Ok(Shared { programs, storage: PodOfCgroup::open(pins)? })
@@ -157,6 +154,20 @@ impl Shared {
 /// storage: all that need the pod (those with an own variant).
 fn reads_storage(pin: &str) -> bool {
     PROGRAMS.iter().any(|(p, name, _)| *p == pin && own_variant(on_this_kernel(name)) != on_this_kernel(name))
+}
+
+/// Loads the cgroup hooks' programs of [`PROGRAMS`] into `ebpf`: for each,
+/// the function `variant` names for this kernel's (the shared one, or
+/// `own_variant`).
+fn load_cgroup_programs(
+    ebpf: &mut Ebpf,
+    variant: fn(&'static str) -> &'static str,
+) -> anyhow::Result<Vec<(&'static str, OwnedFd, AttachType)>> {
+    PROGRAMS
+        .into_iter()
+        .filter(|(_, _, t)| is_shared(*t))
+        .map(|(pin, name, attach_type)| Ok((pin, load_program(ebpf, variant(on_this_kernel(name)), attach_type)?, attach_type)))
+        .collect()
 }
 
 /// Whether the pod's cgroup links were made for programs of its own (no
@@ -275,7 +286,11 @@ pub fn tags(ebpf: &Ebpf) -> anyhow::Result<Tags> {
     let mut tags = Tags::new();
     for (pin, name, _) in PROGRAMS {
         let name = on_this_kernel(name);
-        tags.insert(pin, vec![tag(name)?, tag(own_variant(name))?]);
+        let mut both = vec![tag(name)?];
+        if own_variant(name) != name {
+            both.push(tag(own_variant(name))?);
+        }
+        tags.insert(pin, both);
     }
     tags.insert(SOCKOPS_PROGRAM_PIN, vec![tag(SOCKOPS.1)?]);
     Ok(tags)
@@ -374,9 +389,8 @@ impl Prepared {
     /// Loads the cgroup hooks' programs into this instance too (a verifier
     /// pass each, as every enrolment took before the shared programs).
     fn load_own_cgroup_programs(&mut self) -> anyhow::Result<()> {
-        for (pin, name, attach_type) in PROGRAMS.into_iter().filter(|(_, _, t)| is_shared(*t)) {
-            self.programs.push((pin, load_program(&mut self.ebpf, own_variant(on_this_kernel(name)), attach_type)?, attach_type));
-        }
+        let own = load_cgroup_programs(&mut self.ebpf, own_variant)?;
+        self.programs.extend(own);
         Ok(())
     }
 

@@ -37,7 +37,7 @@ fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 /// and checks that it is a directory of the cgroup2 hierarchy.
 pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
     let mount = cgroup2_mount()?;
-    let full = if path.is_absolute() { path.to_owned() } else { mount.join(path) };
+    let full = below(&mount, path);
     if !full.join("cgroup.procs").is_file() {
         bail!("cgroup {}: no such cgroup (no {}/cgroup.procs)", path.display(), full.display());
     }
@@ -61,8 +61,12 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
 /// plain names below the mount, which `resolve` then checks).
 pub fn as_recorded(path: &Path) -> Option<PathBuf> {
     let mount = cgroup2_mount().ok()?;
-    let full = if path.is_absolute() { path.to_owned() } else { mount.join(path) };
-    plain_below(&full, &mount).or_else(|| resolve(path).ok())
+    plain_below(&below(&mount, path), &mount).or_else(|| resolve(path).ok())
+}
+
+/// `path`, absolute or relative to the cgroup2 `mount`, as an absolute path.
+fn below(mount: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_owned() } else { mount.join(path) }
 }
 
 /// `path` without its repeated and trailing slashes, if it is `mount`
@@ -75,22 +79,26 @@ fn plain_below(path: &Path, mount: &Path) -> Option<PathBuf> {
 
 /// Refuses a cgroup that would take in more than one pod: the cgroup2 root
 /// (the whole node), or a group nested with an enrolled pod's (either way).
+/// `enrolled`: each pod's cgroup as recorded (`as_recorded`); only one that
+/// overlaps is looked at on the file system (is it still there?), as this
+/// runs at every enrolment for every pod of the node.
 pub fn refuse_overlap<'a>(new: &Path, enrolled: impl IntoIterator<Item = (&'a str, PathBuf)>) -> anyhow::Result<()> {
     if cgroup2_mount().is_ok_and(|m| m == new) {
         bail!("cgroup {}: the cgroup2 root holds every process of the node, not one pod", new.display());
     }
+    let still_there = |other: &Path| other.join("cgroup.procs").is_file();
     for (name, other) in enrolled {
-        if other == new {
+        if other == new && still_there(&other) {
             bail!("cgroup {}: already enrolled as pod {name}", new.display());
         }
-        if other.starts_with(new) {
+        if other.starts_with(new) && still_there(&other) {
             bail!(
                 "cgroup {}: holds the cgroup of pod {name} ({}); a pod's cgroup must not contain another's",
                 new.display(),
                 other.display()
             );
         }
-        if new.starts_with(&other) {
+        if new.starts_with(&other) && still_there(&other) {
             bail!(
                 "cgroup {}: inside the cgroup of pod {name} ({}); a pod's cgroup must not contain another's",
                 new.display(),

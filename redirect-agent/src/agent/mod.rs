@@ -359,18 +359,13 @@ impl Agent {
         // Each enrolled pod by what was recorded of it at its enrolment (its
         // namespace's identity, its cgroup's path), not looked up again: this
         // runs at every enrolment, for every pod of the node.
-        let same_netns = |p: &Pod| p.netns_identity.map_or_else(|| netns::identity(&p.netns).ok(), Some) == Some(identity);
-        if let Some(other) = self.state.pods.values().find(|p| same_netns(p)) {
+        if let Some(other) =
+            self.state.pods.values().find(|p| p.netns_identity.or_else(|| netns::identity(&p.netns).ok()) == Some(identity))
+        {
             bail!("netns {}: already enrolled as pod {} (netns {})", request.netns.display(), other.name, other.netns.display());
         }
         if let Some(cg) = request.cgroup.as_deref().map(cgroup::resolve).and_then(Result::ok) {
-            // Only a group that overlaps by its recorded path is looked up
-            // (is it still there?): the others can't conflict.
-            let overlaps = |other: &std::path::Path| other.starts_with(&cg) || cg.starts_with(other);
-            let enrolled = self.state.pods.values().filter_map(|p| {
-                let recorded = cgroup::as_recorded(p.cgroup.as_deref()?)?;
-                overlaps(&recorded).then(|| Some((p.name.as_str(), p.cgroup_path().ok()?))).flatten()
-            });
+            let enrolled = self.state.pods.values().filter_map(|p| Some((p.name.as_str(), cgroup::as_recorded(p.cgroup.as_deref()?)?)));
             cgroup::refuse_overlap(&cg, enrolled)?;
         }
         Ok(identity)

@@ -83,12 +83,11 @@ impl PodSource {
 
     /// The node's pods that FSM meshes (for reconciling).
     pub fn meshed_pods(&self) -> anyhow::Result<Vec<Pod>> {
-        let all = match self {
+        Ok(match self {
             PodSource::None => Vec::new(),
-            PodSource::File(path) => read_file(path)?.to_vec(),
-            PodSource::Api(store) => store.state().iter().map(|p| (**p).clone()).collect(),
-        };
-        Ok(all.into_iter().filter(is_meshed).collect())
+            PodSource::File(path) => read_file(path)?.iter().filter(|p| is_meshed(p)).cloned().collect(),
+            PodSource::Api(store) => store.state().iter().filter(|p| is_meshed(p)).map(|p| (**p).clone()).collect(),
+        })
     }
 
     /// Waits until the API's watch has the pod (up to `limit`): the kubelet
