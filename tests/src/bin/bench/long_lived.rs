@@ -14,13 +14,13 @@
 //! round), and each path is given as the median and quartiles of its
 //! per-round ratio to plain loopback in the same round.
 
-use std::{fmt::Write as _, os::unix::process::CommandExt as _, process::Command};
+use std::fmt::Write as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use nix::sched::{CpuSet, sched_setaffinity};
 use tests::Pod;
 
-use crate::{field, interrupt, sorted};
+use crate::{field, sorted};
 
 /// One way from the client to the proxy.
 pub struct Path<'a> {
@@ -67,7 +67,7 @@ impl Placement {
 }
 
 /// Every CPU, or only `cpu`.
-fn cpu_set(cpu: Option<usize>) -> anyhow::Result<CpuSet> {
+pub fn cpu_set(cpu: Option<usize>) -> anyhow::Result<CpuSet> {
     let mut set = CpuSet::new();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     for c in cpu.map_or(0..all, |c| c..c + 1) {
@@ -90,27 +90,6 @@ fn place_pod(pod: &Pod, cpu: Option<usize>) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// netprobe in the pod as the app, on `cpu` (None: any).
-fn probe_on(pod: &Pod, args: &[&str], cpu: Option<usize>) -> anyhow::Result<String> {
-    interrupt::check()?;
-    let mut c = Command::new(tests::netprobe());
-    c.args(args);
-    let set = cpu_set(cpu)?;
-    // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs
-    // between fork and exec here.
-    unsafe {
-        c.pre_exec(move || sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from));
-    }
-    redirect_agent::sandbox::enter_maybe_cgroup(&mut c, &pod.ns.path(), pod.cgroup_path(), tests::APP_UID)?;
-    let out = c.output().context("running netprobe")?;
-    interrupt::check()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || text.starts_with("error") {
-        bail!("netprobe {args:?}: {text}");
-    }
-    Ok(text)
 }
 
 /// One path's figures over the rounds of one cell.
@@ -147,7 +126,7 @@ fn cell(paths: &[Path], placement: Placement, rounds: usize, args: impl Fn(&str)
             let i = (k + round) % paths.len();
             let a = args(paths[i].to);
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            let line = probe_on(paths[i].pod, &a, client_cpu)?;
+            let line = crate::probe_on(paths[i].pod, &a, client_cpu)?;
             if line.contains("intact=false") {
                 bail!("{} through {}: data corrupted: {line}", a[0], paths[i].to);
             }

@@ -46,9 +46,24 @@ fn field(line: &str, key: &str) -> f64 {
 
 /// Runs netprobe inside the pod (its netns and cgroup) as the app's UID.
 fn probe(pod: &Pod, args: &[&str]) -> anyhow::Result<String> {
+    probe_on(pod, args, None)
+}
+
+/// [`probe`] on one CPU (`cpu`), or wherever the scheduler puts it (None).
+fn probe_on(pod: &Pod, args: &[&str], cpu: Option<usize>) -> anyhow::Result<String> {
     interrupt::check()?;
     let mut c = Command::new(tests::netprobe());
     c.args(args);
+    if let Some(cpu) = cpu {
+        let set = long_lived::cpu_set(Some(cpu))?;
+        // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs
+        // between fork and exec here.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
+            });
+        }
+    }
     redirect_agent::sandbox::enter_maybe_cgroup(&mut c, &pod.ns.path(), pod.cgroup_path(), APP_UID)?;
     let out = c.output()?;
     // A netprobe ended by the same Ctrl-C reports as interrupted, not as failed.
