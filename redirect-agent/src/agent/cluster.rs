@@ -185,7 +185,7 @@ impl Agent {
             self.mesh_source = source;
             return Ok(false);
         }
-        crate::files::replace(&path, text.as_bytes())?;
+        crate::files::replace(&path, text.as_bytes(), crate::files::Survives::NodeCrash)?;
         let degraded = self.set_mesh_config(mesh, Some(path))?;
         self.mesh_source = source;
         for d in degraded {

@@ -296,7 +296,7 @@ impl Agent {
                 ebpf.remove_unknown(|id| state.pods.contains_key(&id) || state.unreadable.contains_key(&id))?;
             }
         }
-        self.state.save(&self.state_dir)
+        self.state.save_through_reboot(&self.state_dir)
     }
 
     /// Removes a pod whose netns no longer exists (logged and counted);
@@ -621,7 +621,7 @@ impl Agent {
         self.mesh_mtime = source.as_deref().and_then(mtime);
         self.mesh_refused = None;
         self.state.mesh_config = source;
-        self.state.save(&self.state_dir)?;
+        self.state.save_through_reboot(&self.state_dir)?;
         Ok(self.degraded_pods())
     }
 

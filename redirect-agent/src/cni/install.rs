@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::files::Survives;
+
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
@@ -206,6 +208,7 @@ fn write_conflist(path: &Path, list: &Value, read: &[u8]) -> anyhow::Result<Path
     let bytes = serde_json::to_vec_pretty(list)?;
     crate::files::replace_checked(
         &target,
+        Survives::NodeCrash,
         |tmp| std::fs::write(tmp, &bytes).with_context(|| format!("writing {}", tmp.display())),
         || if std::fs::read(path).ok().as_deref() == Some(read) { Ok(()) } else { Err(ChangedMeanwhile.into()) },
     )?;
@@ -217,7 +220,7 @@ fn write_conflist(path: &Path, list: &Value, read: &[u8]) -> anyhow::Result<Path
 
 /// One rename: a runtime reads the old file or the new one.
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
-    crate::files::replace(path, &serde_json::to_vec_pretty(value)?)
+    crate::files::replace(path, &serde_json::to_vec_pretty(value)?, Survives::NodeCrash)
 }
 
 #[cfg(test)]
