@@ -206,13 +206,14 @@ pub async fn run(opts: AgentOptions, daemon: DaemonOptions, stop: impl std::futu
                     return Ok(());
                 }
                 let _ = reply.send(handle(&mut agent, request));
+                // The loop shares its thread with the clients' tasks: let
+                // them write this answer now, before what follows a job
+                // (0.25 ms on a node of 140 pods) and rather than after
+                // every job already queued (a burst of CNI ADDs) is done.
+                tokio::task::yield_now().await;
                 net_events.sync(&agent.watched_netns());
                 agent.prepare_ahead();
                 publish(&snapshot, &agent);
-                // The loop shares its thread with the clients' tasks: let
-                // them write this answer now rather than after every job
-                // already queued (a burst of CNI ADDs) is done.
-                tokio::task::yield_now().await;
             }
             guard = readable(&conf_dir) => {
                 let mut guard = guard?;
