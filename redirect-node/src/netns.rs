@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use ipnet::{IpNet, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
+mod entrant;
 mod events;
 mod listening;
 mod rtnl;
@@ -88,16 +89,33 @@ pub fn refuse_host(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `f` on a thread that has entered the namespace; the agent's own
-/// threads never change namespace.
+/// threads never change namespace. The thread is kept between calls
+/// (`entrant`); a call made while it serves another gets a thread of its
+/// own.
 pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
     let ns = File::open(path).with_context(|| format!("netns {}: can't open", path.display()))?;
     let shown = path.display().to_string();
-    std::thread::spawn(move || {
-        setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("netns {shown}: not a network namespace"))?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: entrant::Job = Box::new(move |go_back| {
+        let entered = || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).with_context(|| format!("netns {shown}: not a network namespace"))?;
+            f()
+        };
+        // Caught, so that the kept thread goes on (and back home).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(entered))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("netns thread panicked")));
+        go_back();
+        let _ = tx.send(result);
+    });
+    match entrant::run(job, rx) {
+        entrant::Ran::Done(result) => result,
+        entrant::Ran::Lost => Err(anyhow::anyhow!("the netns thread ended before answering")),
+        entrant::Ran::Busy(job, rx) => {
+            // A thread of its own ends where it is.
+            std::thread::spawn(move || job(&mut || {})).join().map_err(|_| anyhow::anyhow!("netns thread panicked"))?;
+            rx.recv().map_err(|_| anyhow::anyhow!("netns thread ended before answering"))?
+        }
+    }
 }
 
 /// Makes `cmd` run inside the network namespace at `path` (and nothing
@@ -272,6 +290,57 @@ mod tests {
         }
         let e = format!("{:#}", open(Path::new("/nonexistent/netns")).unwrap_err());
         assert!(e.contains("netns /nonexistent/netns: can't open"), "{e}");
+    }
+
+    /// The kept thread (`entrant`) runs each call in the namespace it
+    /// names, goes back to the node's after it (it would otherwise hold a
+    /// gone pod's namespace), and goes on after a call that panicked;
+    /// calls made at once each get their namespace. Needs CAP_SYS_ADMIN.
+    #[test]
+    fn each_call_runs_in_its_namespace_and_the_kept_thread_goes_back_after_it() {
+        use std::os::fd::AsRawFd as _;
+        // A namespace held by a descriptor only: made on a thread that ends.
+        let made = std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare (CAP_SYS_ADMIN)");
+            File::open("/proc/thread-self/ns/net").unwrap()
+        })
+        .join()
+        .unwrap();
+        let pod_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", made.as_raw_fd()));
+        let node_path = Path::new("/proc/self/ns/net");
+        let here = || identity(Path::new("/proc/thread-self/ns/net"));
+        let (pod, node) = (identity(&pod_path).unwrap(), identity(node_path).unwrap());
+        assert_ne!(pod, node);
+        let kept_thread_ns = || {
+            entrant::while_idle(|| {
+                let task = std::fs::read_dir("/proc/self/task")
+                    .unwrap()
+                    .map(|t| t.unwrap().path())
+                    .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "netns"))
+                    .expect("the kept thread");
+                identity(&task.join("ns/net")).unwrap()
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(in_netns(&pod_path, here).unwrap(), pod);
+            assert_eq!(kept_thread_ns(), node, "back in the node's namespace after a call");
+        }
+        let e = in_netns(&pod_path, || -> anyhow::Result<()> { panic!("a call that panics") }).unwrap_err();
+        assert!(format!("{e}").contains("panicked"), "{e}");
+        assert_eq!(kept_thread_ns(), node);
+        assert_eq!(in_netns(&pod_path, here).unwrap(), pod);
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = if i % 2 == 0 { pod_path.clone() } else { node_path.to_owned() };
+                    s.spawn(move || (i, in_netns(&path, here).unwrap()))
+                })
+                .collect();
+            for call in calls {
+                let (i, ns) = call.join().unwrap();
+                assert_eq!(ns, if i % 2 == 0 { pod } else { node });
+            }
+        });
     }
 
     fn dumped(table: u32, kind: netlink_packet_route::route::RouteType, net: &str, oif: Option<u32>) -> rtnl::DumpedRoute {
