@@ -79,16 +79,22 @@ fn below(mount: &Path, path: &Path) -> PathBuf {
 /// node of 140 pods.
 fn plain_below(path: &Path, mount: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
-    let mount = mount.as_os_str().as_bytes();
-    let mount = mount.strip_suffix(b"/").unwrap_or(mount);
-    let path = path.as_os_str().as_bytes();
-    let rest = if path.starts_with(b"/") { path.strip_prefix(mount)? } else { path };
-    // `/a/bc` is not below `/a/b`.
-    if path.starts_with(b"/") && !(rest.is_empty() || rest.starts_with(b"/")) {
-        return None;
+    fn names(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+        path.split(|b| *b == b'/').filter(|n| !n.is_empty() && *n != b".")
     }
-    let mut plain = mount.to_vec();
-    for name in rest.split(|b| *b == b'/').filter(|n| !n.is_empty() && *n != b".") {
+    let (path, mount) = (path.as_os_str().as_bytes(), mount.as_os_str().as_bytes());
+    let mut rest = names(path);
+    // An absolute path names the mount's names first (`/a/bc` is not
+    // below `/a/b`).
+    if path.starts_with(b"/") {
+        for name in names(mount) {
+            if rest.next()? != name {
+                return None;
+            }
+        }
+    }
+    let mut plain = Vec::with_capacity(mount.len() + path.len() + 1);
+    for name in names(mount).chain(rest.by_ref()) {
         if name == b".." {
             return None;
         }
