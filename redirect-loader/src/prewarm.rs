@@ -20,11 +20,13 @@ use redirect_common::maps::PodId;
 use crate::{pins::Pins, programs::Prepared};
 
 /// How many instances are kept ready: the first pods of a burst of pod
-/// starts only attach. With 4, a burst of 110 ADDs on 2 CPUs took 240-290 ms,
-/// with 16 about 215 (`bench --only cni`). Each instance holds its sockhash
-/// (8,192 buckets of 16 bytes: 128 KiB of kernel memory) and three
-/// programs, 2 MiB or so for the 16.
-pub const AHEAD: usize = 16;
+/// starts only attach. Each holds its sockhash (8,192 buckets of 16 bytes:
+/// 128 KiB of kernel memory) and three programs. 16 were tried: a burst of
+/// 110 ADDs on 2 CPUs went from 240-290 ms to about 215 in two runs (within
+/// what a burst moves between runs), and the kernel matrix under emulation,
+/// where each agent start verifies them all, took 857 s for 6.12 against
+/// 786 s with 4 (one run each): not worth CI's time.
+pub const AHEAD: usize = 4;
 
 /// At most this many workers, whatever the CPUs: each instance is one CPU
 /// busy for a millisecond or two (the object, its maps, three verifier
