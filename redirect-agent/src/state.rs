@@ -44,7 +44,7 @@ pub struct State {
     /// `state.json.unreadable`): which ids the pinned pods have is not
     /// known, so none is taken for a leftover.
     pub ids_unknown: bool,
-    /// Each pod as last written (`write`).
+    /// Each pod as last written (`PodsRef`).
     written: WrittenPods,
 }
 
@@ -139,17 +139,25 @@ struct PodsRef<'a>(&'a State);
 
 impl serde::Serialize for PodsRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
+        use serde::ser::{Error as _, SerializeMap as _};
         enum Entry<'a> {
             Read(&'a Pod),
             Kept(&'a serde_json::Value),
         }
         let mut all: BTreeMap<PodId, Entry<'_>> = self.0.unreadable.iter().map(|(id, u)| (*id, Entry::Kept(&u.entry))).collect();
         all.extend(self.0.pods.iter().map(|(id, pod)| (*id, Entry::Read(pod))));
+        let mut written = self.0.written.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.retain(|id, _| self.0.pods.contains_key(id));
         let mut map = serializer.serialize_map(Some(all.len()))?;
         for (id, entry) in all {
             match entry {
-                Entry::Read(pod) => map.serialize_entry(&id, pod)?,
+                Entry::Read(pod) => {
+                    if written.get(&id).is_none_or(|(was, _)| was != pod) {
+                        let record = serde_json::value::to_raw_value(pod).map_err(S::Error::custom)?;
+                        written.insert(id, (pod.clone(), record));
+                    }
+                    map.serialize_entry(&id, &written[&id].1)?
+                }
                 Entry::Kept(value) => map.serialize_entry(&id, value)?,
             }
         }
@@ -170,9 +178,9 @@ impl serde::Serialize for State {
     }
 }
 
-/// Each pod's record as last written, with the pod it was made from: the
-/// file is written whole at every enrolment, and serializing every pod
-/// again took 0.2 ms of each on a node of 140 pods. A record is used again
+/// Each pod's record as last written (`PodsRef`), with the pod it was made
+/// from: the file is written whole at every enrolment, and serializing
+/// every pod again took 0.2 ms of each on a node of 140 pods. A record is used again
 /// only for a pod equal to the one it was made from, so no change of a pod
 /// can be missed; comparing costs a fraction of serializing. Not part of
 /// the state: equal, cloned and shown as nothing.
@@ -180,7 +188,7 @@ impl serde::Serialize for State {
 struct WrittenPods(std::sync::Mutex<BTreeMap<PodId, Written>>);
 
 /// A pod, and its record as written.
-type Written = (Pod, Box<[u8]>);
+type Written = (Pod, Box<serde_json::value::RawValue>);
 
 impl Clone for WrittenPods {
     fn clone(&self) -> Self {
@@ -200,63 +208,7 @@ impl std::fmt::Debug for WrittenPods {
     }
 }
 
-/// The state's parts other than its pods, in the file's order.
-#[derive(serde::Serialize)]
-struct Rest<'a> {
-    mesh_config: &'a Option<PathBuf>,
-    settings: &'a ProxySettings,
-    last_id: PodId,
-    #[serde(skip_serializing_if = "is_none")]
-    cni: &'a Option<crate::cni::install::CniInstall>,
-}
-
 impl State {
-    /// The file's bytes: what serializing the state gives
-    /// (`StateFileRef`), with each pod's record made again only where the
-    /// pod changed since the last write.
-    fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
-        use std::io::Write as _;
-        let mut written = self.written.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        written.retain(|id, _| self.pods.contains_key(id));
-        let mut out = Vec::with_capacity(written.values().map(|(_, b)| b.len() + 8).sum::<usize>() + 512);
-        out.extend_from_slice(b"{\"pods\":{");
-        let mut kept = self.unreadable.iter().peekable();
-        let mut first = true;
-        let mut entry = |out: &mut Vec<u8>, id: PodId, bytes: &[u8]| {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            let _ = write!(out, "\"{id}\":");
-            out.extend_from_slice(bytes);
-        };
-        for (id, pod) in &self.pods {
-            while let Some((kid, k)) = kept.next_if(|(kid, _)| *kid < id) {
-                entry(&mut out, *kid, &serde_json::to_vec(&k.entry)?);
-            }
-            // A pod read, and one kept under the same id: the read one, as
-            // `PodsRef` writes it.
-            let _ = kept.next_if(|(kid, _)| *kid == id);
-            match written.get(id) {
-                Some((was, bytes)) if was == pod => entry(&mut out, *id, bytes),
-                _ => {
-                    let bytes: Box<[u8]> = serde_json::to_vec(pod)?.into();
-                    entry(&mut out, *id, &bytes);
-                    written.insert(*id, (pod.clone(), bytes));
-                }
-            }
-        }
-        for (kid, k) in kept {
-            entry(&mut out, *kid, &serde_json::to_vec(&k.entry)?);
-        }
-        out.push(b'}');
-        let rest =
-            serde_json::to_vec(&Rest { mesh_config: &self.mesh_config, settings: &self.settings, last_id: self.last_id, cni: &self.cni })?;
-        // `{"mesh_config":...}`: its members follow the pods.
-        out.push(b',');
-        out.extend_from_slice(&rest[1..]);
-        Ok(out)
-    }
-
     pub fn file(dir: &Path) -> PathBuf {
         dir.join("state.json")
     }
@@ -309,8 +261,7 @@ impl State {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // Compact: it is written at every enrolment, whole, and a node's
         // worth of pods pretty-printed took most of the time of writing it.
-        let bytes = self.to_bytes()?;
-        crate::files::replace(&Self::file(dir), &bytes, survives)
+        crate::files::replace(&Self::file(dir), &serde_json::to_vec(self)?, survives)
     }
 
     pub fn pod_id(&self, name: &str) -> Option<PodId> {
@@ -491,9 +442,10 @@ mod tests {
             fail_open: false,
             runtime_configs: vec![],
         });
-        let oracle = |s: &State| serde_json::to_vec(s).unwrap();
+        // A clone keeps no records: every pod serialized afresh.
+        let oracle = |s: &State| serde_json::to_vec(&s.clone()).unwrap();
         let check = |s: &State| {
-            let bytes = s.to_bytes().unwrap();
+            let bytes = serde_json::to_vec(s).unwrap();
             assert_eq!(String::from_utf8(bytes.clone()).unwrap(), String::from_utf8(oracle(s)).unwrap());
             let read: State = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(read.pods, s.pods);
