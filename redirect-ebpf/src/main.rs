@@ -1,28 +1,24 @@
-//! The kernel half of the dataplane. The cgroup hooks' programs (connect,
-//! getsockopt, the UDP ones) are loaded once per node and attached to every
-//! pod's cgroup: they read their pod from the cgroup's storage
-//! (`POD_OF_CGROUP`), which the agent writes at attach. The programs whose
-//! hook has no cgroup storage (sk_lookup on the pod's netns, sk_msg on its
-//! sockhash) and sockops, whose sockhash is the pod's own, are loaded per
-//! pod with `POD_ID` set at load time. Every instance shares the pinned
-//! maps of `maps.rs`.
+//! The node's object: the kernel half of the dataplane that every pod's
+//! cgroup runs. The cgroup hooks' programs (connect, getsockopt, the UDP
+//! ones) are loaded once per node and attached to every pod's cgroup: they
+//! read their pod from the cgroup's storage (`POD_OF_CGROUP`), which the
+//! agent writes at attach. The programs whose hook has no cgroup storage
+//! (sk_lookup on the pod's netns, sk_msg on its sockhash) and sockops,
+//! whose sockhash is the pod's own, are in the pod's object (`pod.rs`),
+//! loaded per pod with `POD_ID` set at load time: a small object of their
+//! own, because the loader reads and links a whole object for each pod.
+//! Every instance of both shares the pinned maps of `maps.rs`.
 //!
 //! - `connect4` and `connect6` decide each TCP `connect()` (the outbound
 //!   table; an IPv4-mapped destination as IPv4) and rewrite redirected ones
 //!   to <an address of the pod's own>:<proxy port>, the address naming
 //!   where it left the original destination (`redirect_common::handover`).
-//! - `sk_lookup` (on the pod's network namespace) decides each arriving
-//!   connection (the inbound table) and hands redirected ones to the
-//!   proxy's inbound listener.
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` (IPv4) and
 //!   `IP6T_SO_ORIGINAL_DST` (IPv6) from those, and leaves every other call
 //!   exactly as the kernel answered.
 //! - `sendmsg4/6`, `recvmsg4/6`, `getpeername4/6` (and connect4/6 for UDP)
 //!   send the pod's DNS for 127.0.0.153:53 to the sidecar's local DNS proxy
 //!   where the MeshConfig turns it on, as fsm-init's DNAT rule does.
-//! - `sockops` registers the proxy's inbound listener and, with `sk_msg`,
-//!   is the fast path of local hops (fast_path.rs); attached only while a
-//!   pod needs it.
 #![no_std]
 // The one atomic fetch-and-add of the hand-over (connect.rs).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -30,32 +26,13 @@
 
 mod connect;
 mod dns;
-mod fast_path;
 mod fields;
+mod instance;
 mod maps;
 mod policy;
-mod sk_lookup;
-mod sockops;
 mod sockopt;
 
-use aya_ebpf::Global;
-
-/// The pod this program instance serves, set by the agent at load time;
-/// 0 in the node's shared instance.
-#[unsafe(no_mangle)]
-static POD_ID: Global<u32> = Global::new(0);
-
-/// Set by the agent on kernels whose `bpf_sk_lookup` has `ingress_ifindex`
-/// (5.17 and later).
-#[unsafe(no_mangle)]
-static HAS_INGRESS_IFINDEX: Global<u8> = Global::new(0);
-
-/// The pod of a program of a pod's own instance: sk_lookup, sockops,
-/// sk_msg, and the cgroup hooks' `_own` programs.
-#[inline(always)]
-fn own_pod_id() -> u32 {
-    POD_ID.load()
-}
+use instance::own_pod_id;
 
 /// The pod of a shared program (a cgroup hook's): the one the agent wrote
 /// into the storage of the cgroup it runs for (0 until the agent has
@@ -72,15 +49,3 @@ unsafe fn storage_pod_id() -> u32 {
     // SAFETY: the caller's; the helper's pointer is valid for this run.
     unsafe { *maps::POD_OF_CGROUP.get() }
 }
-
-// Only for the BPF target: checked for the host (`cargo clippy
-// --workspace`), the crate gets std's, through its dependencies.
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

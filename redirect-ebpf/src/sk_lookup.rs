@@ -70,7 +70,7 @@ unsafe fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         // ingress_ifindex exists from Linux 5.17; the agent sets
         // HAS_INGRESS_IFINDEX only there, and the verifier drops the read
         // elsewhere as dead code.
-        let ingress_ifindex = if crate::HAS_INGRESS_IFINDEX.load() != 0 { Some((*l).ingress_ifindex) } else { None };
+        let ingress_ifindex = if crate::instance::HAS_INGRESS_IFINDEX.load() != 0 { Some((*l).ingress_ifindex) } else { None };
         let rule = decide_inbound(&Inbound { dst_port: local_port, ingress_ifindex, ipv6 }, &lists);
         count(crate::own_pod_id(), counter::inbound(rule));
         if ipv6 {

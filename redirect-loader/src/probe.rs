@@ -7,7 +7,7 @@
 
 use aya::{EbpfLoader, util::KernelVersion};
 
-use crate::{OBJECT, features::MIN_KERNEL};
+use crate::{features::MIN_KERNEL, programs::Object};
 
 /// What the eBPF dataplane found here, and the tags of its programs as
 /// this kernel loads them (`programs::tags`); or why it can't run here.
@@ -18,16 +18,21 @@ pub fn probe_ebpf() -> Result<(String, crate::programs::Tags), String> {
         return Err(format!("kernel {kernel} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1));
     }
     crate::features::cgroup_sockets_reliable_now()?;
-    // Load (not attach) every program, with throwaway maps.
-    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| format!("loading the eBPF object: {e}"))?;
+    // Load (not attach) every program of both objects, with throwaway maps.
+    let load = |object: Object| EbpfLoader::new().load(object.bytes()).map_err(|e| format!("loading the eBPF object ({object:?}): {e}"));
+    let (mut node, mut pod) = (load(Object::Node)?, load(Object::Pod)?);
     for (name, attach_type) in crate::programs::every_program() {
-        crate::programs::load_program(&mut ebpf, name, attach_type).map_err(|e| {
+        let ebpf = match Object::of(attach_type) {
+            Object::Node => &mut node,
+            Object::Pod => &mut pod,
+        };
+        crate::programs::load_program(ebpf, name, attach_type).map_err(|e| {
             let first = format!("{e:#}");
             // The verifier's whole log, for whoever debugs a kernel that refuses.
             log::debug!("{name}: {first}");
             format!("the kernel refuses {name}: {}", first.lines().next().unwrap_or(""))
         })?;
     }
-    let tags = crate::programs::tags(&ebpf).map_err(|e| format!("{e:#}"))?;
+    let tags = crate::programs::tags(&node, &pod).map_err(|e| format!("{e:#}"))?;
     Ok((format!("kernel {kernel}, cgroup v2 at {}, connect4/connect6/getsockopt/sk_lookup/sockops load", mount.display()), tags))
 }

@@ -7,8 +7,9 @@
 //! the pod from the storage of the cgroup they run for, which the agent
 //! writes at attach (`pod_of_cgroup`). sk_lookup (a netns hook, which has
 //! no cgroup storage), sockops and sk_msg (the pod's own fast-path
-//! sockhash) are loaded per pod with `POD_ID` baked in ([`Prepared`]): one
-//! verifier pass of about 1 ms per pod, where all of them took about 11.
+//! sockhash) are loaded per pod with `POD_ID` baked in ([`Prepared`]), from
+//! an object of their own ([`Object::Pod`]): aya reads and links a whole
+//! object for each load, and the node's took 1 ms of a pod's 1.7.
 //!
 //! A pod whose cgroup links were made before the shared programs (by an
 //! earlier release) keeps programs of its own for them, `POD_ID` baked in:
@@ -28,7 +29,7 @@ use aya::{
 use redirect_common::maps::{PodId, names};
 
 use crate::{
-    OBJECT,
+    OBJECT, POD_OBJECT,
     link::{self, AttachType},
     pins::Pins,
     pod_of_cgroup::PodOfCgroup,
@@ -60,7 +61,8 @@ const SOCKOPS: (&str, &str) = ("sockops", "redirect_sockops");
 const SOCKOPS_PROGRAM_PIN: &str = "sockops_program";
 
 /// Every program a pod's links may run (not the fast path's sk_msg), by
-/// function name: the shared ones, a pod's own, sockops.
+/// function name: the shared ones, a pod's own, sockops. Each is in the
+/// object `Object::of` its attach type names.
 pub fn every_program() -> impl Iterator<Item = (&'static str, AttachType)> {
     let shared = PROGRAMS.iter().map(|(_, name, t)| (on_this_kernel(name), *t));
     let own = PROGRAMS.iter().filter(|(_, name, _)| own_variant(on_this_kernel(name)) != on_this_kernel(name));
@@ -176,9 +178,36 @@ fn has_own_cgroup_links(pins: &Pins, pod: PodId) -> bool {
     !pins.link(pod, SHARED_LINKS_PIN).exists() && PROGRAMS.iter().any(|(pin, _, t)| is_shared(*t) && pins.link(pod, pin).exists())
 }
 
-/// Loads the object with every shared map opened from (or created at) its
+/// The two eBPF objects a pod's programs come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// The node's ([`OBJECT`]): the cgroup hooks' programs, shared and
+    /// `_own`.
+    Node,
+    /// A pod's own ([`POD_OBJECT`]): sk_lookup, sockops and sk_msg.
+    Pod,
+}
+
+impl Object {
+    /// The object holding the program of `attach_type`.
+    pub fn of(attach_type: AttachType) -> Self {
+        match attach_type {
+            AttachType::SkLookup | AttachType::CgroupSockOps | AttachType::SkMsgVerdict => Object::Pod,
+            _ => Object::Node,
+        }
+    }
+
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Object::Node => OBJECT,
+            Object::Pod => POD_OBJECT,
+        }
+    }
+}
+
+/// Loads `object` with every shared map opened from (or created at) its
 /// pin. `pod` is baked into the instance's `POD_ID` (0: the shared one).
-pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
+pub fn load(pins: &Pins, object: Object, pod: PodId) -> anyhow::Result<Ebpf> {
     let map_paths: Vec<_> = names::SHARED.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
@@ -189,8 +218,8 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
     loader
         .override_global("POD_ID", &pod, true)
         .override_global("HAS_INGRESS_IFINDEX", &has_ifindex, true)
-        .load(OBJECT)
-        .context("loading the eBPF object")
+        .load(object.bytes())
+        .with_context(|| format!("loading the eBPF object ({object:?})"))
 }
 
 /// Loads the agent's own instance, first unpinning every shared map whose
@@ -201,7 +230,7 @@ pub fn load(pins: &Pins, pod: PodId) -> anyhow::Result<Ebpf> {
 pub fn load_replacing_changed_maps(pins: &Pins) -> anyhow::Result<(Ebpf, Vec<String>)> {
     let mut replaced: Vec<String> = Vec::new();
     loop {
-        let e = match load(pins, 0) {
+        let e = match load(pins, Object::Node, 0) {
             Ok(ebpf) => return Ok((ebpf, replaced)),
             Err(e) => e,
         };
@@ -274,25 +303,30 @@ pub fn misplaced(pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path) -> Vec<&'
 /// program pin): those a link there may run (the shared program's and a
 /// pod's own). A tag is a hash of the instructions with map references
 /// left out, so every instance of one program has the same, and an older
-/// release's differs. `ebpf`: an instance with every program loaded
-/// (`every_program`).
+/// release's differs (a program built into the node's object, as before
+/// the pod's had one of its own, too). `node`, `pod`: an instance of each
+/// object with its programs of `every_program` loaded.
 pub type Tags = std::collections::BTreeMap<&'static str, Vec<u64>>;
 
-pub fn tags(ebpf: &Ebpf) -> anyhow::Result<Tags> {
-    let tag = |name: &str| -> anyhow::Result<u64> {
+pub fn tags(node: &Ebpf, pod: &Ebpf) -> anyhow::Result<Tags> {
+    let tag = |attach_type: AttachType, name: &str| -> anyhow::Result<u64> {
+        let ebpf = match Object::of(attach_type) {
+            Object::Node => node,
+            Object::Pod => pod,
+        };
         let program = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
         Ok(program.info().with_context(|| format!("{name}: its tag"))?.tag())
     };
     let mut tags = Tags::new();
-    for (pin, name, _) in PROGRAMS {
+    for (pin, name, attach_type) in PROGRAMS {
         let name = on_this_kernel(name);
-        let mut both = vec![tag(name)?];
+        let mut both = vec![tag(attach_type, name)?];
         if own_variant(name) != name {
-            both.push(tag(own_variant(name))?);
+            both.push(tag(attach_type, own_variant(name))?);
         }
         tags.insert(pin, both);
     }
-    tags.insert(SOCKOPS_PROGRAM_PIN, vec![tag(SOCKOPS.1)?]);
+    tags.insert(SOCKOPS_PROGRAM_PIN, vec![tag(AttachType::CgroupSockOps, SOCKOPS.1)?]);
     Ok(tags)
 }
 
@@ -372,7 +406,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(pins: &Pins, pod: PodId) -> anyhow::Result<Self> {
-        let mut ebpf = load(pins, pod)?;
+        let mut ebpf = load(pins, Object::Pod, pod)?;
         // Before sockops can run: a socket takes the sockhash's sk_msg
         // program when it joins, not later.
         let sk_msg = load_program(&mut ebpf, FAST_PATH_PROGRAM, AttachType::SkMsgVerdict)?;
@@ -386,10 +420,13 @@ impl Prepared {
         Ok(Prepared { pod, ebpf, sockops, programs })
     }
 
-    /// Loads the cgroup hooks' programs into this instance too (a verifier
-    /// pass each, as every enrolment took before the shared programs).
-    fn load_own_cgroup_programs(&mut self) -> anyhow::Result<()> {
-        let own = load_cgroup_programs(&mut self.ebpf, own_variant)?;
+    /// Loads the cgroup hooks' programs of the pod's own too, from an
+    /// instance of the node's object with the pod's id (a verifier pass
+    /// each, as every enrolment took before the shared programs). Each
+    /// program's descriptor keeps it loaded after the instance goes.
+    fn load_own_cgroup_programs(&mut self, pins: &Pins) -> anyhow::Result<()> {
+        let mut node = load(pins, Object::Node, self.pod)?;
+        let own = load_cgroup_programs(&mut node, own_variant)?;
         self.programs.extend(own);
         Ok(())
     }
@@ -397,7 +434,7 @@ impl Prepared {
     fn attach(mut self, pins: &Pins, pod: PodId, cgroup: &Path, netns: &Path, shared: &Shared) -> anyhow::Result<()> {
         let own = has_own_cgroup_links(pins, pod);
         if own {
-            self.load_own_cgroup_programs()?;
+            self.load_own_cgroup_programs(pins)?;
         }
         // The pin is what keeps the sk_msg program attached: the kernel
         // detaches a sockhash's programs when the last file descriptor or pin
